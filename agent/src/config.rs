@@ -1,0 +1,285 @@
+//! Agent configuration: `/etc/berth/agent.toml`, each key overridable by the
+//! environment variable `BERTH_<KEY>` (upper case).
+//!
+//! Unknown keys are an error naming the key: a typo in a config file must not
+//! silently fall back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::PullPolicy;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/agent.toml";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/berth";
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:51678";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("invalid value for {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("cannot write config {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Fleet address of the control plane, `https://host:7420`.
+    pub server: Option<String>,
+    pub data_dir: PathBuf,
+    /// Local API address; port 0 picks a free port (written to
+    /// `<data_dir>/agent-api.json`).
+    pub api_listen: String,
+    /// Memory kept for the host and the agent, not offered to tasks.
+    pub reserved_memory_mib: u64,
+    /// Docker Engine socket; default `/var/run/docker.sock` or `DOCKER_HOST`.
+    pub docker_socket: Option<String>,
+    pub pull_policy: PullPolicy,
+    /// SIGTERM → SIGKILL grace when a container definition has no `stopTimeout`.
+    #[serde(with = "humantime_serde_compat")]
+    pub stop_timeout: Duration,
+    /// How long stopped containers are kept (for `docker logs`) before removal.
+    #[serde(with = "humantime_serde_compat")]
+    pub container_cleanup_delay: Duration,
+    /// After a host reboot with the control plane out of reach, start the
+    /// tasks of the last desired set without waiting for it.
+    pub start_tasks_offline: bool,
+    /// `text` or `json` (stderr); the journal reads either.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: None,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            api_listen: DEFAULT_API_LISTEN.to_string(),
+            reserved_memory_mib: 0,
+            docker_socket: None,
+            pull_policy: PullPolicy::Default,
+            stop_timeout: Duration::from_secs(30),
+            container_cleanup_delay: Duration::from_secs(600),
+            start_tasks_offline: true,
+            log_format: "text".to_string(),
+        }
+    }
+}
+
+/// Keys that the environment may override, with their kind.
+const ENV_KEYS: &[(&str, Kind)] = &[
+    ("server", Kind::Str),
+    ("data_dir", Kind::Str),
+    ("api_listen", Kind::Str),
+    ("reserved_memory_mib", Kind::Int),
+    ("docker_socket", Kind::Str),
+    ("pull_policy", Kind::Str),
+    ("stop_timeout", Kind::Str),
+    ("container_cleanup_delay", Kind::Str),
+    ("start_tasks_offline", Kind::Bool),
+    ("log_format", Kind::Str),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+}
+
+impl Config {
+    /// Reads the file (a missing file is an empty config), then the
+    /// environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Self::from_parts(path, &text, |k| std::env::var(k).ok())
+    }
+
+    fn from_parts(
+        path: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        for (key, kind) in ENV_KEYS {
+            let var = format!("BERTH_{}", key.to_uppercase());
+            let Some(raw) = env(&var) else { continue };
+            let value = match kind {
+                Kind::Str => toml::Value::String(raw),
+                Kind::Int => toml::Value::Integer(raw.trim().parse().map_err(|_| {
+                    ConfigError::Env {
+                        var: var.clone(),
+                        message: format!("expected a whole number, got {raw:?}"),
+                    }
+                })?),
+                Kind::Bool => toml::Value::Boolean(raw.trim().parse().map_err(|_| {
+                    ConfigError::Env {
+                        var: var.clone(),
+                        message: format!("expected true or false, got {raw:?}"),
+                    }
+                })?),
+            };
+            table.insert((*key).to_string(), value);
+        }
+        let cfg: Config = table.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        cfg.check().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.api_listen
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("api_listen {:?}: {e}", self.api_listen))?;
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "log_format {:?}: expected text or json",
+                self.log_format
+            ));
+        }
+        if !self.data_dir.is_absolute() {
+            return Err(format!(
+                "data_dir {}: must be an absolute path",
+                self.data_dir.display()
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 51678)))
+    }
+
+    /// Sets `server = "<url>"` in the config file, keeping every other line.
+    pub fn write_server(path: &Path, server: &str) -> Result<(), ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        doc.insert("server".into(), toml::Value::String(server.to_string()));
+        let out = toml::to_string(&doc).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| ConfigError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        crate::fsutil::write_atomic(path, out.as_bytes(), 0o644).map_err(|source| {
+            ConfigError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+    }
+}
+
+/// Durations as humantime strings ("30s", "10m").
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_parts(Path::new("/etc/berth/agent.toml"), text, |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let cfg = parse("", &[]).expect("defaults");
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let cfg = parse(
+            "data_dir = \"/srv/berth\"\nreserved_memory_mib = 10\n",
+            &[("BERTH_RESERVED_MEMORY_MIB", "256"), ("BERTH_STOP_TIMEOUT", "5s")],
+        )
+        .expect("valid");
+        assert_eq!(cfg.data_dir, PathBuf::from("/srv/berth"));
+        assert_eq!(cfg.reserved_memory_mib, 256);
+        assert_eq!(cfg.stop_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("data_dri = \"/x\"\n", &[]).expect_err("typo");
+        assert!(err.to_string().contains("data_dri"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_value_is_named() {
+        let err = parse("", &[("BERTH_RESERVED_MEMORY_MIB", "lots")]).expect_err("bad");
+        assert!(err.to_string().contains("BERTH_RESERVED_MEMORY_MIB"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let err = parse("stop_timeout = \"soon\"\n", &[]).expect_err("bad");
+        assert!(err.to_string().contains("soon"), "{err}");
+    }
+}

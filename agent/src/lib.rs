@@ -1,0 +1,152 @@
+//! berth-agent: the node agent.
+//!
+//! Background: installed on every host, enrolled once, then it keeps the
+//! ECS task groups that the control plane assigns running on the local Docker
+//! Engine — also while the control plane is out of reach.
+//!
+//! Design: one [`manager`] owns the durable state (`state.json`) and one
+//! [`supervisor`] per task owns that task's containers; they talk through
+//! channels. The [`session`] moves assignments down and sequenced events up;
+//! the [`api`] shows the manager's view on loopback. Every effect on the
+//! container engine goes through the [`runtime::Runtime`] trait (Docker, or
+//! an in-memory fake for unit tests).
+//!
+//! Limitations: see ARCHITECTURE.md at the repository root.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod fsutil;
+pub mod identity;
+pub mod manager;
+pub mod runtime;
+pub mod session;
+pub mod state;
+pub mod supervisor;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth_proto::v1::Resources;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::config::Config;
+use crate::runtime::Runtime;
+use crate::supervisor::Settings;
+
+/// Registered capacity (SPEC §4): cores × 1024 CPU units, total memory minus
+/// the reserved MiB.
+pub fn capacity(reserved_memory_mib: u64) -> Resources {
+    let total_bytes = match sysinfo::System::new() {
+        Ok(mut sys) => {
+            sys.refresh_memory();
+            sys.total_memory()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the host's memory; registering 0 MiB");
+            0
+        }
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as i64;
+    let total_mib = (total_bytes / (1024 * 1024)) as i64;
+    Resources {
+        cpu: cores * 1024,
+        memory_mib: (total_mib - reserved_memory_mib as i64).max(0),
+    }
+}
+
+/// Changes on every host boot.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A running agent; dropping it does not stop it, [`Running::shutdown`] does.
+pub struct Running {
+    pub api_addr: std::net::SocketAddr,
+    pub instance_id: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the session and the API. Containers keep running: an agent
+    /// stop never stops workloads.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts the agent with `runtime` and `cfg`: state, supervisors, session,
+/// local API. Returns once the API serves.
+pub async fn start(cfg: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<Running> {
+    let data_dir = cfg.data_dir.as_path();
+    fsutil::create_private_dir(data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let identity = identity::load(data_dir)?;
+    runtime.ping().await?;
+    let settings = Settings {
+        instance_id: identity.instance_id.clone(),
+        pull_policy: cfg.pull_policy,
+        default_stop_timeout: cfg.stop_timeout,
+        cleanup_delay: cfg.container_cleanup_delay,
+    };
+    let manager =
+        manager::Manager::start(runtime, settings, data_dir, cfg.start_tasks_offline).await?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let (api_addr, api) = api::bind(
+        cfg.api_addr(),
+        manager.view(),
+        identity.server.clone(),
+        shutdown_rx.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot listen on api_listen {}", cfg.api_listen))?;
+    write_api_file(data_dir, &api_addr, &identity.instance_id)?;
+    let api_task = tokio::spawn(async move {
+        if let Err(e) = api.await {
+            tracing::error!(error = %e, "local API failed");
+        }
+    });
+
+    let mut attributes = HashMap::new();
+    attributes.insert("berth.os-type".to_string(), std::env::consts::OS.to_string());
+    attributes.insert("berth.cpu-architecture".to_string(), std::env::consts::ARCH.to_string());
+    let host = session::HostInfo {
+        hostname: identity::hostname(),
+        boot_id: boot_id(),
+        capacity: capacity(cfg.reserved_memory_mib),
+        attributes,
+    };
+    let instance_id = identity.instance_id.clone();
+    let session_task = tokio::spawn(session::run(identity, host, manager, shutdown_rx));
+    info!(api = %api_addr, instance_id = %instance_id, "berth-agent ready");
+    Ok(Running {
+        api_addr,
+        instance_id,
+        shutdown,
+        tasks: vec![api_task, session_task],
+    })
+}
+
+fn write_api_file(
+    data_dir: &Path,
+    addr: &std::net::SocketAddr,
+    instance_id: &str,
+) -> anyhow::Result<()> {
+    let p = data_dir.join("agent-api.json");
+    let body = serde_json::json!({ "apiAddr": addr.to_string(), "instanceId": instance_id });
+    fsutil::write_atomic(&p, body.to_string().as_bytes(), 0o644)
+        .with_context(|| format!("cannot write {}", p.display()))
+}

@@ -1,0 +1,236 @@
+//! `berth-agent`: `run`, `enroll`, `status`.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use berth_agent::config::{Config, DEFAULT_CONFIG_PATH};
+use berth_agent::runtime::docker::DockerRuntime;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth-agent", version, about = "berth node agent: runs ECS task groups on the local Docker Engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (the systemd service runs this).
+    Run {
+        #[arg(long, env = "BERTH_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Enroll this host into a fleet with a one-time activation.
+    Enroll {
+        /// Fleet address of the control plane, https://host:7420.
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        activation_id: String,
+        #[arg(long)]
+        activation_code: String,
+        /// SHA-256 of the fleet CA (from `berth token create`); the server
+        /// must present that CA or nothing is sent.
+        #[arg(long)]
+        ca_hash: Option<String>,
+        #[arg(long, env = "BERTH_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Enroll again even if this host already is.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show what the local agent reports.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "BERTH_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = Config::load(&config)?;
+            init_logs(&cfg.log_format);
+            let docker = DockerRuntime::connect(cfg.docker_socket.as_deref()).await?;
+            let agent = berth_agent::start(&cfg, Arc::new(docker)).await?;
+            wait_for_signal().await?;
+            tracing::info!("shutting down; containers keep running");
+            agent.shutdown().await;
+            Ok(())
+        }
+        Command::Enroll {
+            server,
+            activation_id,
+            activation_code,
+            ca_hash,
+            config,
+            force,
+        } => {
+            let cfg = Config::load(&config)?;
+            if let Some(existing) = berth_agent::identity::enrolled(&cfg.data_dir)?
+                && !force
+            {
+                println!(
+                    "this host is already enrolled as {} with {}; use --force to enroll again",
+                    existing.instance_id, existing.server
+                );
+                return Ok(());
+            }
+            let pin = match ca_hash {
+                Some(h) => {
+                    let hex = h.strip_prefix("sha256:").unwrap_or(&h).to_lowercase();
+                    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                        bail!("--ca-hash {h:?}: expected sha256:<64 hex digits>");
+                    }
+                    Some(hex)
+                }
+                None => {
+                    eprintln!("warning: no --ca-hash given; trusting the server's CA on first use");
+                    None
+                }
+            };
+            let id = berth_agent::identity::enroll(
+                &cfg.data_dir,
+                &server,
+                &activation_id,
+                &activation_code,
+                pin,
+            )
+            .await?;
+            Config::write_server(&config, &server)?;
+            println!(
+                "enrolled as {} with {}; start the agent with `systemctl start berth-agent` or `berth-agent run --config {}`",
+                id.instance_id,
+                server,
+                config.display()
+            );
+            Ok(())
+        }
+        Command::Status { json, config } => {
+            let cfg = Config::load(&config)?;
+            let addr = api_addr(&cfg)?;
+            let meta = http_get_json(&addr, "/v1/metadata")
+                .await
+                .with_context(|| format!("cannot reach the agent's local API at {addr}"))?;
+            let tasks = http_get_json(&addr, "/v1/tasks")
+                .await
+                .with_context(|| format!("cannot reach the agent's local API at {addr}"))?;
+            if json {
+                let mut out = meta.clone();
+                out["tasks"] = tasks["tasks"].clone();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("instance    {}", meta["instanceId"].as_str().unwrap_or("-"));
+                println!("server      {}", meta["server"].as_str().unwrap_or("-"));
+                println!(
+                    "connected   {}",
+                    meta["connected"].as_bool().unwrap_or(false)
+                );
+                println!("pending events {}", meta["pendingEvents"]);
+                println!();
+                println!("{:<34} {:<20} {:<9} {:<9}", "TASK", "FAMILY", "STATUS", "DESIRED");
+                for t in tasks["tasks"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<34} {:<20} {:<9} {:<9}",
+                        t["taskId"].as_str().unwrap_or("-"),
+                        t["family"].as_str().unwrap_or("-"),
+                        t["lastStatus"].as_str().unwrap_or("-"),
+                        t["desiredStatus"].as_str().unwrap_or("-"),
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The API address: from the config, or from `agent-api.json` when the
+/// config asks for port 0.
+fn api_addr(cfg: &Config) -> anyhow::Result<String> {
+    let addr = cfg.api_addr();
+    if addr.port() != 0 {
+        return Ok(addr.to_string());
+    }
+    let p = cfg.data_dir.join("agent-api.json");
+    let text = std::fs::read_to_string(&p)
+        .with_context(|| format!("cannot read {} (is the agent running?)", p.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("invalid {}", p.display()))?;
+    v["apiAddr"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("no apiAddr in {}", p.display()))
+}
+
+/// A minimal HTTP/1.1 GET on loopback.
+async fn http_get_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("{path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(serde_json::from_str(body)?)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,382 @@
+//! The manager: the single owner of the agent's durable state.
+//!
+//! It applies assignments (starting supervisors for new tasks and stopping
+//! the ones no longer wanted), turns every task state change reported by a
+//! supervisor into a sequenced event in the outbox, trims the outbox when the
+//! control plane acknowledges, and publishes a [`View`] that the session and
+//! the local API read. Everything goes through one channel, so there is no
+//! shared mutable state.
+//!
+//! Invariants:
+//! - an event is in `state.json` before the session can send it;
+//! - sequence numbers are per host, strictly increasing, never reused (the
+//!   counter is persisted with the outbox);
+//! - an assignment is persisted before it is acknowledged;
+//! - applying the same assignment twice changes nothing.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::v1::{Assignment, DesiredTask, TaskEvent, TaskState};
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::runtime::{Runtime, RuntimeEvent};
+use crate::state::{PersistedState, StateError, StateFile};
+use crate::supervisor::{self, Report, Settings, STOPPED, USER_INITIATED};
+
+/// What the session and the local API see.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub instance_id: String,
+    pub generation: u64,
+    pub last_seq: u64,
+    pub tasks: Vec<TaskState>,
+    pub outbox: Vec<TaskEvent>,
+    pub connected: bool,
+}
+
+pub enum Input {
+    Assignment(Assignment, oneshot::Sender<u64>),
+    EventAck(u64),
+    Connected(bool),
+}
+
+/// How the rest of the agent talks to the manager.
+#[derive(Clone)]
+pub struct ManagerHandle {
+    tx: mpsc::Sender<Input>,
+    view: watch::Receiver<View>,
+}
+
+impl ManagerHandle {
+    /// Applies and persists an assignment; returns the generation to acknowledge.
+    pub async fn assign(&self, a: Assignment) -> Option<u64> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Input::Assignment(a, tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn ack(&self, seq: u64) {
+        let _ = self.tx.send(Input::EventAck(seq)).await;
+    }
+
+    pub async fn set_connected(&self, connected: bool) {
+        let _ = self.tx.send(Input::Connected(connected)).await;
+    }
+
+    pub fn view(&self) -> watch::Receiver<View> {
+        self.view.clone()
+    }
+}
+
+pub struct Manager {
+    rt: Arc<dyn Runtime>,
+    settings: Settings,
+    file: StateFile,
+    state: PersistedState,
+    supervisors: HashMap<String, supervisor::Handle>,
+    events: broadcast::Sender<RuntimeEvent>,
+    reports_tx: mpsc::Sender<Report>,
+    view: watch::Sender<View>,
+    connected: bool,
+}
+
+impl Manager {
+    /// Loads the state, subscribes to the runtime's events, resumes the
+    /// supervision of known tasks and (with `start_offline`) starts the last
+    /// desired set without waiting for the control plane.
+    pub async fn start(
+        rt: Arc<dyn Runtime>,
+        settings: Settings,
+        data_dir: &Path,
+        start_offline: bool,
+    ) -> Result<ManagerHandle, StateError> {
+        let (file, state, aside) = StateFile::open(data_dir)?;
+        if let Some(aside) = aside {
+            error!(path = %aside.display(), "agent state was corrupt; moved aside, starting empty");
+        }
+        let (events, _) = broadcast::channel(1024);
+        // Subscribe before anything is inspected, and wait for the stream to
+        // be established (its first Resync) so no change is missed.
+        let mut first = events.subscribe();
+        let mut stream = rt.events(&settings.instance_id);
+        let fwd = events.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = stream.next().await {
+                let _ = fwd.send(ev);
+            }
+        });
+        if tokio::time::timeout(Duration::from_secs(10), first.recv())
+            .await
+            .is_err()
+        {
+            warn!("docker event stream not established after 10s; continuing, containers are re-inspected when it is");
+        }
+        let (reports_tx, reports_rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(64);
+        let (view, view_rx) = watch::channel(View::default());
+        let mut m = Manager {
+            rt,
+            settings,
+            file,
+            state,
+            supervisors: HashMap::new(),
+            events,
+            reports_tx,
+            view,
+            connected: false,
+        };
+        m.resume(start_offline);
+        m.publish();
+        tokio::spawn(m.run(rx, reports_rx));
+        Ok(ManagerHandle { tx, view: view_rx })
+    }
+
+    fn resume(&mut self, start_offline: bool) {
+        let known: Vec<TaskState> = self.state.tasks.values().cloned().collect();
+        for prior in known {
+            let has_containers = prior.containers.iter().any(|c| !c.runtime_id.is_empty());
+            if prior.last_status == STOPPED && !has_containers {
+                continue;
+            }
+            let Some(desired) = self.state.desired.get(&prior.task_id).cloned() else {
+                if prior.last_status != STOPPED || has_containers {
+                    // Not wanted any more but may still have containers:
+                    // supervise it so it stops and is cleaned up.
+                    if let Some(def) = self.definition_of(&prior.task_id) {
+                        let id = prior.task_id.clone();
+                        self.spawn_supervisor(&id, def, prior.created_at_ms, Some(prior));
+                        if let Some(h) = self.supervisors.get(&id) {
+                            let h = h.clone();
+                            tokio::spawn(async move {
+                                h.stop(USER_INITIATED, "task is no longer assigned to this instance").await;
+                            });
+                        }
+                    }
+                }
+                continue;
+            };
+            if let Some(def) = self.parse(&desired) {
+                let id = prior.task_id.clone();
+                self.spawn_supervisor(&id, def, desired.created_at_ms, Some(prior));
+            }
+        }
+        if start_offline {
+            let desired: Vec<DesiredTask> = self.state.desired.values().cloned().collect();
+            self.reconcile_tasks(&desired);
+        }
+    }
+
+    /// The definition of a task that is no longer desired is not kept; such
+    /// a task can only be adopted for stopping if it still is desired.
+    fn definition_of(&self, task_id: &str) -> Option<berth_taskdef::TaskDefinition> {
+        self.state
+            .desired
+            .get(task_id)
+            .and_then(|d| berth_taskdef::parse(&d.task_definition_json).ok())
+            .map(|p| p.definition)
+    }
+
+    fn parse(&mut self, d: &DesiredTask) -> Option<berth_taskdef::TaskDefinition> {
+        match berth_taskdef::parse(&d.task_definition_json) {
+            Ok(p) => Some(p.definition),
+            Err(e) => {
+                // The agent trusts no input: a definition it cannot validate
+                // fails the task, with the reason.
+                let now = berth_proto::now_ms();
+                let st = TaskState {
+                    task_id: d.task_id.clone(),
+                    last_status: STOPPED.into(),
+                    desired_status: STOPPED.into(),
+                    health_status: supervisor::UNKNOWN.into(),
+                    stop_code: supervisor::TASK_FAILED_TO_START.into(),
+                    stopped_reason: e.to_string().replace('\n', " "),
+                    created_at_ms: d.created_at_ms,
+                    stopped_at_ms: now,
+                    ..Default::default()
+                };
+                self.record(st);
+                None
+            }
+        }
+    }
+
+    fn spawn_supervisor(
+        &mut self,
+        task_id: &str,
+        def: berth_taskdef::TaskDefinition,
+        created_at_ms: i64,
+        prior: Option<TaskState>,
+    ) {
+        let handle = supervisor::spawn(
+            self.rt.clone(),
+            self.settings.clone(),
+            task_id.to_string(),
+            def,
+            created_at_ms,
+            prior,
+            self.events.subscribe(),
+            self.reports_tx.clone(),
+        );
+        self.supervisors.insert(task_id.to_string(), handle);
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut reports: mpsc::Receiver<Report>) {
+        loop {
+            tokio::select! {
+                input = rx.recv() => match input {
+                    Some(Input::Assignment(a, done)) => {
+                        let generation = self.apply(a);
+                        let _ = done.send(generation);
+                    }
+                    Some(Input::EventAck(seq)) => self.trim(seq),
+                    Some(Input::Connected(c)) => {
+                        self.connected = c;
+                        self.publish();
+                    }
+                    None => return,
+                },
+                Some(report) = reports.recv() => match report {
+                    Report::State(st) => self.record(st),
+                    Report::Finished(id) => {
+                        self.supervisors.remove(&id);
+                        if !self.state.desired.contains_key(&id) {
+                            self.state.tasks.remove(&id);
+                        }
+                        self.save();
+                        self.publish();
+                    }
+                },
+            }
+        }
+    }
+
+    /// A task state changed: store it and queue it as the next event.
+    fn record(&mut self, st: TaskState) {
+        if self.state.tasks.get(&st.task_id) == Some(&st) {
+            return;
+        }
+        self.state.last_seq += 1;
+        self.state.outbox.push(TaskEvent {
+            sequence: self.state.last_seq,
+            task: Some(st.clone()),
+            at_ms: berth_proto::now_ms(),
+        });
+        self.state.tasks.insert(st.task_id.clone(), st);
+        self.save();
+        self.publish();
+    }
+
+    fn trim(&mut self, seq: u64) {
+        let before = self.state.outbox.len();
+        self.state.outbox.retain(|e| e.sequence > seq);
+        if self.state.outbox.len() != before {
+            self.save();
+            self.publish();
+        }
+    }
+
+    fn apply(&mut self, a: Assignment) -> u64 {
+        info!(generation = a.generation, tasks = a.tasks.len(), "assignment");
+        self.state.generation = a.generation;
+        self.state.desired = a
+            .tasks
+            .iter()
+            .map(|t| (t.task_id.clone(), t.clone()))
+            .collect();
+        self.reconcile_tasks(&a.tasks);
+        // Tasks that are neither wanted nor supervised are forgotten.
+        let desired = &self.state.desired;
+        let supervised = &self.supervisors;
+        self.state
+            .tasks
+            .retain(|id, _| desired.contains_key(id) || supervised.contains_key(id));
+        self.save();
+        self.publish();
+        a.generation
+    }
+
+    fn reconcile_tasks(&mut self, tasks: &[DesiredTask]) {
+        for d in tasks {
+            let known = self.state.tasks.get(&d.task_id).cloned();
+            if d.desired_status == STOPPED {
+                if let Some(h) = self.supervisors.get(&d.task_id) {
+                    let h = h.clone();
+                    let (code, reason) = stop_reason(d);
+                    tokio::spawn(async move { h.stop(&code, &reason).await });
+                } else if known.is_none() {
+                    let (code, reason) = stop_reason(d);
+                    self.record(TaskState {
+                        task_id: d.task_id.clone(),
+                        last_status: STOPPED.into(),
+                        desired_status: STOPPED.into(),
+                        health_status: supervisor::UNKNOWN.into(),
+                        stop_code: code,
+                        stopped_reason: reason,
+                        created_at_ms: d.created_at_ms,
+                        stopped_at_ms: berth_proto::now_ms(),
+                        ..Default::default()
+                    });
+                }
+                continue;
+            }
+            if self.supervisors.contains_key(&d.task_id) {
+                continue;
+            }
+            if known.as_ref().is_some_and(|k| k.last_status == STOPPED) {
+                continue;
+            }
+            if let Some(def) = self.parse(d) {
+                self.spawn_supervisor(&d.task_id, def, d.created_at_ms, known);
+            }
+        }
+        let wanted: std::collections::HashSet<&str> =
+            tasks.iter().map(|t| t.task_id.as_str()).collect();
+        for (id, h) in &self.supervisors {
+            if !wanted.contains(id.as_str()) {
+                let h = h.clone();
+                tokio::spawn(async move {
+                    h.stop(USER_INITIATED, "task is no longer assigned to this instance")
+                        .await
+                });
+            }
+        }
+    }
+
+    fn save(&self) {
+        if let Err(e) = self.file.save(&self.state) {
+            // Kept in memory and retried with the next change.
+            error!(error = %e, "cannot persist agent state");
+        }
+    }
+
+    fn publish(&self) {
+        let v = View {
+            instance_id: self.settings.instance_id.clone(),
+            generation: self.state.generation,
+            last_seq: self.state.last_seq,
+            tasks: self.state.tasks.values().cloned().collect(),
+            outbox: self.state.outbox.clone(),
+            connected: self.connected,
+        };
+        self.view.send_replace(v);
+    }
+}
+
+fn stop_reason(d: &DesiredTask) -> (String, String) {
+    let code = if d.stop_code.is_empty() {
+        USER_INITIATED.to_string()
+    } else {
+        d.stop_code.clone()
+    };
+    let reason = if d.stopped_reason.is_empty() {
+        "Task stopped by user".to_string()
+    } else {
+        d.stopped_reason.clone()
+    };
+    (code, reason)
+}

@@ -1,0 +1,233 @@
+//! In-memory runtime for unit tests of the task lifecycle.
+//!
+//! It keeps containers in a map and emits the same events the Docker runtime
+//! would. Tests drive container exits with [`FakeRuntime::exit`] and inject
+//! failures with [`FakeRuntime::fail_pull`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::{
+    ContainerInfo, ContainerSpec, LABEL_INSTANCE_ID, PullPolicy, RunState, Runtime, RuntimeError,
+    RuntimeEvent,
+};
+
+#[derive(Default)]
+struct Inner {
+    containers: BTreeMap<String, ContainerInfo>,
+    bad_images: HashSet<String>,
+    next_id: u64,
+    /// Every call, in order, for assertions: "create web", "start <id>", ...
+    calls: Vec<String>,
+}
+
+/// An engine in memory.
+#[derive(Clone)]
+pub struct FakeRuntime {
+    inner: Arc<Mutex<Inner>>,
+    events: broadcast::Sender<RuntimeEvent>,
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Self {
+            inner: Arc::new(Mutex::new(Inner::default())),
+            events,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means another test thread panicked.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes every pull of `image` fail.
+    pub fn fail_pull(&self, image: &str) {
+        self.lock().bad_images.insert(image.to_string());
+    }
+
+    /// Lets the container exit with `code`, as if its process ended.
+    pub fn exit(&self, id: &str, code: i64) {
+        {
+            let mut inner = self.lock();
+            let Some(c) = inner.containers.get_mut(id) else {
+                return;
+            };
+            c.state = RunState::Exited;
+            c.exit_code = Some(code);
+        }
+        let _ = self.events.send(RuntimeEvent::Died {
+            id: id.to_string(),
+            exit_code: Some(code),
+        });
+    }
+
+    /// Id of the container whose berth container-name label is `name`.
+    pub fn id_of(&self, name: &str) -> Option<String> {
+        self.lock()
+            .containers
+            .values()
+            .find(|c| c.labels.get(super::LABEL_CONTAINER_NAME).map(String::as_str) == Some(name))
+            .map(|c| c.id.clone())
+    }
+
+    pub fn container(&self, id: &str) -> Option<ContainerInfo> {
+        self.lock().containers.get(id).cloned()
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().containers.len()
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for FakeRuntime {
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn ensure_image(&self, image: &str, _policy: PullPolicy) -> Result<(), RuntimeError> {
+        let mut inner = self.lock();
+        inner.calls.push(format!("pull {image}"));
+        if inner.bad_images.contains(image) {
+            return Err(RuntimeError::Pull {
+                image: image.to_string(),
+                message: "manifest unknown".into(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let mut inner = self.lock();
+        if inner.containers.values().any(|c| c.name == spec.name) {
+            return Err(RuntimeError::Engine {
+                action: "create",
+                target: spec.name.clone(),
+                message: "name already in use".into(),
+            });
+        }
+        inner.next_id += 1;
+        let id = format!("fake{:060}", inner.next_id);
+        inner.calls.push(format!("create {}", spec.definition.name));
+        inner.containers.insert(
+            id.clone(),
+            ContainerInfo {
+                id: id.clone(),
+                name: spec.name.clone(),
+                labels: spec.labels.clone(),
+                state: RunState::Created,
+                exit_code: None,
+                error: None,
+                oom_killed: false,
+                health: None,
+                image_digest: format!("sha256:{}", spec.definition.image.len()),
+                ports: Vec::new(),
+                started_at_ms: 0,
+                finished_at_ms: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        {
+            let mut inner = self.lock();
+            let name = match inner.containers.get_mut(id) {
+                Some(c) => {
+                    c.state = RunState::Running;
+                    c.exit_code = None;
+                    c.started_at_ms = berth_proto::now_ms();
+                    c.labels
+                        .get(super::LABEL_CONTAINER_NAME)
+                        .cloned()
+                        .unwrap_or_default()
+                }
+                None => return Err(RuntimeError::NotFound(id.to_string())),
+            };
+            inner.calls.push(format!("start {name}"));
+        }
+        let _ = self.events.send(RuntimeEvent::Started { id: id.to_string() });
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str, _timeout: Duration) -> Result<(), RuntimeError> {
+        let running = {
+            let mut inner = self.lock();
+            let name = inner
+                .containers
+                .get(id)
+                .and_then(|c| c.labels.get(super::LABEL_CONTAINER_NAME).cloned())
+                .unwrap_or_default();
+            inner.calls.push(format!("stop {name}"));
+            inner
+                .containers
+                .get(id)
+                .is_some_and(|c| c.state == RunState::Running)
+        };
+        if running {
+            // SIGTERM ends a well-behaved process with 143.
+            self.exit(id, 143);
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let removed = {
+            let mut inner = self.lock();
+            inner.calls.push(format!("remove {id}"));
+            inner.containers.remove(id).is_some()
+        };
+        if removed {
+            let _ = self
+                .events
+                .send(RuntimeEvent::Destroyed { id: id.to_string() });
+        }
+        Ok(())
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
+        let inner = self.lock();
+        Ok(inner
+            .containers
+            .get(id)
+            .or_else(|| inner.containers.values().find(|c| c.name == id))
+            .cloned())
+    }
+
+    async fn list(&self, instance_id: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        Ok(self
+            .lock()
+            .containers
+            .values()
+            .filter(|c| c.labels.get(LABEL_INSTANCE_ID).map(String::as_str) == Some(instance_id))
+            .cloned()
+            .collect())
+    }
+
+    fn events(&self, _instance_id: &str) -> BoxStream<'static, RuntimeEvent> {
+        let rx = self.events.subscribe();
+        futures_util::stream::once(async { RuntimeEvent::Resync })
+            .chain(BroadcastStream::new(rx).map(|e| e.unwrap_or(RuntimeEvent::Resync)))
+            .boxed()
+    }
+}

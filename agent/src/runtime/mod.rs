@@ -1,0 +1,161 @@
+//! The boundary between the task supervisor and the container engine.
+//!
+//! [`Runtime`] is everything the agent needs from a container engine. The real
+//! implementation is [`docker::DockerRuntime`] (the local Docker Engine through
+//! bollard); [`fake::FakeRuntime`] is an in-memory engine for unit tests of
+//! the task lifecycle.
+//!
+//! Invariants every implementation keeps:
+//! - it only lists, reports and touches containers that carry the
+//!   `berth.instance-id` label of the agent that asks;
+//! - `events` starts delivering before the caller acts on anything it lists,
+//!   so no state change between a list and the subscription is missed;
+//! - a container exit is reported once, as [`RuntimeEvent::Died`] (health
+//!   probe exits are not container exits).
+
+pub mod docker;
+pub mod fake;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use berth_taskdef::ContainerDefinition;
+use futures_util::stream::BoxStream;
+
+/// Labels berth puts on every container it creates (SPEC §2).
+pub const LABEL_TASK_ID: &str = "berth.task-id";
+pub const LABEL_CONTAINER_NAME: &str = "berth.container-name";
+pub const LABEL_TASK_FAMILY: &str = "berth.task-family";
+pub const LABEL_INSTANCE_ID: &str = "berth.instance-id";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine could not be reached at all (socket missing, refused, …).
+    #[error("docker engine unreachable at {endpoint}: {message}")]
+    Unreachable { endpoint: String, message: String },
+    /// The image could not be pulled; `message` is the registry's own words.
+    #[error("cannot pull image {image}: {message}")]
+    Pull { image: String, message: String },
+    #[error("no such container {0}")]
+    NotFound(String),
+    /// The engine refused the request; `message` is its own words.
+    #[error("docker engine refused to {action} {target}: {message}")]
+    Engine {
+        action: &'static str,
+        target: String,
+        message: String,
+    },
+}
+
+/// When to pull an image (an agent setting, as in ECS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// Pull; when the pull fails, use a cached image if there is one.
+    #[default]
+    Default,
+    /// Always pull; a failed pull fails the task.
+    Always,
+    /// Pull only when the image is not cached.
+    Once,
+    /// Use a cached image when there is one, pull otherwise.
+    PreferCached,
+}
+
+/// Everything needed to create one container of a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// Docker container name: `berth-<family>-<container>-<short task id>`.
+    pub name: String,
+    /// The SPEC labels plus the definition's `dockerLabels`.
+    pub labels: BTreeMap<String, String>,
+    /// `bridge`, `host` or `none`.
+    pub network_mode: String,
+    /// The container definition as the task definition gives it.
+    pub definition: ContainerDefinition,
+    /// Stop timeout used when the definition has none.
+    pub default_stop_timeout: Duration,
+}
+
+/// Coarse container state as the engine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Created,
+    Running,
+    /// Paused or restarting: still alive.
+    Other,
+    Exited,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortBinding {
+    pub container_port: u16,
+    pub host_port: u16,
+    pub protocol: String,
+    pub host_ip: String,
+}
+
+/// What the engine says about one container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: RunState,
+    pub exit_code: Option<i64>,
+    /// The engine's error text when the container could not start, or OOM.
+    pub error: Option<String>,
+    pub oom_killed: bool,
+    pub health: Option<Health>,
+    /// `repo@sha256:…` when the image came from a registry, else the image id.
+    pub image_digest: String,
+    pub ports: Vec<PortBinding>,
+    /// Unix milliseconds; 0 when never started.
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+}
+
+/// A state change of a container, from the engine's event stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuntimeEvent {
+    Started { id: String },
+    Died { id: String, exit_code: Option<i64> },
+    Health { id: String, health: Health },
+    Destroyed { id: String },
+    /// The event stream was (re)established; anything may have changed
+    /// while it was down, so callers re-inspect what they watch.
+    Resync,
+}
+
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Checks that the engine answers.
+    async fn ping(&self) -> Result<(), RuntimeError>;
+    /// Makes `image` available locally according to `policy`.
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RuntimeError>;
+    /// Creates (does not start) a container; returns its id.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    async fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// SIGTERM (or the image's stop signal), SIGKILL after `timeout`.
+    /// Stopping a container that is not running is not an error.
+    async fn stop(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError>;
+    /// Removes a container (and its anonymous volumes). Removing a missing
+    /// container is not an error.
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// `Ok(None)` when the container does not exist.
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>, RuntimeError>;
+    /// Every container, running or not, labelled with `instance_id`.
+    async fn list(&self, instance_id: &str) -> Result<Vec<ContainerInfo>, RuntimeError>;
+    /// State changes of containers labelled with `instance_id`, forever:
+    /// the implementation reconnects by itself and yields
+    /// [`RuntimeEvent::Resync`] after every (re)connection, the first
+    /// included.
+    fn events(&self, instance_id: &str) -> BoxStream<'static, RuntimeEvent>;
+}

@@ -1,0 +1,134 @@
+//! The agent's durable state: `<data_dir>/state.json`.
+//!
+//! One file, replaced atomically (write temp, fsync, rename, fsync dir) on
+//! every change, owned by the manager alone. It holds the last desired set
+//! and its generation, the last known state of every task (container ids and
+//! restart counts included) and the event outbox with its sequence counter.
+//!
+//! A file that cannot be parsed is moved aside as `state.json.corrupt-<ms>`
+//! (kept for inspection) and the agent starts from an empty state; the
+//! containers themselves are never removed because the state was lost.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use berth_proto::v1::{DesiredTask, TaskEvent, TaskState};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::write_atomic;
+
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot write agent state {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read agent state {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PersistedState {
+    pub version: u32,
+    /// Generation of the last assignment applied.
+    pub generation: u64,
+    /// The last desired set, by task id.
+    pub desired: BTreeMap<String, DesiredTask>,
+    /// The last known state of each task this host runs or ran.
+    pub tasks: BTreeMap<String, TaskState>,
+    /// The last sequence number given to an event.
+    pub last_seq: u64,
+    /// Events not yet acknowledged by the control plane, in order.
+    pub outbox: Vec<TaskEvent>,
+}
+
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// Opens the state in `data_dir`. Returns the state and, when the file
+    /// was corrupt, where it was moved.
+    pub fn open(data_dir: &Path) -> Result<(Self, PersistedState, Option<PathBuf>), StateError> {
+        let path = data_dir.join("state.json");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let state = PersistedState {
+                    version: STATE_VERSION,
+                    ..Default::default()
+                };
+                return Ok((Self { path }, state, None));
+            }
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        match serde_json::from_slice::<PersistedState>(&bytes) {
+            Ok(state) => Ok((Self { path }, state, None)),
+            Err(_) => {
+                let aside = data_dir.join(format!("state.json.corrupt-{}", berth_proto::now_ms()));
+                std::fs::rename(&path, &aside).map_err(|source| StateError::Write {
+                    path: aside.clone(),
+                    source,
+                })?;
+                let state = PersistedState {
+                    version: STATE_VERSION,
+                    ..Default::default()
+                };
+                Ok((Self { path }, state, Some(aside)))
+            }
+        }
+    }
+
+    pub fn save(&self, state: &PersistedState) -> Result<(), StateError> {
+        let json = serde_json::to_vec(state).map_err(|e| StateError::Write {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&self.path, &json, 0o600).map_err(|source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corrupt_file_moved_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (file, mut state, aside) = StateFile::open(dir.path()).expect("open");
+        assert!(aside.is_none());
+        state.generation = 7;
+        state.last_seq = 3;
+        state.tasks.insert(
+            "t1".into(),
+            TaskState {
+                task_id: "t1".into(),
+                last_status: "RUNNING".into(),
+                ..Default::default()
+            },
+        );
+        file.save(&state).expect("save");
+        let (_, loaded, _) = StateFile::open(dir.path()).expect("reopen");
+        assert_eq!(loaded, state);
+
+        std::fs::write(dir.path().join("state.json"), b"{not json").expect("corrupt");
+        let (_, fresh, aside) = StateFile::open(dir.path()).expect("open corrupt");
+        assert_eq!(fresh.generation, 0);
+        let aside = aside.expect("moved aside");
+        assert_eq!(std::fs::read(aside).expect("kept"), b"{not json");
+    }
+}

@@ -1,0 +1,379 @@
+//! The `Admin` service: what the `berth` CLI calls, on loopback only.
+//!
+//! Reads combine the store with the session registry: `agentConnected`
+//! comes from the registry, and a task on an instance without a live
+//! session that is not STOPPED is shown as `UNKNOWN` (the stored state is
+//! kept; the agent's replayed events bring it up to date on reconnect).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::v1::admin_server::Admin;
+use berth_proto::v1::{
+    CreateTokenRequest, Instance, InstanceRef, ListInstancesRequest, ListInstancesResponse,
+    ListTasksRequest, ListTasksResponse, Resources, RunTaskRequest, StopTaskRequest, Task,
+    TaskRef, Token,
+};
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, info, info_span};
+
+use super::placement::{Candidate, Need, PlacementError, place};
+use super::store::{
+    ACTIVE, InstanceRecord, PENDING, RUNNING, STOPPED, StoreError, TaskRecord, Usage,
+};
+use super::{Core, TokenError, store_status};
+
+/// Stop code and reason of `StopTask` without a reason.
+pub const USER_STOP_CODE: &str = "UserInitiated";
+pub const USER_STOP_REASON: &str = "Task stopped by user";
+/// Reason given to the tasks of a deregistered instance.
+pub const DEREGISTER_REASON: &str = "Instance deregistered";
+/// Shown for tasks whose instance has no live session.
+pub const UNKNOWN: &str = "UNKNOWN";
+
+pub struct AdminService {
+    core: Arc<Core>,
+}
+
+impl AdminService {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
+        AdminService { core }
+    }
+}
+
+/// The API's view of an instance.
+pub(crate) fn instance_message(i: &InstanceRecord, usage: Usage, connected: bool) -> Instance {
+    Instance {
+        instance_id: i.instance_id.clone(),
+        hostname: i.hostname.clone(),
+        status: i.status.clone(),
+        agent_connected: connected,
+        last_heartbeat_at_ms: i.last_heartbeat_at_ms,
+        agent_version: i.agent_version.clone(),
+        registered: Some(Resources {
+            cpu: i.cpu,
+            memory_mib: i.memory_mib,
+        }),
+        remaining: Some(Resources {
+            cpu: i.cpu - usage.cpu,
+            memory_mib: i.memory_mib - usage.memory_mib,
+        }),
+        running_tasks_count: usage.running,
+        pending_tasks_count: usage.pending,
+        attributes: i
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        registered_at_ms: i.registered_at_ms,
+    }
+}
+
+/// The API's view of a task: `UNKNOWN` when its instance is not connected
+/// and it is not STOPPED.
+pub(crate) fn task_message(t: &TaskRecord, connected: bool) -> Task {
+    let mut state = t.state();
+    if !connected && state.last_status != STOPPED {
+        state.last_status = UNKNOWN.to_owned();
+    }
+    Task {
+        instance_id: t.instance_id.clone(),
+        state: Some(state),
+        last_seen_at_ms: t.last_seen_at_ms,
+    }
+}
+
+fn placement_status(e: PlacementError) -> Status {
+    match e {
+        PlacementError::NoSuchInstance(_) => Status::not_found(e.to_string()),
+        _ => Status::failed_precondition(e.to_string()),
+    }
+}
+
+/// Errors of the RunTask critical section.
+enum RunError {
+    Store(StoreError),
+    Placement(PlacementError),
+}
+
+impl From<StoreError> for RunError {
+    fn from(e: StoreError) -> Self {
+        RunError::Store(e)
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<Token>, Status> {
+        let ttl = match request.into_inner().ttl_seconds {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        };
+        let token = self.core.create_token(ttl).await.map_err(|e| match e {
+            TokenError::Ttl(_) => Status::invalid_argument(e.to_string()),
+            TokenError::Store(e) => store_status(e),
+        })?;
+        Ok(Response::new(token))
+    }
+
+    async fn list_instances(
+        &self,
+        _request: Request<ListInstancesRequest>,
+    ) -> Result<Response<ListInstancesResponse>, Status> {
+        let (instances, usage) = self
+            .core
+            .db(|s| Ok::<_, StoreError>((s.instances()?, s.usage()?)))
+            .await
+            .map_err(store_status)?;
+        let connected = self.core.connected_instances();
+        let instances = instances
+            .iter()
+            .map(|i| {
+                let u = usage.get(&i.instance_id).copied().unwrap_or_default();
+                instance_message(i, u, connected.contains(&i.instance_id))
+            })
+            .collect();
+        Ok(Response::new(ListInstancesResponse { instances }))
+    }
+
+    async fn describe_instance(
+        &self,
+        request: Request<InstanceRef>,
+    ) -> Result<Response<Instance>, Status> {
+        let id = request.into_inner().instance_id.trim().to_owned();
+        let lookup = id.clone();
+        let (instance, usage) = self
+            .core
+            .db(move |s| {
+                let i = s.instance(&lookup)?;
+                let u = s.usage()?.get(&lookup).copied().unwrap_or_default();
+                Ok::<_, StoreError>((i, u))
+            })
+            .await
+            .map_err(store_status)?;
+        let instance = instance.ok_or_else(|| Status::not_found(format!("no instance {id}")))?;
+        let connected = self.core.is_connected(&id);
+        Ok(Response::new(instance_message(&instance, usage, connected)))
+    }
+
+    async fn deregister_instance(
+        &self,
+        request: Request<InstanceRef>,
+    ) -> Result<Response<Instance>, Status> {
+        let id = request.into_inner().instance_id.trim().to_owned();
+        let lookup = id.clone();
+        let (instance, usage) = self
+            .core
+            .db(move |s| {
+                let i = s.deregister_instance(&lookup, USER_STOP_CODE, DEREGISTER_REASON)?;
+                let u = s.usage()?.get(&lookup).copied().unwrap_or_default();
+                Ok::<_, StoreError>((i, u))
+            })
+            .await
+            .map_err(store_status)?;
+        info!(instance_id = %id, "instance deregistered");
+        // The agent learns to stop its tasks, then loses its session; it
+        // cannot open another one.
+        self.core.notify_assignment(&id);
+        self.core.close_session(
+            &id,
+            Status::permission_denied(format!("instance {id} was deregistered")),
+        );
+        Ok(Response::new(instance_message(&instance, usage, false)))
+    }
+
+    async fn run_task(&self, request: Request<RunTaskRequest>) -> Result<Response<Task>, Status> {
+        let req = request.into_inner();
+        let parsed = berth_taskdef::parse(&req.task_definition_json)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let reservation = parsed.definition.reservation();
+        let need = Need {
+            cpu: i64::try_from(reservation.cpu).unwrap_or(i64::MAX),
+            memory_mib: i64::try_from(reservation.memory_mib).unwrap_or(i64::MAX),
+        };
+        let task_id = uuid::Uuid::new_v4().simple().to_string();
+        let span = info_span!("task", %task_id, family = %parsed.definition.family);
+        let now = berth_proto::now_ms();
+        let task = TaskRecord {
+            task_id: task_id.clone(),
+            instance_id: String::new(),
+            family: parsed.definition.family.clone(),
+            definition_json: req.task_definition_json,
+            desired_status: RUNNING.to_owned(),
+            last_status: PENDING.to_owned(),
+            health_status: UNKNOWN.to_owned(),
+            created_at_ms: now,
+            reserved_cpu: need.cpu,
+            reserved_memory_mib: need.memory_mib,
+            ..TaskRecord::default()
+        };
+        let explicit = non_empty(&req.instance_id);
+        let connected: HashSet<String> = self.core.connected_instances();
+        // Placement and insertion under one store lock: two tasks placed at
+        // once cannot both take the last free memory.
+        let placed = self
+            .core
+            .db(move |s| {
+                let instances = s.instances()?;
+                let usage = s.usage()?;
+                let candidates: Vec<Candidate> = instances
+                    .iter()
+                    .map(|i| {
+                        let u = usage.get(&i.instance_id).copied().unwrap_or_default();
+                        Candidate {
+                            instance_id: i.instance_id.clone(),
+                            active: i.status == ACTIVE,
+                            connected: connected.contains(&i.instance_id),
+                            free: Need {
+                                cpu: i.cpu - u.cpu,
+                                memory_mib: i.memory_mib - u.memory_mib,
+                            },
+                        }
+                    })
+                    .collect();
+                let instance_id =
+                    place(need, &candidates, explicit.as_deref()).map_err(RunError::Placement)?;
+                let task = TaskRecord {
+                    instance_id,
+                    ..task
+                };
+                s.insert_task(&task)?;
+                Ok::<_, RunError>(task)
+            })
+            .instrument(span.clone())
+            .await
+            .map_err(|e| match e {
+                RunError::Store(e) => store_status(e),
+                RunError::Placement(e) => {
+                    span.in_scope(|| info!(reason = %e, "task refused"));
+                    placement_status(e)
+                }
+            })?;
+        span.in_scope(|| {
+            info!(instance_id = %placed.instance_id, cpu = need.cpu, memory_mib = need.memory_mib, "task placed");
+            for w in &parsed.warnings {
+                info!(warning = %w, "task definition warning");
+            }
+        });
+        self.core.notify_assignment(&placed.instance_id);
+        let connected = self.core.is_connected(&placed.instance_id);
+        Ok(Response::new(task_message(&placed, connected)))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        let filter = non_empty(&request.into_inner().instance_id);
+        let tasks = self
+            .core
+            .db(move |s| s.tasks(filter.as_deref()))
+            .await
+            .map_err(store_status)?;
+        let connected = self.core.connected_instances();
+        let tasks = tasks
+            .iter()
+            .map(|t| task_message(t, connected.contains(&t.instance_id)))
+            .collect();
+        Ok(Response::new(ListTasksResponse { tasks }))
+    }
+
+    async fn describe_task(&self, request: Request<TaskRef>) -> Result<Response<Task>, Status> {
+        let id = request.into_inner().task_id.trim().to_owned();
+        let lookup = id.clone();
+        let task = self
+            .core
+            .db(move |s| s.task(&lookup))
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no task {id}")))?;
+        let connected = self.core.is_connected(&task.instance_id);
+        Ok(Response::new(task_message(&task, connected)))
+    }
+
+    async fn stop_task(&self, request: Request<StopTaskRequest>) -> Result<Response<Task>, Status> {
+        let req = request.into_inner();
+        let id = req.task_id.trim().to_owned();
+        let reason = non_empty(&req.reason).unwrap_or_else(|| USER_STOP_REASON.to_owned());
+        let span = info_span!("task", task_id = %id);
+        let lookup = id.clone();
+        let (task, changed) = self
+            .core
+            .db(move |s| s.stop_task(&lookup, USER_STOP_CODE, &reason))
+            .instrument(span.clone())
+            .await
+            .map_err(store_status)?;
+        if changed {
+            span.in_scope(|| info!(instance_id = %task.instance_id, "task stop requested"));
+            self.core.notify_assignment(&task.instance_id);
+        }
+        let connected = self.core.is_connected(&task.instance_id);
+        Ok(Response::new(task_message(&task, connected)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disconnected_tasks_show_unknown_unless_stopped() {
+        let t = TaskRecord {
+            task_id: "t".into(),
+            instance_id: "i".into(),
+            last_status: RUNNING.into(),
+            ..TaskRecord::default()
+        };
+        let shown = |t: &TaskRecord, c| {
+            task_message(t, c)
+                .state
+                .map(|s| s.last_status)
+                .unwrap_or_default()
+        };
+        assert_eq!(shown(&t, true), RUNNING);
+        assert_eq!(shown(&t, false), UNKNOWN);
+        let stopped = TaskRecord {
+            last_status: STOPPED.into(),
+            ..t
+        };
+        assert_eq!(shown(&stopped, false), STOPPED);
+    }
+
+    #[test]
+    fn remaining_is_registered_minus_reserved() {
+        let i = InstanceRecord {
+            instance_id: "i".into(),
+            cpu: 2048,
+            memory_mib: 4000,
+            ..InstanceRecord::default()
+        };
+        let m = instance_message(
+            &i,
+            Usage {
+                cpu: 512,
+                memory_mib: 1000,
+                running: 1,
+                pending: 1,
+            },
+            true,
+        );
+        assert_eq!(
+            m.remaining,
+            Some(Resources {
+                cpu: 1536,
+                memory_mib: 3000
+            })
+        );
+        assert_eq!(m.running_tasks_count, 1);
+        assert!(m.agent_connected);
+    }
+}

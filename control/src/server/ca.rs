@@ -1,0 +1,437 @@
+//! The fleet CA: signs the server certificate and every agent's client
+//! certificate.
+//!
+//! Invariants:
+//! - `ca.key` is created with mode 0600 (never chmod-ed afterwards) and is
+//!   never logged; `ca.crt` is public.
+//! - the server certificate and its key live in memory only and are issued
+//!   fresh at every start, so SAN changes (`--tls-san`, `--advertise`) take
+//!   effect with a restart;
+//! - client certificates carry the instance id as their common name: that is
+//!   the only identity the fleet service trusts.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber,
+};
+use sha2::{Digest, Sha256};
+use time::{Duration, OffsetDateTime};
+
+/// Common name of the fleet CA certificate.
+pub const CA_COMMON_NAME: &str = "berth fleet CA";
+/// Validity of the fleet CA certificate.
+pub const CA_VALIDITY: Duration = Duration::days(3650);
+/// Validity of an agent's client certificate.
+pub const CLIENT_CERT_VALIDITY: Duration = Duration::days(30);
+/// Tolerated clock skew between the server and its agents.
+const BACKDATE: Duration = Duration::minutes(5);
+
+/// File names inside the data dir.
+pub const CA_KEY_FILE: &str = "ca.key";
+pub const CA_CERT_FILE: &str = "ca.crt";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("{path} is not a usable CA key: {source}")]
+    BadKey { path: PathBuf, source: rcgen::Error },
+    #[error("{path} is not a usable CA certificate: {reason}")]
+    BadCert { path: PathBuf, reason: String },
+    #[error(
+        "{cert} exists but {key} does not: restore the CA key, or move both away to create a new CA (every agent then has to enroll again)"
+    )]
+    MissingKey { cert: PathBuf, key: PathBuf },
+    #[error("invalid certificate signing request: {0}")]
+    BadCsr(rcgen::Error),
+    #[error("cannot issue a certificate: {0}")]
+    Issue(rcgen::Error),
+}
+
+/// A server identity: certificate chain (server certificate, then the CA)
+/// and private key, both PEM.
+pub struct ServerIdentity {
+    pub chain_pem: String,
+    pub key_pem: String,
+    /// SANs that could not be put in the certificate (not ASCII), with why.
+    pub skipped_sans: Vec<String>,
+}
+
+/// The fleet CA, loaded from (or created in) the data dir.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    cert_der: Vec<u8>,
+    not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("sha256", &self.sha256_hex())
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ca {
+    /// Loads `ca.key` + `ca.crt` from `dir`, creating them on first start.
+    /// Returns the CA and whether it was created now.
+    pub fn load_or_create(dir: &Path) -> Result<(Ca, bool), CaError> {
+        let key_path = dir.join(CA_KEY_FILE);
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_exists = key_path.exists();
+        let cert_exists = cert_path.exists();
+        match (key_exists, cert_exists) {
+            (true, true) => Ok((Self::load(&key_path, &cert_path)?, false)),
+            (false, true) => Err(CaError::MissingKey {
+                cert: cert_path,
+                key: key_path,
+            }),
+            (true, false) => {
+                // A crash between writing the key and the certificate: the
+                // key was never used, so a certificate for it is all we need.
+                let key = read_key(&key_path)?;
+                let ca = Self::create_cert(key, &cert_path)?;
+                Ok((ca, true))
+            }
+            (false, false) => {
+                let key = KeyPair::generate().map_err(CaError::Issue)?;
+                write_secret(&key_path, key.serialize_pem().as_bytes())?;
+                let ca = Self::create_cert(key, &cert_path)?;
+                Ok((ca, true))
+            }
+        }
+    }
+
+    /// Creates an in-memory CA that is never written anywhere (tests).
+    pub fn ephemeral() -> Result<Ca, CaError> {
+        let key = KeyPair::generate().map_err(CaError::Issue)?;
+        let params = ca_params();
+        let cert = params.self_signed(&key).map_err(CaError::Issue)?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            not_after: params.not_after,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    fn create_cert(key: KeyPair, cert_path: &Path) -> Result<Ca, CaError> {
+        let params = ca_params();
+        let cert = params.self_signed(&key).map_err(CaError::Issue)?;
+        let pem = cert.pem();
+        write_atomic(cert_path, pem.as_bytes(), 0o644)?;
+        Ok(Ca {
+            cert_pem: pem,
+            cert_der: cert.der().to_vec(),
+            not_after: params.not_after,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    fn load(key_path: &Path, cert_path: &Path) -> Result<Ca, CaError> {
+        let key = read_key(key_path)?;
+        let cert_pem = fs::read_to_string(cert_path).map_err(|source| CaError::Read {
+            path: cert_path.to_owned(),
+            source,
+        })?;
+        let bad = |reason: String| CaError::BadCert {
+            path: cert_path.to_owned(),
+            reason,
+        };
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+            .map_err(|e| bad(format!("not PEM: {e}")))?;
+        let cert_der = pem.contents.clone();
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der)
+            .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
+        if cert.public_key().raw != key.public_key_der().as_slice() {
+            return Err(bad(format!(
+                "it does not belong to the key in {}",
+                key_path.display()
+            )));
+        }
+        let not_after =
+            OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+                .map_err(|e| bad(format!("bad expiry: {e}")))?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Ca {
+            issuer,
+            cert_pem,
+            cert_der,
+            not_after,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// Hex SHA-256 of the CA certificate's DER: what `--ca-hash sha256:…` pins.
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(Sha256::digest(&self.cert_der))
+    }
+
+    /// When the CA certificate expires.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// Issues a server certificate for `sans` (DNS names or IP addresses).
+    /// Names that cannot go into a certificate are skipped and reported.
+    pub fn issue_server_cert(&self, sans: &[String]) -> Result<ServerIdentity, CaError> {
+        let key = KeyPair::generate().map_err(CaError::Issue)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "berth server");
+        params.distinguished_name = dn;
+        let mut skipped_sans = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for san in sans {
+            let san = san.trim().trim_start_matches('[').trim_end_matches(']');
+            if san.is_empty() || !seen.insert(san.to_owned()) {
+                continue;
+            }
+            match san.parse::<IpAddr>() {
+                Ok(ip) => params.subject_alt_names.push(SanType::IpAddress(ip)),
+                Err(_) => match san.to_owned().try_into() {
+                    Ok(name) => params.subject_alt_names.push(SanType::DnsName(name)),
+                    Err(e) => skipped_sans.push(format!("{san}: {e}")),
+                },
+            }
+        }
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        // The key never leaves memory and is replaced at every start, so the
+        // certificate may live as long as the CA.
+        params.not_after = self.not_after;
+        params.serial_number = Some(random_serial());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(CaError::Issue)?;
+        Ok(ServerIdentity {
+            chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
+            key_pem: key.serialize_pem(),
+            skipped_sans,
+        })
+    }
+
+    /// Signs an agent's CSR: common name = `instance_id`, client
+    /// authentication only, valid for [`CLIENT_CERT_VALIDITY`]. Everything the
+    /// CSR asks for besides its public key is ignored. Returns the PEM.
+    pub fn issue_client_cert(&self, csr_pem: &str, instance_id: &str) -> Result<String, CaError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::BadCsr)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, instance_id);
+        params.distinguished_name = dn;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = (now + CLIENT_CERT_VALIDITY).min(self.not_after);
+        params.serial_number = Some(random_serial());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        csr.params = params;
+        let cert = csr.signed_by(&self.issuer).map_err(CaError::Issue)?;
+        Ok(cert.pem())
+    }
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_COMMON_NAME);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + CA_VALIDITY;
+    params.serial_number = Some(random_serial());
+    params
+}
+
+/// 16 random bytes, positive (top bit clear), never zero.
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes);
+    bytes[0] = (bytes[0] & 0x7f) | 0x01;
+    SerialNumber::from_slice(&bytes)
+}
+
+fn read_key(path: &Path) -> Result<KeyPair, CaError> {
+    let pem = fs::read_to_string(path).map_err(|source| CaError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    KeyPair::from_pem(&pem).map_err(|source| CaError::BadKey {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes a secret file that never exists with a wider mode than 0600.
+fn write_secret(path: &Path, contents: &[u8]) -> Result<(), CaError> {
+    write_atomic(path, contents, 0o600)
+}
+
+/// Crash-safe write: temporary file created with `mode`, fsync, rename,
+/// fsync of the directory.
+pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
+    let err = |source| CaError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    crate::server::fsutil::write_atomic(path, contents, mode).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::extensions::ParsedExtension;
+
+    fn csr(cn: &str) -> (KeyPair, String) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let csr = params.serialize_request(&key).expect("csr");
+        (key, csr.pem().expect("pem"))
+    }
+
+    fn parse_pem(pem: &str) -> Vec<u8> {
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem");
+        p.contents
+    }
+
+    #[test]
+    fn client_cert_has_instance_cn_and_chains_to_the_ca() {
+        let ca = Ca::ephemeral().expect("ca");
+        let (key, csr_pem) = csr("something-the-agent-chose");
+        let pem = ca
+            .issue_client_cert(&csr_pem, "i-0123456789abcdef")
+            .expect("issue");
+        let der = parse_pem(&pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+        let cn: Vec<&str> = cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|c| c.as_str().ok())
+            .collect();
+        assert_eq!(cn, vec!["i-0123456789abcdef"]);
+        assert_eq!(cert.public_key().raw, key.public_key_der().as_slice());
+
+        // Chains to the CA: issuer name matches and the CA key verifies it.
+        let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der()).expect("ca x509");
+        assert_eq!(cert.issuer(), ca_cert.subject());
+        cert.verify_signature(Some(ca_cert.public_key()))
+            .expect("signed by the CA");
+        // Client auth only.
+        let eku = cert
+            .extended_key_usage()
+            .expect("eku parse")
+            .expect("eku present");
+        assert!(eku.value.client_auth);
+        assert!(!eku.value.server_auth);
+        let days = (cert.validity().not_after.timestamp()
+            - cert.validity().not_before.timestamp())
+            / 86_400;
+        assert_eq!(days, 30);
+        assert!(
+            cert.extensions()
+                .iter()
+                .all(|e| !matches!(e.parsed_extension(), ParsedExtension::BasicConstraints(b) if b.ca))
+        );
+    }
+
+    #[test]
+    fn garbage_csr_is_refused() {
+        let ca = Ca::ephemeral().expect("ca");
+        let err = ca
+            .issue_client_cert("not a csr", "i-0000000000000000")
+            .expect_err("must fail");
+        assert!(err.to_string().starts_with("invalid certificate signing request"));
+    }
+
+    #[test]
+    fn ca_persists_with_private_key_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca, created) = Ca::load_or_create(dir.path()).expect("create");
+        assert!(created);
+        let mode = fs::metadata(dir.path().join(CA_KEY_FILE))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (again, created) = Ca::load_or_create(dir.path()).expect("load");
+        assert!(!created);
+        assert_eq!(ca.sha256_hex(), again.sha256_hex());
+        // A certificate issued after reloading still chains to the same CA.
+        let (_, csr_pem) = csr("x");
+        let pem = again.issue_client_cert(&csr_pem, "i-1").expect("issue");
+        let der = parse_pem(&pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+        let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der()).expect("ca");
+        cert.verify_signature(Some(ca_cert.public_key()))
+            .expect("signed by the CA");
+    }
+
+    #[test]
+    fn missing_key_is_an_error_naming_both_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Ca::load_or_create(dir.path()).expect("create");
+        fs::remove_file(dir.path().join(CA_KEY_FILE)).expect("rm");
+        let err = Ca::load_or_create(dir.path()).expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("ca.crt") && msg.contains("ca.key"), "{msg}");
+    }
+
+    #[test]
+    fn server_cert_has_sans() {
+        let ca = Ca::ephemeral().expect("ca");
+        let id = ca
+            .issue_server_cert(&[
+                "localhost".into(),
+                "127.0.0.1".into(),
+                "::1".into(),
+                "[::1]".into(),
+                "berth.example".into(),
+            ])
+            .expect("issue");
+        assert!(id.skipped_sans.is_empty());
+        let first = id.chain_pem.split("-----END CERTIFICATE-----").next().expect("first");
+        let der = parse_pem(&format!("{first}-----END CERTIFICATE-----\n"));
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+        let san = cert
+            .subject_alternative_name()
+            .expect("san parse")
+            .expect("san present");
+        assert_eq!(san.value.general_names.len(), 4);
+        assert_eq!(id.chain_pem.matches("BEGIN CERTIFICATE").count(), 2);
+    }
+}

@@ -1,0 +1,1365 @@
+//! The control plane's durable state: activations, instances, tasks.
+//!
+//! [`Store`] is the boundary; [`SqliteStore`] implements it on one SQLite
+//! file (`<data-dir>/berth.db`, WAL, foreign keys, `synchronous=FULL` so that
+//! an acknowledged event survives a power cut).
+//!
+//! Invariants:
+//! - every change that touches more than one row runs in one transaction
+//!   (enrollment, event application, task creation, stop, deregistration);
+//! - an instance's `generation` grows by one in the same transaction as every
+//!   change of its desired task set (see [`TaskRecord::in_desired_set`]);
+//! - an event is applied at most once: `instances.last_event_seq` only grows
+//!   and events at or below it are ignored;
+//! - only the SHA-256 of an activation code is stored.
+//!
+//! The schema uses TEXT, BIGINT and INTEGER only, so that it carries over to
+//! PostgreSQL unchanged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_proto::v1::{
+    Assignment, ContainerState, DesiredTask, NetworkBinding, TaskEvent, TaskState,
+};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use serde::{Deserialize, Serialize};
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: i64 = 1;
+
+pub const RUNNING: &str = "RUNNING";
+pub const PENDING: &str = "PENDING";
+pub const STOPPED: &str = "STOPPED";
+pub const ACTIVE: &str = "ACTIVE";
+pub const INACTIVE: &str = "INACTIVE";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    instance_id TEXT NOT NULL PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    status TEXT NOT NULL,
+    registered_at_ms BIGINT NOT NULL,
+    agent_version TEXT NOT NULL,
+    boot_id TEXT NOT NULL,
+    cpu BIGINT NOT NULL,
+    memory_mib BIGINT NOT NULL,
+    attributes_json TEXT NOT NULL,
+    last_heartbeat_at_ms BIGINT NOT NULL,
+    last_event_seq BIGINT NOT NULL,
+    generation BIGINT NOT NULL,
+    acked_generation BIGINT NOT NULL,
+    os TEXT NOT NULL,
+    arch TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS activations (
+    id TEXT NOT NULL PRIMARY KEY,
+    code_hash TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT NOT NULL,
+    used_at_ms BIGINT,
+    instance_id TEXT REFERENCES instances (instance_id)
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT NOT NULL PRIMARY KEY,
+    instance_id TEXT NOT NULL REFERENCES instances (instance_id),
+    family TEXT NOT NULL,
+    definition_json TEXT NOT NULL,
+    desired_status TEXT NOT NULL,
+    last_status TEXT NOT NULL,
+    health_status TEXT NOT NULL,
+    stop_code TEXT NOT NULL,
+    stopped_reason TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    started_at_ms BIGINT NOT NULL,
+    stopped_at_ms BIGINT NOT NULL,
+    containers_json TEXT NOT NULL,
+    reserved_cpu BIGINT NOT NULL,
+    reserved_memory_mib BIGINT NOT NULL,
+    last_event_seq BIGINT NOT NULL,
+    last_seen_at_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_instance ON tasks (instance_id, created_at_ms);
+CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at_ms);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the database was written by a newer berth (schema version {found}, this build knows {supported})"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored {what} of {id} is not valid JSON: {source}")]
+    Corrupt {
+        what: &'static str,
+        id: String,
+        source: serde_json::Error,
+    },
+    #[error("activation {0} was already used")]
+    ActivationUsed(String),
+    #[error("no instance {0}")]
+    NoInstance(String),
+    #[error("no task {0}")]
+    NoTask(String),
+    #[error("task {0} already exists")]
+    TaskExists(String),
+    #[error("the store is unusable after an earlier panic")]
+    Poisoned,
+    #[error("a store operation failed: {0}")]
+    Join(String),
+}
+
+/// A one-time activation. Only the code's SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivationRecord {
+    pub id: String,
+    /// Hex SHA-256 of the activation code.
+    pub code_hash: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub used_at_ms: Option<i64>,
+    pub instance_id: Option<String>,
+}
+
+/// What enrollment knows about a new instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewInstance {
+    pub instance_id: String,
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+    pub registered_at_ms: i64,
+}
+
+/// An instance as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub instance_id: String,
+    pub hostname: String,
+    /// `ACTIVE` or `INACTIVE`.
+    pub status: String,
+    pub registered_at_ms: i64,
+    pub agent_version: String,
+    pub boot_id: String,
+    /// Registered CPU units.
+    pub cpu: i64,
+    /// Registered memory, MiB.
+    pub memory_mib: i64,
+    pub attributes: BTreeMap<String, String>,
+    pub last_heartbeat_at_ms: i64,
+    pub last_event_seq: u64,
+    pub generation: u64,
+    pub acked_generation: u64,
+    pub os: String,
+    pub arch: String,
+}
+
+/// What a Hello tells about an instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HelloRecord {
+    pub hostname: String,
+    pub agent_version: String,
+    pub boot_id: String,
+    pub cpu: i64,
+    pub memory_mib: i64,
+    pub attributes: BTreeMap<String, String>,
+    pub at_ms: i64,
+}
+
+/// Reservations and task counts of one instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU units reserved by tasks that are not STOPPED.
+    pub cpu: i64,
+    /// MiB reserved by tasks that are not STOPPED.
+    pub memory_mib: i64,
+    pub running: u32,
+    pub pending: u32,
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub instance_id: String,
+    pub family: String,
+    /// The definition as submitted; empty for a task the server learned
+    /// about only from an agent's event.
+    pub definition_json: String,
+    pub desired_status: String,
+    pub last_status: String,
+    pub health_status: String,
+    pub stop_code: String,
+    pub stopped_reason: String,
+    pub created_at_ms: i64,
+    pub started_at_ms: i64,
+    pub stopped_at_ms: i64,
+    pub containers: Vec<ContainerState>,
+    pub reserved_cpu: i64,
+    pub reserved_memory_mib: i64,
+    pub last_event_seq: u64,
+    pub last_seen_at_ms: i64,
+}
+
+impl TaskRecord {
+    /// Whether the task belongs in its instance's assignment: every task
+    /// except those both desired and last STOPPED. A task whose definition
+    /// the server does not know cannot be assigned.
+    pub fn in_desired_set(&self) -> bool {
+        !self.definition_json.is_empty()
+            && !(self.desired_status == STOPPED && self.last_status == STOPPED)
+    }
+
+    /// The protocol's view of the task's state.
+    pub fn state(&self) -> TaskState {
+        TaskState {
+            task_id: self.task_id.clone(),
+            family: self.family.clone(),
+            last_status: self.last_status.clone(),
+            desired_status: self.desired_status.clone(),
+            health_status: self.health_status.clone(),
+            stop_code: self.stop_code.clone(),
+            stopped_reason: self.stopped_reason.clone(),
+            created_at_ms: self.created_at_ms,
+            started_at_ms: self.started_at_ms,
+            stopped_at_ms: self.stopped_at_ms,
+            containers: self.containers.clone(),
+        }
+    }
+
+    fn desired_task(&self) -> DesiredTask {
+        DesiredTask {
+            task_id: self.task_id.clone(),
+            task_definition_json: self.definition_json.clone(),
+            desired_status: self.desired_status.clone(),
+            created_at_ms: self.created_at_ms,
+            stop_code: self.stop_code.clone(),
+            stopped_reason: self.stopped_reason.clone(),
+        }
+    }
+}
+
+/// What applying an agent's event did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventOutcome {
+    /// False for a replay (sequence at or below the last applied one).
+    pub applied: bool,
+    /// The instance's desired set changed: a new assignment is due.
+    pub assignment_changed: bool,
+    /// The event named a task of another instance; only the sequence moved.
+    pub foreign_task: bool,
+}
+
+/// The control plane's durable state. Methods are synchronous; callers on
+/// the async runtime go through `spawn_blocking`.
+pub trait Store: Send {
+    /// Stores a new activation.
+    fn create_activation(&mut self, activation: &ActivationRecord) -> Result<(), StoreError>;
+    fn activation(&self, id: &str) -> Result<Option<ActivationRecord>, StoreError>;
+    /// Marks the activation used and creates the instance, in one
+    /// transaction. [`StoreError::ActivationUsed`] when someone was faster.
+    fn enroll(
+        &mut self,
+        activation_id: &str,
+        now_ms: i64,
+        instance: &NewInstance,
+    ) -> Result<(), StoreError>;
+
+    fn instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError>;
+    /// All instances, oldest registration first.
+    fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
+    /// Reservations and counts per instance id.
+    fn usage(&self) -> Result<HashMap<String, Usage>, StoreError>;
+    fn record_hello(&mut self, id: &str, hello: &HelloRecord)
+    -> Result<InstanceRecord, StoreError>;
+    fn record_heartbeat(&mut self, id: &str, at_ms: i64) -> Result<(), StoreError>;
+    fn record_assignment_ack(&mut self, id: &str, generation: u64) -> Result<(), StoreError>;
+    /// Marks the instance INACTIVE and every task on it desired STOPPED.
+    fn deregister_instance(
+        &mut self,
+        id: &str,
+        stop_code: &str,
+        reason: &str,
+    ) -> Result<InstanceRecord, StoreError>;
+
+    /// Applies an agent's task event at most once (see [`EventOutcome`]).
+    fn apply_event(
+        &mut self,
+        instance_id: &str,
+        event: &TaskEvent,
+        now_ms: i64,
+    ) -> Result<EventOutcome, StoreError>;
+    /// The instance's current assignment.
+    fn assignment(&self, instance_id: &str) -> Result<Assignment, StoreError>;
+
+    /// Stores a new task and bumps its instance's generation. Returns the
+    /// new generation.
+    fn insert_task(&mut self, task: &TaskRecord) -> Result<u64, StoreError>;
+    fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError>;
+    /// Tasks, newest first, optionally of one instance.
+    fn tasks(&self, instance_id: Option<&str>) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Sets the task's desired status to STOPPED. Returns the task and
+    /// whether anything changed (a task already STOPPED, or already desired
+    /// STOPPED, is returned unchanged).
+    fn stop_task(
+        &mut self,
+        id: &str,
+        stop_code: &str,
+        reason: &str,
+    ) -> Result<(TaskRecord, bool), StoreError>;
+}
+
+/// [`Store`] on SQLite.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.conn.path())
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema
+    /// up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        Self::init(conn).map_err(|e| match e {
+            StoreError::Sql(source) => open_err(source),
+            other => other,
+        })
+    }
+
+    /// An in-memory database (tests).
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<SqliteStore, StoreError> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // `journal_mode` answers with the mode in effect; in-memory databases
+        // stay `memory`.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let tx = conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        let found: Option<i64> = tx
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+            .optional()?
+            .flatten();
+        match found {
+            None => {
+                tx.execute(
+                    "INSERT INTO schema_version (version) VALUES (?1)",
+                    params![SCHEMA_VERSION],
+                )?;
+            }
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::SchemaTooNew {
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            Some(_) => {}
+        }
+        tx.commit()?;
+        Ok(SqliteStore { conn })
+    }
+}
+
+const INSTANCE_COLUMNS: &str = "instance_id, hostname, status, registered_at_ms, agent_version, \
+     boot_id, cpu, memory_mib, attributes_json, last_heartbeat_at_ms, last_event_seq, \
+     generation, acked_generation, os, arch";
+
+const TASK_COLUMNS: &str = "task_id, instance_id, family, definition_json, desired_status, \
+     last_status, health_status, stop_code, stopped_reason, created_at_ms, started_at_ms, \
+     stopped_at_ms, containers_json, reserved_cpu, reserved_memory_mib, last_event_seq, \
+     last_seen_at_ms";
+
+/// A row read before its JSON columns are decoded.
+struct RawInstance {
+    rec: InstanceRecord,
+    attributes_json: String,
+}
+
+fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<RawInstance> {
+    Ok(RawInstance {
+        rec: InstanceRecord {
+            instance_id: r.get(0)?,
+            hostname: r.get(1)?,
+            status: r.get(2)?,
+            registered_at_ms: r.get(3)?,
+            agent_version: r.get(4)?,
+            boot_id: r.get(5)?,
+            cpu: r.get(6)?,
+            memory_mib: r.get(7)?,
+            attributes: BTreeMap::new(),
+            last_heartbeat_at_ms: r.get(9)?,
+            last_event_seq: from_db(r.get(10)?),
+            generation: from_db(r.get(11)?),
+            acked_generation: from_db(r.get(12)?),
+            os: r.get(13)?,
+            arch: r.get(14)?,
+        },
+        attributes_json: r.get(8)?,
+    })
+}
+
+impl RawInstance {
+    fn decode(self) -> Result<InstanceRecord, StoreError> {
+        let mut rec = self.rec;
+        rec.attributes =
+            serde_json::from_str(&self.attributes_json).map_err(|source| StoreError::Corrupt {
+                what: "attributes",
+                id: rec.instance_id.clone(),
+                source,
+            })?;
+        Ok(rec)
+    }
+}
+
+struct RawTask {
+    rec: TaskRecord,
+    containers_json: String,
+}
+
+fn task_from_row(r: &Row<'_>) -> rusqlite::Result<RawTask> {
+    Ok(RawTask {
+        rec: TaskRecord {
+            task_id: r.get(0)?,
+            instance_id: r.get(1)?,
+            family: r.get(2)?,
+            definition_json: r.get(3)?,
+            desired_status: r.get(4)?,
+            last_status: r.get(5)?,
+            health_status: r.get(6)?,
+            stop_code: r.get(7)?,
+            stopped_reason: r.get(8)?,
+            created_at_ms: r.get(9)?,
+            started_at_ms: r.get(10)?,
+            stopped_at_ms: r.get(11)?,
+            containers: Vec::new(),
+            reserved_cpu: r.get(13)?,
+            reserved_memory_mib: r.get(14)?,
+            last_event_seq: from_db(r.get(15)?),
+            last_seen_at_ms: r.get(16)?,
+        },
+        containers_json: r.get(12)?,
+    })
+}
+
+impl RawTask {
+    fn decode(self) -> Result<TaskRecord, StoreError> {
+        let mut rec = self.rec;
+        let stored: Vec<StoredContainer> =
+            serde_json::from_str(&self.containers_json).map_err(|source| StoreError::Corrupt {
+                what: "containers",
+                id: rec.task_id.clone(),
+                source,
+            })?;
+        rec.containers = stored.into_iter().map(ContainerState::from).collect();
+        Ok(rec)
+    }
+}
+
+/// The database's own format for container state, so that the table does
+/// not change when the protocol's Rust types do.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct StoredContainer {
+    name: String,
+    image: String,
+    image_digest: String,
+    runtime_id: String,
+    last_status: String,
+    exit_code: Option<i32>,
+    reason: String,
+    health_status: String,
+    restart_count: u32,
+    network_bindings: Vec<StoredBinding>,
+    essential: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct StoredBinding {
+    container_port: u32,
+    host_port: u32,
+    protocol: String,
+    bind_ip: String,
+}
+
+impl From<&ContainerState> for StoredContainer {
+    fn from(c: &ContainerState) -> Self {
+        StoredContainer {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            image_digest: c.image_digest.clone(),
+            runtime_id: c.runtime_id.clone(),
+            last_status: c.last_status.clone(),
+            exit_code: c.exit_code,
+            reason: c.reason.clone(),
+            health_status: c.health_status.clone(),
+            restart_count: c.restart_count,
+            network_bindings: c
+                .network_bindings
+                .iter()
+                .map(|b| StoredBinding {
+                    container_port: b.container_port,
+                    host_port: b.host_port,
+                    protocol: b.protocol.clone(),
+                    bind_ip: b.bind_ip.clone(),
+                })
+                .collect(),
+            essential: c.essential,
+        }
+    }
+}
+
+impl From<StoredContainer> for ContainerState {
+    fn from(c: StoredContainer) -> Self {
+        ContainerState {
+            name: c.name,
+            image: c.image,
+            image_digest: c.image_digest,
+            runtime_id: c.runtime_id,
+            last_status: c.last_status,
+            exit_code: c.exit_code,
+            reason: c.reason,
+            health_status: c.health_status,
+            restart_count: c.restart_count,
+            network_bindings: c
+                .network_bindings
+                .into_iter()
+                .map(|b| NetworkBinding {
+                    container_port: b.container_port,
+                    host_port: b.host_port,
+                    protocol: b.protocol,
+                    bind_ip: b.bind_ip,
+                })
+                .collect(),
+            essential: c.essential,
+        }
+    }
+}
+
+fn containers_json(containers: &[ContainerState]) -> String {
+    let stored: Vec<StoredContainer> = containers.iter().map(StoredContainer::from).collect();
+    // Serialising plain strings and numbers cannot fail.
+    serde_json::to_string(&stored).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Sequence numbers and generations are u64 in the protocol and BIGINT in
+/// the database; values beyond i64::MAX never occur in practice and are
+/// clamped rather than wrapped.
+fn to_db(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn from_db(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn get_instance(conn: &Connection, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?1"),
+        params![id],
+        instance_from_row,
+    )
+    .optional()?
+    .map(RawInstance::decode)
+    .transpose()
+}
+
+fn get_task(conn: &Connection, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?1"),
+        params![id],
+        task_from_row,
+    )
+    .optional()?
+    .map(RawTask::decode)
+    .transpose()
+}
+
+fn bump_generation(tx: &Transaction<'_>, instance_id: &str) -> Result<u64, StoreError> {
+    let generation: i64 = tx.query_row(
+        "UPDATE instances SET generation = generation + 1 WHERE instance_id = ?1 RETURNING generation",
+        params![instance_id],
+        |r| r.get(0),
+    )?;
+    Ok(from_db(generation))
+}
+
+fn write_task(tx: &Transaction<'_>, t: &TaskRecord) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE tasks SET family = ?2, desired_status = ?3, last_status = ?4, health_status = ?5, \
+         stop_code = ?6, stopped_reason = ?7, started_at_ms = ?8, stopped_at_ms = ?9, \
+         containers_json = ?10, last_event_seq = ?11, last_seen_at_ms = ?12 WHERE task_id = ?1",
+        params![
+            t.task_id,
+            t.family,
+            t.desired_status,
+            t.last_status,
+            t.health_status,
+            t.stop_code,
+            t.stopped_reason,
+            t.started_at_ms,
+            t.stopped_at_ms,
+            containers_json(&t.containers),
+            to_db(t.last_event_seq),
+            t.last_seen_at_ms,
+        ],
+    )?;
+    Ok(())
+}
+
+fn insert_task_row(tx: &Transaction<'_>, t: &TaskRecord) -> Result<(), StoreError> {
+    let inserted = tx.execute(
+        &format!(
+            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        ),
+        params![
+            t.task_id,
+            t.instance_id,
+            t.family,
+            t.definition_json,
+            t.desired_status,
+            t.last_status,
+            t.health_status,
+            t.stop_code,
+            t.stopped_reason,
+            t.created_at_ms,
+            t.started_at_ms,
+            t.stopped_at_ms,
+            containers_json(&t.containers),
+            t.reserved_cpu,
+            t.reserved_memory_mib,
+            to_db(t.last_event_seq),
+            t.last_seen_at_ms,
+        ],
+    );
+    match inserted {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+        {
+            Err(StoreError::TaskExists(t.task_id.clone()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Merges an agent's report into the stored task. Returns whether the
+/// task's place in the desired set or its desired status changed.
+fn merge_state(t: &mut TaskRecord, st: &TaskState) -> bool {
+    let was_in_set = t.in_desired_set();
+    let desired_before = t.desired_status.clone();
+    if matches!(st.last_status.as_str(), PENDING | RUNNING | STOPPED) {
+        t.last_status = st.last_status.clone();
+    }
+    if !st.health_status.is_empty() {
+        t.health_status = st.health_status.clone();
+    }
+    if !st.stop_code.is_empty() {
+        t.stop_code = st.stop_code.clone();
+    }
+    if !st.stopped_reason.is_empty() {
+        t.stopped_reason = st.stopped_reason.clone();
+    }
+    if st.started_at_ms > 0 {
+        t.started_at_ms = st.started_at_ms;
+    }
+    if st.stopped_at_ms > 0 {
+        t.stopped_at_ms = st.stopped_at_ms;
+    }
+    if !st.family.is_empty() && t.family.is_empty() {
+        t.family = st.family.clone();
+    }
+    t.containers = st.containers.clone();
+    // ECS: a task that stopped on its own is not started again; its desired
+    // status follows.
+    if t.last_status == STOPPED && t.desired_status == RUNNING {
+        t.desired_status = STOPPED.to_owned();
+    }
+    was_in_set != t.in_desired_set() || desired_before != t.desired_status
+}
+
+impl Store for SqliteStore {
+    fn create_activation(&mut self, a: &ActivationRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                a.id,
+                a.code_hash,
+                a.created_at_ms,
+                a.expires_at_ms,
+                a.used_at_ms,
+                a.instance_id
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn activation(&self, id: &str) -> Result<Option<ActivationRecord>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id \
+                 FROM activations WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok(ActivationRecord {
+                        id: r.get(0)?,
+                        code_hash: r.get(1)?,
+                        created_at_ms: r.get(2)?,
+                        expires_at_ms: r.get(3)?,
+                        used_at_ms: r.get(4)?,
+                        instance_id: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn enroll(
+        &mut self,
+        activation_id: &str,
+        now_ms: i64,
+        i: &NewInstance,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            &format!(
+                "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, '', 0, 0, '{{}}', 0, 0, 1, 0, ?6, ?7)"
+            ),
+            params![
+                i.instance_id,
+                i.hostname,
+                ACTIVE,
+                i.registered_at_ms,
+                i.agent_version,
+                i.os,
+                i.arch
+            ],
+        )?;
+        let updated = tx.execute(
+            "UPDATE activations SET used_at_ms = ?2, instance_id = ?3 \
+             WHERE id = ?1 AND used_at_ms IS NULL",
+            params![activation_id, now_ms, i.instance_id],
+        )?;
+        if updated != 1 {
+            // Dropping the transaction rolls the instance back.
+            return Err(StoreError::ActivationUsed(activation_id.to_owned()));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
+        get_instance(&self.conn, id)
+    }
+
+    fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY registered_at_ms, instance_id"
+        ))?;
+        let rows = stmt.query_map([], instance_from_row)?;
+        rows.map(|r| r.map_err(StoreError::from).and_then(RawInstance::decode))
+            .collect()
+    }
+
+    fn usage(&self) -> Result<HashMap<String, Usage>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT instance_id, \
+               SUM(CASE WHEN last_status <> 'STOPPED' THEN reserved_cpu ELSE 0 END), \
+               SUM(CASE WHEN last_status <> 'STOPPED' THEN reserved_memory_mib ELSE 0 END), \
+               SUM(CASE WHEN last_status = 'RUNNING' THEN 1 ELSE 0 END), \
+               SUM(CASE WHEN last_status = 'PENDING' THEN 1 ELSE 0 END) \
+             FROM tasks GROUP BY instance_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let running: i64 = r.get(3)?;
+            let pending: i64 = r.get(4)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                Usage {
+                    cpu: r.get(1)?,
+                    memory_mib: r.get(2)?,
+                    running: u32::try_from(running).unwrap_or(u32::MAX),
+                    pending: u32::try_from(pending).unwrap_or(u32::MAX),
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn record_hello(
+        &mut self,
+        id: &str,
+        h: &HelloRecord,
+    ) -> Result<InstanceRecord, StoreError> {
+        let attributes = serde_json::to_string(&h.attributes).unwrap_or_else(|_| "{}".into());
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE instances SET hostname = CASE WHEN ?2 = '' THEN hostname ELSE ?2 END, \
+             agent_version = ?3, boot_id = ?4, cpu = ?5, memory_mib = ?6, attributes_json = ?7, \
+             last_heartbeat_at_ms = ?8 WHERE instance_id = ?1",
+            params![
+                id,
+                h.hostname,
+                h.agent_version,
+                h.boot_id,
+                h.cpu,
+                h.memory_mib,
+                attributes,
+                h.at_ms
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoInstance(id.to_owned()));
+        }
+        let rec = get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
+        tx.commit()?;
+        Ok(rec)
+    }
+
+    fn record_heartbeat(&mut self, id: &str, at_ms: i64) -> Result<(), StoreError> {
+        let n = self.conn.execute(
+            "UPDATE instances SET last_heartbeat_at_ms = ?2 WHERE instance_id = ?1",
+            params![id, at_ms],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoInstance(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn record_assignment_ack(&mut self, id: &str, generation: u64) -> Result<(), StoreError> {
+        // Never beyond what was sent, never backwards.
+        self.conn.execute(
+            "UPDATE instances SET acked_generation = ?2 \
+             WHERE instance_id = ?1 AND acked_generation < ?2 AND generation >= ?2",
+            params![id, to_db(generation)],
+        )?;
+        Ok(())
+    }
+
+    fn deregister_instance(
+        &mut self,
+        id: &str,
+        stop_code: &str,
+        reason: &str,
+    ) -> Result<InstanceRecord, StoreError> {
+        let tx = self.conn.transaction()?;
+        let inst = get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
+        if inst.status == INACTIVE {
+            return Ok(inst);
+        }
+        tx.execute(
+            "UPDATE instances SET status = ?2 WHERE instance_id = ?1",
+            params![id, INACTIVE],
+        )?;
+        let stopped = tx.execute(
+            "UPDATE tasks SET desired_status = 'STOPPED', stop_code = ?2, stopped_reason = ?3 \
+             WHERE instance_id = ?1 AND desired_status <> 'STOPPED'",
+            params![id, stop_code, reason],
+        )?;
+        if stopped > 0 {
+            bump_generation(&tx, id)?;
+        }
+        let inst = get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
+        tx.commit()?;
+        Ok(inst)
+    }
+
+    fn apply_event(
+        &mut self,
+        instance_id: &str,
+        event: &TaskEvent,
+        now_ms: i64,
+    ) -> Result<EventOutcome, StoreError> {
+        let tx = self.conn.transaction()?;
+        let last: i64 = tx
+            .query_row(
+                "SELECT last_event_seq FROM instances WHERE instance_id = ?1",
+                params![instance_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NoInstance(instance_id.to_owned()))?;
+        if event.sequence <= from_db(last) {
+            return Ok(EventOutcome::default());
+        }
+        let mut outcome = EventOutcome {
+            applied: true,
+            ..EventOutcome::default()
+        };
+        let st = event.task.clone().unwrap_or_default();
+        if !st.task_id.is_empty() {
+            match get_task(&tx, &st.task_id)? {
+                Some(t) if t.instance_id != instance_id => outcome.foreign_task = true,
+                Some(mut t) => {
+                    outcome.assignment_changed = merge_state(&mut t, &st);
+                    t.last_event_seq = event.sequence;
+                    t.last_seen_at_ms = now_ms;
+                    write_task(&tx, &t)?;
+                }
+                None => {
+                    // A task this server never assigned (a restored database,
+                    // another control plane): record it so that it is
+                    // visible. Without its definition it cannot be part of
+                    // an assignment.
+                    let mut t = TaskRecord {
+                        task_id: st.task_id.clone(),
+                        instance_id: instance_id.to_owned(),
+                        family: st.family.clone(),
+                        desired_status: if st.desired_status.is_empty() {
+                            RUNNING.to_owned()
+                        } else {
+                            st.desired_status.clone()
+                        },
+                        last_status: PENDING.to_owned(),
+                        created_at_ms: if st.created_at_ms > 0 {
+                            st.created_at_ms
+                        } else {
+                            now_ms
+                        },
+                        last_event_seq: event.sequence,
+                        last_seen_at_ms: now_ms,
+                        ..TaskRecord::default()
+                    };
+                    merge_state(&mut t, &st);
+                    insert_task_row(&tx, &t)?;
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE instances SET last_event_seq = ?2 WHERE instance_id = ?1",
+            params![instance_id, to_db(event.sequence)],
+        )?;
+        if outcome.assignment_changed {
+            bump_generation(&tx, instance_id)?;
+        }
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn assignment(&self, instance_id: &str) -> Result<Assignment, StoreError> {
+        let generation: i64 = self
+            .conn
+            .query_row(
+                "SELECT generation FROM instances WHERE instance_id = ?1",
+                params![instance_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NoInstance(instance_id.to_owned()))?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE instance_id = ?1 \
+             AND definition_json <> '' \
+             AND NOT (desired_status = 'STOPPED' AND last_status = 'STOPPED') \
+             ORDER BY created_at_ms, task_id"
+        ))?;
+        let rows = stmt.query_map(params![instance_id], task_from_row)?;
+        let mut tasks = Vec::new();
+        for row in rows {
+            tasks.push(row?.decode()?.desired_task());
+        }
+        Ok(Assignment {
+            generation: from_db(generation),
+            tasks,
+        })
+    }
+
+    fn insert_task(&mut self, t: &TaskRecord) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        if get_instance(&tx, &t.instance_id)?.is_none() {
+            return Err(StoreError::NoInstance(t.instance_id.clone()));
+        }
+        insert_task_row(&tx, t)?;
+        let generation = bump_generation(&tx, &t.instance_id)?;
+        tx.commit()?;
+        Ok(generation)
+    }
+
+    fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        get_task(&self.conn, id)
+    }
+
+    fn tasks(&self, instance_id: Option<&str>) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR instance_id = ?1) \
+             ORDER BY created_at_ms DESC, task_id DESC"
+        ))?;
+        let rows = stmt.query_map(params![instance_id], task_from_row)?;
+        rows.map(|r| r.map_err(StoreError::from).and_then(RawTask::decode))
+            .collect()
+    }
+
+    fn stop_task(
+        &mut self,
+        id: &str,
+        stop_code: &str,
+        reason: &str,
+    ) -> Result<(TaskRecord, bool), StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut t = get_task(&tx, id)?.ok_or_else(|| StoreError::NoTask(id.to_owned()))?;
+        if t.last_status == STOPPED || t.desired_status == STOPPED {
+            return Ok((t, false));
+        }
+        t.desired_status = STOPPED.to_owned();
+        t.stop_code = stop_code.to_owned();
+        t.stopped_reason = reason.to_owned();
+        write_task(&tx, &t)?;
+        bump_generation(&tx, &t.instance_id)?;
+        tx.commit()?;
+        Ok((t, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SqliteStore::open(&dir.path().join("berth.db")).expect("open");
+        (dir, s)
+    }
+
+    fn activation(id: &str, expires_at_ms: i64) -> ActivationRecord {
+        ActivationRecord {
+            id: id.into(),
+            code_hash: "00".repeat(32),
+            created_at_ms: 1,
+            expires_at_ms,
+            used_at_ms: None,
+            instance_id: None,
+        }
+    }
+
+    fn enrolled(s: &mut SqliteStore, instance_id: &str) {
+        let act = format!("act-{instance_id}");
+        s.create_activation(&activation(&act, i64::MAX)).expect("activation");
+        s.enroll(
+            &act,
+            10,
+            &NewInstance {
+                instance_id: instance_id.into(),
+                hostname: "h".into(),
+                registered_at_ms: 10,
+                ..NewInstance::default()
+            },
+        )
+        .expect("enroll");
+    }
+
+    fn task(id: &str, instance_id: &str, created_at_ms: i64) -> TaskRecord {
+        TaskRecord {
+            task_id: id.into(),
+            instance_id: instance_id.into(),
+            family: "web".into(),
+            definition_json: "{}".into(),
+            desired_status: RUNNING.into(),
+            last_status: PENDING.into(),
+            health_status: "UNKNOWN".into(),
+            created_at_ms,
+            reserved_cpu: 256,
+            reserved_memory_mib: 512,
+            ..TaskRecord::default()
+        }
+    }
+
+    fn event(seq: u64, task_id: &str, last_status: &str) -> TaskEvent {
+        TaskEvent {
+            sequence: seq,
+            task: Some(TaskState {
+                task_id: task_id.into(),
+                family: "web".into(),
+                last_status: last_status.into(),
+                desired_status: RUNNING.into(),
+                ..TaskState::default()
+            }),
+            at_ms: 5,
+        }
+    }
+
+    #[test]
+    fn activation_is_single_use() {
+        let (_d, mut s) = store();
+        s.create_activation(&activation("a1", i64::MAX)).expect("create");
+        let new = |id: &str| NewInstance {
+            instance_id: id.into(),
+            hostname: "h".into(),
+            registered_at_ms: 1,
+            ..NewInstance::default()
+        };
+        s.enroll("a1", 100, &new("i-1")).expect("first use");
+        let a = s.activation("a1").expect("get").expect("exists");
+        assert_eq!(a.used_at_ms, Some(100));
+        assert_eq!(a.instance_id.as_deref(), Some("i-1"));
+        let err = s.enroll("a1", 101, &new("i-2")).expect_err("second use");
+        assert!(matches!(err, StoreError::ActivationUsed(ref id) if id == "a1"));
+        assert_eq!(err.to_string(), "activation a1 was already used");
+        // The refused enrollment left no instance behind.
+        assert!(s.instance("i-2").expect("get").is_none());
+        assert_eq!(s.instances().expect("list").len(), 1);
+    }
+
+    #[test]
+    fn activation_keeps_its_expiry_and_code_hash() {
+        let (_d, mut s) = store();
+        s.create_activation(&activation("a1", 1_000)).expect("create");
+        let a = s.activation("a1").expect("get").expect("exists");
+        assert_eq!(a.expires_at_ms, 1_000);
+        assert_eq!(a.code_hash, "00".repeat(32));
+        assert!(s.activation("nope").expect("get").is_none());
+    }
+
+    #[test]
+    fn new_instance_starts_at_generation_one_with_empty_assignment() {
+        let (_d, mut s) = store();
+        enrolled(&mut s, "i-1");
+        let a = s.assignment("i-1").expect("assignment");
+        assert_eq!(a.generation, 1);
+        assert!(a.tasks.is_empty());
+        assert!(matches!(
+            s.assignment("i-x"),
+            Err(StoreError::NoInstance(_))
+        ));
+    }
+
+    #[test]
+    fn task_changes_bump_the_generation() {
+        let (_d, mut s) = store();
+        enrolled(&mut s, "i-1");
+        assert_eq!(s.insert_task(&task("t1", "i-1", 1)).expect("insert"), 2);
+        let a = s.assignment("i-1").expect("assignment");
+        assert_eq!(a.generation, 2);
+        assert_eq!(a.tasks.len(), 1);
+        assert_eq!(a.tasks[0].desired_status, RUNNING);
+
+        let (t, changed) = s
+            .stop_task("t1", "UserInitiated", "Task stopped by user")
+            .expect("stop");
+        assert!(changed);
+        assert_eq!(t.desired_status, STOPPED);
+        let a = s.assignment("i-1").expect("assignment");
+        assert_eq!(a.generation, 3);
+        // Desired STOPPED but still running: still in the set, to be stopped.
+        assert_eq!(a.tasks.len(), 1);
+        assert_eq!(a.tasks[0].desired_status, STOPPED);
+        assert_eq!(a.tasks[0].stop_code, "UserInitiated");
+
+        // Stopping twice changes nothing.
+        let (_, changed) = s.stop_task("t1", "UserInitiated", "again").expect("stop");
+        assert!(!changed);
+        assert_eq!(s.assignment("i-1").expect("a").generation, 3);
+
+        // The agent reports it stopped: it leaves the set.
+        let out = s.apply_event("i-1", &event(1, "t1", STOPPED), 50).expect("event");
+        assert!(out.applied && out.assignment_changed);
+        let a = s.assignment("i-1").expect("assignment");
+        assert_eq!(a.generation, 4);
+        assert!(a.tasks.is_empty());
+        assert!(matches!(s.stop_task("nope", "x", "y"), Err(StoreError::NoTask(_))));
+    }
+
+    #[test]
+    fn events_are_applied_at_most_once() {
+        let (_d, mut s) = store();
+        enrolled(&mut s, "i-1");
+        s.insert_task(&task("t1", "i-1", 1)).expect("insert");
+        let out = s.apply_event("i-1", &event(1, "t1", RUNNING), 77).expect("event");
+        assert!(out.applied);
+        assert!(!out.assignment_changed);
+        let t = s.task("t1").expect("get").expect("exists");
+        assert_eq!(t.last_status, RUNNING);
+        assert_eq!(t.last_event_seq, 1);
+        assert_eq!(t.last_seen_at_ms, 77);
+
+        // A replay of seq 1 with another state changes nothing.
+        let out = s.apply_event("i-1", &event(1, "t1", STOPPED), 78).expect("replay");
+        assert!(!out.applied);
+        let t = s.task("t1").expect("get").expect("exists");
+        assert_eq!(t.last_status, RUNNING);
+        assert_eq!(t.last_seen_at_ms, 77);
+        assert_eq!(s.instance("i-1").expect("i").expect("i").last_event_seq, 1);
+
+        // An older sequence is a replay too.
+        let out = s.apply_event("i-1", &event(0, "t1", STOPPED), 79).expect("old");
+        assert!(!out.applied);
+    }
+
+    #[test]
+    fn task_stopping_on_its_own_follows_desired_status() {
+        let (_d, mut s) = store();
+        enrolled(&mut s, "i-1");
+        s.insert_task(&task("t1", "i-1", 1)).expect("insert");
+        let mut ev = event(3, "t1", STOPPED);
+        if let Some(t) = ev.task.as_mut() {
+            t.stop_code = "EssentialContainerExited".into();
+            t.stopped_reason = "Essential container in task exited".into();
+            t.stopped_at_ms = 99;
+        }
+        let out = s.apply_event("i-1", &ev, 100).expect("event");
+        assert!(out.assignment_changed);
+        let t = s.task("t1").expect("get").expect("exists");
+        assert_eq!(t.desired_status, STOPPED);
+        assert_eq!(t.stop_code, "EssentialContainerExited");
+        assert_eq!(t.stopped_at_ms, 99);
+        assert!(s.assignment("i-1").expect("a").tasks.is_empty());
+    }
+
+    #[test]
+    fn unknown_and_foreign_tasks() {
+        let (_d, mut s) = store();
+        enrolled(&mut s, "i-1");
+        enrolled(&mut s, "i-2");
+        s.insert_task(&task("t2", "i-2", 1)).expect("insert");
+        // i-1 reports a task of i-2: only the sequence moves.
+        let out = s.apply_event("i-1", &event(1, "t2", STOPPED), 5).expect("foreign");
+        assert!(out.applied && out.foreign_task);
+        assert_eq!(s.task("t2").expect("t").expect("t").last_status, PENDING);
+        // i-1 reports a task nobody assigned: stored, not assigned.
+        let out = s.apply_event("i-1", &event(2, "tx", RUNNING), 6).expect("unknown");
+        assert!(out.applied && !out.assignment_changed);
+        let t = s.task("tx").expect("t").expect("stored");
+        assert_eq!(t.instance_id, "i-1");
+        assert_eq!(t.last_status, RUNNING);
+        assert_eq!(t.desired_status, RUNNING);
+        assert!(s.assignment("i-1").expect("a").tasks.is_empty());
+    }
+
+    #[test]
+    fn usage_counts_tasks_not_stopped() {
+        let (_d, mut s) = store();
+        enrolled(&mut s, "i-1");
+        s.insert_task(&task("t1", "i-1", 1)).expect("t1");
+        s.insert_task(&task("t2", "i-1", 2)).expect("t2");
+        s.insert_task(&task("t3", "i-1", 3)).expect("t3");
+        s.apply_event("i-1", &event(1, "t2", RUNNING), 5).expect("e1");
+        s.apply_event("i-1", &event(2, "t3", STOPPED), 5).expect("e2");
+        let u = s.usage().expect("usage");
+        let u = u.get("i-1").copied().expect("i-1");
+        assert_eq!(u.cpu, 512);
+        assert_eq!(u.memory_mib, 1024);
+        assert_eq!(u.running, 1);
+        assert_eq!(u.pending, 1);
+        let ids: Vec<String> = s
+            .tasks(Some("i-1"))
+            .expect("tasks")
+            .into_iter()
+            .map(|t| t.task_id)
+            .collect();
+        assert_eq!(ids, ["t3", "t2", "t1"]);
+        assert!(s.tasks(Some("i-9")).expect("tasks").is_empty());
+        assert_eq!(s.tasks(None).expect("tasks").len(), 3);
+    }
+
+    #[test]
+    fn hello_and_deregistration() {
+        let (_d, mut s) = store();
+        enrolled(&mut s, "i-1");
+        s.insert_task(&task("t1", "i-1", 1)).expect("t1");
+        let rec = s
+            .record_hello(
+                "i-1",
+                &HelloRecord {
+                    hostname: "host-a".into(),
+                    agent_version: "0.1.0".into(),
+                    boot_id: "b".into(),
+                    cpu: 2048,
+                    memory_mib: 4000,
+                    attributes: [("k".to_owned(), "v".to_owned())].into(),
+                    at_ms: 42,
+                },
+            )
+            .expect("hello");
+        assert_eq!(rec.cpu, 2048);
+        assert_eq!(rec.attributes.get("k").map(String::as_str), Some("v"));
+        assert_eq!(rec.last_heartbeat_at_ms, 42);
+        s.record_assignment_ack("i-1", 2).expect("ack");
+        s.record_assignment_ack("i-1", 99).expect("ack beyond");
+        assert_eq!(s.instance("i-1").expect("i").expect("i").acked_generation, 2);
+
+        let rec = s
+            .deregister_instance("i-1", "UserInitiated", "Instance deregistered")
+            .expect("deregister");
+        assert_eq!(rec.status, INACTIVE);
+        assert_eq!(rec.generation, 3);
+        let t = s.task("t1").expect("t").expect("t");
+        assert_eq!(t.desired_status, STOPPED);
+        // Twice: unchanged.
+        let again = s
+            .deregister_instance("i-1", "UserInitiated", "x")
+            .expect("again");
+        assert_eq!(again.generation, 3);
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_schema_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.db");
+        {
+            let mut s = SqliteStore::open(&path).expect("open");
+            enrolled(&mut s, "i-1");
+        }
+        let s = SqliteStore::open(&path).expect("reopen");
+        assert!(s.instance("i-1").expect("get").is_some());
+        let versions: i64 = s
+            .conn
+            .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(versions, 1);
+    }
+
+    #[test]
+    fn containers_round_trip() {
+        let (_d, mut s) = store();
+        enrolled(&mut s, "i-1");
+        s.insert_task(&task("t1", "i-1", 1)).expect("t1");
+        let mut ev = event(1, "t1", RUNNING);
+        if let Some(t) = ev.task.as_mut() {
+            t.containers = vec![ContainerState {
+                name: "web".into(),
+                exit_code: Some(3),
+                restart_count: 2,
+                network_bindings: vec![NetworkBinding {
+                    container_port: 80,
+                    host_port: 32000,
+                    protocol: "tcp".into(),
+                    bind_ip: "0.0.0.0".into(),
+                }],
+                ..ContainerState::default()
+            }];
+        }
+        s.apply_event("i-1", &ev, 1).expect("event");
+        let t = s.task("t1").expect("t").expect("t");
+        assert_eq!(Some(&t.containers), ev.task.as_ref().map(|t| &t.containers));
+    }
+}

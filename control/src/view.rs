@@ -1,0 +1,296 @@
+//! Human output of the CLI: aligned tables and key/value blocks. The JSON
+//! output lives in `berth_proto::json`, shared with the agent.
+
+use std::fmt::Write as _;
+
+use berth_proto::json::format_time_ms;
+use berth_proto::v1::{Instance, Task, TaskState};
+
+/// A table with left-aligned columns separated by two spaces.
+#[derive(Debug, Default)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Table {
+        Table {
+            headers: headers.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let columns = self.headers.len();
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate().take(columns) {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.headers).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate().take(columns) {
+                if i + 1 == columns {
+                    line.push_str(cell);
+                } else {
+                    let pad = widths[i] - cell.chars().count() + 2;
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `-` for empty strings.
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+/// RFC 3339 time or `-`.
+pub fn time(ms: i64) -> String {
+    format_time_ms(ms).unwrap_or_else(|| "-".to_owned())
+}
+
+/// `5s ago`, `3m ago`, `2h ago`, `4d ago`, or `-`.
+pub fn ago(ms: i64, now_ms: i64) -> String {
+    if ms <= 0 {
+        return "-".to_owned();
+    }
+    let secs = (now_ms - ms).max(0) / 1000;
+    match secs {
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 7200 => format!("{}m ago", s / 60),
+        s if s < 2 * 86_400 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
+
+fn resources(free: i64, total: i64) -> String {
+    format!("{free}/{total}")
+}
+
+pub fn instances_table(instances: &[Instance], now_ms: i64) -> String {
+    let mut t = Table::new(&[
+        "INSTANCE ID",
+        "HOSTNAME",
+        "STATUS",
+        "CONNECTED",
+        "CPU FREE/TOTAL",
+        "MEMORY FREE/TOTAL (MiB)",
+        "RUNNING",
+        "PENDING",
+        "AGENT",
+        "LAST HEARTBEAT",
+    ]);
+    for i in instances {
+        let reg = i.registered.unwrap_or_default();
+        let rem = i.remaining.unwrap_or_default();
+        t.row(vec![
+            i.instance_id.clone(),
+            or_dash(&i.hostname),
+            i.status.clone(),
+            if i.agent_connected { "yes" } else { "no" }.to_owned(),
+            resources(rem.cpu, reg.cpu),
+            resources(rem.memory_mib, reg.memory_mib),
+            i.running_tasks_count.to_string(),
+            i.pending_tasks_count.to_string(),
+            or_dash(&i.agent_version),
+            ago(i.last_heartbeat_at_ms, now_ms),
+        ]);
+    }
+    t.render()
+}
+
+pub fn instance_detail(i: &Instance, now_ms: i64) -> String {
+    let reg = i.registered.unwrap_or_default();
+    let rem = i.remaining.unwrap_or_default();
+    let mut out = String::new();
+    let mut kv = |k: &str, v: String| {
+        let _ = writeln!(out, "{k:<20}{v}");
+    };
+    kv("Instance ID:", i.instance_id.clone());
+    kv("Hostname:", or_dash(&i.hostname));
+    kv("Status:", i.status.clone());
+    kv(
+        "Agent connected:",
+        if i.agent_connected { "yes" } else { "no" }.to_owned(),
+    );
+    kv(
+        "Last heartbeat:",
+        match i.last_heartbeat_at_ms {
+            0 => "-".to_owned(),
+            ms => format!("{} ({})", time(ms), ago(ms, now_ms)),
+        },
+    );
+    kv("Agent version:", or_dash(&i.agent_version));
+    kv("Registered at:", time(i.registered_at_ms));
+    kv(
+        "CPU:",
+        format!("{} units registered, {} remaining", reg.cpu, rem.cpu),
+    );
+    kv(
+        "Memory:",
+        format!(
+            "{} MiB registered, {} MiB remaining",
+            reg.memory_mib, rem.memory_mib
+        ),
+    );
+    kv(
+        "Tasks:",
+        format!(
+            "{} running, {} pending",
+            i.running_tasks_count, i.pending_tasks_count
+        ),
+    );
+    if i.attributes.is_empty() {
+        kv("Attributes:", "-".to_owned());
+    } else {
+        kv("Attributes:", String::new());
+        let mut attrs: Vec<_> = i.attributes.iter().collect();
+        attrs.sort();
+        for (k, v) in attrs {
+            let _ = writeln!(out, "  {k}={v}");
+        }
+    }
+    out
+}
+
+pub fn tasks_table(tasks: &[Task]) -> String {
+    let mut t = Table::new(&[
+        "TASK ID", "FAMILY", "INSTANCE", "LAST", "DESIRED", "HEALTH", "CREATED",
+    ]);
+    for task in tasks {
+        let s = task.state.clone().unwrap_or_default();
+        t.row(vec![
+            s.task_id,
+            or_dash(&s.family),
+            task.instance_id.clone(),
+            or_dash(&s.last_status),
+            or_dash(&s.desired_status),
+            if s.health_status.is_empty() {
+                "UNKNOWN".to_owned()
+            } else {
+                s.health_status
+            },
+            time(s.created_at_ms),
+        ]);
+    }
+    t.render()
+}
+
+pub fn task_detail(task: &Task, now_ms: i64) -> String {
+    let s: TaskState = task.state.clone().unwrap_or_default();
+    let mut out = String::new();
+    {
+        let mut kv = |k: &str, v: String| {
+            let _ = writeln!(out, "{k:<17}{v}");
+        };
+        kv("Task ID:", s.task_id.clone());
+        kv("Family:", or_dash(&s.family));
+        kv("Instance:", task.instance_id.clone());
+        kv("Last status:", or_dash(&s.last_status));
+        kv("Desired status:", or_dash(&s.desired_status));
+        kv(
+            "Health:",
+            if s.health_status.is_empty() {
+                "UNKNOWN".to_owned()
+            } else {
+                s.health_status.clone()
+            },
+        );
+        kv("Stop code:", or_dash(&s.stop_code));
+        kv("Stopped reason:", or_dash(&s.stopped_reason));
+        kv("Created:", time(s.created_at_ms));
+        kv("Started:", time(s.started_at_ms));
+        kv("Stopped:", time(s.stopped_at_ms));
+        kv(
+            "Last seen:",
+            match task.last_seen_at_ms {
+                0 => "-".to_owned(),
+                ms => format!("{} ({})", time(ms), ago(ms, now_ms)),
+            },
+        );
+    }
+    if !s.containers.is_empty() {
+        out.push('\n');
+        let mut t = Table::new(&[
+            "CONTAINER",
+            "IMAGE",
+            "STATUS",
+            "EXIT",
+            "HEALTH",
+            "RESTARTS",
+            "PORTS",
+            "REASON",
+        ]);
+        for c in &s.containers {
+            let ports: Vec<String> = c
+                .network_bindings
+                .iter()
+                .map(|b| {
+                    let proto = if b.protocol.is_empty() {
+                        "tcp"
+                    } else {
+                        b.protocol.as_str()
+                    };
+                    format!("{}->{}/{}", b.host_port, b.container_port, proto)
+                })
+                .collect();
+            t.row(vec![
+                c.name.clone(),
+                c.image.clone(),
+                or_dash(&c.last_status),
+                c.exit_code.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                if c.health_status.is_empty() {
+                    "UNKNOWN".to_owned()
+                } else {
+                    c.health_status.clone()
+                },
+                c.restart_count.to_string(),
+                if ports.is_empty() {
+                    "-".to_owned()
+                } else {
+                    ports.join(",")
+                },
+                or_dash(&c.reason),
+            ]);
+        }
+        out.push_str(&t.render());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut t = Table::new(&["A", "LONG HEADER", "C"]);
+        t.row(vec!["xxxx".into(), "y".into(), "z".into()]);
+        assert_eq!(t.render(), "A     LONG HEADER  C\nxxxx  y            z\n");
+    }
+
+    #[test]
+    fn ago_is_coarse() {
+        assert_eq!(ago(0, 10_000), "-");
+        assert_eq!(ago(5_000, 10_000), "5s ago");
+        assert_eq!(ago(1, 3_600_000), "59m ago");
+        assert_eq!(ago(1, 3 * 86_400_000), "2d ago");
+    }
+}

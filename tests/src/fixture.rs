@@ -1,0 +1,93 @@
+//! The usual setup of a test: one image, one control plane, one agent.
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use serde_json::Value;
+
+use crate::{
+    Agent, RunId, Scratch, Server, TestImage, describe_output, stdout_json, str_field, task_def,
+};
+
+/// A run id, a test image, a control plane and one agent enrolled, started
+/// and connected.
+///
+/// Fields drop in order: the agent (and its containers) first, then the
+/// server, the image, the scratch files. Create a [`crate::Registry`] before
+/// the fleet (with [`Fleet::start_with`]) so that it outlives the agent.
+pub struct Fleet {
+    pub agent: Agent,
+    pub server: Server,
+    pub image: TestImage,
+    pub files: Scratch,
+    pub run: RunId,
+}
+
+impl Fleet {
+    pub fn start() -> Fleet {
+        Fleet::start_with(RunId::new())
+    }
+
+    pub fn start_with(run: RunId) -> Fleet {
+        let files = Scratch::new(&run);
+        let image = TestImage::build(&run);
+        let server = Server::start(&run);
+        let mut agent = Agent::enroll(&server, &run);
+        agent.start_connected(&server);
+        Fleet {
+            agent,
+            server,
+            image,
+            files,
+            run,
+        }
+    }
+
+    /// `<name>-<runid>`: a task family unique to this run, so container
+    /// names (`berth-<family>-…`) show which test made them.
+    pub fn family(&self, name: &str) -> String {
+        format!("{name}-{}", self.run)
+    }
+
+    /// Writes a task definition of `family` with `containers` (the test
+    /// image filled in, see [`task_def`]) to the scratch directory.
+    pub fn task_def_file(&self, family: &str, containers: Value) -> PathBuf {
+        self.files.write(
+            &format!("{family}.json"),
+            &task_def(self.image.tag(), family, containers),
+        )
+    }
+
+    /// `berth task run --task-definition FILE --instance <agent> EXTRA…`.
+    pub fn run_task(&self, file: &std::path::Path, extra: &[&str]) -> Output {
+        let file = file.to_string_lossy();
+        let mut args = vec![
+            "task",
+            "run",
+            "--task-definition",
+            &file,
+            "--instance",
+            self.agent.instance_id(),
+        ];
+        args.extend_from_slice(extra);
+        self.server.cli(&args)
+    }
+
+    /// `berth task run … --wait --json`; asserts exit 0 and returns the task.
+    pub fn run_task_wait(&self, file: &std::path::Path) -> Value {
+        let out = self.run_task(file, &["--wait", "--json"]);
+        assert!(
+            out.status.success(),
+            "`berth task run --task-definition {} --wait --json` failed\n{}\nagent log tail:\n{}",
+            file.display(),
+            describe_output(&out),
+            self.agent.log_tail()
+        );
+        let task = stdout_json("berth task run --wait --json", &out);
+        assert!(
+            !str_field(&task, "taskId").is_empty(),
+            "`berth task run --json` printed no taskId: {task}"
+        );
+        task
+    }
+}

@@ -1,0 +1,277 @@
+//! The control plane (`berth server`) and the operator CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{
+    DEADLINE, Proc, RunId, berth_bin, clean_command, describe_output, list_of, output_of,
+    stdout_json, str_field, wait_for,
+};
+
+/// How long a control plane gets to write `server.json`.
+const READY: Duration = Duration::from_secs(30);
+
+/// The addresses a control plane writes to `<data-dir>/server.json` once it
+/// serves: `{"fleetAddr": "127.0.0.1:PORT", "adminAddr": "127.0.0.1:PORT"}`.
+pub(crate) fn read_server_json(path: &Path) -> Result<(String, String), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{} not readable yet: {e}", path.display()))?;
+    let json: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not JSON (yet?): {e}: {text:?}", path.display()))?;
+    let fleet = str_field(&json, "fleetAddr");
+    let admin = str_field(&json, "adminAddr");
+    if fleet.is_empty() || admin.is_empty() {
+        return Err(format!(
+            "{} lacks fleetAddr or adminAddr: {text}",
+            path.display()
+        ));
+    }
+    Ok((fleet.to_string(), admin.to_string()))
+}
+
+/// The operator CLI pointed at one control plane's admin address.
+#[derive(Debug, Clone)]
+pub struct Cli {
+    admin_addr: String,
+}
+
+impl Cli {
+    pub fn new(admin_addr: &str) -> Cli {
+        Cli {
+            admin_addr: admin_addr.to_string(),
+        }
+    }
+
+    pub fn admin_addr(&self) -> &str {
+        &self.admin_addr
+    }
+
+    /// Runs `berth ARGS…` with `BERTH_ADDR=<admin address>`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        output_of(
+            clean_command(&berth_bin())
+                .args(args)
+                .env("BERTH_ADDR", &self.admin_addr),
+        )
+    }
+
+    /// Runs `berth ARGS…`, asserts it exits 0 (printing its stderr
+    /// otherwise) and parses its stdout as JSON.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "`berth {}` failed\n{}",
+            args.join(" "),
+            describe_output(&out)
+        );
+        stdout_json(&format!("berth {}", args.join(" ")), &out)
+    }
+
+    /// A one-time activation from `berth token create --json`.
+    pub fn token(&self) -> Activation {
+        let json = self.json(&["token", "create", "--json"]);
+        let field = |key: &str| {
+            let value = str_field(&json, key);
+            assert!(
+                !value.is_empty(),
+                "`berth token create --json` has no string `{key}`: {json}"
+            );
+            value.to_string()
+        };
+        Activation {
+            id: field("activationId"),
+            code: field("activationCode"),
+            ca_hash: field("caHash"),
+        }
+    }
+
+    /// `berth instance ls --json` (an array, or an object with `instances`).
+    pub fn instances(&self) -> Vec<Value> {
+        list_of(&self.json(&["instance", "ls", "--json"]), "instances")
+    }
+
+    /// The instance with `instance_id` from `berth instance ls --json`.
+    pub fn instance(&self, instance_id: &str) -> Option<Value> {
+        self.instances()
+            .into_iter()
+            .find(|i| str_field(i, "instanceId") == instance_id)
+    }
+
+    /// Waits until `berth instance ls` shows the instance with
+    /// `agentConnected: true`; returns it.
+    pub fn wait_connected(&self, instance_id: &str) -> Value {
+        wait_for(
+            &format!("instance {instance_id} to show agentConnected: true"),
+            DEADLINE,
+            || match self.instance(instance_id) {
+                Some(i) if i.get("agentConnected") == Some(&Value::Bool(true)) => Ok(i),
+                Some(i) => Err(format!("instance: {i}")),
+                None => Err(format!("{instance_id} not in `berth instance ls`")),
+            },
+        )
+    }
+
+    /// `berth task ls --json` (an array, or an object with `tasks`).
+    pub fn tasks(&self) -> Vec<Value> {
+        list_of(&self.json(&["task", "ls", "--json"]), "tasks")
+    }
+
+    /// `berth task describe ID --json`.
+    pub fn task(&self, task_id: &str) -> Value {
+        self.json(&["task", "describe", task_id, "--json"])
+    }
+
+    /// Polls `berth task describe` until `done` accepts the task; returns it.
+    /// The panic on timeout shows the last task seen.
+    pub fn wait_task(&self, task_id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        wait_for(&format!("task {task_id}: {what}"), DEADLINE, || {
+            let task = self.task(task_id);
+            if done(&task) {
+                Ok(task)
+            } else {
+                Err(format!("task: {task}"))
+            }
+        })
+    }
+
+    /// Waits until the task's `lastStatus` is `status`.
+    pub fn wait_task_status(&self, task_id: &str, status: &str) -> Value {
+        self.wait_task(task_id, &format!("lastStatus {status}"), |t| {
+            str_field(t, "lastStatus") == status
+        })
+    }
+}
+
+/// A one-time activation: id, code and the fleet CA's SHA-256 hash.
+#[derive(Debug, Clone)]
+pub struct Activation {
+    pub id: String,
+    pub code: String,
+    /// As the server prints it (with or without a `sha256:` prefix).
+    pub ca_hash: String,
+}
+
+impl Activation {
+    /// `sha256:<hex>`, the form `berth-agent enroll --ca-hash` takes.
+    pub fn ca_hash_arg(&self) -> String {
+        if self.ca_hash.starts_with("sha256:") {
+            self.ca_hash.clone()
+        } else {
+            format!("sha256:{}", self.ca_hash)
+        }
+    }
+}
+
+/// A running `berth server` on loopback ports chosen by the kernel, with its
+/// own data dir. Dropping it stops it (SIGTERM, then SIGKILL).
+pub struct Server {
+    // Field order is drop order: the process before its directory.
+    proc: Proc,
+    fleet_addr: String,
+    cli: Cli,
+    data_dir: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `berth server --data-dir <tmp> --listen 127.0.0.1:0
+    /// --admin-listen 127.0.0.1:0 --heartbeat-interval 1s` and waits for its
+    /// `server.json`.
+    pub fn start(run: &RunId) -> Server {
+        let dir = run.temp_dir("server");
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", data_dir.display()));
+        let log = dir.path().join("server.log");
+        let mut cmd = clean_command(&berth_bin());
+        cmd.arg("server").arg("--data-dir").arg(&data_dir).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--heartbeat-interval",
+            "1s",
+        ]);
+        let mut proc = Proc::spawn("berth server", &mut cmd, &log);
+        let ready = data_dir.join("server.json");
+        let (fleet_addr, admin_addr) = wait_for(
+            &format!("berth server to write {}", ready.display()),
+            READY,
+            || {
+                proc.assert_running("starting");
+                read_server_json(&ready)
+            },
+        );
+        Server {
+            proc,
+            fleet_addr,
+            cli: Cli::new(&admin_addr),
+            data_dir,
+            dir,
+        }
+    }
+
+    /// The fleet (agent) API address, `127.0.0.1:PORT`.
+    pub fn fleet_addr(&self) -> &str {
+        &self.fleet_addr
+    }
+
+    /// The fleet URL agents enroll with: `https://127.0.0.1:PORT`.
+    pub fn fleet_url(&self) -> String {
+        format!("https://{}", self.fleet_addr)
+    }
+
+    /// The admin (CLI) address, `127.0.0.1:PORT`.
+    pub fn admin_addr(&self) -> &str {
+        self.cli.admin_addr()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        self.proc.log_path()
+    }
+
+    /// The CLI pointed at this server (also reachable through `Deref`).
+    pub fn client(&self) -> &Cli {
+        &self.cli
+    }
+
+    /// Runs `berth ARGS…` against this server (`BERTH_ADDR` = admin address).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli.run(args)
+    }
+
+    /// Runs `berth ARGS…` against this server, asserts exit 0, parses stdout.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        self.cli.json(args)
+    }
+
+    /// A one-time activation from `berth token create --json`.
+    pub fn token(&self) -> Activation {
+        self.cli.token()
+    }
+
+    /// Panics with the log tail when the server has exited.
+    pub fn assert_running(&mut self) {
+        self.proc.assert_running("the test ran");
+    }
+}
+
+impl std::ops::Deref for Server {
+    type Target = Cli;
+
+    fn deref(&self) -> &Cli {
+        &self.cli
+    }
+}
