@@ -19,10 +19,10 @@ die() {
     exit 1
 }
 
-[ $# -eq 1 ] && [ -n "$1" ] || {
+if [ $# -ne 1 ] || [ -z "$1" ]; then
     echo "usage: $0 TAG" >&2
     exit 2
-}
+fi
 tag=$1
 busybox=/bin/busybox
 

@@ -78,7 +78,10 @@ fn main() -> ExitCode {
 }
 
 fn init_logs(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+    // bollard logs request bodies (container environments) at debug: keep it
+    // at info whatever BERTH_LOG says, so no secret reaches the logs.
+    let directives = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{directives},bollard=info,h2=info,hyper=info"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

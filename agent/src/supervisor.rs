@@ -117,6 +117,12 @@ pub fn spawn(
 struct Container {
     def: ContainerDefinition,
     state: ContainerState,
+    /// The engine has been asked to start it at least once.
+    started: bool,
+    /// Unix ms of the last (re)start, for the restart attempt period.
+    last_start_ms: i64,
+    /// When this container began waiting for its dependencies.
+    waiting_since: Option<tokio::time::Instant>,
 }
 
 struct Supervisor {
@@ -125,8 +131,17 @@ struct Supervisor {
     definition: TaskDefinition,
     state: TaskState,
     containers: Vec<Container>,
+    /// Container indexes, dependencies before dependents.
+    order: Vec<usize>,
     reports: mpsc::Sender<Report>,
     last_sent: Option<TaskState>,
+}
+
+/// Outcome of checking a container's `dependsOn`.
+enum Deps {
+    Met,
+    Wait,
+    Failed(String),
 }
 
 impl Supervisor {
@@ -152,19 +167,24 @@ impl Supervisor {
             .container_definitions
             .iter()
             .map(|def| {
-                let state = prior_containers.get(&def.name).cloned().unwrap_or_else(|| {
-                    ContainerState {
-                        name: def.name.clone(),
-                        image: def.image.clone(),
-                        last_status: PENDING.into(),
-                        health_status: UNKNOWN.into(),
-                        essential: def.is_essential(),
-                        ..Default::default()
-                    }
+                let prior = prior_containers.get(&def.name).cloned();
+                let started = prior
+                    .as_ref()
+                    .is_some_and(|p| p.last_status != PENDING);
+                let state = prior.unwrap_or_else(|| ContainerState {
+                    name: def.name.clone(),
+                    image: def.image.clone(),
+                    last_status: PENDING.into(),
+                    health_status: UNKNOWN.into(),
+                    essential: def.is_essential(),
+                    ..Default::default()
                 });
                 Container {
                     def: def.clone(),
                     state,
+                    started,
+                    last_start_ms: 0,
+                    waiting_since: None,
                 }
             })
             .collect();
@@ -177,12 +197,14 @@ impl Supervisor {
             created_at_ms,
             ..Default::default()
         });
+        let order = start_order(&definition);
         Self {
             rt,
             settings,
             definition,
             state,
             containers,
+            order,
             reports,
             last_sent: None,
         }
@@ -219,16 +241,22 @@ impl Supervisor {
         if self.state.last_status != STOPPED {
             self.adopt().await;
             if self.state.desired_status == STOPPED {
-                let (code, reason) = (self.state.stop_code.clone(), self.state.stopped_reason.clone());
+                let (code, reason) = (
+                    self.state.stop_code.clone(),
+                    self.state.stopped_reason.clone(),
+                );
                 self.stop_all(&code, &reason).await;
-            } else if self.state.last_status == PENDING {
-                self.start_all().await;
             } else {
+                if self.state.last_status == PENDING {
+                    self.prepare().await;
+                }
                 self.resync().await;
+                self.advance().await;
             }
         }
         // Run until stopped.
         while self.state.last_status != STOPPED {
+            let wake = self.next_deadline();
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Stop { stop_code, reason }) => {
@@ -244,6 +272,10 @@ impl Supervisor {
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
+                _ = sleep_until(wake) => {}
+            }
+            if self.state.last_status != STOPPED {
+                self.advance().await;
             }
         }
         // Stopped: keep the containers for the cleanup delay, then remove them.
@@ -256,15 +288,28 @@ impl Supervisor {
             }
         }
         for c in &self.containers {
-            if !c.state.runtime_id.is_empty() {
-                if let Err(e) = self.rt.remove(&c.state.runtime_id).await {
-                    warn!(container = %c.def.name, error = %e, "cannot remove container");
-                }
+            if !c.state.runtime_id.is_empty()
+                && let Err(e) = self.rt.remove(&c.state.runtime_id).await
+            {
+                warn!(container = %c.def.name, error = %e, "cannot remove container");
             }
         }
         info!("task cleaned up");
         let id = self.task_id().to_string();
         let _ = self.reports.send(Report::Finished(id)).await;
+    }
+
+    /// The earliest `startTimeout` deadline among waiting containers.
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        self.containers
+            .iter()
+            .filter(|c| !c.started)
+            .filter_map(|c| {
+                let since = c.waiting_since?;
+                let secs = c.def.start_timeout?;
+                Some(since + Duration::from_secs(secs))
+            })
+            .min()
     }
 
     fn spec(&self, def: &ContainerDefinition) -> ContainerSpec {
@@ -273,15 +318,10 @@ impl Supervisor {
         labels.insert(LABEL_CONTAINER_NAME.into(), def.name.clone());
         labels.insert(LABEL_TASK_FAMILY.into(), self.definition.family.clone());
         labels.insert(LABEL_INSTANCE_ID.into(), self.settings.instance_id.clone());
-        let network_mode = match self.definition.network_mode() {
-            berth_taskdef::NetworkMode::Bridge => "bridge",
-            berth_taskdef::NetworkMode::Host => "host",
-            berth_taskdef::NetworkMode::None => "none",
-        };
         ContainerSpec {
             name: container_name(&self.definition.family, &def.name, &self.state.task_id),
             labels,
-            network_mode: network_mode.into(),
+            network_mode: self.definition.network_mode().as_str().into(),
             definition: def.clone(),
             default_stop_timeout: self.settings.default_stop_timeout,
         }
@@ -304,16 +344,65 @@ impl Supervisor {
             match found {
                 Some(info) => {
                     debug!(container = %self.containers[i].def.name, id = %info.id, "adopted existing container");
-                    self.containers[i].state.runtime_id = info.id.clone();
+                    let c = &mut self.containers[i];
+                    c.state.runtime_id = info.id.clone();
+                    c.last_start_ms = info.started_at_ms;
+                    if info.started_at_ms > 0 {
+                        c.started = true;
+                    }
                 }
                 None if !recorded.is_empty() && self.containers[i].state.last_status == RUNNING => {
                     // It ran, and is gone: removed behind the agent's back.
-                    self.containers[i].state.last_status = STOPPED.into();
-                    self.containers[i].state.reason =
-                        "container vanished while the agent was not watching".into();
+                    // The resync below handles it like an exit.
                 }
                 None => {
                     self.containers[i].state.runtime_id.clear();
+                }
+            }
+        }
+    }
+
+    /// Pulls every image and creates every container that does not exist
+    /// yet, so a bad image or a bad setting fails the task before anything
+    /// starts.
+    async fn prepare(&mut self) {
+        info!("preparing task");
+        for i in 0..self.containers.len() {
+            if !self.containers[i].state.runtime_id.is_empty() {
+                continue;
+            }
+            let image = self.containers[i].def.image.clone();
+            if let Err(e) = self.rt.ensure_image(&image, self.settings.pull_policy).await {
+                let msg = match e {
+                    crate::runtime::RuntimeError::Pull { message, .. } => message,
+                    other => other.to_string(),
+                };
+                self.fail_to_start(
+                    i,
+                    format!("CannotPullContainerError: pull image {image}: {msg}"),
+                )
+                .await;
+                return;
+            }
+        }
+        for i in 0..self.containers.len() {
+            if self.state.desired_status == STOPPED {
+                return;
+            }
+            if !self.containers[i].state.runtime_id.is_empty() {
+                continue;
+            }
+            let spec = self.spec(&self.containers[i].def);
+            match self.rt.create(&spec).await {
+                Ok(id) => {
+                    self.containers[i].state.runtime_id = id;
+                    // Record the id before starting, so a crash adopts it.
+                    self.publish().await;
+                }
+                Err(e) => {
+                    self.fail_to_start(i, format!("CannotCreateContainerError: {e}"))
+                        .await;
+                    return;
                 }
             }
         }
@@ -328,90 +417,218 @@ impl Supervisor {
             .await;
     }
 
-    async fn start_all(&mut self) {
-        info!("starting task");
-        // Pull every image first, so a bad image creates nothing.
-        for i in 0..self.containers.len() {
-            if !self.containers[i].state.runtime_id.is_empty() {
-                continue;
-            }
-            let image = self.containers[i].def.image.clone();
-            if let Err(e) = self.rt.ensure_image(&image, self.settings.pull_policy).await {
-                let msg = match e {
-                    crate::runtime::RuntimeError::Pull { message, .. } => message,
-                    other => other.to_string(),
-                };
-                self.fail_to_start(i, format!("CannotPullContainerError: pull image {image}: {msg}"))
-                    .await;
-                return;
-            }
-        }
-        for i in 0..self.containers.len() {
-            if self.state.desired_status == STOPPED {
-                return;
-            }
-            if self.containers[i].state.runtime_id.is_empty() {
-                let spec = self.spec(&self.containers[i].def);
-                match self.rt.create(&spec).await {
-                    Ok(id) => {
-                        self.containers[i].state.runtime_id = id;
-                        self.containers[i].state.last_status = PENDING.into();
-                        // Record the id before starting, so a crash adopts it.
-                        self.publish().await;
-                    }
-                    Err(e) => {
-                        self.fail_to_start(i, format!("CannotCreateContainerError: {e}"))
-                            .await;
-                        return;
+    /// Checks one container's `dependsOn` against the others' states.
+    fn deps(&self, idx: usize) -> Deps {
+        let me = &self.containers[idx].def.name;
+        let mut result = Deps::Met;
+        for d in &self.containers[idx].def.depends_on {
+            let Some(dep) = self.containers.iter().find(|c| c.def.name == d.container_name) else {
+                return Deps::Failed(format!(
+                    "{me} depends on {}, which is not in the task",
+                    d.container_name
+                ));
+            };
+            let stopped = dep.state.last_status == STOPPED;
+            let code = dep.state.exit_code;
+            let met = match d.condition.as_str() {
+                "START" => {
+                    if dep.started {
+                        true
+                    } else if stopped {
+                        return Deps::Failed(format!(
+                            "{me} depends on {} to START, but it stopped without starting",
+                            dep.def.name
+                        ));
+                    } else {
+                        false
                     }
                 }
+                "COMPLETE" => stopped && dep.started,
+                "SUCCESS" => {
+                    if stopped && dep.started && code == Some(0) {
+                        true
+                    } else if stopped {
+                        return Deps::Failed(format!(
+                            "{me} depends on {} to SUCCEED, but it exited with code {}",
+                            dep.def.name,
+                            code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into())
+                        ));
+                    } else {
+                        false
+                    }
+                }
+                "HEALTHY" => {
+                    if dep.state.health_status == HEALTHY {
+                        true
+                    } else if stopped {
+                        return Deps::Failed(format!(
+                            "{me} depends on {} to be HEALTHY, but it stopped",
+                            dep.def.name
+                        ));
+                    } else {
+                        false
+                    }
+                }
+                other => {
+                    return Deps::Failed(format!(
+                        "{me} has an unknown dependency condition {other}"
+                    ));
+                }
+            };
+            if !met {
+                result = Deps::Wait;
             }
-            let id = self.containers[i].state.runtime_id.clone();
-            let info = self.rt.inspect(&id).await.ok().flatten();
-            if info.as_ref().is_some_and(|i| i.state == RunState::Running) {
-                self.apply_info(i, info.as_ref());
-                continue;
-            }
-            if let Err(e) = self.rt.start(&id).await {
-                self.fail_to_start(i, format!("CannotStartContainerError: {e}")).await;
-                return;
-            }
-            let info = self.rt.inspect(&id).await.ok().flatten();
-            self.apply_info(i, info.as_ref());
-            self.containers[i].state.last_status = RUNNING.into();
-            if let Some(info) = &info
-                && info.state == RunState::Exited
-            {
-                // It ended before we looked: handled like the event.
-                let code = info.exit_code;
-                self.on_exit(i, code).await;
-            }
-            self.publish().await;
         }
-        if self.state.last_status == PENDING && self.state.desired_status == RUNNING {
+        result
+    }
+
+    /// Starts every container whose dependencies are met, fails those whose
+    /// dependencies cannot be met any more, and moves the task to RUNNING
+    /// once every essential container has started.
+    async fn advance(&mut self) {
+        let mut progress = true;
+        while progress && self.state.desired_status == RUNNING {
+            progress = false;
+            for pos in 0..self.order.len() {
+                let i = self.order[pos];
+                if self.containers[i].started
+                    || self.containers[i].state.last_status == STOPPED
+                    || self.containers[i].state.runtime_id.is_empty()
+                {
+                    continue;
+                }
+                match self.deps(i) {
+                    Deps::Wait => {
+                        let now = tokio::time::Instant::now();
+                        let c = &mut self.containers[i];
+                        let since = *c.waiting_since.get_or_insert(now);
+                        if let Some(secs) = c.def.start_timeout
+                            && now >= since + Duration::from_secs(secs)
+                        {
+                            let reason = format!(
+                                "{} timed out after {secs}s waiting for its dependencies ({})",
+                                c.def.name,
+                                c.def
+                                    .depends_on
+                                    .iter()
+                                    .map(|d| format!("{} {}", d.container_name, d.condition))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            );
+                            self.dependency_failed(i, reason).await;
+                            progress = true;
+                        }
+                    }
+                    Deps::Failed(reason) => {
+                        self.dependency_failed(i, reason).await;
+                        progress = true;
+                    }
+                    Deps::Met => {
+                        self.start_container(i).await;
+                        progress = true;
+                    }
+                }
+                if self.state.desired_status != RUNNING {
+                    return;
+                }
+            }
+        }
+        let all_essential_started = self
+            .containers
+            .iter()
+            .filter(|c| c.state.essential)
+            .all(|c| c.started);
+        if self.state.last_status == PENDING
+            && self.state.desired_status == RUNNING
+            && all_essential_started
+        {
             self.state.last_status = RUNNING.into();
             self.state.started_at_ms = berth_proto::now_ms();
             info!("task running");
+        }
+        self.publish().await;
+    }
+
+    async fn dependency_failed(&mut self, idx: usize, reason: String) {
+        warn!(container = %self.containers[idx].def.name, %reason, "dependency failed");
+        let c = &mut self.containers[idx];
+        c.state.last_status = STOPPED.into();
+        c.state.reason = format!("DependencyConditionFailed: {reason}");
+        if c.state.essential {
+            self.stop_all(TASK_FAILED_TO_START, &reason).await;
+        } else {
             self.publish().await;
+        }
+    }
+
+    async fn start_container(&mut self, i: usize) {
+        let id = self.containers[i].state.runtime_id.clone();
+        let name = self.containers[i].def.name.clone();
+        if let Err(e) = self.rt.start(&id).await {
+            self.fail_to_start(i, format!("CannotStartContainerError: {e}"))
+                .await;
+            return;
+        }
+        debug!(container = %name, "container started");
+        let info = self.rt.inspect(&id).await.ok().flatten();
+        {
+            let c = &mut self.containers[i];
+            c.started = true;
+            c.waiting_since = None;
+            c.state.last_status = RUNNING.into();
+            c.last_start_ms = info
+                .as_ref()
+                .map(|i| i.started_at_ms)
+                .filter(|ms| *ms > 0)
+                .unwrap_or_else(berth_proto::now_ms);
+        }
+        self.apply_info(i, info.as_ref());
+        self.publish().await;
+        if let Some(info) = &info
+            && info.state == RunState::Exited
+        {
+            // It ended before we looked: handled like the event.
+            self.on_exit(i, info.exit_code).await;
         }
     }
 
     fn apply_info(&mut self, idx: usize, info: Option<&ContainerInfo>) {
         let Some(info) = info else { return };
+        let host_mode = self.definition.network_mode() == berth_taskdef::NetworkMode::Host;
+        let host_bindings: Vec<NetworkBinding> = if host_mode {
+            host_bindings(&self.containers[idx].def)
+        } else {
+            Vec::new()
+        };
         let c = &mut self.containers[idx].state;
         if !info.image_digest.is_empty() {
             c.image_digest = info.image_digest.clone();
         }
-        c.network_bindings = info
-            .ports
-            .iter()
-            .map(|p| NetworkBinding {
-                container_port: p.container_port.into(),
-                host_port: p.host_port.into(),
-                protocol: p.protocol.clone(),
-                bind_ip: p.host_ip.clone(),
-            })
-            .collect();
+        if host_mode {
+            // Docker reports no bindings in host mode: the ports are the
+            // definition's own.
+            c.network_bindings = host_bindings;
+        } else if info.state == RunState::Running || !info.ports.is_empty() {
+            // Docker lists a dynamic port once per address family; ECS
+            // reports one binding per mapping.
+            let mut bindings: Vec<NetworkBinding> = Vec::new();
+            for p in &info.ports {
+                let b = NetworkBinding {
+                    container_port: p.container_port.into(),
+                    host_port: p.host_port.into(),
+                    protocol: p.protocol.clone(),
+                    bind_ip: p.host_ip.clone(),
+                };
+                if !bindings.iter().any(|x| {
+                    x.container_port == b.container_port
+                        && x.host_port == b.host_port
+                        && x.protocol == b.protocol
+                }) {
+                    bindings.push(b);
+                }
+            }
+            c.network_bindings = bindings;
+        }
         if let Some(h) = info.health {
             c.health_status = health_str(h).into();
         }
@@ -428,11 +645,11 @@ impl Supervisor {
             RuntimeEvent::Resync => self.resync().await,
             RuntimeEvent::Started { id } => {
                 if let Some(i) = self.index_of(&id)
+                    && self.containers[i].started
                     && self.containers[i].state.last_status != RUNNING
-                    && self.state.last_status == RUNNING
+                    && self.state.desired_status == RUNNING
                 {
                     self.containers[i].state.last_status = RUNNING.into();
-                    self.containers[i].state.exit_code = None;
                     self.publish().await;
                 }
             }
@@ -452,49 +669,69 @@ impl Supervisor {
                     && self.containers[i].state.last_status != STOPPED
                 {
                     self.containers[i].state.reason = "container removed outside berth".into();
+                    self.containers[i].state.runtime_id.clear();
                     self.on_exit(i, None).await;
                 }
             }
         }
     }
 
-    /// Re-inspects every container and handles exits that were missed.
+    /// Re-inspects every started container and handles exits that were
+    /// missed (agent restart, lost event stream).
     async fn resync(&mut self) {
         for i in 0..self.containers.len() {
             let id = self.containers[i].state.runtime_id.clone();
-            if id.is_empty() || self.containers[i].state.last_status == STOPPED {
+            if self.containers[i].state.last_status == STOPPED || !self.containers[i].started {
+                continue;
+            }
+            if id.is_empty() {
+                self.containers[i].state.reason =
+                    "container vanished while the agent was not watching".into();
+                self.on_exit(i, None).await;
                 continue;
             }
             match self.rt.inspect(&id).await {
                 Ok(Some(info)) => {
                     self.apply_info(i, Some(&info));
-                    if info.state == RunState::Exited
-                        && self.containers[i].state.last_status == RUNNING
-                    {
-                        self.on_exit(i, info.exit_code).await;
+                    match info.state {
+                        RunState::Exited => self.on_exit(i, info.exit_code).await,
+                        RunState::Running if self.containers[i].state.last_status != RUNNING => {
+                            self.containers[i].state.last_status = RUNNING.into();
+                        }
+                        _ => {}
                     }
                 }
                 Ok(None) => {
-                    if self.containers[i].state.last_status == RUNNING {
-                        self.containers[i].state.reason =
-                            "container vanished while the agent was not watching".into();
-                        self.on_exit(i, None).await;
-                    }
+                    self.containers[i].state.reason =
+                        "container vanished while the agent was not watching".into();
+                    self.containers[i].state.runtime_id.clear();
+                    self.on_exit(i, None).await;
                 }
                 Err(e) => warn!(error = %e, "cannot inspect container during resync"),
             }
         }
-        // A container recorded as stopped while the agent was away.
-        if self.state.last_status == RUNNING
-            && let Some(c) = self
-                .containers
-                .iter()
-                .find(|c| c.state.essential && c.state.last_status == STOPPED)
-        {
-            let reason = exit_reason(&c.def.name, c.state.exit_code.map(i64::from));
-            self.stop_all(ESSENTIAL_CONTAINER_EXITED, &reason).await;
-        }
         self.publish().await;
+    }
+
+    /// Whether the restart policy restarts a container that exited with
+    /// `exit_code` now.
+    fn should_restart(&self, idx: usize, exit_code: Option<i64>) -> bool {
+        let c = &self.containers[idx];
+        let Some(policy) = &c.def.restart_policy else {
+            return false;
+        };
+        if !policy.enabled || self.state.desired_status != RUNNING || c.state.runtime_id.is_empty()
+        {
+            return false;
+        }
+        if let Some(code) = exit_code
+            && policy.ignored_exit_codes.contains(&code)
+        {
+            return false;
+        }
+        let period_ms = policy.restart_attempt_period.unwrap_or(300) as i64 * 1000;
+        let ran_ms = berth_proto::now_ms() - c.last_start_ms;
+        ran_ms >= period_ms
     }
 
     /// A container's process ended.
@@ -503,6 +740,40 @@ impl Supervisor {
             return;
         }
         let name = self.containers[idx].def.name.clone();
+        if self.should_restart(idx, exit_code) {
+            let id = self.containers[idx].state.runtime_id.clone();
+            self.containers[idx].state.exit_code = exit_code.map(|c| c as i32);
+            self.containers[idx].state.restart_count += 1;
+            info!(container = %name, exit_code = ?exit_code, restart_count = self.containers[idx].state.restart_count, "restarting container in place");
+            // Never twice within one second, whatever the attempt period.
+            let ran_ms = berth_proto::now_ms() - self.containers[idx].last_start_ms;
+            if ran_ms < 1000 {
+                tokio::time::sleep(Duration::from_millis((1000 - ran_ms).max(0) as u64)).await;
+            }
+            match self.rt.start(&id).await {
+                Ok(()) => {
+                    let info = self.rt.inspect(&id).await.ok().flatten();
+                    self.containers[idx].last_start_ms = info
+                        .as_ref()
+                        .map(|i| i.started_at_ms)
+                        .filter(|ms| *ms > 0)
+                        .unwrap_or_else(berth_proto::now_ms);
+                    self.containers[idx].state.last_status = RUNNING.into();
+                    self.apply_info(idx, info.as_ref());
+                    self.publish().await;
+                    if let Some(info) = info
+                        && info.state == RunState::Exited
+                    {
+                        Box::pin(self.on_exit(idx, info.exit_code)).await;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!(container = %name, error = %e, "restart failed");
+                    self.containers[idx].state.reason = format!("restart failed: {e}");
+                }
+            }
+        }
         {
             let c = &mut self.containers[idx].state;
             c.last_status = STOPPED.into();
@@ -516,7 +787,8 @@ impl Supervisor {
         }
     }
 
-    /// Stops every container (reverse definition order) and the task.
+    /// Stops every container — dependents before their dependencies — and
+    /// the task.
     async fn stop_all(&mut self, stop_code: &str, reason: &str) {
         if self.state.last_status == STOPPED {
             return;
@@ -528,7 +800,8 @@ impl Supervisor {
         }
         info!(stop_code, reason, "stopping task");
         self.publish().await;
-        for i in (0..self.containers.len()).rev() {
+        for pos in (0..self.order.len()).rev() {
+            let i = self.order[pos];
             let id = self.containers[i].state.runtime_id.clone();
             if id.is_empty() {
                 self.containers[i].state.last_status = STOPPED.into();
@@ -548,6 +821,7 @@ impl Supervisor {
                 if let Some(info) = info {
                     c.exit_code = info.exit_code.map(|c| c as i32);
                 }
+                self.publish().await;
             }
         }
         self.state.last_status = STOPPED.into();
@@ -555,6 +829,64 @@ impl Supervisor {
         info!("task stopped");
         self.publish().await;
     }
+}
+
+fn host_bindings(def: &ContainerDefinition) -> Vec<NetworkBinding> {
+    def.port_mappings
+        .iter()
+        .filter_map(|m| {
+            let port = m.container_port?;
+            Some(NetworkBinding {
+                container_port: port.into(),
+                host_port: m.host_port.filter(|p| *p != 0).unwrap_or(port).into(),
+                protocol: m.protocol.clone().unwrap_or_else(|| "tcp".into()),
+                bind_ip: "0.0.0.0".into(),
+            })
+        })
+        .collect()
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Container indexes with every container after the ones it depends on
+/// (definition order otherwise). Validation rejects cycles; should one slip
+/// through, the remaining containers keep definition order.
+pub fn start_order(def: &TaskDefinition) -> Vec<usize> {
+    let names: Vec<&str> = def
+        .container_definitions
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let mut placed = vec![false; names.len()];
+    let mut order = Vec::with_capacity(names.len());
+    while order.len() < names.len() {
+        let before = order.len();
+        for (i, c) in def.container_definitions.iter().enumerate() {
+            if placed[i] {
+                continue;
+            }
+            let ready = c.depends_on.iter().all(|d| {
+                names
+                    .iter()
+                    .position(|n| *n == d.container_name)
+                    .is_none_or(|j| placed[j])
+            });
+            if ready {
+                placed[i] = true;
+                order.push(i);
+            }
+        }
+        if order.len() == before {
+            order.extend((0..names.len()).filter(|i| !placed[*i]));
+            break;
+        }
+    }
+    order
 }
 
 fn exit_reason(name: &str, code: Option<i64>) -> String {
@@ -793,5 +1125,51 @@ mod tests {
             container_name("web", "app", "0123456789abcdef0123"),
             "berth-web-app-0123456789ab"
         );
+    }
+}
+
+#[cfg(test)]
+mod dependency_tests {
+    use super::*;
+    use berth_taskdef::{ContainerDefinition, ContainerDependency};
+
+    fn c(name: &str, deps: &[(&str, &str)]) -> ContainerDefinition {
+        ContainerDefinition {
+            name: name.into(),
+            image: "img".into(),
+            memory: Some(8),
+            depends_on: deps
+                .iter()
+                .map(|(n, cond)| ContainerDependency {
+                    container_name: (*n).into(),
+                    condition: (*cond).into(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn dependencies_start_first() {
+        let def = TaskDefinition {
+            family: "f".into(),
+            container_definitions: vec![
+                c("app", &[("db", "HEALTHY"), ("migrate", "SUCCESS")]),
+                c("migrate", &[("db", "START")]),
+                c("db", &[]),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(start_order(&def), vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn a_cycle_keeps_definition_order_for_the_rest() {
+        let def = TaskDefinition {
+            family: "f".into(),
+            container_definitions: vec![c("a", &[("b", "START")]), c("b", &[("a", "START")])],
+            ..Default::default()
+        };
+        assert_eq!(start_order(&def), vec![0, 1]);
     }
 }

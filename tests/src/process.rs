@@ -101,11 +101,11 @@ impl Proc {
     /// Panics with the log tail when the process has exited.
     pub fn assert_running(&mut self, while_doing: &str) {
         if let Some(status) = self.exited() {
+            // The log tail is printed when the Proc drops during the panic.
             panic!(
-                "{} exited ({status}) while {while_doing}; its log ({}):\n{}",
+                "{} exited ({status}) while {while_doing}; see its log {} (tail below)",
                 self.name,
                 self.log.display(),
-                log_tail(&self.log, 80)
             );
         }
     }

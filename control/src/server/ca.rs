@@ -10,10 +10,9 @@
 //! - client certificates carry the instance id as their common name: that is
 //!   the only identity the fleet service trusts.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -154,7 +153,7 @@ impl Ca {
         let cert_der = pem.contents.clone();
         let (_, cert) = x509_parser::parse_x509_certificate(&cert_der)
             .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
-        if cert.public_key().raw != key.public_key_der().as_slice() {
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(bad(format!(
                 "it does not belong to the key in {}",
                 key_path.display()
@@ -343,7 +342,10 @@ mod tests {
             .filter_map(|c| c.as_str().ok())
             .collect();
         assert_eq!(cn, vec!["i-0123456789abcdef"]);
-        assert_eq!(cert.public_key().raw, key.public_key_der().as_slice());
+        assert_eq!(
+            cert.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
 
         // Chains to the CA: issuer name matches and the CA key verifies it.
         let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der()).expect("ca x509");

@@ -190,7 +190,7 @@ pub struct Usage {
 }
 
 /// A task as stored.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskRecord {
     pub task_id: String,
     pub instance_id: String,

@@ -1,0 +1,668 @@
+//! The `berth` command line: clap definitions and the commands.
+//!
+//! Every command but `server` is a client of the admin API. Output goes to
+//! stdout (tables, or SPEC §2 JSON with `--json`); warnings and errors go
+//! to stderr. Exit codes: 0 success, 1 failure, 2 bad usage (clap).
+
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use berth_proto::json::{format_time_ms, instance_json, task_json};
+use berth_proto::v1::admin_client::AdminClient;
+use berth_proto::v1::{
+    CreateTokenRequest, InstanceRef, ListInstancesRequest, ListTasksRequest, RunTaskRequest,
+    StopTaskRequest, Task, TaskRef, Token,
+};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use tonic::transport::{Channel, Endpoint};
+use tracing::info;
+
+use crate::addr::{AdminAddr, DEFAULT_ADMIN_ADDR};
+use crate::server::{
+    DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, Server, ServerConfig,
+};
+use crate::view;
+
+/// How often `--wait` asks for the task's state.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// berth: run containers on your own servers the way Amazon ECS Anywhere does.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, propagate_version = true)]
+pub struct Cli {
+    /// Admin API of the control plane: host:port or http://host:port
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_ADDR",
+        value_name = "ADDR",
+        default_value = DEFAULT_ADMIN_ADDR
+    )]
+    pub server: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (fleet API for agents, admin API for this CLI)
+    Server(ServerArgs),
+    /// One-time activations that enroll hosts
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Hosts enrolled in the fleet
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// Tasks: ECS task definitions placed on instances
+    #[command(subcommand)]
+    Task(TaskCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Where the CA, the database and server.json live (created 0700)
+    #[arg(long, env = "BERTH_SERVER_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Fleet API address (agents, TLS); port 0 picks a free port
+    #[arg(long, env = "BERTH_SERVER_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Admin API address (this CLI, no authentication: loopback only)
+    #[arg(long, env = "BERTH_SERVER_ADMIN_LISTEN", value_name = "ADDR", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+    /// HOST:PORT agents use to reach the fleet API [default: the listen IP, or this host's name, and the bound port]
+    #[arg(long, env = "BERTH_SERVER_ADVERTISE", value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// How often agents send heartbeats; three missed ones end a session
+    #[arg(long, env = "BERTH_SERVER_HEARTBEAT_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Extra name or IP for the server certificate (repeatable; comma-separated in the env variable)
+    #[arg(long = "tls-san", env = "BERTH_SERVER_TLS_SAN", value_name = "NAME", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a one-time activation and print the `berth-agent enroll` line
+    Create {
+        /// How long the activation stays valid
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// List instances
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one instance
+    Describe {
+        /// Instance id (i-…)
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take an instance out of the fleet: its tasks are told to stop and its
+    /// certificate is no longer accepted
+    Deregister {
+        /// Instance id (i-…)
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Run a task from an ECS task definition file
+    Run(TaskRunArgs),
+    /// List tasks, newest first
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only the tasks of this instance
+        #[arg(long, value_name = "ID")]
+        instance: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one task
+    Describe {
+        /// Task id
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a task
+    Stop {
+        /// Task id
+        id: String,
+        /// Why (shown as stoppedReason) [default: Task stopped by user]
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Wait until the task is STOPPED
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        wait_timeout: Duration,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TaskRunArgs {
+    /// ECS task definition (register-task-definition input or describe-task-definition output)
+    #[arg(long, value_name = "FILE")]
+    pub task_definition: PathBuf,
+    /// Run on this instance instead of letting the control plane choose
+    #[arg(long, value_name = "ID")]
+    pub instance: Option<String>,
+    /// Wait until the task is RUNNING; fail if it stops first
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub wait_timeout: Duration,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (expected a duration such as 30s, 5m, 1h)"))
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Server(args) => server(args).await,
+        Command::Token(TokenCommand::Create { ttl, json }) => {
+            let mut admin = Admin::connect(&cli.server).await?;
+            token_create(&mut admin, ttl, json).await
+        }
+        Command::Instance(cmd) => {
+            let mut admin = Admin::connect(&cli.server).await?;
+            instance(&mut admin, cmd).await
+        }
+        Command::Task(cmd) => task(&cli.server, cmd).await,
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info`.
+fn init_tracing() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,h2=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let cfg = ServerConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        advertise: args.advertise.filter(|a| !a.trim().is_empty()),
+        heartbeat_interval: args.heartbeat_interval,
+        tls_sans: args
+            .tls_san
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        ..ServerConfig::new(DEFAULT_DATA_DIR)
+    };
+    let running = Server::start(cfg).await?;
+    info!(
+        "berth server ready fleet={} admin={} advertise={}",
+        running.fleet_addr(),
+        running.admin_addr(),
+        running.advertise_addr()
+    );
+    running.run_until(shutdown_signal()).await?;
+    info!("berth server stopped");
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            info!("SIGINT received");
+        }
+    }
+}
+
+/// The error chain of `e`, `: `-separated, without repeats.
+fn error_chain(e: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+/// A connected admin client that turns gRPC errors into readable ones.
+struct Admin {
+    addr: AdminAddr,
+    client: AdminClient<Channel>,
+}
+
+impl Admin {
+    async fn connect(addr: &str) -> anyhow::Result<Admin> {
+        let addr = AdminAddr::parse(addr)?;
+        if addr.tls {
+            bail!(
+                "cannot reach the berth admin API at {}: the admin API does not speak TLS yet; use {addr} or http://{addr}",
+                addr.uri()
+            );
+        }
+        let endpoint = Endpoint::from_shared(addr.uri())
+            .with_context(|| format!("invalid admin address {addr}"))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the berth admin API at {addr}: {}",
+                error_chain(&e)
+            )
+        })?;
+        Ok(Admin {
+            addr,
+            client: AdminClient::new(channel),
+        })
+    }
+
+    fn status(&self, status: tonic::Status) -> anyhow::Error {
+        use tonic::Code;
+        let message = if status.message().is_empty() {
+            format!("{:?}", status.code())
+        } else {
+            status.message().to_owned()
+        };
+        match status.code() {
+            Code::Unavailable | Code::Unknown if status.source().is_some() => anyhow!(
+                "cannot reach the berth admin API at {}: {}",
+                self.addr,
+                error_chain(&status)
+            ),
+            _ => anyhow!(message),
+        }
+    }
+
+    async fn describe_task(&mut self, id: &str) -> anyhow::Result<Task> {
+        let r = self
+            .client
+            .describe_task(TaskRef {
+                task_id: id.to_owned(),
+            })
+            .await;
+        r.map(tonic::Response::into_inner)
+            .map_err(|s| self.status(s))
+    }
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn task_value(t: &Task) -> Value {
+    task_json(
+        &t.instance_id,
+        &t.state.clone().unwrap_or_default(),
+        t.last_seen_at_ms,
+    )
+}
+
+fn task_id(t: &Task) -> String {
+    t.state
+        .as_ref()
+        .map(|s| s.task_id.clone())
+        .unwrap_or_default()
+}
+
+/// The exact command that enrolls a host with this token.
+pub fn enroll_command(token: &Token) -> anyhow::Result<String> {
+    let fleet = token
+        .fleet_addresses
+        .first()
+        .ok_or_else(|| anyhow!("the control plane advertises no fleet address"))?;
+    Ok(format!(
+        "berth-agent enroll --server https://{fleet} --activation-id {} --activation-code {} --ca-hash sha256:{}",
+        token.activation_id, token.activation_code, token.ca_sha256
+    ))
+}
+
+/// `berth token create --json`.
+pub fn token_json(token: &Token) -> anyhow::Result<Value> {
+    Ok(json!({
+        "activationId": token.activation_id,
+        "activationCode": token.activation_code,
+        "expiresAt": berth_proto::json::time_json(token.expires_at_ms),
+        "caHash": format!("sha256:{}", token.ca_sha256),
+        "enrollCommand": enroll_command(token)?,
+    }))
+}
+
+async fn token_create(admin: &mut Admin, ttl: Duration, json: bool) -> anyhow::Result<()> {
+    if ttl < Duration::from_secs(1) {
+        bail!("--ttl must be at least 1s");
+    }
+    let r = admin
+        .client
+        .create_token(CreateTokenRequest {
+            ttl_seconds: ttl.as_secs(),
+        })
+        .await;
+    let token = r.map_err(|s| admin.status(s))?.into_inner();
+    if json {
+        return print_json(&token_json(&token)?);
+    }
+    let expires = format_time_ms(token.expires_at_ms).unwrap_or_else(|| "-".into());
+    println!("Activation ID:   {}", token.activation_id);
+    println!("Activation code: {}", token.activation_code);
+    println!(
+        "Expires at:      {expires} (in {})",
+        humantime::format_duration(Duration::from_secs(ttl.as_secs()))
+    );
+    println!();
+    println!("Enroll a host by running this on it (the code works once):");
+    println!();
+    println!("{}", enroll_command(&token)?);
+    Ok(())
+}
+
+async fn instance(admin: &mut Admin, cmd: InstanceCommand) -> anyhow::Result<()> {
+    let now = berth_proto::now_ms();
+    match cmd {
+        InstanceCommand::Ls { json } => {
+            let r = admin.client.list_instances(ListInstancesRequest {}).await;
+            let list = r.map_err(|s| admin.status(s))?.into_inner().instances;
+            if json {
+                print_json(&Value::Array(list.iter().map(instance_json).collect()))
+            } else {
+                print!("{}", view::instances_table(&list, now));
+                Ok(())
+            }
+        }
+        InstanceCommand::Describe { id, json } => {
+            let r = admin
+                .client
+                .describe_instance(InstanceRef { instance_id: id })
+                .await;
+            let i = r.map_err(|s| admin.status(s))?.into_inner();
+            if json {
+                print_json(&instance_json(&i))
+            } else {
+                print!("{}", view::instance_detail(&i, now));
+                Ok(())
+            }
+        }
+        InstanceCommand::Deregister { id, json } => {
+            let r = admin
+                .client
+                .deregister_instance(InstanceRef { instance_id: id })
+                .await;
+            let i = r.map_err(|s| admin.status(s))?.into_inner();
+            if json {
+                print_json(&instance_json(&i))
+            } else {
+                println!("instance {} deregistered", i.instance_id);
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn task(server: &str, cmd: TaskCommand) -> anyhow::Result<()> {
+    match cmd {
+        TaskCommand::Run(args) => task_run(server, args).await,
+        TaskCommand::Ls { instance, json } => {
+            let mut admin = Admin::connect(server).await?;
+            let r = admin
+                .client
+                .list_tasks(ListTasksRequest {
+                    instance_id: instance.unwrap_or_default(),
+                })
+                .await;
+            let tasks = r.map_err(|s| admin.status(s))?.into_inner().tasks;
+            if json {
+                print_json(&Value::Array(tasks.iter().map(task_value).collect()))
+            } else {
+                print!("{}", view::tasks_table(&tasks));
+                Ok(())
+            }
+        }
+        TaskCommand::Describe { id, json } => {
+            let mut admin = Admin::connect(server).await?;
+            let t = admin.describe_task(&id).await?;
+            if json {
+                print_json(&task_value(&t))
+            } else {
+                print!("{}", view::task_detail(&t, berth_proto::now_ms()));
+                Ok(())
+            }
+        }
+        TaskCommand::Stop {
+            id,
+            reason,
+            wait,
+            wait_timeout,
+            json,
+        } => {
+            let mut admin = Admin::connect(server).await?;
+            let r = admin
+                .client
+                .stop_task(StopTaskRequest {
+                    task_id: id,
+                    reason: reason.unwrap_or_default(),
+                })
+                .await;
+            let mut t = r.map_err(|s| admin.status(s))?.into_inner();
+            let id = task_id(&t);
+            if wait {
+                t = wait_for(&mut admin, &id, Target::Stopped, wait_timeout).await?;
+            }
+            if json {
+                print_json(&task_value(&t))
+            } else {
+                println!("{id}");
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn task_run(server: &str, args: TaskRunArgs) -> anyhow::Result<()> {
+    let path = &args.task_definition;
+    let definition = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read task definition {}", path.display()))?;
+    let parsed = berth_taskdef::parse(&definition).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    for w in &parsed.warnings {
+        eprintln!("warning: {}: {w}", path.display());
+    }
+    let mut admin = Admin::connect(server).await?;
+    let r = admin
+        .client
+        .run_task(RunTaskRequest {
+            task_definition_json: definition,
+            instance_id: args.instance.unwrap_or_default(),
+        })
+        .await;
+    let mut t = r.map_err(|s| admin.status(s))?.into_inner();
+    let id = task_id(&t);
+    if !args.json {
+        println!("{id}");
+    }
+    if args.wait {
+        t = wait_for(&mut admin, &id, Target::Running, args.wait_timeout).await?;
+    }
+    if args.json {
+        print_json(&task_value(&t))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Running,
+    Stopped,
+}
+
+/// Polls the task until it reaches `target`. Waiting for RUNNING fails as
+/// soon as the task is STOPPED, with its stop code and reason.
+async fn wait_for(
+    admin: &mut Admin,
+    id: &str,
+    target: Target,
+    timeout: Duration,
+) -> anyhow::Result<Task> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let t = admin.describe_task(id).await?;
+        let state = t.state.clone().unwrap_or_default();
+        match (target, state.last_status.as_str()) {
+            (Target::Running, "RUNNING") | (Target::Stopped, "STOPPED") => return Ok(t),
+            (Target::Running, "STOPPED") => {
+                let or = |s: &str, d: &str| {
+                    if s.is_empty() {
+                        d.to_owned()
+                    } else {
+                        s.to_owned()
+                    }
+                };
+                bail!(
+                    "task {id} stopped: {}: {}",
+                    or(&state.stop_code, "no stop code"),
+                    or(&state.stopped_reason, "no reason given")
+                );
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let want = match target {
+                Target::Running => "RUNNING",
+                Target::Stopped => "STOPPED",
+            };
+            bail!(
+                "timed out after {} waiting for task {id} to be {want} (last status {})",
+                humantime::format_duration(timeout),
+                if state.last_status.is_empty() {
+                    "unknown"
+                } else {
+                    &state.last_status
+                }
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_the_spec_commands() {
+        let cli = Cli::try_parse_from([
+            "berth",
+            "--server",
+            "http://127.0.0.1:9",
+            "task",
+            "run",
+            "--task-definition",
+            "td.json",
+            "--wait",
+            "--wait-timeout",
+            "30s",
+            "--json",
+        ])
+        .expect("parse");
+        assert_eq!(cli.server, "http://127.0.0.1:9");
+        match cli.command {
+            Command::Task(TaskCommand::Run(a)) => {
+                assert!(a.wait && a.json);
+                assert_eq!(a.wait_timeout, Duration::from_secs(30));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "berth", "server", "--listen", "127.0.0.1:0", "--tls-san", "a", "--tls-san", "b",
+        ])
+        .expect("parse");
+        match cli.command {
+            Command::Server(a) => {
+                assert_eq!(a.tls_san, ["a", "b"]);
+                assert_eq!(a.heartbeat_interval, Duration::from_secs(10));
+                assert_eq!(a.admin_listen.to_string(), "127.0.0.1:7421");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = Cli::try_parse_from(["berth", "task", "run"]).expect_err("missing file");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn enroll_line() {
+        let t = Token {
+            activation_id: "id1".into(),
+            activation_code: "code1".into(),
+            expires_at_ms: 1_700_000_000_000,
+            ca_sha256: "ab".into(),
+            fleet_addresses: vec!["berth.example:7420".into()],
+        };
+        assert_eq!(
+            enroll_command(&t).expect("line"),
+            "berth-agent enroll --server https://berth.example:7420 --activation-id id1 --activation-code code1 --ca-hash sha256:ab"
+        );
+        let v = token_json(&t).expect("json");
+        assert_eq!(v["expiresAt"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(v["caHash"], "sha256:ab");
+    }
+}

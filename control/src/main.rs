@@ -1,0 +1,27 @@
+//! `berth`: the control plane and operator CLI. See the library docs.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use berth_control::cli::{self, Cli};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // Usage errors exit 2 (and --help/--version 0) inside clap.
+    let args = Cli::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(cli::run(args))
+}

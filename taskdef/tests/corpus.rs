@@ -1,0 +1,101 @@
+//! The corpus of task definitions under `tests/corpus/`.
+//!
+//! - `invalid/NNN-name.json` must be refused. Its sibling `NNN-name.expect`
+//!   holds the JSON path of the expected problem (first line) and a substring
+//!   of its message (second line).
+//! - `valid/NAME.json` must be accepted. An optional sibling `NAME.warnings`
+//!   lists, one per line, prefixes of the expected warnings, in order; without
+//!   it the definition must parse without warnings.
+
+use berth_taskdef::parse;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn corpus(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(dir);
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn invalid_definitions_are_refused_at_the_expected_path() {
+    let files = corpus("invalid");
+    assert!(files.len() >= 45, "only {} invalid cases", files.len());
+    let mut failures = Vec::new();
+    for file in &files {
+        let expect = read(&file.with_extension("expect"));
+        let mut lines = expect.lines();
+        let (Some(path), Some(needle)) = (lines.next(), lines.next()) else {
+            panic!("{}: the .expect file needs a path and a message line", file.display());
+        };
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+        match parse(&read(file)) {
+            Ok(p) => failures.push(format!("{name:?}: accepted ({:?})", p.warnings)),
+            Err(e) => {
+                if !e
+                    .problems
+                    .iter()
+                    .any(|p| p.path == path && p.message.contains(needle))
+                {
+                    failures.push(format!(
+                        "{name:?}: expected `{path}: …{needle}…`, got\n{e}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn valid_definitions_are_accepted() {
+    let files = corpus("valid");
+    assert!(!files.is_empty());
+    let mut failures = Vec::new();
+    for file in &files {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+        let warnings_file = file.with_extension("warnings");
+        let expected: Vec<String> = if warnings_file.exists() {
+            read(&warnings_file).lines().map(str::to_owned).collect()
+        } else {
+            Vec::new()
+        };
+        match parse(&read(file)) {
+            Err(e) => failures.push(format!("{name:?}: {e}")),
+            Ok(p) => {
+                let ok = p.warnings.len() == expected.len()
+                    && p
+                        .warnings
+                        .iter()
+                        .zip(&expected)
+                        .all(|(got, want)| got.starts_with(want.as_str()));
+                if !ok {
+                    failures.push(format!(
+                        "{name:?}: warnings {:?}, expected {expected:?}",
+                        p.warnings
+                    ));
+                }
+                // What parses also survives a round trip through serde.
+                let json = serde_json::to_string(&p.definition)
+                    .unwrap_or_else(|e| panic!("{name:?}: {e}"));
+                match parse(&json) {
+                    Ok(again) if again.definition == p.definition => {}
+                    Ok(_) => failures.push(format!("{name:?}: round trip changed the definition")),
+                    Err(e) => failures.push(format!("{name:?}: round trip refused: {e}")),
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
