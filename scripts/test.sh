@@ -2,7 +2,12 @@
 # The test command: prepares the machine, builds every binary, runs every
 # unit, integration and end-to-end test.
 #
-#   scripts/test.sh [CARGO TEST ARGS…]     e.g. scripts/test.sh -p berth-e2e --test tasks
+#   scripts/test.sh [CARGO TEST ARGS…]
+#
+# Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`,
+# or `scripts/test.sh -p berth-e2e --test tasks` (with -p/--package the run
+# covers those packages instead of the whole workspace). Every test binary
+# runs even when an earlier one fails (--no-fail-fast).
 #
 # The e2e tests (tests/) run the binaries built here (target/debug/berth,
 # target/debug/berth-agent) against the local Docker Engine.
@@ -11,11 +16,19 @@ cd "$(dirname "$0")/.."
 
 export RUST_BACKTRACE=1
 
+scope=(--workspace)
+for arg in "$@"; do
+    case $arg in
+        --) break ;;
+        -p | -p?* | --package | --package=*) scope=() ;;
+    esac
+done
+
 echo "==> test: scripts/setup.sh"
 scripts/setup.sh
 
 echo "==> test: cargo build --workspace --bins --locked"
 cargo build --workspace --bins --locked
 
-echo "==> test: cargo test --workspace --locked $*"
-cargo test --workspace --locked "$@"
+echo "==> test: cargo test ${scope[*]:+${scope[*]} }--locked --no-fail-fast $*"
+cargo test "${scope[@]}" --locked --no-fail-fast "$@"

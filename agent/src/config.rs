@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{DEFAULT_ALLOWED_HOST_PATHS, Policy};
 use crate::runtime::PullPolicy;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/agent.toml";
@@ -59,6 +60,37 @@ pub struct Config {
     pub start_tasks_offline: bool,
     /// `text` or `json` (stderr); the journal reads either.
     pub log_format: String,
+
+    // Agent policy (see `crate::policy`): what a task may ask of the host.
+    /// Allow `privileged: true` containers (root on the host). Default false.
+    pub allow_privileged: bool,
+    /// Allow `networkMode: host`. Default true: bridge, host and none are all
+    /// standard ECS network modes, and a container on the host network gets
+    /// no privilege over the host beyond its ports; set false on hosts where
+    /// tasks must not see the host's interfaces.
+    pub allow_host_network: bool,
+    /// Allow `pidMode: host` and `ipcMode: host`. Default false.
+    pub allow_host_pid_ipc: bool,
+    /// Capabilities a container may add (`linuxParameters.capabilities.add`),
+    /// without `CAP_`; `ALL` allows any. Default empty: none may be added.
+    pub allowed_capabilities: Vec<String>,
+    /// Allow host devices (`linuxParameters.devices`). Default false.
+    pub allow_devices: bool,
+    /// Allow `dockerSecurityOptions` other than `no-new-privileges` (which is
+    /// always allowed, since it only takes privileges away). Default false.
+    pub allow_security_options: bool,
+    /// Absolute host paths under which `host.sourcePath` bind mounts are
+    /// allowed (symbolic links and `..` are resolved before comparing).
+    ///
+    /// Default `["/srv", "/var/lib/berth-volumes"]`: ECS task definitions
+    /// with host volumes work out of the box when their data lives where
+    /// site data conventionally lives (FHS `/srv`) or in berth's own volume
+    /// directory, while the paths that make a bind mount root on the host
+    /// (`/`, `/etc`, `/var/run/docker.sock`, `/root`, the agent's data dir)
+    /// stay refused. `/tmp` is deliberately not in the default: it holds
+    /// other users' sockets (ssh-agent, X11) and is shared with everything
+    /// on the host. An empty list refuses every host path.
+    pub allowed_host_paths: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -74,6 +106,16 @@ impl Default for Config {
             container_cleanup_delay: Duration::from_secs(600),
             start_tasks_offline: true,
             log_format: "text".to_string(),
+            allow_privileged: false,
+            allow_host_network: true,
+            allow_host_pid_ipc: false,
+            allowed_capabilities: Vec::new(),
+            allow_devices: false,
+            allow_security_options: false,
+            allowed_host_paths: DEFAULT_ALLOWED_HOST_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }
@@ -90,6 +132,13 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("container_cleanup_delay", Kind::Str),
     ("start_tasks_offline", Kind::Bool),
     ("log_format", Kind::Str),
+    ("allow_privileged", Kind::Bool),
+    ("allow_host_network", Kind::Bool),
+    ("allow_host_pid_ipc", Kind::Bool),
+    ("allowed_capabilities", Kind::List),
+    ("allow_devices", Kind::Bool),
+    ("allow_security_options", Kind::Bool),
+    ("allowed_host_paths", Kind::List),
 ];
 
 #[derive(Clone, Copy)]
@@ -97,6 +146,8 @@ enum Kind {
     Str,
     Int,
     Bool,
+    /// Comma-separated in the environment (`/srv,/data`); empty = empty list.
+    List,
 }
 
 impl Config {
@@ -142,6 +193,13 @@ impl Config {
                         message: format!("expected true or false, got {raw:?}"),
                     }
                 })?),
+                Kind::List => toml::Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|item| !item.is_empty())
+                        .map(|item| toml::Value::String(item.to_string()))
+                        .collect(),
+                ),
             };
             table.insert((*key).to_string(), value);
         }
@@ -172,7 +230,40 @@ impl Config {
                 self.data_dir.display()
             ));
         }
+        for path in &self.allowed_host_paths {
+            if !path.is_absolute() {
+                return Err(format!(
+                    "allowed_host_paths {}: must be an absolute path",
+                    path.display()
+                ));
+            }
+        }
+        for cap in &self.allowed_capabilities {
+            let name = crate::policy::normalize_capability(cap);
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+                return Err(format!(
+                    "allowed_capabilities {cap:?}: expected a capability name such as NET_ADMIN, or ALL"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The agent policy these settings describe.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            allow_privileged: self.allow_privileged,
+            allow_host_network: self.allow_host_network,
+            allow_host_pid_ipc: self.allow_host_pid_ipc,
+            allowed_capabilities: self
+                .allowed_capabilities
+                .iter()
+                .map(|c| crate::policy::normalize_capability(c))
+                .collect(),
+            allow_devices: self.allow_devices,
+            allow_security_options: self.allow_security_options,
+            allowed_host_paths: self.allowed_host_paths.clone(),
+        }
     }
 
     pub fn api_addr(&self) -> SocketAddr {
@@ -275,6 +366,49 @@ mod tests {
     fn bad_env_value_is_named() {
         let err = parse("", &[("BERTH_RESERVED_MEMORY_MIB", "lots")]).expect_err("bad");
         assert!(err.to_string().contains("BERTH_RESERVED_MEMORY_MIB"), "{err}");
+    }
+
+    #[test]
+    fn policy_defaults_match_the_policy_module() {
+        let cfg = parse("", &[]).expect("defaults");
+        assert_eq!(cfg.policy(), Policy::default());
+        assert!(!cfg.allow_privileged && cfg.allow_host_network && !cfg.allow_host_pid_ipc);
+        assert_eq!(
+            cfg.allowed_host_paths,
+            vec![PathBuf::from("/srv"), PathBuf::from("/var/lib/berth-volumes")]
+        );
+    }
+
+    #[test]
+    fn policy_keys_come_from_file_and_env() {
+        let cfg = parse(
+            "allow_privileged = true\nallowed_capabilities = [\"cap_net_admin\"]\nallowed_host_paths = [\"/data\"]\n",
+            &[
+                ("BERTH_ALLOW_DEVICES", "true"),
+                ("BERTH_ALLOW_HOST_NETWORK", "false"),
+                ("BERTH_ALLOWED_HOST_PATHS", "/srv, /mnt/data ,"),
+            ],
+        )
+        .expect("valid");
+        let policy = cfg.policy();
+        assert!(policy.allow_privileged && policy.allow_devices && !policy.allow_host_network);
+        assert_eq!(policy.allowed_capabilities, vec!["NET_ADMIN".to_owned()]);
+        assert_eq!(
+            policy.allowed_host_paths,
+            vec![PathBuf::from("/srv"), PathBuf::from("/mnt/data")]
+        );
+        let cfg = parse("", &[("BERTH_ALLOWED_HOST_PATHS", "")]).expect("valid");
+        assert!(cfg.allowed_host_paths.is_empty(), "empty = no host paths");
+    }
+
+    #[test]
+    fn bad_policy_values_are_named() {
+        let err = parse("allowed_host_paths = [\"srv\"]\n", &[]).expect_err("relative");
+        assert!(err.to_string().contains("allowed_host_paths"), "{err}");
+        let err = parse("", &[("BERTH_ALLOWED_CAPABILITIES", "NET ADMIN")]).expect_err("bad");
+        assert!(err.to_string().contains("allowed_capabilities"), "{err}");
+        let err = parse("", &[("BERTH_ALLOW_DEVICES", "yes")]).expect_err("bad");
+        assert!(err.to_string().contains("BERTH_ALLOW_DEVICES"), "{err}");
     }
 
     #[test]

@@ -103,6 +103,19 @@ pub fn load(data_dir: &Path) -> Result<Identity, IdentityError> {
     })
 }
 
+/// Points an enrolled identity at another fleet address of the same control
+/// plane (its CA is unchanged), e.g. when `berth dev` picked a new port.
+pub fn set_server(data_dir: &Path, server: &str) -> Result<(), IdentityError> {
+    let p = path(data_dir, "identity.json");
+    let mut file = enrolled(data_dir)?.ok_or_else(|| IdentityError::NotEnrolled(p.clone()))?;
+    if file.server == server {
+        return Ok(());
+    }
+    file.server = server.to_string();
+    let json = serde_json::to_vec_pretty(&file).map_err(|e| IdentityError::Key(e.to_string()))?;
+    write_atomic(&p, &json, 0o600).map_err(|source| IdentityError::Write { path: p, source })
+}
+
 pub fn host_facts() -> HostFacts {
     HostFacts {
         hostname: hostname(),

@@ -19,11 +19,14 @@ pub mod config;
 pub mod fsutil;
 pub mod identity;
 pub mod manager;
+pub mod policy;
+pub mod ports;
 pub mod runtime;
 pub mod session;
 pub mod state;
 pub mod supervisor;
 pub mod tls;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -100,6 +103,8 @@ pub async fn start(cfg: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<Ru
         pull_policy: cfg.pull_policy,
         default_stop_timeout: cfg.stop_timeout,
         cleanup_delay: cfg.container_cleanup_delay,
+        policy: cfg.policy(),
+        check_host_ports: true,
     };
     let manager =
         manager::Manager::start(runtime, settings, data_dir, cfg.start_tasks_offline).await?;

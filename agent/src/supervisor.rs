@@ -52,6 +52,11 @@ pub struct Settings {
     pub pull_policy: PullPolicy,
     pub default_stop_timeout: Duration,
     pub cleanup_delay: Duration,
+    /// What a task may ask of the host; checked before anything is pulled.
+    pub policy: crate::policy::Policy,
+    /// Check that static host ports are free before creating containers.
+    /// Always on in the agent; unit tests with fixed ports turn it off.
+    pub check_host_ports: bool,
 }
 
 /// What a supervisor tells the manager.
@@ -294,6 +299,20 @@ impl Supervisor {
                 warn!(container = %c.def.name, error = %e, "cannot remove container");
             }
         }
+        // Task-scoped volumes go with the task; shared ones are never berth's
+        // to remove.
+        let volumes = crate::volumes::docker_volumes(
+            &self.definition,
+            &self.state.task_id,
+            &self.settings.instance_id,
+        );
+        for (_, volume) in volumes {
+            if volume.scope == crate::runtime::VolumeScope::Task
+                && let Err(e) = self.rt.remove_volume(&volume.name).await
+            {
+                warn!(volume = %volume.name, error = %e, "cannot remove task volume");
+            }
+        }
         info!("task cleaned up");
         let id = self.task_id().to_string();
         let _ = self.reports.send(Report::Finished(id)).await;
@@ -324,6 +343,15 @@ impl Supervisor {
             network_mode: self.definition.network_mode().as_str().into(),
             definition: def.clone(),
             default_stop_timeout: self.settings.default_stop_timeout,
+            mounts: crate::volumes::mounts(
+                &self.definition,
+                def,
+                &self.state.task_id,
+                &self.settings.instance_id,
+            ),
+            volumes_from: crate::volumes::volumes_from(&self.definition, def, &self.state.task_id),
+            pid_mode: self.definition.pid_mode.clone(),
+            ipc_mode: self.definition.ipc_mode.clone(),
         }
     }
 
@@ -367,6 +395,52 @@ impl Supervisor {
     /// starts.
     async fn prepare(&mut self) {
         info!("preparing task");
+        // What the host refuses, before anything is pulled or created.
+        if let Err(violation) = crate::policy::check(&self.definition, &self.settings.policy) {
+            self.fail_to_start(violation.container, violation.to_string())
+                .await;
+            return;
+        }
+        let pending: Vec<usize> = (0..self.containers.len())
+            .filter(|&i| self.containers[i].state.runtime_id.is_empty())
+            .collect();
+        let log_drivers: Vec<(usize, String)> = pending
+            .iter()
+            .filter_map(|&i| {
+                let config = self.containers[i].def.log_configuration.as_ref()?;
+                Some((i, config.log_driver.clone()))
+            })
+            .collect();
+        if !log_drivers.is_empty() {
+            match self.rt.log_drivers().await {
+                Ok(available) => {
+                    if let Some((i, driver)) = log_drivers.iter().find(|(_, d)| !available.contains(d)) {
+                        let reason = format!(
+                            "CannotCreateContainerError: log driver {driver} is not available on this docker engine; it has {}",
+                            available.join(", ")
+                        );
+                        self.fail_to_start(*i, reason).await;
+                        return;
+                    }
+                }
+                // Docker's create will say it if the driver is missing.
+                Err(e) => warn!(error = %e, "cannot list the engine's log drivers"),
+            }
+        }
+        if self.settings.check_host_ports && !pending.is_empty() {
+            // Binds and a /proc walk: off the async threads.
+            let (def, containers) = (self.definition.clone(), pending.clone());
+            match tokio::task::spawn_blocking(move || crate::ports::check_task(&def, &containers))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(in_use)) => {
+                    self.fail_to_start(in_use.container, in_use.to_string()).await;
+                    return;
+                }
+                Err(e) => warn!(error = %e, "host port check did not complete"),
+            }
+        }
         for i in 0..self.containers.len() {
             if !self.containers[i].state.runtime_id.is_empty() {
                 continue;
@@ -382,6 +456,18 @@ impl Supervisor {
                     format!("CannotPullContainerError: pull image {image}: {msg}"),
                 )
                 .await;
+                return;
+            }
+        }
+        let volumes = crate::volumes::docker_volumes(
+            &self.definition,
+            &self.state.task_id,
+            &self.settings.instance_id,
+        );
+        for (i, volume) in volumes {
+            if let Err(e) = self.rt.ensure_volume(&volume).await {
+                self.fail_to_start(i, format!("CannotCreateVolumeError: {e}"))
+                    .await;
                 return;
             }
         }
@@ -602,7 +688,12 @@ impl Supervisor {
         };
         let c = &mut self.containers[idx].state;
         if !info.image_digest.is_empty() {
-            c.image_digest = info.image_digest.clone();
+            // ECS reports the manifest digest alone: `sha256:…`.
+            let digest = info.image_digest.as_str();
+            c.image_digest = digest
+                .rsplit_once('@')
+                .map_or(digest, |(_, d)| d)
+                .to_string();
         }
         if host_mode {
             // Docker reports no bindings in host mode: the ports are the
@@ -965,6 +1056,8 @@ mod tests {
             pull_policy: PullPolicy::Default,
             default_stop_timeout: Duration::from_secs(1),
             cleanup_delay: Duration::ZERO,
+            policy: crate::policy::Policy::default(),
+            check_host_ports: false,
         }
     }
 

@@ -124,6 +124,7 @@ impl Fixture {
             network_mode: "bridge".to_owned(),
             definition,
             default_stop_timeout: Duration::from_secs(10),
+            ..Default::default()
         }
     }
 

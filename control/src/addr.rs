@@ -53,7 +53,7 @@ impl AdminAddr {
             (false, s)
         };
         let authority = match rest.split_once('/') {
-            Some((a, path)) if path.is_empty() => a,
+            Some((a, "")) => a,
             Some(_) => return Err(AddrError::Path(s.to_owned())),
             None => rest,
         };
@@ -115,7 +115,8 @@ impl fmt::Display for AdminAddr {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 #[cfg(test)]
@@ -138,10 +139,16 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(ok("http://127.0.0.1:7421"), ("127.0.0.1".into(), 7421, false));
+        assert_eq!(
+            ok("http://127.0.0.1:7421"),
+            ("127.0.0.1".into(), 7421, false)
+        );
         assert_eq!(ok("http://localhost/"), ("localhost".into(), 7421, false));
         assert_eq!(ok("HTTP://h:1"), ("h".into(), 1, false));
-        assert_eq!(ok("https://berth.example:443"), ("berth.example".into(), 443, true));
+        assert_eq!(
+            ok("https://berth.example:443"),
+            ("berth.example".into(), 443, true)
+        );
         assert_eq!(ok("https://[::1]:7421/"), ("::1".into(), 7421, true));
     }
 
@@ -157,11 +164,23 @@ mod tests {
     #[test]
     fn refusals() {
         assert_eq!(AdminAddr::parse(""), Err(AddrError::Empty));
-        assert!(matches!(AdminAddr::parse("ftp://h:1"), Err(AddrError::Scheme(_))));
-        assert!(matches!(AdminAddr::parse("h:port"), Err(AddrError::Port(_))));
+        assert!(matches!(
+            AdminAddr::parse("ftp://h:1"),
+            Err(AddrError::Scheme(_))
+        ));
+        assert!(matches!(
+            AdminAddr::parse("h:port"),
+            Err(AddrError::Port(_))
+        ));
         assert!(matches!(AdminAddr::parse("h:0"), Err(AddrError::Port(_))));
-        assert!(matches!(AdminAddr::parse("h:70000"), Err(AddrError::Port(_))));
+        assert!(matches!(
+            AdminAddr::parse("h:70000"),
+            Err(AddrError::Port(_))
+        ));
         assert!(matches!(AdminAddr::parse(":7421"), Err(AddrError::Host(_))));
-        assert!(matches!(AdminAddr::parse("http://h:1/v1"), Err(AddrError::Path(_))));
+        assert!(matches!(
+            AdminAddr::parse("http://h:1/v1"),
+            Err(AddrError::Path(_))
+        ));
     }
 }

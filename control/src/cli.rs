@@ -22,9 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::info;
 
 use crate::addr::{AdminAddr, DEFAULT_ADMIN_ADDR};
-use crate::server::{
-    DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, Server, ServerConfig,
-};
+use crate::server::{DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, Server, ServerConfig};
 use crate::view;
 
 /// How often `--wait` asks for the task's state.
@@ -61,6 +59,8 @@ pub enum Command {
     /// Tasks: ECS task definitions placed on instances
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Control plane and one agent in one process, against the local Docker Engine
+    Dev(crate::dev::DevArgs),
 }
 
 #[derive(Debug, Args)]
@@ -81,7 +81,12 @@ pub struct ServerArgs {
     #[arg(long, env = "BERTH_SERVER_HEARTBEAT_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
     /// Extra name or IP for the server certificate (repeatable; comma-separated in the env variable)
-    #[arg(long = "tls-san", env = "BERTH_SERVER_TLS_SAN", value_name = "NAME", value_delimiter = ',')]
+    #[arg(
+        long = "tls-san",
+        env = "BERTH_SERVER_TLS_SAN",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
     pub tls_san: Vec<String>,
 }
 
@@ -204,6 +209,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             instance(&mut admin, cmd).await
         }
         Command::Task(cmd) => task(&cli.server, cmd).await,
+        Command::Dev(args) => {
+            init_tracing();
+            let signal = shutdown_signal()?;
+            crate::dev::run(args, signal).await
+        }
     }
 }
 
@@ -236,6 +246,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             .collect(),
         ..ServerConfig::new(DEFAULT_DATA_DIR)
     };
+    let signal = shutdown_signal()?;
     let running = Server::start(cfg).await?;
     info!(
         "berth server ready fleet={} admin={} advertise={}",
@@ -243,27 +254,40 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         running.admin_addr(),
         running.advertise_addr()
     );
-    running.run_until(shutdown_signal()).await?;
+    running.run_until(signal).await?;
     info!("berth server stopped");
     Ok(())
 }
 
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, so that a signal arriving right after the ready line is not lost.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM received"),
-                _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-            }
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-            info!("SIGINT received");
+    })
+}
+
+/// An error and its causes, `: `-separated, leaving out causes whose text
+/// is already part of the message (most messages here name their cause).
+pub fn error_report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
         }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
     }
+    out
 }
 
 /// The error chain of `e`, `: `-separated, without repeats.
@@ -515,7 +539,8 @@ async fn task_run(server: &str, args: TaskRunArgs) -> anyhow::Result<()> {
     let path = &args.task_definition;
     let definition = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read task definition {}", path.display()))?;
-    let parsed = berth_taskdef::parse(&definition).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let parsed =
+        berth_taskdef::parse(&definition).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     for w in &parsed.warnings {
         eprintln!("warning: {}: {w}", path.display());
     }
@@ -633,7 +658,14 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         let cli = Cli::try_parse_from([
-            "berth", "server", "--listen", "127.0.0.1:0", "--tls-san", "a", "--tls-san", "b",
+            "berth",
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-san",
+            "a",
+            "--tls-san",
+            "b",
         ])
         .expect("parse");
         match cli.command {
@@ -646,6 +678,21 @@ mod tests {
         }
         let err = Cli::try_parse_from(["berth", "task", "run"]).expect_err("missing file");
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn error_reports_do_not_repeat_causes() {
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(crate::server::ServerError::StateFile {
+            path: "/x/server.json".into(),
+            source: io,
+        });
+        assert_eq!(
+            error_report(&e),
+            "cannot write /x/server.json: disk on fire"
+        );
+        let e = anyhow!("inner").context("outer");
+        assert_eq!(error_report(&e), "outer: inner");
     }
 
     #[test]

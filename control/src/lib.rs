@@ -51,6 +51,7 @@
 
 pub mod addr;
 pub mod cli;
+pub mod dev;
 pub mod server;
 pub mod view;
 

@@ -255,7 +255,8 @@ pub fn task_detail(task: &Task, now_ms: i64) -> String {
                 c.name.clone(),
                 c.image.clone(),
                 or_dash(&c.last_status),
-                c.exit_code.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                c.exit_code
+                    .map_or_else(|| "-".to_owned(), |c| c.to_string()),
                 if c.health_status.is_empty() {
                     "UNKNOWN".to_owned()
                 } else {

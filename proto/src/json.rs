@@ -232,7 +232,10 @@ mod tests {
         assert_eq!(v["lastSeenAt"], "2023-11-14T22:13:22.000Z");
         assert_eq!(v["containers"].as_array().map(Vec::len), Some(1));
         assert_eq!(v["containers"][0]["name"], "web");
-        let keys: Vec<&String> = v.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+        let keys: Vec<&String> = v
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
         assert_eq!(keys.len(), 13);
     }
 
@@ -255,9 +258,12 @@ mod tests {
             }),
             running_tasks_count: 1,
             pending_tasks_count: 0,
-            attributes: [("b".to_owned(), "2".to_owned()), ("a".to_owned(), "1".to_owned())]
-                .into_iter()
-                .collect(),
+            attributes: [
+                ("b".to_owned(), "2".to_owned()),
+                ("a".to_owned(), "1".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
             registered_at_ms: 0,
         };
         let v = instance_json(&i);
@@ -279,6 +285,9 @@ mod tests {
             })
         );
         let missing = instance_json(&Instance::default());
-        assert_eq!(missing["registeredResources"], json!({"cpu": 0, "memory": 0}));
+        assert_eq!(
+            missing["registeredResources"],
+            json!({"cpu": 0, "memory": 0})
+        );
     }
 }

@@ -66,7 +66,9 @@ impl TaskDefinition {
     /// Task-level `memory` in MiB (`"512"`, `512`, `"1 GB"`, `"2GB"`); `None`
     /// when absent or not understood.
     pub fn task_memory_mib(&self) -> Option<u64> {
-        self.memory.as_ref().and_then(|v| units::parse_memory(v).ok())
+        self.memory
+            .as_ref()
+            .and_then(|v| units::parse_memory(v).ok())
     }
 
     /// What placement reserves: task-level cpu and memory when set, else the
@@ -110,7 +112,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn container(name: &str, cpu: Option<u64>, mem: Option<u64>, res: Option<u64>) -> ContainerDefinition {
+    fn container(
+        name: &str,
+        cpu: Option<u64>,
+        mem: Option<u64>,
+        res: Option<u64>,
+    ) -> ContainerDefinition {
         ContainerDefinition {
             name: name.into(),
             image: "busybox".into(),

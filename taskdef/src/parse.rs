@@ -147,7 +147,8 @@ fn deserialize_parts(mut obj: Map<String, Value>) -> Result<TaskDefinition, Vec<
             None
         }
     };
-    let containers = parts::<ContainerDefinition>(containers, "containerDefinitions", &mut problems);
+    let containers =
+        parts::<ContainerDefinition>(containers, "containerDefinitions", &mut problems);
     let volumes = parts::<Volume>(volumes, "volumes", &mut problems);
     match top {
         Some(mut def) if problems.is_empty() => {
@@ -188,13 +189,25 @@ fn typed<T: de::DeserializeOwned>(v: Value) -> Result<T, Problem> {
 /// Rewrites a serde error message into a berth problem.
 fn explain(at: &str, msg: &str) -> Problem {
     if let Some(rest) = msg.strip_prefix("unknown field `") {
-        let (field, rest) = rest.split_once('`').unwrap_or((rest, ""));
-        let expected = backticked(rest);
+        // The key itself may contain backticks: split at serde's own text.
+        let (field, expected) = if let Some((f, list)) = rest.rsplit_once("`, expected ") {
+            (f, backticked(list))
+        } else if let Some((f, _)) = rest.rsplit_once("`, there are no fields") {
+            (f, Vec::new())
+        } else {
+            (rest.strip_suffix('`').unwrap_or(rest), Vec::new())
+        };
         // serde_path_to_error records the unknown key as the last segment;
         // add it if a future version does not.
         let seg = path::key("", field);
-        let named = at == seg || at.ends_with(&format!(".{seg}")) || (seg.starts_with('[') && at.ends_with(&seg));
-        let at = if named { at.to_owned() } else { path::key(at, field) };
+        let named = at == seg
+            || at.ends_with(&format!(".{seg}"))
+            || (seg.starts_with('[') && at.ends_with(&seg));
+        let at = if named {
+            at.to_owned()
+        } else {
+            path::key(at, field)
+        };
         return Problem::new(at, unknown_field_message(field, &expected));
     }
     if let Some(rest) = msg.strip_prefix("missing field `") {
@@ -204,12 +217,17 @@ fn explain(at: &str, msg: &str) -> Problem {
     if let Some(rest) = msg
         .strip_prefix("invalid type: ")
         .or_else(|| msg.strip_prefix("invalid value: "))
-        && let Some((got, expected)) = rest.rsplit_once(", expected ") {
-            return Problem::new(
-                at,
-                format!("expected {}, got {}", expectation(expected), unexpected(got)),
-            );
-        }
+        && let Some((got, expected)) = rest.rsplit_once(", expected ")
+    {
+        return Problem::new(
+            at,
+            format!(
+                "expected {}, got {}",
+                expectation(expected),
+                unexpected(got)
+            ),
+        );
+    }
     Problem::new(at, msg)
 }
 
@@ -231,7 +249,7 @@ fn unexpected(u: &str) -> String {
     match u {
         "map" => "an object".into(),
         "sequence" => "an array".into(),
-        _ => u.replace("floating point", "a number"),
+        _ => crate::validate::shorten(&u.replace("floating point", "a number"), 120),
     }
 }
 
@@ -244,7 +262,10 @@ fn unknown_field_message(field: &str, expected: &[&str]) -> String {
     let close = suggestions(field, expected);
     if !close.is_empty() {
         let names: Vec<String> = close.iter().map(|n| format!("`{n}`")).collect();
-        return format!("unknown field (a typo? did you mean {}?)", names.join(" or "));
+        return format!(
+            "unknown field (a typo? did you mean {}?)",
+            names.join(" or ")
+        );
     }
     if expected.is_empty() {
         return "unknown field (this object takes no fields)".into();
@@ -259,15 +280,21 @@ fn unknown_field_message(field: &str, expected: &[&str]) -> String {
 /// The expected names close to `field`, closest first (at most three).
 fn suggestions<'a>(field: &str, expected: &[&'a str]) -> Vec<&'a str> {
     let lower = field.to_ascii_lowercase();
+    let chars = lower.chars().count();
     let mut scored: Vec<(usize, &str)> = expected
         .iter()
         .filter_map(|&cand| {
-            let d = levenshtein(&lower, &cand.to_ascii_lowercase());
             let limit = match cand.len() {
                 0..=4 => 1,
                 5..=11 => 2,
                 _ => 3,
             };
+            // The distance is at least the difference in length: skip the
+            // quadratic comparison for hopeless (and huge) keys.
+            if chars.abs_diff(cand.len()) > limit {
+                return None;
+            }
+            let d = levenshtein(&lower, &cand.to_ascii_lowercase());
             (d <= limit).then_some((d, cand))
         })
         .collect();
@@ -381,6 +408,23 @@ impl<'de> Visitor<'de> for DupSeed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_keys_with_backticks_keep_their_path() {
+        let p = explain(
+            "containerDefinitions[0][\"a`b\"]",
+            "unknown field `a`b`, expected `name` or `image`",
+        );
+        assert_eq!(p.path, "containerDefinitions[0][\"a`b\"]");
+        let p = explain(
+            "x.imagee",
+            "unknown field `imagee`, expected one of `name`, `image`",
+        );
+        assert_eq!(p.path, "x.imagee");
+        assert!(p.message.contains("`image`"));
+        let p = explain("x", "unknown field `imagee`, there are no fields");
+        assert_eq!(p.path, "x.imagee");
+    }
 
     #[test]
     fn levenshtein_distances() {

@@ -76,10 +76,7 @@ mod tests {
     fn formats_keys_and_indices() {
         assert_eq!(key("", "family"), "family");
         assert_eq!(key(ROOT, "family"), "family");
-        assert_eq!(
-            index("containerDefinitions", 2),
-            "containerDefinitions[2]"
-        );
+        assert_eq!(index("containerDefinitions", 2), "containerDefinitions[2]");
         assert_eq!(key("a[0]", "b"), "a[0].b");
         assert_eq!(
             key("dockerLabels", "com.example.x"),

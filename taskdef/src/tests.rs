@@ -137,7 +137,9 @@ fn wordpress_example_parses() {
     assert_eq!(d.family, "hello_world");
     assert_eq!(d.network_mode(), NetworkMode::Bridge);
     assert_eq!(d.container_definitions.len(), 2);
-    let wp = d.container("wordpress").unwrap_or_else(|| panic!("no wordpress"));
+    let wp = d
+        .container("wordpress")
+        .unwrap_or_else(|| panic!("no wordpress"));
     assert_eq!(wp.links, vec!["mysql".to_owned()]);
     assert_eq!(wp.port_mappings[0].host_port, Some(80));
     assert!(wp.is_essential());
@@ -239,7 +241,10 @@ fn unknown_fields_name_their_path_and_suggest() {
     );
 
     let p = problems(r#"{"family":"f","ContainerDefinitions":[]}"#);
-    assert!(has(&p, "ContainerDefinitions", "`containerDefinitions`"), "{p:?}");
+    assert!(
+        has(&p, "ContainerDefinitions", "`containerDefinitions`"),
+        "{p:?}"
+    );
 
     let p = problems(
         r#"{"taskDefinition":{"family":"f","containerDefinitions":[{"name":"a","image":"b","memory":64,
@@ -264,20 +269,35 @@ fn type_errors_in_several_containers_are_all_reported() {
             {"name":"e","image":"f","memory":64,"essential":"yes"}]}"#,
     );
     assert_eq!(p.len(), 3, "{p:?}");
-    assert!(has(&p, "containerDefinitions[0].memory", "expected a non-negative integer"));
+    assert!(has(
+        &p,
+        "containerDefinitions[0].memory",
+        "expected a non-negative integer"
+    ));
     assert!(has(
         &p,
         "containerDefinitions[1].portMappings[0].containerPort",
         "an integer from 0 to 65535"
     ));
-    assert!(has(&p, "containerDefinitions[2].essential", "expected a boolean"));
+    assert!(has(
+        &p,
+        "containerDefinitions[2].essential",
+        "expected a boolean"
+    ));
 }
 
 #[test]
 fn missing_required_fields_name_the_field() {
     let p = problems(r#"{"containerDefinitions":[{"name":"a","memory":64}]}"#);
     assert!(has(&p, "family", "required field is missing"), "{p:?}");
-    assert!(has(&p, "containerDefinitions[0].image", "required field is missing"), "{p:?}");
+    assert!(
+        has(
+            &p,
+            "containerDefinitions[0].image",
+            "required field is missing"
+        ),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -290,7 +310,11 @@ fn validation_collects_all_problems() {
     assert!(has(&p, "networkMode", "awsvpc"));
     assert!(has(&p, "containerDefinitions", "essential"));
     assert!(has(&p, "containerDefinitions[0].memory", "at least 6 MiB"));
-    assert!(has(&p, "containerDefinitions[0].secrets", "Secrets Manager"));
+    assert!(has(
+        &p,
+        "containerDefinitions[0].secrets",
+        "Secrets Manager"
+    ));
     assert!(has(&p, "containerDefinitions[1].name", "duplicate"));
     assert!(has(&p, "containerDefinitions[1].image", "whitespace"));
     assert!(has(&p, "containerDefinitions[1].memory", "required"));
@@ -306,7 +330,11 @@ fn cycles_are_named() {
     );
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].path, "containerDefinitions[2].volumesFrom[0]");
-    assert!(p[0].message.contains("a -> b -> c -> a"), "{}", p[0].message);
+    assert!(
+        p[0].message.contains("a -> b -> c -> a"),
+        "{}",
+        p[0].message
+    );
 }
 
 #[test]

@@ -15,15 +15,15 @@ pub const MIB_PER_GB: u64 = 1024;
 
 /// Parses a task-level `cpu` value into CPU units.
 pub(crate) fn parse_cpu(v: &Value) -> Result<u64, String> {
-    const HINT: &str = "expected cpu units (`256`, `\"256\"`) or vCPUs (`\"1 vCPU\"`, `\"0.25 vcpu\"`)";
+    const HINT: &str =
+        "expected cpu units (`256`, `\"256\"`) or vCPUs (`\"1 vCPU\"`, `\"0.25 vcpu\"`)";
     match v {
         Value::Number(n) => n.as_u64().ok_or_else(|| format!("{HINT}, got {n}")),
         Value::String(s) => {
             let t = s.trim();
             if let Some(num) = strip_suffix_ignore_case(t, "vcpu") {
-                scaled(num.trim(), UNITS_PER_VCPU).ok_or_else(|| {
-                    format!("{HINT}, got {s:?} (not a whole number of cpu units)")
-                })
+                scaled(num.trim(), UNITS_PER_VCPU)
+                    .ok_or_else(|| format!("{HINT}, got {s:?} (not a whole number of cpu units)"))
             } else {
                 t.parse::<u64>().map_err(|_| format!("{HINT}, got {s:?}"))
             }
@@ -87,7 +87,11 @@ fn scaled(num: &str, factor: u64) -> Option<u64> {
         return None;
     }
     let int: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let frac_val: u128 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+    let frac_val: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
     let denom = 10u128.checked_pow(u32::try_from(frac.len()).ok()?)?;
     let total = int
         .checked_mul(denom)?

@@ -5,12 +5,12 @@
 //! nothing stops at the first problem. The rules and their ECS sources are
 //! listed in `COMPATIBILITY.md` beside this crate.
 
+use crate::MAX_CONTAINERS;
 use crate::error::{Problem, TaskDefError};
 use crate::model::NetworkMode;
 use crate::path::{index, key};
 use crate::types::{ContainerDefinition, TaskDefinition};
 use crate::units;
-use crate::MAX_CONTAINERS;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -174,9 +174,13 @@ impl Report {
     }
     fn range(&mut self, path: String, v: Option<u64>, (lo, hi): (u64, u64), unit: &str) {
         if let Some(x) = v
-            && (x < lo || x > hi) {
-                self.err(path, format!("must be between {lo} and {hi}{unit}, got {x}"));
-            }
+            && (x < lo || x > hi)
+        {
+            self.err(
+                path,
+                format!("must be between {lo} and {hi}{unit}, got {x}"),
+            );
+        }
     }
     fn refuse(&mut self, path: String, v: &Option<Value>, why: &str) {
         if is_present(v) {
@@ -218,9 +222,23 @@ fn is_present(v: &Option<Value>) -> bool {
 pub(crate) fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `s`, cut to at most `max` characters (marked with `…`), so that a huge
+/// value from the input does not flood a message.
+pub(crate) fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", s.get(..cut).unwrap_or_default()),
+        None => s.to_owned(),
+    }
+}
+
+/// A user's string as shown in a message: quoted, escaped, and cut to 64
+/// characters.
+fn q(s: &str) -> String {
+    format!("{:?}", shorten(s, 64))
 }
 
 fn is_absolute(p: &str) -> bool {
@@ -273,7 +291,7 @@ pub(crate) fn check(def: &TaskDefinition) -> Report {
 
 fn check_task_fields(def: &TaskDefinition, r: &mut Report) -> NetworkMode {
     if !is_name(&def.family) {
-        r.err("family", format!("{NAME_RULE}, got {:?}", def.family));
+        r.err("family", format!("{NAME_RULE}, got {}", q(&def.family)));
     }
     let mode = match def.network_mode.as_deref() {
         None => NetworkMode::Bridge,
@@ -289,7 +307,10 @@ fn check_task_fields(def: &TaskDefinition, r: &mut Report) -> NetworkMode {
             None => {
                 r.err(
                     "networkMode",
-                    format!("must be bridge (the default), host or none, got {s:?}"),
+                    format!(
+                        "must be bridge (the default), host or none, got {s_q}",
+                        s_q = q(s)
+                    ),
                 );
                 NetworkMode::Bridge
             }
@@ -301,7 +322,7 @@ fn check_task_fields(def: &TaskDefinition, r: &mut Report) -> NetworkMode {
             "pidMode",
             "not supported by berth: `task` shares one pid namespace among the task's containers, which berth does not do yet; use `host` or leave it out",
         ),
-        Some(o) => r.err("pidMode", format!("must be host or task, got {o:?}")),
+        Some(o) => r.err("pidMode", format!("must be host or task, got {o_q}", o_q = q(o))),
     }
     match def.ipc_mode.as_deref() {
         None | Some("host") | Some("none") => {}
@@ -309,7 +330,7 @@ fn check_task_fields(def: &TaskDefinition, r: &mut Report) -> NetworkMode {
             "ipcMode",
             "not supported by berth: `task` shares one ipc namespace among the task's containers, which berth does not do yet; use `host`, `none` or leave it out",
         ),
-        Some(o) => r.err("ipcMode", format!("must be host, task or none, got {o:?}")),
+        Some(o) => r.err("ipcMode", format!("must be host, task or none, got {o_q}", o_q = q(o))),
     }
     if let Some(rp) = &def.runtime_platform {
         check_runtime_platform(rp, r);
@@ -363,11 +384,11 @@ fn check_runtime_platform(v: &Value, r: &mut Report) {
             ("operatingSystemFamily", Some("LINUX")) => {}
             ("operatingSystemFamily", Some(o)) => r.err(
                 p,
-                format!("not supported by berth: berth runs LINUX containers only, got {o:?}"),
+                format!("not supported by berth: berth runs LINUX containers only, got {o_q}", o_q = q(o)),
             ),
             ("cpuArchitecture", Some("X86_64" | "ARM64")) => {}
             ("cpuArchitecture", Some(o)) => {
-                r.err(p, format!("must be X86_64 or ARM64, got {o:?}"));
+                r.err(p, format!("must be X86_64 or ARM64, got {o_q}", o_q = q(o)));
             }
             ("operatingSystemFamily" | "cpuArchitecture", None) => {
                 r.err(p, "expected a string");
@@ -424,11 +445,11 @@ fn check_volumes<'a>(def: &'a TaskDefinition, r: &mut Report) -> HashSet<&'a str
     for (i, v) in def.volumes.iter().enumerate() {
         let p = index("volumes", i);
         if !is_name(&v.name) {
-            r.err(key(&p, "name"), format!("{NAME_RULE}, got {:?}", v.name));
+            r.err(key(&p, "name"), format!("{NAME_RULE}, got {}", q(&v.name)));
         } else if let Some(j) = names.get(v.name.as_str()) {
             r.err(
                 key(&p, "name"),
-                format!("duplicate volume name {:?} (also volumes[{j}])", v.name),
+                format!("duplicate volume name {} (also volumes[{j}])", q(&v.name)),
             );
         } else {
             names.insert(&v.name, i);
@@ -440,19 +461,20 @@ fn check_volumes<'a>(def: &'a TaskDefinition, r: &mut Report) -> HashSet<&'a str
             );
         }
         if let Some(src) = v.host.as_ref().and_then(|h| h.source_path.as_deref())
-            && !is_absolute(src) {
-                r.err(
-                    key(&key(&p, "host"), "sourcePath"),
-                    format!("must be an absolute path, got {src:?}"),
-                );
-            }
+            && !is_absolute(src)
+        {
+            r.err(
+                key(&key(&p, "host"), "sourcePath"),
+                format!("must be an absolute path, got {src_q}", src_q = q(src)),
+            );
+        }
         if let Some(d) = &v.docker_volume_configuration {
             let dp = key(&p, "dockerVolumeConfiguration");
             let scope = d.scope.as_deref().unwrap_or("task");
             if !matches!(scope, "task" | "shared") {
                 r.err(
                     key(&dp, "scope"),
-                    format!("must be task or shared, got {scope:?}"),
+                    format!("must be task or shared, got {scope_q}", scope_q = q(scope)),
                 );
             }
             if d.autoprovision == Some(true) && scope != "shared" {
@@ -495,7 +517,9 @@ fn check_container_list<'a>(def: &'a TaskDefinition, r: &mut Report) -> HashMap<
     } else if n > MAX_CONTAINERS {
         r.err(
             "containerDefinitions",
-            format!("at most {MAX_CONTAINERS} container definitions are allowed (ECS' limit), got {n}"),
+            format!(
+                "at most {MAX_CONTAINERS} container definitions are allowed (ECS' limit), got {n}"
+            ),
         );
     }
     if n > 0 && !def.container_definitions.iter().any(|c| c.is_essential()) {
@@ -508,13 +532,13 @@ fn check_container_list<'a>(def: &'a TaskDefinition, r: &mut Report) -> HashMap<
     for (i, c) in def.container_definitions.iter().enumerate() {
         let p = key(&index("containerDefinitions", i), "name");
         if !is_name(&c.name) {
-            r.err(p, format!("{NAME_RULE}, got {:?}", c.name));
+            r.err(p, format!("{NAME_RULE}, got {}", q(&c.name)));
         } else if let Some(j) = names.get(c.name.as_str()) {
             r.err(
                 p,
                 format!(
-                    "duplicate container name {:?} (also containerDefinitions[{j}])",
-                    c.name
+                    "duplicate container name {} (also containerDefinitions[{j}])",
+                    q(&c.name)
                 ),
             );
         } else {
@@ -524,7 +548,12 @@ fn check_container_list<'a>(def: &'a TaskDefinition, r: &mut Report) -> HashMap<
     names
 }
 
-fn check_sums(def: &TaskDefinition, task_cpu: Option<u64>, task_memory: Option<u64>, r: &mut Report) {
+fn check_sums(
+    def: &TaskDefinition,
+    task_cpu: Option<u64>,
+    task_memory: Option<u64>,
+    r: &mut Report,
+) {
     let cs = &def.container_definitions;
     if let Some(tm) = task_memory {
         let hard = cs
@@ -536,7 +565,9 @@ fn check_sums(def: &TaskDefinition, task_cpu: Option<u64>, task_memory: Option<u
         if hard > tm {
             r.err(
                 "memory",
-                format!("the containers' memory adds up to {hard} MiB, more than the task's {tm} MiB"),
+                format!(
+                    "the containers' memory adds up to {hard} MiB, more than the task's {tm} MiB"
+                ),
             );
         } else if soft > tm {
             r.err(
@@ -559,7 +590,13 @@ fn check_sums(def: &TaskDefinition, task_cpu: Option<u64>, task_memory: Option<u
     }
 }
 
-fn check_container(t: &Task<'_>, i: usize, c: &ContainerDefinition, seen: &mut Seen, r: &mut Report) {
+fn check_container(
+    t: &Task<'_>,
+    i: usize,
+    c: &ContainerDefinition,
+    seen: &mut Seen,
+    r: &mut Report,
+) {
     let p = index("containerDefinitions", i);
     let at = |k: &str| key(&p, k);
 
@@ -572,10 +609,13 @@ fn check_container(t: &Task<'_>, i: usize, c: &ContainerDefinition, seen: &mut S
             format!("must have at most 255 characters, has {}", c.image.len()),
         );
     }
-    if c.image.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+    if c.image
+        .chars()
+        .any(|ch| ch.is_whitespace() || ch.is_control())
+    {
         r.err(
             at("image"),
-            format!("must not contain whitespace, got {:?}", c.image),
+            format!("must not contain whitespace, got {}", q(&c.image)),
         );
     }
 
@@ -586,7 +626,10 @@ fn check_container(t: &Task<'_>, i: usize, c: &ContainerDefinition, seen: &mut S
             "`memory` or `memoryReservation` is required when the task has no task-level `memory`",
         );
     }
-    for (field, v) in [("memory", c.memory), ("memoryReservation", c.memory_reservation)] {
+    for (field, v) in [
+        ("memory", c.memory),
+        ("memoryReservation", c.memory_reservation),
+    ] {
         if let Some(m) = v.filter(|m| *m < MIN_MEMORY_MIB) {
             r.err(
                 at(field),
@@ -595,19 +638,21 @@ fn check_container(t: &Task<'_>, i: usize, c: &ContainerDefinition, seen: &mut S
         }
     }
     if let (Some(hard), Some(soft)) = (c.memory, c.memory_reservation)
-        && soft > hard {
-            r.err(
-                at("memoryReservation"),
-                format!("must not exceed `memory` ({hard} MiB), got {soft}"),
-            );
-        }
+        && soft > hard
+    {
+        r.err(
+            at("memoryReservation"),
+            format!("must not exceed `memory` ({hard} MiB), got {soft}"),
+        );
+    }
     if let (Some(cpu), Some(tc)) = (c.cpu, t.task_cpu)
-        && cpu > tc {
-            r.err(
-                at("cpu"),
-                format!("must not exceed the task's cpu ({tc} units), got {cpu}"),
-            );
-        }
+        && cpu > tc
+    {
+        r.err(
+            at("cpu"),
+            format!("must not exceed the task's cpu ({tc} units), got {cpu}"),
+        );
+    }
 
     // timeouts and restarts
     if let Some(s) = c.stop_timeout.filter(|s| *s > MAX_STOP_TIMEOUT) {
@@ -616,7 +661,12 @@ fn check_container(t: &Task<'_>, i: usize, c: &ContainerDefinition, seen: &mut S
             format!("must be at most {MAX_STOP_TIMEOUT} seconds, got {s}"),
         );
     }
-    r.range(at("startTimeout"), c.start_timeout, START_TIMEOUT_RANGE, " seconds");
+    r.range(
+        at("startTimeout"),
+        c.start_timeout,
+        START_TIMEOUT_RANGE,
+        " seconds",
+    );
     if let Some(rp) = &c.restart_policy {
         let rp_path = at("restartPolicy");
         r.range(
@@ -666,7 +716,7 @@ fn check_container(t: &Task<'_>, i: usize, c: &ContainerDefinition, seen: &mut S
     if let Some(w) = c.working_directory.as_deref().filter(|w| !is_absolute(w)) {
         r.err(
             at("workingDirectory"),
-            format!("must be an absolute path, got {w:?}"),
+            format!("must be an absolute path, got {w_q}", w_q = q(w)),
         );
     }
     for (k, o) in c.docker_security_options.iter().enumerate() {
@@ -685,7 +735,10 @@ fn check_container(t: &Task<'_>, i: usize, c: &ContainerDefinition, seen: &mut S
         Some(Value::String(s)) if s == "enabled" || s == "disabled" => {}
         Some(other) => r.err(
             at("versionConsistency"),
-            format!("must be \"enabled\" or \"disabled\", got {other}"),
+            format!(
+                "must be \"enabled\" or \"disabled\", got {}",
+                shorten(&other.to_string(), 64)
+            ),
         ),
     }
 
@@ -729,14 +782,23 @@ fn check_environment(base: &str, c: &ContainerDefinition, r: &mut Report) {
         if e.name.is_empty() {
             r.err(np, "must not be empty");
         } else if e.name.contains('=') || e.name.contains('\0') {
-            r.err(np, format!("must not contain `=` or NUL, got {:?}", e.name));
+            r.err(
+                np,
+                format!("must not contain `=` or NUL, got {}", q(&e.name)),
+            );
         } else if let Some(j) = names.get(e.name.as_str()) {
             r.err(
                 np,
-                format!("duplicate environment variable {:?} (also environment[{j}])", e.name),
+                format!(
+                    "duplicate environment variable {} (also environment[{j}])",
+                    q(&e.name)
+                ),
             );
         } else {
             names.insert(&e.name, k);
+        }
+        if e.value.contains('\0') {
+            r.err(key(&index(base, k), "value"), "must not contain NUL");
         }
     }
 }
@@ -759,29 +821,36 @@ fn check_ports(t: &Task<'_>, base: &str, c: &ContainerDefinition, seen: &mut See
         if !matches!(proto, "tcp" | "udp") {
             r.err(
                 key(&mp, "protocol"),
-                format!("must be tcp or udp, got {proto:?}"),
+                format!("must be tcp or udp, got {proto_q}", proto_q = q(proto)),
             );
         }
         if let Some(a) = m.app_protocol.as_deref()
-            && !matches!(a, "http" | "http2" | "grpc") {
-                r.err(
-                    key(&mp, "appProtocol"),
-                    format!("must be http, http2 or grpc, got {a:?}"),
-                );
-            }
+            && !matches!(a, "http" | "http2" | "grpc")
+        {
+            r.err(
+                key(&mp, "appProtocol"),
+                format!("must be http, http2 or grpc, got {a_q}", a_q = q(a)),
+            );
+        }
         if let Some(n) = m.name.as_deref() {
             if n.is_empty() {
                 r.err(key(&mp, "name"), "must not be empty");
             } else if let Some(prev) = seen.port_names.get(n) {
                 r.err(
                     key(&mp, "name"),
-                    format!("duplicate port mapping name {n:?} (also {prev})"),
+                    format!(
+                        "duplicate port mapping name {n_q} (also {prev})",
+                        n_q = q(n)
+                    ),
                 );
             } else {
                 seen.port_names.insert(n.to_owned(), mp.clone());
             }
         }
-        if m.container_port_range.as_deref().is_some_and(|s| !s.is_empty()) {
+        if m.container_port_range
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
+        {
             r.err(
                 key(&mp, "containerPortRange"),
                 "not supported by berth yet: map each port with `containerPort`",
@@ -794,18 +863,22 @@ fn check_ports(t: &Task<'_>, base: &str, c: &ContainerDefinition, seen: &mut See
                 continue;
             }
             Some(0) => {
-                r.err(key(&mp, "containerPort"), "must be between 1 and 65535, got 0");
+                r.err(
+                    key(&mp, "containerPort"),
+                    "must be between 1 and 65535, got 0",
+                );
                 continue;
             }
             Some(cp) => cp,
         };
         if t.mode == NetworkMode::Host
-            && let Some(h) = m.host_port.filter(|h| *h != cp) {
-                r.err(
+            && let Some(h) = m.host_port.filter(|h| *h != cp)
+        {
+            r.err(
                     key(&mp, "hostPort"),
                     format!("with network mode host, hostPort must equal containerPort ({cp}) or be left out, got {h}"),
                 );
-            }
+        }
         if let Some(k) = own.get(&(cp, proto)) {
             r.err(
                 key(&mp, "containerPort"),
@@ -815,7 +888,11 @@ fn check_ports(t: &Task<'_>, base: &str, c: &ContainerDefinition, seen: &mut See
         }
         own.insert((cp, proto), j);
         let (host, host_path) = if t.mode == NetworkMode::Host {
-            let field = if m.host_port.is_some() { "hostPort" } else { "containerPort" };
+            let field = if m.host_port.is_some() {
+                "hostPort"
+            } else {
+                "containerPort"
+            };
             (Some(cp), key(&mp, field))
         } else {
             (m.host_port.filter(|h| *h != 0), key(&mp, "hostPort"))
@@ -842,25 +919,37 @@ fn check_depends_on(t: &Task<'_>, i: usize, base: &str, c: &ContainerDefinition,
         if !matches!(cond, "START" | "COMPLETE" | "SUCCESS" | "HEALTHY") {
             r.err(
                 key(&dp, "condition"),
-                format!("must be START, COMPLETE, SUCCESS or HEALTHY, got {cond:?}"),
+                format!(
+                    "must be START, COMPLETE, SUCCESS or HEALTHY, got {cond_q}",
+                    cond_q = q(cond)
+                ),
             );
         }
         let name = d.container_name.as_str();
         let Some(&ti) = t.containers.get(name) else {
             r.err(
                 key(&dp, "containerName"),
-                format!("no container named {name:?} in this task definition"),
+                format!(
+                    "no container named {name_q} in this task definition",
+                    name_q = q(name)
+                ),
             );
             continue;
         };
         if ti == i {
-            r.err(key(&dp, "containerName"), "a container cannot depend on itself");
+            r.err(
+                key(&dp, "containerName"),
+                "a container cannot depend on itself",
+            );
             continue;
         }
         if let Some(prev) = targets.get(name) {
             r.err(
                 key(&dp, "containerName"),
-                format!("container {name:?} is listed twice (also dependsOn[{prev}])"),
+                format!(
+                    "container {name_q} is listed twice (also dependsOn[{prev}])",
+                    name_q = q(name)
+                ),
             );
         } else {
             targets.insert(name, k);
@@ -871,11 +960,11 @@ fn check_depends_on(t: &Task<'_>, i: usize, base: &str, c: &ContainerDefinition,
         match cond {
             "HEALTHY" if target.health_check.is_none() => r.err(
                 key(&dp, "condition"),
-                format!("HEALTHY needs container {name:?} to have a healthCheck"),
+                format!("HEALTHY needs container {name_q} to have a healthCheck", name_q = q(name)),
             ),
             "COMPLETE" | "SUCCESS" if target.is_essential() => r.err(
                 key(&dp, "condition"),
-                format!("{cond} cannot wait for essential container {name:?}: the task stops when an essential container exits (mark it \"essential\": false)"),
+                format!("{cond} cannot wait for essential container {name_q}: the task stops when an essential container exits (mark it \"essential\": false)", name_q = q(name)),
             ),
             _ => {}
         }
@@ -907,14 +996,19 @@ fn check_health_check(base: &str, h: &crate::types::HealthCheck, r: &mut Report)
             }
             other => r.err(
                 index(&cp, 0),
-                format!("must be CMD or CMD-SHELL, got {other:?}"),
+                format!("must be CMD or CMD-SHELL, got {other_q}", other_q = q(other)),
             ),
         },
     }
     r.range(key(base, "interval"), h.interval, (5, 300), " seconds");
     r.range(key(base, "timeout"), h.timeout, (2, 60), " seconds");
     r.range(key(base, "retries"), h.retries, (1, 10), "");
-    r.range(key(base, "startPeriod"), h.start_period, (0, 300), " seconds");
+    r.range(
+        key(base, "startPeriod"),
+        h.start_period,
+        (0, 300),
+        " seconds",
+    );
 }
 
 fn check_mounts(t: &Task<'_>, i: usize, p: &str, c: &ContainerDefinition, r: &mut Report) {
@@ -925,18 +1019,24 @@ fn check_mounts(t: &Task<'_>, i: usize, p: &str, c: &ContainerDefinition, r: &mu
         if !t.volumes.contains(m.source_volume.as_str()) {
             r.err(
                 key(&mp, "sourceVolume"),
-                format!("no volume named {:?} in the task's volumes", m.source_volume),
+                format!(
+                    "no volume named {} in the task's volumes",
+                    q(&m.source_volume)
+                ),
             );
         }
         if !is_absolute(&m.container_path) {
             r.err(
                 key(&mp, "containerPath"),
-                format!("must be an absolute path, got {:?}", m.container_path),
+                format!("must be an absolute path, got {}", q(&m.container_path)),
             );
         } else if let Some(prev) = paths.get(m.container_path.as_str()) {
             r.err(
                 key(&mp, "containerPath"),
-                format!("{:?} is mounted twice (also mountPoints[{prev}])", m.container_path),
+                format!(
+                    "{} is mounted twice (also mountPoints[{prev}])",
+                    q(&m.container_path)
+                ),
             );
         } else {
             paths.insert(&m.container_path, k);
@@ -948,7 +1048,10 @@ fn check_mounts(t: &Task<'_>, i: usize, p: &str, c: &ContainerDefinition, r: &mu
         match t.containers.get(v.source_container.as_str()) {
             None => r.err(
                 vp,
-                format!("no container named {:?} in this task definition", v.source_container),
+                format!(
+                    "no container named {} in this task definition",
+                    q(&v.source_container)
+                ),
             ),
             Some(&j) if j == i => r.err(vp, "a container cannot take volumes from itself"),
             Some(_) => {}
@@ -981,13 +1084,16 @@ fn check_networking(t: &Task<'_>, i: usize, p: &str, c: &ContainerDefinition, r:
         if alias.is_some_and(|a| !is_name(a)) {
             r.err(
                 lp.clone(),
-                format!("the alias after `:` {NAME_RULE}, got {l:?}"),
+                format!("the alias after `:` {NAME_RULE}, got {l_q}", l_q = q(l)),
             );
         }
         match t.containers.get(name) {
             None => r.err(
                 lp,
-                format!("no container named {name:?} in this task definition"),
+                format!(
+                    "no container named {name_q} in this task definition",
+                    name_q = q(name)
+                ),
             ),
             Some(&j) if j == i => r.err(lp, "a container cannot link to itself"),
             Some(_) => {}
@@ -1004,13 +1110,16 @@ fn check_networking(t: &Task<'_>, i: usize, p: &str, c: &ContainerDefinition, r:
         if e.hostname.is_empty() || e.hostname.chars().any(char::is_whitespace) {
             r.err(
                 key(&ep, "hostname"),
-                format!("must be a host name without whitespace, got {:?}", e.hostname),
+                format!(
+                    "must be a host name without whitespace, got {}",
+                    q(&e.hostname)
+                ),
             );
         }
         if e.ip_address.parse::<IpAddr>().is_err() {
             r.err(
                 key(&ep, "ipAddress"),
-                format!("not an IP address: {:?}", e.ip_address),
+                format!("not an IP address: {}", q(&e.ip_address)),
             );
         }
     }
@@ -1018,7 +1127,7 @@ fn check_networking(t: &Task<'_>, i: usize, p: &str, c: &ContainerDefinition, r:
         if d.parse::<IpAddr>().is_err() {
             r.err(
                 index(&key(p, "dnsServers"), k),
-                format!("not an IP address: {d:?}"),
+                format!("not an IP address: {d_q}", d_q = q(d)),
             );
         }
     }
@@ -1026,7 +1135,10 @@ fn check_networking(t: &Task<'_>, i: usize, p: &str, c: &ContainerDefinition, r:
         if d.is_empty() || d.chars().any(char::is_whitespace) {
             r.err(
                 index(&key(p, "dnsSearchDomains"), k),
-                format!("must be a domain name without whitespace, got {d:?}"),
+                format!(
+                    "must be a domain name without whitespace, got {d_q}",
+                    d_q = q(d)
+                ),
             );
         }
     }
@@ -1040,12 +1152,16 @@ fn check_limits(p: &str, c: &ContainerDefinition, r: &mut Report) {
         if !ULIMITS.contains(&u.name.as_str()) {
             r.err(
                 key(&up, "name"),
-                format!("unknown ulimit {:?}; the names are {}", u.name, ULIMITS.join(", ")),
+                format!(
+                    "unknown ulimit {}; the names are {}",
+                    q(&u.name),
+                    ULIMITS.join(", ")
+                ),
             );
         } else if let Some(prev) = names.get(u.name.as_str()) {
             r.err(
                 key(&up, "name"),
-                format!("ulimit {:?} is set twice (also ulimits[{prev}])", u.name),
+                format!("ulimit {} is set twice (also ulimits[{prev}])", q(&u.name)),
             );
         } else {
             names.insert(&u.name, k);
@@ -1065,7 +1181,10 @@ fn check_limits(p: &str, c: &ContainerDefinition, r: &mut Report) {
         if ok && lim(u.soft_limit) > lim(u.hard_limit) {
             r.err(
                 key(&up, "softLimit"),
-                format!("must not exceed hardLimit ({}), got {}", u.hard_limit, u.soft_limit),
+                format!(
+                    "must not exceed hardLimit ({}), got {}",
+                    u.hard_limit, u.soft_limit
+                ),
             );
         }
     }
@@ -1084,7 +1203,7 @@ fn check_linux_parameters(base: &str, lp: &crate::types::LinuxParameters, r: &mu
                     };
                     r.err(
                         index(&key(&cp, field), k),
-                        format!("unknown capability {cap:?}{hint}"),
+                        format!("unknown capability {cap_q}{hint}", cap_q = q(cap)),
                     );
                 }
             }
@@ -1095,20 +1214,23 @@ fn check_linux_parameters(base: &str, lp: &crate::types::LinuxParameters, r: &mu
         if !is_absolute(&d.host_path) {
             r.err(
                 key(&dp, "hostPath"),
-                format!("must be an absolute path, got {:?}", d.host_path),
+                format!("must be an absolute path, got {}", q(&d.host_path)),
             );
         }
         if let Some(cp) = d.container_path.as_deref().filter(|cp| !is_absolute(cp)) {
             r.err(
                 key(&dp, "containerPath"),
-                format!("must be an absolute path, got {cp:?}"),
+                format!("must be an absolute path, got {cp_q}", cp_q = q(cp)),
             );
         }
         for (j, perm) in d.permissions.iter().enumerate() {
             if !matches!(perm.as_str(), "read" | "write" | "mknod") {
                 r.err(
                     index(&key(&dp, "permissions"), j),
-                    format!("must be read, write or mknod, got {perm:?}"),
+                    format!(
+                        "must be read, write or mknod, got {perm_q}",
+                        perm_q = q(perm)
+                    ),
                 );
             }
         }
@@ -1121,7 +1243,7 @@ fn check_linux_parameters(base: &str, lp: &crate::types::LinuxParameters, r: &mu
         if !is_absolute(&t.container_path) {
             r.err(
                 key(&tp, "containerPath"),
-                format!("must be an absolute path, got {:?}", t.container_path),
+                format!("must be an absolute path, got {}", q(&t.container_path)),
             );
         }
         if t.size == 0 {
@@ -1132,7 +1254,7 @@ fn check_linux_parameters(base: &str, lp: &crate::types::LinuxParameters, r: &mu
             if !TMPFS_OPTIONS.contains(&name) {
                 r.err(
                     index(&key(&tp, "mountOptions"), j),
-                    format!("unknown tmpfs mount option {o:?}"),
+                    format!("unknown tmpfs mount option {o_q}", o_q = q(o)),
                 );
             }
         }
@@ -1162,20 +1284,20 @@ fn check_system_controls(t: &Task<'_>, base: &str, c: &ContainerDefinition, r: &
             if t.mode == NetworkMode::Host {
                 r.err(
                     np,
-                    format!("{ns:?} cannot be set with network mode host: it would change the host's network settings"),
+                    format!("{ns_q} cannot be set with network mode host: it would change the host's network settings", ns_q = q(ns)),
                 );
             }
         } else if IPC_SYSCTLS.contains(&ns) || ns.starts_with("fs.mqueue.") {
             if ipc_host {
                 r.err(
                     np,
-                    format!("{ns:?} cannot be set with ipcMode host: it would change the host's ipc settings"),
+                    format!("{ns_q} cannot be set with ipcMode host: it would change the host's ipc settings", ns_q = q(ns)),
                 );
             }
         } else {
             r.err(
                 np,
-                format!("{ns:?} cannot be set per container; docker allows net.*, fs.mqueue.* and the kernel ipc settings (kernel.msg*, kernel.sem, kernel.shm*)"),
+                format!("{ns_q} cannot be set per container; docker allows net.*, fs.mqueue.* and the kernel ipc settings (kernel.msg*, kernel.sem, kernel.shm*)", ns_q = q(ns)),
             );
         }
     }
@@ -1198,7 +1320,7 @@ fn check_logging(base: &str, c: &ContainerDefinition, r: &mut Report) {
         d if LOG_DRIVERS.contains(&d) => {}
         d => r.err(
             dp,
-            format!("unknown log driver {d:?}; ECS allows {}", LOG_DRIVERS.join(", ")),
+            format!("unknown log driver {d_q}; ECS allows {}", LOG_DRIVERS.join(", "), d_q = q(d)),
         ),
     }
     r.refuse(
@@ -1223,9 +1345,10 @@ fn check_cycles(t: &Task<'_>, r: &mut Report) {
         let p = index("containerDefinitions", i);
         let mut add = |name: &str, path: String| {
             if let Some(&j) = t.containers.get(name)
-                && j != i {
-                    out.push((j, path));
-                }
+                && j != i
+            {
+                out.push((j, path));
+            }
         };
         for (k, d) in c.depends_on.iter().enumerate() {
             add(&d.container_name, index(&key(&p, "dependsOn"), k));

@@ -37,7 +37,10 @@ fn invalid_definitions_are_refused_at_the_expected_path() {
         let expect = read(&file.with_extension("expect"));
         let mut lines = expect.lines();
         let (Some(path), Some(needle)) = (lines.next(), lines.next()) else {
-            panic!("{}: the .expect file needs a path and a message line", file.display());
+            panic!(
+                "{}: the .expect file needs a path and a message line",
+                file.display()
+            );
         };
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
         match parse(&read(file)) {
@@ -48,9 +51,7 @@ fn invalid_definitions_are_refused_at_the_expected_path() {
                     .iter()
                     .any(|p| p.path == path && p.message.contains(needle))
                 {
-                    failures.push(format!(
-                        "{name:?}: expected `{path}: …{needle}…`, got\n{e}"
-                    ));
+                    failures.push(format!("{name:?}: expected `{path}: …{needle}…`, got\n{e}"));
                 }
             }
         }
@@ -75,8 +76,7 @@ fn valid_definitions_are_accepted() {
             Err(e) => failures.push(format!("{name:?}: {e}")),
             Ok(p) => {
                 let ok = p.warnings.len() == expected.len()
-                    && p
-                        .warnings
+                    && p.warnings
                         .iter()
                         .zip(&expected)
                         .all(|(got, want)| got.starts_with(want.as_str()));

@@ -22,8 +22,10 @@
 //!
 //! # Limitations
 //! - Only unix sockets (`unix://` in `DOCKER_HOST`).
-//! - Volumes, mount points and `volumesFrom` are not mapped yet: they need
-//!   task-level context (issue 3).
+//! - Host paths are bind-mounted through `Binds` (so Docker creates a missing
+//!   host directory, as it does for ECS), Docker volumes through `Mounts`; a
+//!   host or container path containing `:` cannot be expressed in `Binds` and
+//!   is refused at create.
 //! - The Engine keeps a bounded buffer of past events (256 in moby); an event
 //!   outage long and busy enough to overflow it loses events, which the
 //!   caller's re-inspection after `Resync` covers.
@@ -41,19 +43,21 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, DeviceMapping,
     EventMessage, EventMessageTypeEnum, HealthConfig, HealthStatusEnum, HostConfig,
-    HostConfigLogConfig, PortBinding as DockerPortBinding, PortMap, ResourcesUlimits,
-    RestartPolicy, RestartPolicyNameEnum,
+    HostConfigLogConfig, Mount as DockerMount, MountType, PortBinding as DockerPortBinding,
+    PortMap, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptions,
+    StopContainerOptionsBuilder,
 };
 use futures_util::stream::{BoxStream, StreamExt};
 use tracing::{debug, info, warn};
 
 use super::{
     ContainerInfo, ContainerSpec, Health, LABEL_CONTAINER_NAME, LABEL_INSTANCE_ID,
-    LABEL_TASK_FAMILY, PortBinding, PullPolicy, RunState, Runtime, RuntimeError, RuntimeEvent,
+    LABEL_TASK_FAMILY, MountSource, PortBinding, PullPolicy, RunState, Runtime, RuntimeError,
+    RuntimeEvent, VolumeScope, VolumeSpec,
 };
 
 /// The socket used when neither the caller nor `DOCKER_HOST` names one.
@@ -71,6 +75,9 @@ const CPU_SHARES_MIN: u64 = 2;
 const CPU_SHARES_MAX: u64 = 262_144;
 /// What ECS reports for a container the kernel killed for memory.
 const OOM_REASON: &str = "OutOfMemoryError: Container killed due to memory usage";
+/// The log driver that discards everything: always there, never listed in
+/// `docker info`.
+const NONE_LOG_DRIVER: &str = "none";
 /// Docker's zero time: the container never started / never finished.
 const ZERO_TIME_PREFIX: &str = "0001-01-01T00:00:00";
 const MIB: i64 = 1024 * 1024;
@@ -231,6 +238,34 @@ impl DockerRuntime {
             }
         }
         info!(image = reference, "pulled image");
+        Ok(())
+    }
+
+    /// Creates (or, for the same name and driver, reuses) a volume.
+    async fn create_volume(&self, spec: &VolumeSpec) -> Result<(), RuntimeError> {
+        let request = VolumeCreateRequest {
+            name: Some(spec.name.clone()),
+            driver: spec.driver.clone(),
+            driver_opts: (!spec.driver_opts.is_empty()).then(|| {
+                spec.driver_opts
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
+            labels: (!spec.labels.is_empty()).then(|| {
+                spec.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
+            cluster_volume_spec: None,
+        };
+        let volume = self
+            .docker
+            .create_volume(request)
+            .await
+            .map_err(|e| self.engine_error("create volume", &spec.name, e))?;
+        info!(volume = %volume.name, driver = %volume.driver, scope = ?spec.scope, "volume ready");
         Ok(())
     }
 
@@ -429,6 +464,72 @@ impl Runtime for DockerRuntime {
         })
         .boxed()
     }
+
+    #[tracing::instrument(level = "debug", skip(self, spec), fields(volume = %spec.name))]
+    async fn ensure_volume(&self, spec: &VolumeSpec) -> Result<(), RuntimeError> {
+        if spec.scope == VolumeScope::Task {
+            return self.create_volume(spec).await;
+        }
+        match self.docker.inspect_volume(&spec.name).await {
+            Ok(existing) => match &spec.driver {
+                Some(wanted) if *wanted != existing.driver => {
+                    Err(RuntimeError::VolumeDriverMismatch {
+                        name: spec.name.clone(),
+                        existing: existing.driver,
+                        wanted: wanted.clone(),
+                    })
+                }
+                _ => {
+                    debug!(volume = %spec.name, "shared volume exists; using it");
+                    Ok(())
+                }
+            },
+            Err(e) if status_of(&e) == Some(404) => {
+                if spec.autoprovision {
+                    self.create_volume(spec).await
+                } else {
+                    Err(RuntimeError::NoSuchVolume(spec.name.clone()))
+                }
+            }
+            Err(e) => Err(self.engine_error("inspect volume", &spec.name, e)),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        match self
+            .docker
+            .remove_volume(name, None::<RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) => {
+                debug!(volume = name, "removed volume");
+                Ok(())
+            }
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(self.engine_error("remove volume", name, e)),
+        }
+    }
+
+    async fn log_drivers(&self) -> Result<Vec<String>, RuntimeError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| self.engine_error("describe", "the engine (docker info)", e))?;
+        let listed = info.plugins.and_then(|p| p.log).unwrap_or_default();
+        Ok(log_driver_list(listed))
+    }
+}
+
+/// The engine's log drivers, sorted, with `none` (which every engine has
+/// but `docker info` does not list).
+fn log_driver_list(listed: Vec<String>) -> Vec<String> {
+    let mut drivers: Vec<String> = listed.into_iter().filter(|d| !d.is_empty()).collect();
+    drivers.push(NONE_LOG_DRIVER.to_owned());
+    drivers.sort();
+    drivers.dedup();
+    drivers
 }
 
 // ---------------------------------------------------------------------------
@@ -669,6 +770,7 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, S
     let (memory_swap, memory_swappiness) = swap_settings(def, memory)?;
 
     let (exposed_ports, port_bindings) = ports(def, network_mode)?;
+    let (binds, mounts) = mounts(spec)?;
 
     let stop_timeout = def
         .stop_timeout
@@ -759,8 +861,16 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, S
         }),
         security_opt: non_empty(def.docker_security_options.clone()),
         links: non_empty(def.links.iter().map(|l| docker_link(spec, l)).collect()),
-        // TODO(issue 3): volumes, mountPoints and volumesFrom need the task's
-        // volume definitions and its containers' Docker names; not mapped yet.
+        binds,
+        mounts,
+        volumes_from: non_empty(
+            spec.volumes_from
+                .iter()
+                .map(|(name, read_only)| format!("{name}:{}", if *read_only { "ro" } else { "rw" }))
+                .collect(),
+        ),
+        pid_mode: spec.pid_mode.clone(),
+        ipc_mode: spec.ipc_mode.clone(),
         ..Default::default()
     };
 
@@ -910,6 +1020,36 @@ fn ports(
         non_empty(exposed),
         (!bindings.is_empty()).then_some(bindings),
     ))
+}
+
+/// `Binds` for host paths (`/host:/container[:ro]`; Docker creates a missing
+/// host directory, as ECS users expect) and `Mounts` for Docker volumes.
+fn mounts(spec: &ContainerSpec) -> Result<(Option<Vec<String>>, Option<Vec<DockerMount>>), String> {
+    let mut binds = Vec::new();
+    let mut volumes = Vec::new();
+    for mount in &spec.mounts {
+        match &mount.source {
+            MountSource::Bind(host_path) => {
+                for path in [host_path, &mount.target] {
+                    if path.contains(':') {
+                        return Err(format!(
+                            "mount path {path:?} contains ':', which docker cannot bind-mount"
+                        ));
+                    }
+                }
+                let mode = if mount.read_only { ":ro" } else { "" };
+                binds.push(format!("{host_path}:{}{mode}", mount.target));
+            }
+            MountSource::Volume(name) => volumes.push(DockerMount {
+                target: Some(mount.target.clone()),
+                source: Some(name.clone()),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(mount.read_only),
+                ..Default::default()
+            }),
+        }
+    }
+    Ok((non_empty(binds), non_empty(volumes)))
 }
 
 fn parse_port_range(range: &str) -> Option<(u16, u16)> {
@@ -1344,7 +1484,88 @@ mod tests {
             network_mode: "bridge".to_owned(),
             definition: def,
             default_stop_timeout: Duration::from_secs(30),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn mounts_volumes_from_and_namespaces_map_to_host_config() -> Result<(), String> {
+        use super::super::Mount;
+        let mut s = spec(def());
+        s.mounts = vec![
+            Mount {
+                source: MountSource::Bind("/srv/data".to_owned()),
+                target: "/data".to_owned(),
+                read_only: true,
+            },
+            Mount {
+                source: MountSource::Bind("/srv/logs".to_owned()),
+                target: "/logs".to_owned(),
+                read_only: false,
+            },
+            Mount {
+                source: MountSource::Volume("berth-web-scratch-1a2b3c4d".to_owned()),
+                target: "/scratch".to_owned(),
+                read_only: false,
+            },
+        ];
+        s.volumes_from = vec![
+            ("berth-web-db-1a2b3c4d".to_owned(), true),
+            ("berth-web-cache-1a2b3c4d".to_owned(), false),
+        ];
+        s.pid_mode = Some("host".to_owned());
+        s.ipc_mode = Some("none".to_owned());
+        let host = create_body(&s)?.host_config.unwrap_or_default();
+        assert_eq!(
+            host.binds,
+            Some(vec!["/srv/data:/data:ro".to_owned(), "/srv/logs:/logs".to_owned()])
+        );
+        let mounts = host.mounts.unwrap_or_default();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].typ, Some(MountType::VOLUME));
+        assert_eq!(mounts[0].source.as_deref(), Some("berth-web-scratch-1a2b3c4d"));
+        assert_eq!(mounts[0].target.as_deref(), Some("/scratch"));
+        assert_eq!(mounts[0].read_only, Some(false));
+        assert_eq!(
+            host.volumes_from,
+            Some(vec![
+                "berth-web-db-1a2b3c4d:ro".to_owned(),
+                "berth-web-cache-1a2b3c4d:rw".to_owned()
+            ])
+        );
+        assert_eq!(host.pid_mode.as_deref(), Some("host"));
+        assert_eq!(host.ipc_mode.as_deref(), Some("none"));
+
+        // Nothing asked for: nothing sent.
+        let host = create_body(&spec(def()))?.host_config.unwrap_or_default();
+        assert_eq!((host.binds, host.mounts, host.volumes_from), (None, None, None));
+        assert_eq!((host.pid_mode, host.ipc_mode), (None, None));
+
+        // `Binds` cannot carry a colon in a path.
+        let mut s = spec(def());
+        s.mounts = vec![Mount {
+            source: MountSource::Bind("/srv/a:b".to_owned()),
+            target: "/data".to_owned(),
+            read_only: false,
+        }];
+        let err = create_body(&s).err().unwrap_or_default();
+        assert!(err.contains("/srv/a:b"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn log_drivers_include_none_sorted_once() {
+        assert_eq!(
+            log_driver_list(vec![
+                "json-file".to_owned(),
+                "syslog".to_owned(),
+                String::new(),
+                "local".to_owned(),
+                "json-file".to_owned(),
+            ]),
+            vec!["json-file", "local", "none", "syslog"]
+        );
+        assert_eq!(log_driver_list(Vec::new()), vec!["none"]);
     }
 
     fn def() -> ContainerDefinition {

@@ -2,7 +2,10 @@
 //!
 //! It keeps containers in a map and emits the same events the Docker runtime
 //! would. Tests drive container exits with [`FakeRuntime::exit`] and inject
-//! failures with [`FakeRuntime::fail_pull`].
+//! failures with [`FakeRuntime::fail_pull`]. Volumes live in a map too;
+//! [`FakeRuntime::add_volume`] makes one exist beforehand (a shared volume
+//! created by the operator), and [`FakeRuntime::set_log_drivers`] changes
+//! what the engine offers.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,12 +18,20 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use super::{
     ContainerInfo, ContainerSpec, LABEL_INSTANCE_ID, PullPolicy, RunState, Runtime, RuntimeError,
-    RuntimeEvent,
+    RuntimeEvent, VolumeScope, VolumeSpec,
 };
+
+/// What the fake engine offers as log drivers until told otherwise.
+pub const DEFAULT_LOG_DRIVERS: &[&str] = &["journald", "json-file", "local", "none", "syslog"];
 
 #[derive(Default)]
 struct Inner {
     containers: BTreeMap<String, ContainerInfo>,
+    /// Volume name → how it was created.
+    volumes: BTreeMap<String, VolumeSpec>,
+    /// The spec each container was created with, by container id.
+    specs: BTreeMap<String, ContainerSpec>,
+    log_drivers: Option<Vec<String>>,
     bad_images: HashSet<String>,
     next_id: u64,
     /// Every call, in order, for assertions: "create web", "start <id>", ...
@@ -97,6 +108,26 @@ impl FakeRuntime {
     pub fn count(&self) -> usize {
         self.lock().containers.len()
     }
+
+    /// Makes a volume exist, as if the operator had created it.
+    pub fn add_volume(&self, spec: VolumeSpec) {
+        self.lock().volumes.insert(spec.name.clone(), spec);
+    }
+
+    /// The volumes that exist, by name.
+    pub fn volumes(&self) -> BTreeMap<String, VolumeSpec> {
+        self.lock().volumes.clone()
+    }
+
+    /// The spec the container `id` was created with.
+    pub fn spec(&self, id: &str) -> Option<ContainerSpec> {
+        self.lock().specs.get(id).cloned()
+    }
+
+    /// Replaces the log drivers the engine offers.
+    pub fn set_log_drivers(&self, drivers: &[&str]) {
+        self.lock().log_drivers = Some(drivers.iter().map(|d| (*d).to_owned()).collect());
+    }
 }
 
 #[async_trait::async_trait]
@@ -129,6 +160,7 @@ impl Runtime for FakeRuntime {
         inner.next_id += 1;
         let id = format!("fake{:060}", inner.next_id);
         inner.calls.push(format!("create {}", spec.definition.name));
+        inner.specs.insert(id.clone(), spec.clone());
         inner.containers.insert(
             id.clone(),
             ContainerInfo {
@@ -195,6 +227,7 @@ impl Runtime for FakeRuntime {
         let removed = {
             let mut inner = self.lock();
             inner.calls.push(format!("remove {id}"));
+            inner.specs.remove(id);
             inner.containers.remove(id).is_some()
         };
         if removed {
@@ -229,5 +262,48 @@ impl Runtime for FakeRuntime {
         futures_util::stream::once(async { RuntimeEvent::Resync })
             .chain(BroadcastStream::new(rx).map(|e| e.unwrap_or(RuntimeEvent::Resync)))
             .boxed()
+    }
+
+    async fn ensure_volume(&self, spec: &VolumeSpec) -> Result<(), RuntimeError> {
+        let mut inner = self.lock();
+        inner.calls.push(format!("volume {}", spec.name));
+        match inner.volumes.get(&spec.name) {
+            Some(existing) => {
+                let existing_driver = existing.driver.as_deref().unwrap_or("local");
+                match spec.driver.as_deref() {
+                    Some(wanted) if spec.scope == VolumeScope::Shared && wanted != existing_driver => {
+                        Err(RuntimeError::VolumeDriverMismatch {
+                            name: spec.name.clone(),
+                            existing: existing_driver.to_owned(),
+                            wanted: wanted.to_owned(),
+                        })
+                    }
+                    _ => Ok(()),
+                }
+            }
+            None if spec.scope == VolumeScope::Shared && !spec.autoprovision => {
+                Err(RuntimeError::NoSuchVolume(spec.name.clone()))
+            }
+            None => {
+                inner.volumes.insert(spec.name.clone(), spec.clone());
+                Ok(())
+            }
+        }
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        let mut inner = self.lock();
+        inner.calls.push(format!("remove volume {name}"));
+        inner.volumes.remove(name);
+        Ok(())
+    }
+
+    async fn log_drivers(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(self.lock().log_drivers.clone().unwrap_or_else(|| {
+            DEFAULT_LOG_DRIVERS
+                .iter()
+                .map(|d| (*d).to_owned())
+                .collect()
+        }))
     }
 }

@@ -27,6 +27,9 @@ pub const LABEL_TASK_ID: &str = "berth.task-id";
 pub const LABEL_CONTAINER_NAME: &str = "berth.container-name";
 pub const LABEL_TASK_FAMILY: &str = "berth.task-family";
 pub const LABEL_INSTANCE_ID: &str = "berth.instance-id";
+/// Labels berth puts on every task-scoped volume it creates, next to
+/// [`LABEL_TASK_ID`] and [`LABEL_INSTANCE_ID`]: the definition's volume name.
+pub const LABEL_VOLUME_NAME: &str = "berth.volume-name";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -44,6 +47,21 @@ pub enum RuntimeError {
         action: &'static str,
         target: String,
         message: String,
+    },
+    /// A shared volume that the task definition says not to create
+    /// (`autoprovision` false) does not exist.
+    #[error(
+        "shared volume {0} does not exist on this host and its dockerVolumeConfiguration has autoprovision false; create it (docker volume create {0}) or set autoprovision to true"
+    )]
+    NoSuchVolume(String),
+    /// A shared volume exists, but with another driver than the definition asks for.
+    #[error(
+        "shared volume {name} already exists with driver {existing}, but the task definition asks for driver {wanted}"
+    )]
+    VolumeDriverMismatch {
+        name: String,
+        existing: String,
+        wanted: String,
     },
 }
 
@@ -63,7 +81,7 @@ pub enum PullPolicy {
 }
 
 /// Everything needed to create one container of a task.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ContainerSpec {
     /// Docker container name: `berth-<family>-<container>-<short task id>`.
     pub name: String,
@@ -75,6 +93,59 @@ pub struct ContainerSpec {
     pub definition: ContainerDefinition,
     /// Stop timeout used when the definition has none.
     pub default_stop_timeout: Duration,
+    /// The definition's `mountPoints`, resolved against the task's
+    /// `volumes`: host paths and Docker volume names.
+    pub mounts: Vec<Mount>,
+    /// The definition's `volumesFrom`: (Docker name of the source container,
+    /// read-only).
+    pub volumes_from: Vec<(String, bool)>,
+    /// The task's `pidMode` (`host`), applied to every container.
+    pub pid_mode: Option<String>,
+    /// The task's `ipcMode` (`host`, `none`), applied to every container.
+    pub ipc_mode: Option<String>,
+}
+
+/// One resolved mount point of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: MountSource,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// Where a mount comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A host path (`host.sourcePath`), bind-mounted.
+    Bind(String),
+    /// A Docker volume, by its Docker name.
+    Volume(String),
+}
+
+/// Lifetime of a Docker volume (`dockerVolumeConfiguration.scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VolumeScope {
+    /// Created for one task and removed with it.
+    #[default]
+    Task,
+    /// Outlives the task; berth never removes it.
+    Shared,
+}
+
+/// A Docker volume a task needs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VolumeSpec {
+    /// Docker volume name.
+    pub name: String,
+    pub scope: VolumeScope,
+    /// Volume driver; `None` is Docker's default (`local`).
+    pub driver: Option<String>,
+    pub driver_opts: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// Shared scope only: create the volume when it does not exist. Task
+    /// scope always creates.
+    pub autoprovision: bool,
 }
 
 /// Coarse container state as the engine reports it.
@@ -158,4 +229,15 @@ pub trait Runtime: Send + Sync + 'static {
     /// [`RuntimeEvent::Resync`] after every (re)connection, the first
     /// included.
     fn events(&self, instance_id: &str) -> BoxStream<'static, RuntimeEvent>;
+    /// Makes the volume `spec` describes available. Task scope: created
+    /// (an existing one is reused, so an agent restart is harmless). Shared
+    /// scope: an existing volume is used as it is (a different driver is
+    /// [`RuntimeError::VolumeDriverMismatch`]); a missing one is created
+    /// when `autoprovision` is set, else [`RuntimeError::NoSuchVolume`].
+    async fn ensure_volume(&self, spec: &VolumeSpec) -> Result<(), RuntimeError>;
+    /// Removes a volume by its Docker name. Removing a missing volume is
+    /// not an error.
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError>;
+    /// The log drivers the engine can use for a container's `logDriver`.
+    async fn log_drivers(&self) -> Result<Vec<String>, RuntimeError>;
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use berth_proto::v1::admin_server::Admin;
 use berth_proto::v1::{
     CreateTokenRequest, Instance, InstanceRef, ListInstancesRequest, ListInstancesResponse,
-    ListTasksRequest, ListTasksResponse, Resources, RunTaskRequest, StopTaskRequest, Task,
-    TaskRef, Token,
+    ListTasksRequest, ListTasksResponse, Resources, RunTaskRequest, StopTaskRequest, Task, TaskRef,
+    Token,
 };
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span};

@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -159,9 +158,8 @@ impl Ca {
                 key_path.display()
             )));
         }
-        let not_after =
-            OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
-                .map_err(|e| bad(format!("bad expiry: {e}")))?;
+        let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+            .map_err(|e| bad(format!("bad expiry: {e}")))?;
         let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)
             .map_err(|e| bad(e.to_string()))?;
         Ok(Ca {
@@ -238,7 +236,8 @@ impl Ca {
     /// authentication only, valid for [`CLIENT_CERT_VALIDITY`]. Everything the
     /// CSR asks for besides its public key is ignored. Returns the PEM.
     pub fn issue_client_cert(&self, csr_pem: &str, instance_id: &str) -> Result<String, CaError> {
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::BadCsr)?;
+        let mut csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::BadCsr)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, instance_id);
@@ -359,15 +358,12 @@ mod tests {
             .expect("eku present");
         assert!(eku.value.client_auth);
         assert!(!eku.value.server_auth);
-        let days = (cert.validity().not_after.timestamp()
-            - cert.validity().not_before.timestamp())
+        let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp())
             / 86_400;
         assert_eq!(days, 30);
-        assert!(
-            cert.extensions()
-                .iter()
-                .all(|e| !matches!(e.parsed_extension(), ParsedExtension::BasicConstraints(b) if b.ca))
-        );
+        assert!(cert.extensions().iter().all(
+            |e| !matches!(e.parsed_extension(), ParsedExtension::BasicConstraints(b) if b.ca)
+        ));
     }
 
     #[test]
@@ -376,7 +372,10 @@ mod tests {
         let err = ca
             .issue_client_cert("not a csr", "i-0000000000000000")
             .expect_err("must fail");
-        assert!(err.to_string().starts_with("invalid certificate signing request"));
+        assert!(
+            err.to_string()
+                .starts_with("invalid certificate signing request")
+        );
     }
 
     #[test]
@@ -426,7 +425,11 @@ mod tests {
             ])
             .expect("issue");
         assert!(id.skipped_sans.is_empty());
-        let first = id.chain_pem.split("-----END CERTIFICATE-----").next().expect("first");
+        let first = id
+            .chain_pem
+            .split("-----END CERTIFICATE-----")
+            .next()
+            .expect("first");
         let der = parse_pem(&format!("{first}-----END CERTIFICATE-----\n"));
         let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
         let san = cert

@@ -23,9 +23,7 @@ use std::sync::Arc;
 use berth_proto::v1::agent_message::Msg as AgentMsg;
 use berth_proto::v1::fleet_server::Fleet;
 use berth_proto::v1::server_message::Msg as ServerMsg;
-use berth_proto::v1::{
-    AgentMessage, EventAck, Hello, ServerMessage, TaskEvent, Welcome,
-};
+use berth_proto::v1::{AgentMessage, EventAck, Hello, ServerMessage, TaskEvent, Welcome};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -223,7 +221,23 @@ impl Session {
             )));
         }
         let instance = match self.record_hello(&hello).await {
-            Ok(i) => i,
+            Ok(outcome) => {
+                if let Some(from) = outcome.event_seq_lowered_from {
+                    warn!(
+                        server_sequence = from,
+                        agent_sequence = hello.last_event_sequence,
+                        "the agent has assigned fewer events than the server applied (its state was reset?); following the agent's sequence"
+                    );
+                }
+                if let Some(from) = outcome.generation_raised_from {
+                    warn!(
+                        server_generation = from,
+                        agent_generation = hello.applied_generation,
+                        "the agent has a newer assignment than the server (database restored from an older copy?); raising the generation"
+                    );
+                }
+                outcome.instance
+            }
             Err(e) => return End::Store(e),
         };
         let (cmd_tx, mut commands) = mpsc::unbounded_channel();
@@ -250,7 +264,8 @@ impl Session {
         for t in &hello.tasks {
             debug!(task_id = %t.task_id, last_status = %t.last_status, "reported by Hello");
         }
-        let heartbeat_ms = u32::try_from(self.core.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);
+        let heartbeat_ms =
+            u32::try_from(self.core.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);
         let welcome = ServerMsg::Welcome(Welcome {
             instance_id: self.instance_id.clone(),
             heartbeat_interval_ms: heartbeat_ms,
@@ -352,17 +367,15 @@ impl Session {
                 info!(sequence, %last_status, "task event applied");
             }
         });
-        self.send(ServerMsg::EventAck(EventAck { sequence })).await?;
+        self.send(ServerMsg::EventAck(EventAck { sequence }))
+            .await?;
         if outcome.assignment_changed {
             self.send_assignment(false).await?;
         }
         Ok(())
     }
 
-    async fn record_hello(
-        &self,
-        hello: &Hello,
-    ) -> Result<super::store::InstanceRecord, StoreError> {
+    async fn record_hello(&self, hello: &Hello) -> Result<super::store::HelloOutcome, StoreError> {
         let capacity = hello.capacity.unwrap_or_default();
         let record = HelloRecord {
             hostname: hello.hostname.clone(),
@@ -376,6 +389,8 @@ impl Session {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect::<BTreeMap<_, _>>(),
             at_ms: berth_proto::now_ms(),
+            applied_generation: hello.applied_generation,
+            last_event_sequence: hello.last_event_sequence,
         };
         let id = self.instance_id.clone();
         self.core.db(move |s| s.record_hello(&id, &record)).await

@@ -45,7 +45,10 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 /// Creates `dir` (and its parents) with mode 0700 when missing. Returns
 /// whether an existing directory is open to group or others.
 pub fn create_private_dir(dir: &Path) -> io::Result<bool> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let mode = fs::metadata(dir)?.permissions().mode();
     Ok(mode & 0o077 != 0)
 }

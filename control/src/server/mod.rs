@@ -209,7 +209,11 @@ impl Core {
     {
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || {
-            let mut guard = store.lock().map_err(|_| StoreError::Poisoned)?;
+            // A panic inside `f` rolled its transaction back when it dropped,
+            // so the store is consistent even if the lock is poisoned.
+            let mut guard = store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             f(guard.as_mut())
         })
         .await
@@ -252,7 +256,10 @@ impl Core {
     /// Removes the session if it is still the instance's current one.
     pub(crate) fn unregister_session(&self, instance_id: &str, session_id: u64) -> bool {
         let mut sessions = self.sessions();
-        if sessions.get(instance_id).is_some_and(|s| s.id == session_id) {
+        if sessions
+            .get(instance_id)
+            .is_some_and(|s| s.id == session_id)
+        {
             sessions.remove(instance_id);
             true
         } else {
@@ -335,8 +342,7 @@ pub enum TokenError {
 
 /// 32 characters from the URL-safe base64 alphabet: 192 bits.
 fn random_code() -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut bytes = [0u8; 32];
     rand::fill(&mut bytes);
     bytes
@@ -451,17 +457,20 @@ impl Server {
             .add_service(EnrollmentServer::new(enroll::EnrollmentService::new(
                 Arc::clone(&core),
             )))
-            .add_service(FleetServer::new(fleet::FleetService::new(Arc::clone(&core))));
+            .add_service(FleetServer::new(fleet::FleetService::new(Arc::clone(
+                &core,
+            ))));
         let fleet_task = tokio::spawn(fleet_router.serve_with_incoming_shutdown(
             TcpIncoming::from(fleet_listener),
             stopped(stop_rx.clone()),
         ));
-        let admin_router = tonic::transport::Server::builder()
-            .add_service(AdminServer::new(admin::AdminService::new(Arc::clone(&core))));
-        let admin_task = tokio::spawn(admin_router.serve_with_incoming_shutdown(
-            TcpIncoming::from(admin_listener),
-            stopped(stop_rx),
+        let admin_router = tonic::transport::Server::builder().add_service(AdminServer::new(
+            admin::AdminService::new(Arc::clone(&core)),
         ));
+        let admin_task = tokio::spawn(
+            admin_router
+                .serve_with_incoming_shutdown(TcpIncoming::from(admin_listener), stopped(stop_rx)),
+        );
 
         let state = serde_json::json!({
             "fleetAddr": fleet_addr.to_string(),
@@ -616,7 +625,10 @@ impl RunningServer {
                     })
                 }
                 Err(_) => {
-                    warn!(api = what, "connections did not drain in time; closing them");
+                    warn!(
+                        api = what,
+                        "connections did not drain in time; closing them"
+                    );
                     task.abort();
                 }
             }

@@ -47,7 +47,9 @@ pub enum PlacementError {
     NoSuchInstance(String),
     #[error("instance {0} is deregistered (INACTIVE)")]
     Inactive(String),
-    #[error("instance {id} has no room for the task: it needs {need}, the instance has {free} free")]
+    #[error(
+        "instance {id} has no room for the task: it needs {need}, the instance has {free} free"
+    )]
     NoRoom { id: String, need: Need, free: Need },
     #[error(
         "no connected ACTIVE instance to run the task on: enroll one (`berth token create`, then `berth-agent enroll` on the host) or start its agent"
@@ -56,7 +58,11 @@ pub enum PlacementError {
     #[error(
         "no instance has room for the task: it needs {need}; the instance with the most free memory, {best}, has {free} free"
     )]
-    NoneFits { need: Need, best: String, free: Need },
+    NoneFits {
+        need: Need,
+        best: String,
+        free: Need,
+    },
 }
 
 /// Picks the instance for a task that needs `need`.
@@ -148,7 +154,11 @@ mod tests {
 
     #[test]
     fn ties_break_on_cpu_then_id() {
-        let cs = [c("i-b", 1024, 1000), c("i-a", 1024, 1000), c("i-c", 2048, 1000)];
+        let cs = [
+            c("i-b", 1024, 1000),
+            c("i-a", 1024, 1000),
+            c("i-c", 2048, 1000),
+        ];
         assert_eq!(place(NEED, &cs, None), Ok("i-c".into()));
         let cs = [c("i-b", 1024, 1000), c("i-a", 1024, 1000)];
         assert_eq!(place(NEED, &cs, None), Ok("i-a".into()));
@@ -197,9 +207,11 @@ mod tests {
         );
         assert_eq!(
             place(NEED, &cs, Some("i-small")).map_err(|e| e.to_string()),
-            Err("instance i-small has no room for the task: it needs 256 CPU units and 512 MiB, \
+            Err(
+                "instance i-small has no room for the task: it needs 256 CPU units and 512 MiB, \
                  the instance has 100 CPU units and 100 MiB free"
-                .to_owned())
+                    .to_owned()
+            )
         );
     }
 }

@@ -114,8 +114,6 @@ pub enum StoreError {
     NoTask(String),
     #[error("task {0} already exists")]
     TaskExists(String),
-    #[error("the store is unusable after an earlier panic")]
-    Poisoned,
     #[error("a store operation failed: {0}")]
     Join(String),
 }
@@ -176,6 +174,26 @@ pub struct HelloRecord {
     pub memory_mib: i64,
     pub attributes: BTreeMap<String, String>,
     pub at_ms: i64,
+    /// The generation of the last assignment the agent persisted.
+    pub applied_generation: u64,
+    /// The highest event sequence the agent has assigned.
+    pub last_event_sequence: u64,
+}
+
+/// What recording a Hello did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HelloOutcome {
+    /// The instance after the update.
+    pub instance: InstanceRecord,
+    /// The agent has assigned fewer events than the server applied (it lost
+    /// its state): the server's sequence was lowered from this value so that
+    /// the agent's new events are not mistaken for replays.
+    pub event_seq_lowered_from: Option<u64>,
+    /// The agent persisted a newer generation than the server has (the
+    /// server's database is older than the agent's state): the generation
+    /// was raised from this value so that the agent accepts the next
+    /// assignment.
+    pub generation_raised_from: Option<u64>,
 }
 
 /// Reservations and task counts of one instance.
@@ -218,8 +236,8 @@ impl TaskRecord {
     /// except those both desired and last STOPPED. A task whose definition
     /// the server does not know cannot be assigned.
     pub fn in_desired_set(&self) -> bool {
-        !self.definition_json.is_empty()
-            && !(self.desired_status == STOPPED && self.last_status == STOPPED)
+        let finished = self.desired_status == STOPPED && self.last_status == STOPPED;
+        !self.definition_json.is_empty() && !finished
     }
 
     /// The protocol's view of the task's state.
@@ -282,8 +300,9 @@ pub trait Store: Send {
     fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
     /// Reservations and counts per instance id.
     fn usage(&self) -> Result<HashMap<String, Usage>, StoreError>;
-    fn record_hello(&mut self, id: &str, hello: &HelloRecord)
-    -> Result<InstanceRecord, StoreError>;
+    /// Stores what a Hello says and reconciles sequence and generation with
+    /// the agent's (see [`HelloOutcome`]).
+    fn record_hello(&mut self, id: &str, hello: &HelloRecord) -> Result<HelloOutcome, StoreError>;
     fn record_heartbeat(&mut self, id: &str, at_ms: i64) -> Result<(), StoreError>;
     fn record_assignment_ack(&mut self, id: &str, generation: u64) -> Result<(), StoreError>;
     /// Marks the instance INACTIVE and every task on it desired STOPPED.
@@ -817,34 +836,47 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn record_hello(
-        &mut self,
-        id: &str,
-        h: &HelloRecord,
-    ) -> Result<InstanceRecord, StoreError> {
+    fn record_hello(&mut self, id: &str, h: &HelloRecord) -> Result<HelloOutcome, StoreError> {
         let attributes = serde_json::to_string(&h.attributes).unwrap_or_else(|_| "{}".into());
         let tx = self.conn.transaction()?;
-        let n = tx.execute(
-            "UPDATE instances SET hostname = CASE WHEN ?2 = '' THEN hostname ELSE ?2 END, \
-             agent_version = ?3, boot_id = ?4, cpu = ?5, memory_mib = ?6, attributes_json = ?7, \
-             last_heartbeat_at_ms = ?8 WHERE instance_id = ?1",
+        let before = get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
+        let mut outcome = HelloOutcome::default();
+        let mut last_event_seq = before.last_event_seq;
+        if h.last_event_sequence < last_event_seq {
+            outcome.event_seq_lowered_from = Some(last_event_seq);
+            last_event_seq = h.last_event_sequence;
+        }
+        let mut generation = before.generation;
+        if h.applied_generation > generation {
+            outcome.generation_raised_from = Some(generation);
+            generation = h.applied_generation.saturating_add(1);
+        }
+        let hostname = if h.hostname.is_empty() {
+            before.hostname.clone()
+        } else {
+            h.hostname.clone()
+        };
+        tx.execute(
+            "UPDATE instances SET hostname = ?2, agent_version = ?3, boot_id = ?4, cpu = ?5, \
+             memory_mib = ?6, attributes_json = ?7, last_heartbeat_at_ms = ?8, \
+             last_event_seq = ?9, generation = ?10 WHERE instance_id = ?1",
             params![
                 id,
-                h.hostname,
+                hostname,
                 h.agent_version,
                 h.boot_id,
                 h.cpu,
                 h.memory_mib,
                 attributes,
-                h.at_ms
+                h.at_ms,
+                to_db(last_event_seq),
+                to_db(generation),
             ],
         )?;
-        if n == 0 {
-            return Err(StoreError::NoInstance(id.to_owned()));
-        }
-        let rec = get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
+        outcome.instance =
+            get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
         tx.commit()?;
-        Ok(rec)
+        Ok(outcome)
     }
 
     fn record_heartbeat(&mut self, id: &str, at_ms: i64) -> Result<(), StoreError> {
@@ -1064,7 +1096,8 @@ mod tests {
 
     fn enrolled(s: &mut SqliteStore, instance_id: &str) {
         let act = format!("act-{instance_id}");
-        s.create_activation(&activation(&act, i64::MAX)).expect("activation");
+        s.create_activation(&activation(&act, i64::MAX))
+            .expect("activation");
         s.enroll(
             &act,
             10,
@@ -1111,7 +1144,8 @@ mod tests {
     #[test]
     fn activation_is_single_use() {
         let (_d, mut s) = store();
-        s.create_activation(&activation("a1", i64::MAX)).expect("create");
+        s.create_activation(&activation("a1", i64::MAX))
+            .expect("create");
         let new = |id: &str| NewInstance {
             instance_id: id.into(),
             hostname: "h".into(),
@@ -1133,7 +1167,8 @@ mod tests {
     #[test]
     fn activation_keeps_its_expiry_and_code_hash() {
         let (_d, mut s) = store();
-        s.create_activation(&activation("a1", 1_000)).expect("create");
+        s.create_activation(&activation("a1", 1_000))
+            .expect("create");
         let a = s.activation("a1").expect("get").expect("exists");
         assert_eq!(a.expires_at_ms, 1_000);
         assert_eq!(a.code_hash, "00".repeat(32));
@@ -1181,12 +1216,17 @@ mod tests {
         assert_eq!(s.assignment("i-1").expect("a").generation, 3);
 
         // The agent reports it stopped: it leaves the set.
-        let out = s.apply_event("i-1", &event(1, "t1", STOPPED), 50).expect("event");
+        let out = s
+            .apply_event("i-1", &event(1, "t1", STOPPED), 50)
+            .expect("event");
         assert!(out.applied && out.assignment_changed);
         let a = s.assignment("i-1").expect("assignment");
         assert_eq!(a.generation, 4);
         assert!(a.tasks.is_empty());
-        assert!(matches!(s.stop_task("nope", "x", "y"), Err(StoreError::NoTask(_))));
+        assert!(matches!(
+            s.stop_task("nope", "x", "y"),
+            Err(StoreError::NoTask(_))
+        ));
     }
 
     #[test]
@@ -1194,7 +1234,9 @@ mod tests {
         let (_d, mut s) = store();
         enrolled(&mut s, "i-1");
         s.insert_task(&task("t1", "i-1", 1)).expect("insert");
-        let out = s.apply_event("i-1", &event(1, "t1", RUNNING), 77).expect("event");
+        let out = s
+            .apply_event("i-1", &event(1, "t1", RUNNING), 77)
+            .expect("event");
         assert!(out.applied);
         assert!(!out.assignment_changed);
         let t = s.task("t1").expect("get").expect("exists");
@@ -1203,7 +1245,9 @@ mod tests {
         assert_eq!(t.last_seen_at_ms, 77);
 
         // A replay of seq 1 with another state changes nothing.
-        let out = s.apply_event("i-1", &event(1, "t1", STOPPED), 78).expect("replay");
+        let out = s
+            .apply_event("i-1", &event(1, "t1", STOPPED), 78)
+            .expect("replay");
         assert!(!out.applied);
         let t = s.task("t1").expect("get").expect("exists");
         assert_eq!(t.last_status, RUNNING);
@@ -1211,7 +1255,9 @@ mod tests {
         assert_eq!(s.instance("i-1").expect("i").expect("i").last_event_seq, 1);
 
         // An older sequence is a replay too.
-        let out = s.apply_event("i-1", &event(0, "t1", STOPPED), 79).expect("old");
+        let out = s
+            .apply_event("i-1", &event(0, "t1", STOPPED), 79)
+            .expect("old");
         assert!(!out.applied);
     }
 
@@ -1242,11 +1288,15 @@ mod tests {
         enrolled(&mut s, "i-2");
         s.insert_task(&task("t2", "i-2", 1)).expect("insert");
         // i-1 reports a task of i-2: only the sequence moves.
-        let out = s.apply_event("i-1", &event(1, "t2", STOPPED), 5).expect("foreign");
+        let out = s
+            .apply_event("i-1", &event(1, "t2", STOPPED), 5)
+            .expect("foreign");
         assert!(out.applied && out.foreign_task);
         assert_eq!(s.task("t2").expect("t").expect("t").last_status, PENDING);
         // i-1 reports a task nobody assigned: stored, not assigned.
-        let out = s.apply_event("i-1", &event(2, "tx", RUNNING), 6).expect("unknown");
+        let out = s
+            .apply_event("i-1", &event(2, "tx", RUNNING), 6)
+            .expect("unknown");
         assert!(out.applied && !out.assignment_changed);
         let t = s.task("tx").expect("t").expect("stored");
         assert_eq!(t.instance_id, "i-1");
@@ -1262,8 +1312,10 @@ mod tests {
         s.insert_task(&task("t1", "i-1", 1)).expect("t1");
         s.insert_task(&task("t2", "i-1", 2)).expect("t2");
         s.insert_task(&task("t3", "i-1", 3)).expect("t3");
-        s.apply_event("i-1", &event(1, "t2", RUNNING), 5).expect("e1");
-        s.apply_event("i-1", &event(2, "t3", STOPPED), 5).expect("e2");
+        s.apply_event("i-1", &event(1, "t2", RUNNING), 5)
+            .expect("e1");
+        s.apply_event("i-1", &event(2, "t3", STOPPED), 5)
+            .expect("e2");
         let u = s.usage().expect("usage");
         let u = u.get("i-1").copied().expect("i-1");
         assert_eq!(u.cpu, 512);
@@ -1286,7 +1338,7 @@ mod tests {
         let (_d, mut s) = store();
         enrolled(&mut s, "i-1");
         s.insert_task(&task("t1", "i-1", 1)).expect("t1");
-        let rec = s
+        let out = s
             .record_hello(
                 "i-1",
                 &HelloRecord {
@@ -1297,15 +1349,23 @@ mod tests {
                     memory_mib: 4000,
                     attributes: [("k".to_owned(), "v".to_owned())].into(),
                     at_ms: 42,
+                    applied_generation: 1,
+                    last_event_sequence: 0,
                 },
             )
             .expect("hello");
+        assert_eq!(out.event_seq_lowered_from, None);
+        assert_eq!(out.generation_raised_from, None);
+        let rec = out.instance;
         assert_eq!(rec.cpu, 2048);
         assert_eq!(rec.attributes.get("k").map(String::as_str), Some("v"));
         assert_eq!(rec.last_heartbeat_at_ms, 42);
         s.record_assignment_ack("i-1", 2).expect("ack");
         s.record_assignment_ack("i-1", 99).expect("ack beyond");
-        assert_eq!(s.instance("i-1").expect("i").expect("i").acked_generation, 2);
+        assert_eq!(
+            s.instance("i-1").expect("i").expect("i").acked_generation,
+            2
+        );
 
         let rec = s
             .deregister_instance("i-1", "UserInitiated", "Instance deregistered")
@@ -1319,6 +1379,39 @@ mod tests {
             .deregister_instance("i-1", "UserInitiated", "x")
             .expect("again");
         assert_eq!(again.generation, 3);
+    }
+
+    #[test]
+    fn hello_reconciles_sequence_and_generation_with_the_agent() {
+        let (_d, mut s) = store();
+        enrolled(&mut s, "i-1");
+        s.insert_task(&task("t1", "i-1", 1)).expect("t1");
+        s.apply_event("i-1", &event(5, "t1", RUNNING), 1)
+            .expect("e5");
+        // An agent that remembers everything changes nothing.
+        let hello = |seq, generation| HelloRecord {
+            last_event_sequence: seq,
+            applied_generation: generation,
+            ..HelloRecord::default()
+        };
+        let out = s.record_hello("i-1", &hello(5, 2)).expect("hello");
+        assert_eq!(out.instance.last_event_seq, 5);
+        assert_eq!(out.instance.generation, 2);
+        assert_eq!(out.instance.hostname, "h");
+        // An agent that lost its events: its next event 3 must not be a replay.
+        let out = s.record_hello("i-1", &hello(2, 2)).expect("hello");
+        assert_eq!(out.event_seq_lowered_from, Some(5));
+        assert_eq!(out.instance.last_event_seq, 2);
+        assert!(
+            s.apply_event("i-1", &event(3, "t1", STOPPED), 2)
+                .expect("e3")
+                .applied
+        );
+        // A server database older than the agent's state: the next
+        // assignment must be newer than what the agent has.
+        let out = s.record_hello("i-1", &hello(3, 9)).expect("hello");
+        assert_eq!(out.generation_raised_from, Some(3));
+        assert_eq!(s.assignment("i-1").expect("a").generation, 10);
     }
 
     #[test]

@@ -1,0 +1,298 @@
+//! The `berth` binary against the real server (in-process, on loopback),
+//! with a fake agent where a task has to change state.
+
+mod common;
+
+use std::process::{Output, Stdio};
+
+use berth_control::{RunningServer, Server, ServerConfig};
+use berth_proto::v1::agent_message::Msg as AgentMsg;
+use berth_proto::v1::{TaskEvent, TaskState};
+use common::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn berth(server: &RunningServer, args: &[&str]) -> Result<Child> {
+    Ok(Command::new(BERTH)
+        .env_remove("BERTH_ADDR")
+        .arg("--server")
+        .arg(server.admin_addr().to_string())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+async fn finish(child: Child) -> Result<Output> {
+    Ok(tokio::time::timeout(DEADLINE, child.wait_with_output()).await??)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn setup() -> Result<(tempfile::TempDir, RunningServer, std::path::PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let td = dir.path().join("task.json");
+    std::fs::write(&td, TASK_DEFINITION)?;
+    Ok((dir, server, td))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_run_wait_returns_once_running() -> Result {
+    let (_dir, server, td) = setup().await?;
+    let mut agent = FakeAgent::start(&server, 2048, 4096).await?;
+    let td = td.to_string_lossy().into_owned();
+    let child = berth(
+        &server,
+        &["task", "run", "--task-definition", &td, "--wait", "--json"],
+    )?;
+    let assignment = next_assignment(&mut agent.inbound).await?;
+    let task_id = assignment.tasks[0].task_id.clone();
+    agent.tx.send(event(1, &task_id, "RUNNING")).await?;
+    assert_eq!(next_ack(&mut agent.inbound).await?, 1);
+    let out = finish(child).await?;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["taskId"], task_id.as_str());
+    assert_eq!(v["lastStatus"], "RUNNING");
+    assert_eq!(v["instanceId"], agent.instance_id.as_str());
+
+    // ls and describe, human and JSON.
+    let out = finish(berth(&server, &["task", "ls"])?).await?;
+    assert!(out.status.success());
+    let table = text(&out.stdout);
+    assert!(table.starts_with("TASK ID"), "{table}");
+    assert!(table.contains(&task_id), "{table}");
+    let out = finish(berth(&server, &["task", "describe", &task_id, "--json"])?).await?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["family"], "web");
+    let out = finish(berth(&server, &["instance", "ls", "--json"])?).await?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v[0]["instanceId"], agent.instance_id.as_str());
+    assert_eq!(v[0]["agentConnected"], true);
+    assert_eq!(v[0]["remainingResources"]["memory"], 4096 - 512);
+
+    // stop --wait returns once the agent reports STOPPED.
+    let child = berth(&server, &["task", "stop", &task_id, "--wait"])?;
+    let a = next_assignment(&mut agent.inbound).await?;
+    assert_eq!(a.tasks[0].desired_status, "STOPPED");
+    agent.tx.send(event(2, &task_id, "STOPPED")).await?;
+    assert_eq!(next_ack(&mut agent.inbound).await?, 2);
+    let out = finish(child).await?;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), task_id);
+    server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_run_wait_fails_when_the_task_stops_first() -> Result {
+    let (_dir, server, td) = setup().await?;
+    let mut agent = FakeAgent::start(&server, 2048, 4096).await?;
+    let td = td.to_string_lossy().into_owned();
+    let child = berth(
+        &server,
+        &["task", "run", "--task-definition", &td, "--wait"],
+    )?;
+    let assignment = next_assignment(&mut agent.inbound).await?;
+    let task_id = assignment.tasks[0].task_id.clone();
+    agent
+        .tx
+        .send(agent_event(TaskEvent {
+            sequence: 1,
+            task: Some(TaskState {
+                task_id: task_id.clone(),
+                last_status: "STOPPED".into(),
+                stop_code: "TaskFailedToStart".into(),
+                stopped_reason: "CannotPullContainerError: no such image".into(),
+                ..TaskState::default()
+            }),
+            at_ms: 1,
+        }))
+        .await?;
+    assert_eq!(next_ack(&mut agent.inbound).await?, 1);
+    let out = finish(child).await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout).trim(), task_id);
+    assert_eq!(
+        text(&out.stderr).trim(),
+        format!(
+            "error: task {task_id} stopped: TaskFailedToStart: CannotPullContainerError: no such image"
+        )
+    );
+    server.shutdown().await?;
+    Ok(())
+}
+
+fn agent_event(e: TaskEvent) -> berth_proto::v1::AgentMessage {
+    agent(AgentMsg::Event(e))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_clear() -> Result {
+    let (dir, server, _td) = setup().await?;
+
+    // Token JSON has the documented keys and the enroll line.
+    let out = finish(berth(&server, &["token", "create", "--json"])?).await?;
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    for key in [
+        "activationId",
+        "activationCode",
+        "expiresAt",
+        "caHash",
+        "enrollCommand",
+    ] {
+        assert!(v[key].is_string(), "{key} in {v}");
+    }
+    assert!(
+        v["enrollCommand"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("berth-agent enroll --server https://"))
+    );
+
+    // No instance: refused with the reason.
+    let td = dir.path().join("task.json").to_string_lossy().into_owned();
+    let out = finish(berth(&server, &["task", "run", "--task-definition", &td])?).await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: no connected ACTIVE instance"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Local validation names the file and the JSON path.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"family": "web", "containerDefinitions": [{"name": "web", "image": "x", "memroy": 5}]}"#,
+    )?;
+    let bad = bad.to_string_lossy().into_owned();
+    let out = finish(berth(&server, &["task", "run", "--task-definition", &bad])?).await?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&bad) && err.contains("containerDefinitions[0].memroy"),
+        "{err}"
+    );
+
+    let missing = dir
+        .path()
+        .join("missing.json")
+        .to_string_lossy()
+        .into_owned();
+    let out = finish(berth(
+        &server,
+        &["task", "run", "--task-definition", &missing],
+    )?)
+    .await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(&format!("cannot read task definition {missing}")));
+
+    let out = finish(berth(&server, &["task", "describe", "nope"])?).await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr).trim(), "error: no task nope");
+
+    // Usage errors exit 2.
+    let out = finish(berth(&server, &["task", "run"])?).await?;
+    assert_eq!(out.status.code(), Some(2));
+
+    // Unreachable admin API, through BERTH_ADDR.
+    let out = finish(
+        Command::new(BERTH)
+            .env("BERTH_ADDR", "http://127.0.0.1:1")
+            .args(["instance", "ls"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    )
+    .await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: cannot reach the berth admin API at 127.0.0.1:1: "),
+        "{}",
+        text(&out.stderr)
+    );
+    server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_command_logs_ready_and_stops_on_sigterm() -> Result {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let mut child = Command::new(BERTH)
+        .arg("server")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--heartbeat-interval", "2s"])
+        .env("BERTH_SERVER_ADMIN_LISTEN", "127.0.0.1:0")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let ready = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(i) = line.find("berth server ready ") {
+                return Ok::<_, std::io::Error>(Some(line[i..].to_owned()));
+            }
+        }
+        Ok(None)
+    })
+    .await??
+    .ok_or("no ready line")?;
+    let field = |name: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .map(str::to_owned)
+    };
+    let fleet = field("fleet=").ok_or("no fleet=")?;
+    let admin = field("admin=").ok_or("no admin=")?;
+    assert!(!fleet.ends_with(":0") && !admin.ends_with(":0"), "{ready}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("server.json"))?)?;
+    assert_eq!(state["fleetAddr"], fleet.as_str());
+    assert_eq!(state["adminAddr"], admin.as_str());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&data)?.permissions().mode() & 0o777,
+        0o700
+    );
+
+    let pid = child.id().ok_or("no pid")?;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    assert!(killed.success());
+    let status = tokio::time::timeout(DEADLINE, child.wait()).await??;
+    assert_eq!(status.code(), Some(0));
+
+    // A non-loopback admin address is refused.
+    let out = finish(
+        Command::new(BERTH)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    )
+    .await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("refusing to serve the admin API on 0.0.0.0:0"),
+        "{}",
+        text(&out.stderr)
+    );
+    Ok(())
+}

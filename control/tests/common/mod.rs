@@ -1,0 +1,176 @@
+//! Helpers shared by the integration tests: a fake agent over mutual TLS.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use berth_control::RunningServer;
+use berth_proto::v1::admin_client::AdminClient;
+use berth_proto::v1::agent_message::Msg as AgentMsg;
+use berth_proto::v1::enrollment_client::EnrollmentClient;
+use berth_proto::v1::fleet_client::FleetClient;
+use berth_proto::v1::server_message::Msg as ServerMsg;
+use berth_proto::v1::{
+    AgentMessage, Assignment, EnrollRequest, Hello, HostFacts, Resources, ServerMessage, TaskEvent,
+    TaskRef, TaskState,
+};
+use rcgen::{CertificateParams, KeyPair};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub const TASK_DEFINITION: &str = r#"{
+  "family": "web",
+  "containerDefinitions": [
+    {"name": "web", "image": "nginx:1", "essential": true, "cpu": 256, "memory": 512}
+  ]
+}"#;
+
+pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+pub async fn admin_client(addr: std::net::SocketAddr) -> Result<AdminClient<Channel>> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    Ok(AdminClient::new(channel))
+}
+
+pub async fn fleet_channel(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    identity: Option<Identity>,
+) -> Result<Channel> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    if let Some(id) = identity {
+        tls = tls.identity(id);
+    }
+    let channel = Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(channel)
+}
+
+pub fn csr() -> Result<(KeyPair, String)> {
+    let key = KeyPair::generate()?;
+    let csr = CertificateParams::default().serialize_request(&key)?;
+    Ok((key, csr.pem()?))
+}
+
+pub fn enroll_request(id: &str, code: &str, csr_pem: &str) -> EnrollRequest {
+    EnrollRequest {
+        activation_id: id.into(),
+        activation_code: code.into(),
+        csr_pem: csr_pem.into(),
+        host: Some(HostFacts {
+            hostname: "test-host".into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            agent_version: "0.0.0-test".into(),
+            kernel: "6".into(),
+        }),
+    }
+}
+
+/// The next message from the server, within the deadline.
+pub async fn next(inbound: &mut Streaming<ServerMessage>) -> Result<ServerMsg> {
+    let msg = tokio::time::timeout(DEADLINE, inbound.message())
+        .await
+        .map_err(|_| "no message from the server within the deadline")??
+        .ok_or("the server ended the session")?;
+    Ok(msg.msg.ok_or("empty server message")?)
+}
+
+pub async fn next_assignment(inbound: &mut Streaming<ServerMessage>) -> Result<Assignment> {
+    match next(inbound).await? {
+        ServerMsg::Assignment(a) => Ok(a),
+        other => Err(format!("expected an Assignment, got {other:?}").into()),
+    }
+}
+
+pub async fn next_ack(inbound: &mut Streaming<ServerMessage>) -> Result<u64> {
+    match next(inbound).await? {
+        ServerMsg::EventAck(a) => Ok(a.sequence),
+        other => Err(format!("expected an EventAck, got {other:?}").into()),
+    }
+}
+
+pub fn agent(msg: AgentMsg) -> AgentMessage {
+    AgentMessage { msg: Some(msg) }
+}
+
+pub fn event(seq: u64, task_id: &str, last_status: &str) -> AgentMessage {
+    agent(AgentMsg::Event(TaskEvent {
+        sequence: seq,
+        task: Some(TaskState {
+            task_id: task_id.into(),
+            family: "web".into(),
+            last_status: last_status.into(),
+            desired_status: "RUNNING".into(),
+            started_at_ms: 1_700_000_000_000,
+            ..TaskState::default()
+        }),
+        at_ms: berth_proto::now_ms(),
+    }))
+}
+
+pub async fn last_status(admin: &mut AdminClient<Channel>, task_id: &str) -> Result<String> {
+    let t = admin
+        .describe_task(TaskRef {
+            task_id: task_id.into(),
+        })
+        .await?
+        .into_inner();
+    Ok(t.state.map(|s| s.last_status).unwrap_or_default())
+}
+
+/// A fake agent: enrolled with a fresh activation, connected, past Welcome
+/// and the first Assignment.
+pub struct FakeAgent {
+    pub instance_id: String,
+    pub tx: mpsc::Sender<AgentMessage>,
+    pub inbound: Streaming<ServerMessage>,
+}
+
+impl FakeAgent {
+    pub async fn start(server: &RunningServer, cpu: i64, memory_mib: i64) -> Result<FakeAgent> {
+        let token = server.create_token(None).await?;
+        let plain = fleet_channel(server.fleet_addr(), server.ca_pem(), None).await?;
+        let (key, csr_pem) = csr()?;
+        let enrolled = EnrollmentClient::new(plain)
+            .enroll(enroll_request(
+                &token.activation_id,
+                &token.activation_code,
+                &csr_pem,
+            ))
+            .await?
+            .into_inner();
+        let identity = Identity::from_pem(&enrolled.certificate_pem, key.serialize_pem());
+        let mtls = fleet_channel(server.fleet_addr(), &enrolled.ca_pem, Some(identity)).await?;
+        let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+        tx.send(agent(AgentMsg::Hello(Hello {
+            instance_id: enrolled.instance_id.clone(),
+            capacity: Some(Resources { cpu, memory_mib }),
+            ..Hello::default()
+        })))
+        .await?;
+        let mut inbound = FleetClient::new(mtls)
+            .connect(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        match next(&mut inbound).await? {
+            ServerMsg::Welcome(_) => {}
+            other => return Err(format!("expected Welcome, got {other:?}").into()),
+        }
+        next_assignment(&mut inbound).await?;
+        Ok(FakeAgent {
+            instance_id: enrolled.instance_id,
+            tx,
+            inbound,
+        })
+    }
+}
