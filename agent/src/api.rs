@@ -96,14 +96,19 @@ async fn metrics(State(api): State<Api>) -> Response {
     let mut out = String::new();
     out.push_str("# HELP berth_agent_connected 1 when the session with the control plane is up.\n");
     out.push_str("# TYPE berth_agent_connected gauge\n");
-    out.push_str(&format!("berth_agent_connected {}\n", u8::from(v.connected)));
+    out.push_str(&format!(
+        "berth_agent_connected {}\n",
+        u8::from(v.connected)
+    ));
     out.push_str("# HELP berth_agent_tasks Tasks known to the agent by last status.\n");
     out.push_str("# TYPE berth_agent_tasks gauge\n");
     for status in ["PENDING", "RUNNING", "STOPPED"] {
         let n = v.tasks.iter().filter(|t| t.last_status == status).count();
         out.push_str(&format!("berth_agent_tasks{{status=\"{status}\"}} {n}\n"));
     }
-    out.push_str("# HELP berth_agent_container_restarts_total Container restarts by the restart policy.\n");
+    out.push_str(
+        "# HELP berth_agent_container_restarts_total Container restarts by the restart policy.\n",
+    );
     out.push_str("# TYPE berth_agent_container_restarts_total counter\n");
     let restarts: u64 = v
         .tasks
@@ -111,16 +116,19 @@ async fn metrics(State(api): State<Api>) -> Response {
         .flat_map(|t| t.containers.iter())
         .map(|c| u64::from(c.restart_count))
         .sum();
-    out.push_str(&format!("berth_agent_container_restarts_total {restarts}\n"));
+    out.push_str(&format!(
+        "berth_agent_container_restarts_total {restarts}\n"
+    ));
     out.push_str("# HELP berth_agent_outbox_events Events waiting for the control plane's acknowledgement.\n");
     out.push_str("# TYPE berth_agent_outbox_events gauge\n");
     out.push_str(&format!("berth_agent_outbox_events {}\n", v.outbox.len()));
-    out.push_str("# HELP berth_agent_assignment_generation Generation of the last applied assignment.\n");
+    out.push_str(
+        "# HELP berth_agent_assignment_generation Generation of the last applied assignment.\n",
+    );
     out.push_str("# TYPE berth_agent_assignment_generation gauge\n");
-    out.push_str(&format!("berth_agent_assignment_generation {}\n", v.generation));
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        out,
-    )
-        .into_response()
+    out.push_str(&format!(
+        "berth_agent_assignment_generation {}\n",
+        v.generation
+    ));
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

@@ -181,18 +181,18 @@ impl Config {
             let Some(raw) = env(&var) else { continue };
             let value = match kind {
                 Kind::Str => toml::Value::String(raw),
-                Kind::Int => toml::Value::Integer(raw.trim().parse().map_err(|_| {
-                    ConfigError::Env {
+                Kind::Int => {
+                    toml::Value::Integer(raw.trim().parse().map_err(|_| ConfigError::Env {
                         var: var.clone(),
                         message: format!("expected a whole number, got {raw:?}"),
-                    }
-                })?),
-                Kind::Bool => toml::Value::Boolean(raw.trim().parse().map_err(|_| {
-                    ConfigError::Env {
+                    })?)
+                }
+                Kind::Bool => {
+                    toml::Value::Boolean(raw.trim().parse().map_err(|_| ConfigError::Env {
                         var: var.clone(),
                         message: format!("expected true or false, got {raw:?}"),
-                    }
-                })?),
+                    })?)
+                }
                 Kind::List => toml::Value::Array(
                     raw.split(',')
                         .map(str::trim)
@@ -203,10 +203,12 @@ impl Config {
             };
             table.insert((*key).to_string(), value);
         }
-        let cfg: Config = table.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: e.message().to_string(),
-        })?;
+        let cfg: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: e.message().to_string(),
+            })?;
         cfg.check().map_err(|message| ConfigError::Invalid {
             path: path.to_path_buf(),
             message,
@@ -240,7 +242,11 @@ impl Config {
         }
         for cap in &self.allowed_capabilities {
             let name = crate::policy::normalize_capability(cap);
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
                 return Err(format!(
                     "allowed_capabilities {cap:?}: expected a capability name such as NET_ADMIN, or ALL"
                 ));
@@ -348,7 +354,10 @@ mod tests {
     fn env_overrides_file() {
         let cfg = parse(
             "data_dir = \"/srv/berth\"\nreserved_memory_mib = 10\n",
-            &[("BERTH_RESERVED_MEMORY_MIB", "256"), ("BERTH_STOP_TIMEOUT", "5s")],
+            &[
+                ("BERTH_RESERVED_MEMORY_MIB", "256"),
+                ("BERTH_STOP_TIMEOUT", "5s"),
+            ],
         )
         .expect("valid");
         assert_eq!(cfg.data_dir, PathBuf::from("/srv/berth"));
@@ -365,7 +374,10 @@ mod tests {
     #[test]
     fn bad_env_value_is_named() {
         let err = parse("", &[("BERTH_RESERVED_MEMORY_MIB", "lots")]).expect_err("bad");
-        assert!(err.to_string().contains("BERTH_RESERVED_MEMORY_MIB"), "{err}");
+        assert!(
+            err.to_string().contains("BERTH_RESERVED_MEMORY_MIB"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -375,7 +387,10 @@ mod tests {
         assert!(!cfg.allow_privileged && cfg.allow_host_network && !cfg.allow_host_pid_ipc);
         assert_eq!(
             cfg.allowed_host_paths,
-            vec![PathBuf::from("/srv"), PathBuf::from("/var/lib/berth-volumes")]
+            vec![
+                PathBuf::from("/srv"),
+                PathBuf::from("/var/lib/berth-volumes")
+            ]
         );
     }
 

@@ -181,7 +181,9 @@ pub async fn enroll(
     {
         return Err(IdentityError::Refused {
             server: server.to_string(),
-            message: format!("returned CA sha256:{ca_digest} does not match the pinned sha256:{pin}"),
+            message: format!(
+                "returned CA sha256:{ca_digest} does not match the pinned sha256:{pin}"
+            ),
         });
     }
     tls::parse_certs(&resp.certificate_pem, "client certificate")?;

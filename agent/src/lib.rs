@@ -106,8 +106,14 @@ pub async fn start(cfg: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<Ru
         policy: cfg.policy(),
         check_host_ports: true,
     };
-    let manager =
-        manager::Manager::start(runtime, settings, data_dir, cfg.start_tasks_offline).await?;
+    let manager = manager::Manager::start(
+        runtime,
+        settings,
+        data_dir,
+        cfg.start_tasks_offline,
+        &boot_id(),
+    )
+    .await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let (api_addr, api) = api::bind(
@@ -126,8 +132,14 @@ pub async fn start(cfg: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<Ru
     });
 
     let mut attributes = HashMap::new();
-    attributes.insert("berth.os-type".to_string(), std::env::consts::OS.to_string());
-    attributes.insert("berth.cpu-architecture".to_string(), std::env::consts::ARCH.to_string());
+    attributes.insert(
+        "berth.os-type".to_string(),
+        std::env::consts::OS.to_string(),
+    );
+    attributes.insert(
+        "berth.cpu-architecture".to_string(),
+        std::env::consts::ARCH.to_string(),
+    );
     let host = session::HostInfo {
         hostname: identity::hostname(),
         boot_id: boot_id(),

@@ -11,7 +11,11 @@ use berth_agent::runtime::docker::DockerRuntime;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "berth-agent", version, about = "berth node agent: runs ECS task groups on the local Docker Engine")]
+#[command(
+    name = "berth-agent",
+    version,
+    about = "berth node agent: runs ECS task groups on the local Docker Engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,7 +65,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -81,8 +88,10 @@ fn init_logs(format: &str) {
     // bollard logs request bodies (container environments) at debug: keep it
     // at info whatever BERTH_LOG says, so no secret reaches the logs.
     let directives = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("{directives},bollard=info,h2=info,hyper=info"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "{directives},bollard=info,h2=info,hyper=info"
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -175,7 +184,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 println!("pending events {}", meta["pendingEvents"]);
                 println!();
-                println!("{:<34} {:<20} {:<9} {:<9}", "TASK", "FAMILY", "STATUS", "DESIRED");
+                println!(
+                    "{:<34} {:<20} {:<9} {:<9}",
+                    "TASK", "FAMILY", "STATUS", "DESIRED"
+                );
                 for t in tasks["tasks"].as_array().into_iter().flatten() {
                     println!(
                         "{:<34} {:<20} {:<9} {:<9}",
@@ -213,8 +225,10 @@ fn api_addr(cfg: &Config) -> anyhow::Result<String> {
 async fn http_get_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf);

@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::runtime::{Runtime, RuntimeEvent};
 use crate::state::{PersistedState, StateError, StateFile};
-use crate::supervisor::{self, Report, Settings, STOPPED, USER_INITIATED};
+use crate::supervisor::{self, Report, STOPPED, Settings, USER_INITIATED};
 
 /// What the session and the local API see.
 #[derive(Debug, Clone, Default)]
@@ -94,8 +94,9 @@ impl Manager {
         settings: Settings,
         data_dir: &Path,
         start_offline: bool,
+        boot_id: &str,
     ) -> Result<ManagerHandle, StateError> {
-        let (file, state, aside) = StateFile::open(data_dir)?;
+        let (file, mut state, aside) = StateFile::open(data_dir)?;
         if let Some(aside) = aside {
             error!(path = %aside.display(), "agent state was corrupt; moved aside, starting empty");
         }
@@ -114,8 +115,19 @@ impl Manager {
             .await
             .is_err()
         {
-            warn!("docker event stream not established after 10s; continuing, containers are re-inspected when it is");
+            warn!(
+                "docker event stream not established after 10s; continuing, containers are re-inspected when it is"
+            );
         }
+        // With start_offline off, tasks whose containers exited with the
+        // reboot stop (EssentialContainerExited), as in ECS.
+        if start_offline && !state.boot_id.is_empty() && state.boot_id != boot_id {
+            info!(
+                "the host rebooted since the agent last ran; restarting the tasks it was told to run"
+            );
+            after_reboot(&mut state);
+        }
+        state.boot_id = boot_id.to_string();
         let (reports_tx, reports_rx) = mpsc::channel(256);
         let (tx, rx) = mpsc::channel(64);
         let (view, view_rx) = watch::channel(View::default());
@@ -153,7 +165,11 @@ impl Manager {
                         if let Some(h) = self.supervisors.get(&id) {
                             let h = h.clone();
                             tokio::spawn(async move {
-                                h.stop(USER_INITIATED, "task is no longer assigned to this instance").await;
+                                h.stop(
+                                    USER_INITIATED,
+                                    "task is no longer assigned to this instance",
+                                )
+                                .await;
                             });
                         }
                     }
@@ -260,6 +276,9 @@ impl Manager {
         if self.state.tasks.get(&st.task_id) == Some(&st) {
             return;
         }
+        if self.state.outbox.len() >= OUTBOX_COMPACT_AT {
+            compact(&mut self.state.outbox);
+        }
         self.state.last_seq += 1;
         self.state.outbox.push(TaskEvent {
             sequence: self.state.last_seq,
@@ -281,7 +300,11 @@ impl Manager {
     }
 
     fn apply(&mut self, a: Assignment) -> u64 {
-        info!(generation = a.generation, tasks = a.tasks.len(), "assignment");
+        info!(
+            generation = a.generation,
+            tasks = a.tasks.len(),
+            "assignment"
+        );
         self.state.generation = a.generation;
         self.state.desired = a
             .tasks
@@ -340,8 +363,11 @@ impl Manager {
             if !wanted.contains(id.as_str()) {
                 let h = h.clone();
                 tokio::spawn(async move {
-                    h.stop(USER_INITIATED, "task is no longer assigned to this instance")
-                        .await
+                    h.stop(
+                        USER_INITIATED,
+                        "task is no longer assigned to this instance",
+                    )
+                    .await
                 });
             }
         }
@@ -379,4 +405,120 @@ fn stop_reason(d: &DesiredTask) -> (String, String) {
         d.stopped_reason.clone()
     };
     (code, reason)
+}
+
+/// Past this many unacknowledged events (a long outage), the outbox keeps
+/// only the newest event of each task: events carry whole task states, so
+/// the newest one says everything the older ones did.
+pub const OUTBOX_COMPACT_AT: usize = 1000;
+
+/// Keeps the newest event of each task, in sequence order.
+pub fn compact(outbox: &mut Vec<TaskEvent>) {
+    let mut newest: HashMap<String, u64> = HashMap::new();
+    for e in outbox.iter() {
+        let id = e
+            .task
+            .as_ref()
+            .map(|t| t.task_id.clone())
+            .unwrap_or_default();
+        newest.insert(id, e.sequence);
+    }
+    outbox.retain(|e| {
+        let id = e
+            .task
+            .as_ref()
+            .map(|t| t.task_id.as_str())
+            .unwrap_or_default();
+        newest.get(id) == Some(&e.sequence)
+    });
+}
+
+/// After a reboot the containers of running tasks have exited (berth gives
+/// them no Docker restart policy). Tasks the control plane last wanted
+/// RUNNING start again, in dependency order, reusing their containers.
+fn after_reboot(state: &mut PersistedState) {
+    for (id, task) in state.tasks.iter_mut() {
+        let wanted = state
+            .desired
+            .get(id)
+            .is_some_and(|d| d.desired_status == supervisor::RUNNING);
+        if !wanted || task.last_status == STOPPED {
+            continue;
+        }
+        task.last_status = supervisor::PENDING.into();
+        for c in &mut task.containers {
+            c.last_status = supervisor::PENDING.into();
+            c.health_status = supervisor::UNKNOWN.into();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, task: &str, status: &str) -> TaskEvent {
+        TaskEvent {
+            sequence: seq,
+            task: Some(TaskState {
+                task_id: task.into(),
+                last_status: status.into(),
+                ..Default::default()
+            }),
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn compaction_keeps_the_newest_event_of_each_task_in_order() {
+        let mut outbox = vec![
+            ev(1, "a", "PENDING"),
+            ev(2, "b", "PENDING"),
+            ev(3, "a", "RUNNING"),
+            ev(4, "b", "RUNNING"),
+            ev(5, "a", "STOPPED"),
+        ];
+        compact(&mut outbox);
+        let kept: Vec<u64> = outbox.iter().map(|e| e.sequence).collect();
+        assert_eq!(kept, vec![4, 5]);
+    }
+
+    #[test]
+    fn a_reboot_restarts_wanted_tasks_only() {
+        let mut state = PersistedState::default();
+        for (id, desired, last) in [
+            ("run", "RUNNING", "RUNNING"),
+            ("gone", "STOPPED", "RUNNING"),
+            ("done", "RUNNING", "STOPPED"),
+        ] {
+            state.desired.insert(
+                id.into(),
+                DesiredTask {
+                    task_id: id.into(),
+                    desired_status: desired.into(),
+                    ..Default::default()
+                },
+            );
+            state.tasks.insert(
+                id.into(),
+                TaskState {
+                    task_id: id.into(),
+                    last_status: last.into(),
+                    containers: vec![berth_proto::v1::ContainerState {
+                        name: "c".into(),
+                        last_status: last.into(),
+                        runtime_id: "abc".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            );
+        }
+        after_reboot(&mut state);
+        assert_eq!(state.tasks["run"].last_status, "PENDING");
+        assert_eq!(state.tasks["run"].containers[0].last_status, "PENDING");
+        assert_eq!(state.tasks["run"].containers[0].runtime_id, "abc");
+        assert_eq!(state.tasks["gone"].last_status, "RUNNING");
+        assert_eq!(state.tasks["done"].last_status, "STOPPED");
+    }
 }

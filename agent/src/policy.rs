@@ -175,7 +175,10 @@ pub fn check(def: &TaskDefinition, policy: &Policy) -> Result<(), PolicyViolatio
                 Rule::AllowPrivileged,
                 format!("{base}.privileged"),
                 i,
-                format!("container {} asks to be privileged, which is not allowed on this host", c.name),
+                format!(
+                    "container {} asks to be privileged, which is not allowed on this host",
+                    c.name
+                ),
                 "",
             ));
         }
@@ -631,16 +634,29 @@ mod tests {
         let path = |p: &str| format!("{}/{p}", dir.path().display());
 
         // Inside (existing or not yet) and the root itself are fine.
-        for ok in ["allowed", "allowed/sub", "allowed/not/yet/there", "allowed/./x"] {
+        for ok in [
+            "allowed",
+            "allowed/sub",
+            "allowed/not/yet/there",
+            "allowed/./x",
+        ] {
             assert_eq!(check(&bind_task(&path(ok)), &policy), Ok(()), "{ok}");
         }
         // Outside, a sibling with the same prefix, and `..` out of it are not.
-        for bad in ["secret", "allowed-not", "allowed/../secret", "allowed/x/../../secret"] {
+        for bad in [
+            "secret",
+            "allowed-not",
+            "allowed/../secret",
+            "allowed/x/../../secret",
+        ] {
             let v = violation(&bind_task(&path(bad)), &policy);
             assert_names(&v, "allowed_host_paths", "volumes[1].host.sourcePath");
             assert_eq!(v.container, 1, "the container that mounts it");
             assert!(v.to_string().contains(&path(bad)), "{v}");
-            assert!(v.to_string().contains(&allowed.display().to_string()), "{v}");
+            assert!(
+                v.to_string().contains(&allowed.display().to_string()),
+                "{v}"
+            );
         }
         // A symlink inside the allowed path that leads out of it.
         std::os::unix::fs::symlink(dir.path().join("secret"), allowed.join("escape"))?;
@@ -651,7 +667,14 @@ mod tests {
 
     #[test]
     fn default_host_paths_refuse_system_directories() {
-        for bad in ["/", "/etc", "/var/run/docker.sock", "/var/lib/berth", "/tmp", "/srv2"] {
+        for bad in [
+            "/",
+            "/etc",
+            "/var/run/docker.sock",
+            "/var/lib/berth",
+            "/tmp",
+            "/srv2",
+        ] {
             let v = violation(&bind_task(bad), &Policy::default());
             assert_eq!(v.rule, Rule::AllowedHostPaths, "{bad}");
         }
@@ -689,7 +712,10 @@ mod tests {
         app.privileged = Some(true);
         let mut def = task(vec![app]);
         def.pid_mode = Some("host".to_owned());
-        assert_eq!(violation(&def, &Policy::default()).rule, Rule::AllowHostPidIpc);
+        assert_eq!(
+            violation(&def, &Policy::default()).rule,
+            Rule::AllowHostPidIpc
+        );
     }
 
     #[test]

@@ -261,8 +261,7 @@ fn process_of_socket(proc: &Path, inode: u64) -> Option<Holder> {
             continue;
         };
         let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|link| link.as_os_str() == target.as_str())
+            std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == target.as_str())
         });
         if holds {
             let command = std::fs::read_to_string(entry.path().join("comm"))
@@ -303,7 +302,10 @@ garbage line
             "inode 0 (TIME_WAIT) and other ports are left out"
         );
         assert_eq!(socket_inodes(TCP, 22, Protocol::Tcp), vec![(12345, true)]);
-        assert_eq!(socket_inodes(TCP6, 8080, Protocol::Tcp), vec![(55555, true)]);
+        assert_eq!(
+            socket_inodes(TCP6, 8080, Protocol::Tcp),
+            vec![(55555, true)]
+        );
         assert_eq!(socket_inodes(UDP, 53, Protocol::Udp), vec![(777, false)]);
         assert_eq!(socket_inodes(TCP, 9999, Protocol::Tcp), Vec::new());
         assert_eq!(socket_inodes("", 80, Protocol::Tcp), Vec::new());
@@ -422,7 +424,11 @@ garbage line
                 },
             ]
         );
-        assert_eq!(static_host_ports(&def, &[0]), Vec::new(), "only the given containers");
+        assert_eq!(
+            static_host_ports(&def, &[0]),
+            Vec::new(),
+            "only the given containers"
+        );
     }
 
     #[test]

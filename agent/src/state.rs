@@ -47,6 +47,9 @@ pub struct PersistedState {
     pub last_seq: u64,
     /// Events not yet acknowledged by the control plane, in order.
     pub outbox: Vec<TaskEvent>,
+    /// The host's boot id when the state was last loaded; a different one
+    /// at start means the host rebooted.
+    pub boot_id: String,
 }
 
 pub struct StateFile {

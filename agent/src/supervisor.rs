@@ -114,7 +114,15 @@ pub fn spawn(
 ) -> Handle {
     let (tx, rx) = mpsc::channel(16);
     let span = info_span!("task", task_id = %task_id, family = %definition.family);
-    let sup = Supervisor::new(rt, settings, task_id, definition, created_at_ms, prior, reports);
+    let sup = Supervisor::new(
+        rt,
+        settings,
+        task_id,
+        definition,
+        created_at_ms,
+        prior,
+        reports,
+    );
     tokio::spawn(sup.run(rx, events).instrument(span));
     Handle { tx }
 }
@@ -173,9 +181,7 @@ impl Supervisor {
             .iter()
             .map(|def| {
                 let prior = prior_containers.get(&def.name).cloned();
-                let started = prior
-                    .as_ref()
-                    .is_some_and(|p| p.last_status != PENDING);
+                let started = prior.as_ref().is_some_and(|p| p.last_status != PENDING);
                 let state = prior.unwrap_or_else(|| ContainerState {
                     name: def.name.clone(),
                     image: def.image.clone(),
@@ -372,12 +378,12 @@ impl Supervisor {
             match found {
                 Some(info) => {
                     debug!(container = %self.containers[i].def.name, id = %info.id, "adopted existing container");
+                    // Whether it still has to be started is the prior
+                    // state's call (PENDING: never started, or the host
+                    // rebooted); start_container skips a running one.
                     let c = &mut self.containers[i];
                     c.state.runtime_id = info.id.clone();
                     c.last_start_ms = info.started_at_ms;
-                    if info.started_at_ms > 0 {
-                        c.started = true;
-                    }
                 }
                 None if !recorded.is_empty() && self.containers[i].state.last_status == RUNNING => {
                     // It ran, and is gone: removed behind the agent's back.
@@ -414,7 +420,9 @@ impl Supervisor {
         if !log_drivers.is_empty() {
             match self.rt.log_drivers().await {
                 Ok(available) => {
-                    if let Some((i, driver)) = log_drivers.iter().find(|(_, d)| !available.contains(d)) {
+                    if let Some((i, driver)) =
+                        log_drivers.iter().find(|(_, d)| !available.contains(d))
+                    {
                         let reason = format!(
                             "CannotCreateContainerError: log driver {driver} is not available on this docker engine; it has {}",
                             available.join(", ")
@@ -435,7 +443,8 @@ impl Supervisor {
             {
                 Ok(Ok(())) => {}
                 Ok(Err(in_use)) => {
-                    self.fail_to_start(in_use.container, in_use.to_string()).await;
+                    self.fail_to_start(in_use.container, in_use.to_string())
+                        .await;
                     return;
                 }
                 Err(e) => warn!(error = %e, "host port check did not complete"),
@@ -446,7 +455,11 @@ impl Supervisor {
                 continue;
             }
             let image = self.containers[i].def.image.clone();
-            if let Err(e) = self.rt.ensure_image(&image, self.settings.pull_policy).await {
+            if let Err(e) = self
+                .rt
+                .ensure_image(&image, self.settings.pull_policy)
+                .await
+            {
                 let msg = match e {
                     crate::runtime::RuntimeError::Pull { message, .. } => message,
                     other => other.to_string(),
@@ -508,7 +521,11 @@ impl Supervisor {
         let me = &self.containers[idx].def.name;
         let mut result = Deps::Met;
         for d in &self.containers[idx].def.depends_on {
-            let Some(dep) = self.containers.iter().find(|c| c.def.name == d.container_name) else {
+            let Some(dep) = self
+                .containers
+                .iter()
+                .find(|c| c.def.name == d.container_name)
+            else {
                 return Deps::Failed(format!(
                     "{me} depends on {}, which is not in the task",
                     d.container_name
@@ -537,7 +554,8 @@ impl Supervisor {
                         return Deps::Failed(format!(
                             "{me} depends on {} to SUCCEED, but it exited with code {}",
                             dep.def.name,
-                            code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into())
+                            code.map(|c| c.to_string())
+                                .unwrap_or_else(|| "unknown".into())
                         ));
                     } else {
                         false
@@ -650,7 +668,17 @@ impl Supervisor {
     async fn start_container(&mut self, i: usize) {
         let id = self.containers[i].state.runtime_id.clone();
         let name = self.containers[i].def.name.clone();
-        if let Err(e) = self.rt.start(&id).await {
+        let running = self
+            .rt
+            .inspect(&id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|info| info.state == RunState::Running);
+        // Already running (adopted after a crash between start and record).
+        if running {
+            debug!(container = %name, "container already running");
+        } else if let Err(e) = self.rt.start(&id).await {
             self.fail_to_start(i, format!("CannotStartContainerError: {e}"))
                 .await;
             return;
@@ -1143,7 +1171,9 @@ mod tests {
         let init = h.rt.id_of("init").expect("init created");
         h.rt.exit(&init, 0);
         let st = h
-            .until("init stopped", |s| container(s, "init").last_status == STOPPED)
+            .until("init stopped", |s| {
+                container(s, "init").last_status == STOPPED
+            })
             .await;
         assert_eq!(st.last_status, RUNNING);
         assert_eq!(container(&st, "init").exit_code, Some(0));
@@ -1152,7 +1182,11 @@ mod tests {
         assert_eq!(st.stop_code, USER_INITIATED);
         assert!(st.containers.iter().all(|c| c.last_status == STOPPED));
         h.finished().await;
-        assert_eq!(h.rt.count(), 0, "containers removed after the cleanup delay");
+        assert_eq!(
+            h.rt.count(),
+            0,
+            "containers removed after the cleanup delay"
+        );
     }
 
     #[tokio::test]
@@ -1164,7 +1198,11 @@ mod tests {
         let st = h.until("STOPPED", |s| s.last_status == STOPPED).await;
         assert_eq!(st.stop_code, ESSENTIAL_CONTAINER_EXITED);
         assert!(st.stopped_reason.contains("app"), "{}", st.stopped_reason);
-        assert!(st.stopped_reason.contains("code 3"), "{}", st.stopped_reason);
+        assert!(
+            st.stopped_reason.contains("code 3"),
+            "{}",
+            st.stopped_reason
+        );
         assert_eq!(container(&st, "app").exit_code, Some(3));
         assert!(h.rt.calls().iter().any(|c| c == "stop init"));
     }
@@ -1176,8 +1214,16 @@ mod tests {
         let mut h = Harness::start(rt, None);
         let st = h.until("STOPPED", |s| s.last_status == STOPPED).await;
         assert_eq!(st.stop_code, TASK_FAILED_TO_START);
-        assert!(st.stopped_reason.contains("manifest unknown"), "{}", st.stopped_reason);
-        assert!(st.stopped_reason.contains("img/init"), "{}", st.stopped_reason);
+        assert!(
+            st.stopped_reason.contains("manifest unknown"),
+            "{}",
+            st.stopped_reason
+        );
+        assert!(
+            st.stopped_reason.contains("img/init"),
+            "{}",
+            st.stopped_reason
+        );
         assert!(!h.rt.calls().iter().any(|c| c.starts_with("create")));
     }
 
@@ -1193,12 +1239,16 @@ mod tests {
         let init = rt.id_of("init").expect("init");
         rt.exit(&init, 0);
         let st = second
-            .until("init stopped", |s| container(s, "init").last_status == STOPPED)
+            .until("init stopped", |s| {
+                container(s, "init").last_status == STOPPED
+            })
             .await;
         assert_eq!(st.last_status, RUNNING);
         let new_calls: Vec<String> = rt.calls()[calls_before..].to_vec();
         assert!(
-            !new_calls.iter().any(|c| c.starts_with("create") || c.starts_with("start")),
+            !new_calls
+                .iter()
+                .any(|c| c.starts_with("create") || c.starts_with("start")),
             "{new_calls:?}"
         );
         assert_eq!(rt.count(), 2);
@@ -1206,9 +1256,18 @@ mod tests {
 
     #[test]
     fn task_health_rules() {
-        assert_eq!(task_health([(true, true, HEALTHY), (false, true, UNHEALTHY)].into_iter()), HEALTHY);
-        assert_eq!(task_health([(true, true, HEALTHY), (true, true, UNHEALTHY)].into_iter()), UNHEALTHY);
-        assert_eq!(task_health([(true, true, HEALTHY), (true, true, UNKNOWN)].into_iter()), UNKNOWN);
+        assert_eq!(
+            task_health([(true, true, HEALTHY), (false, true, UNHEALTHY)].into_iter()),
+            HEALTHY
+        );
+        assert_eq!(
+            task_health([(true, true, HEALTHY), (true, true, UNHEALTHY)].into_iter()),
+            UNHEALTHY
+        );
+        assert_eq!(
+            task_health([(true, true, HEALTHY), (true, true, UNKNOWN)].into_iter()),
+            UNKNOWN
+        );
         assert_eq!(task_health([(true, false, UNKNOWN)].into_iter()), UNKNOWN);
     }
 
@@ -1264,5 +1323,344 @@ mod dependency_tests {
             ..Default::default()
         };
         assert_eq!(start_order(&def), vec![0, 1]);
+    }
+}
+
+/// `prepare()`'s refusals (policy, log driver, host ports) and the task's
+/// volumes, against the fake runtime.
+#[cfg(test)]
+mod prepare_tests {
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::runtime::{Mount, MountSource, VolumeScope, VolumeSpec};
+    use berth_taskdef::{
+        DockerVolumeConfiguration, HostVolume, LogConfiguration, MountPoint, PortMapping, Volume,
+        VolumeFrom,
+    };
+
+    const TASK_ID: &str = "0123456789abcdef0123456789abcdef";
+
+    fn container(name: &str) -> ContainerDefinition {
+        ContainerDefinition {
+            name: name.into(),
+            image: format!("img/{name}"),
+            memory: Some(16),
+            ..Default::default()
+        }
+    }
+
+    fn task(containers: Vec<ContainerDefinition>) -> TaskDefinition {
+        TaskDefinition {
+            family: "web".into(),
+            container_definitions: containers,
+            ..Default::default()
+        }
+    }
+
+    fn settings(check_host_ports: bool) -> Settings {
+        Settings {
+            instance_id: "i-test".into(),
+            pull_policy: PullPolicy::Default,
+            default_stop_timeout: Duration::from_secs(1),
+            cleanup_delay: Duration::ZERO,
+            policy: crate::policy::Policy::default(),
+            check_host_ports,
+        }
+    }
+
+    struct Run {
+        handle: Handle,
+        reports: mpsc::Receiver<Report>,
+        last: Option<TaskState>,
+    }
+
+    fn run(rt: &FakeRuntime, settings: Settings, def: TaskDefinition) -> Run {
+        let (tx, reports) = mpsc::channel(256);
+        let (events_tx, events) = broadcast::channel(256);
+        let mut stream = rt.events("i-test");
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(ev) = stream.next().await {
+                let _ = events_tx.send(ev);
+            }
+        });
+        let handle = spawn(
+            Arc::new(rt.clone()),
+            settings,
+            TASK_ID.into(),
+            def,
+            1,
+            None,
+            events,
+            tx,
+        );
+        Run {
+            handle,
+            reports,
+            last: None,
+        }
+    }
+
+    impl Run {
+        /// The first state with `status`, within a deadline.
+        async fn until(&mut self, status: &str) -> TaskState {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Some(st) = &self.last
+                    && st.last_status == status
+                {
+                    return st.clone();
+                }
+                match tokio::time::timeout_at(deadline, self.reports.recv()).await {
+                    Ok(Some(Report::State(st))) => self.last = Some(st),
+                    Ok(Some(Report::Finished(_))) | Ok(None) | Err(_) => {
+                        panic!("no {status} state; last {:?}", self.last)
+                    }
+                }
+            }
+        }
+
+        async fn finished(&mut self) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match tokio::time::timeout_at(deadline, self.reports.recv()).await {
+                    Ok(Some(Report::Finished(_))) => return,
+                    Ok(Some(Report::State(st))) => self.last = Some(st),
+                    _ => panic!("supervisor did not finish; last {:?}", self.last),
+                }
+            }
+        }
+    }
+
+    fn nothing_pulled_or_created(rt: &FakeRuntime) {
+        let calls = rt.calls();
+        assert!(
+            !calls.iter().any(|c| c.starts_with("pull")
+                || c.starts_with("create")
+                || c.starts_with("volume")),
+            "{calls:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_policy_violation_fails_the_task_before_anything_is_pulled() {
+        let mut app = container("app");
+        app.privileged = Some(true);
+        let rt = FakeRuntime::new();
+        let mut r = run(&rt, settings(false), task(vec![container("init"), app]));
+        let st = r.until(STOPPED).await;
+        assert_eq!(st.stop_code, TASK_FAILED_TO_START);
+        for part in [
+            "app:",
+            "allow_privileged",
+            "containerDefinitions[1].privileged",
+        ] {
+            assert!(
+                st.stopped_reason.contains(part),
+                "{part}: {}",
+                st.stopped_reason
+            );
+        }
+        let app = st.containers.iter().find(|c| c.name == "app").expect("app");
+        assert!(app.reason.contains("allow_privileged"), "{}", app.reason);
+        nothing_pulled_or_created(&rt);
+    }
+
+    #[tokio::test]
+    async fn a_missing_log_driver_is_refused_with_the_list() {
+        let mut app = container("app");
+        app.log_configuration = Some(LogConfiguration {
+            log_driver: "fluentd".into(),
+            ..Default::default()
+        });
+        let rt = FakeRuntime::new();
+        rt.set_log_drivers(&["json-file", "none"]);
+        let mut r = run(&rt, settings(false), task(vec![app]));
+        let st = r.until(STOPPED).await;
+        assert_eq!(st.stop_code, TASK_FAILED_TO_START);
+        assert!(
+            st.stopped_reason.contains(
+                "log driver fluentd is not available on this docker engine; it has json-file, none"
+            ),
+            "{}",
+            st.stopped_reason
+        );
+        nothing_pulled_or_created(&rt);
+    }
+
+    #[tokio::test]
+    async fn an_available_log_driver_runs() {
+        let mut app = container("app");
+        app.log_configuration = Some(LogConfiguration {
+            log_driver: "json-file".into(),
+            ..Default::default()
+        });
+        let rt = FakeRuntime::new();
+        let mut r = run(&rt, settings(false), task(vec![app]));
+        r.until(RUNNING).await;
+    }
+
+    #[tokio::test]
+    async fn a_taken_host_port_fails_the_task_naming_the_holder() -> std::io::Result<()> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let port = listener.local_addr()?.port();
+        let mut app = container("app");
+        app.port_mappings = vec![PortMapping {
+            container_port: Some(80),
+            host_port: Some(port),
+            ..Default::default()
+        }];
+        let rt = FakeRuntime::new();
+        let mut r = run(&rt, settings(true), task(vec![container("init"), app]));
+        let st = r.until(STOPPED).await;
+        assert_eq!(st.stop_code, TASK_FAILED_TO_START);
+        let expected = format!(
+            "app: host port {port}/tcp is already in use by {} (pid {})",
+            std::fs::read_to_string("/proc/self/comm")?.trim_end(),
+            std::process::id()
+        );
+        assert_eq!(st.stopped_reason, expected);
+        nothing_pulled_or_created(&rt);
+        drop(listener);
+        Ok(())
+    }
+
+    fn volume_task() -> TaskDefinition {
+        let mount = |volume: &str, path: &str, read_only: bool| MountPoint {
+            source_volume: volume.into(),
+            container_path: path.into(),
+            read_only: Some(read_only),
+        };
+        let mut writer = container("writer");
+        writer.mount_points = vec![
+            mount("scratch", "/scratch", false),
+            mount("site", "/site", true),
+            mount("db", "/db", false),
+        ];
+        let mut reader = container("reader");
+        reader.volumes_from = vec![VolumeFrom {
+            source_container: "writer".into(),
+            read_only: Some(true),
+        }];
+        let mut def = task(vec![writer, reader]);
+        def.pid_mode = Some("host".into());
+        def.volumes = vec![
+            Volume {
+                name: "scratch".into(),
+                ..Default::default()
+            },
+            Volume {
+                name: "site".into(),
+                host: Some(HostVolume {
+                    source_path: Some("/srv/site".into()),
+                }),
+                ..Default::default()
+            },
+            Volume {
+                name: "db".into(),
+                docker_volume_configuration: Some(DockerVolumeConfiguration {
+                    scope: Some("shared".into()),
+                    autoprovision: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ];
+        def
+    }
+
+    #[tokio::test]
+    async fn volumes_are_created_before_containers_and_task_ones_removed_after() {
+        let rt = FakeRuntime::new();
+        let mut s = settings(false);
+        s.policy.allow_host_pid_ipc = true;
+        let mut r = run(&rt, s, volume_task());
+        r.until(RUNNING).await;
+
+        let scratch = "berth-web-scratch-0123456789ab";
+        let volumes = rt.volumes();
+        assert_eq!(
+            volumes.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec![scratch, "db"]
+        );
+        assert_eq!(
+            volumes.get(scratch).map(|v| v.scope),
+            Some(VolumeScope::Task)
+        );
+        let calls = rt.calls();
+        let last_volume = calls.iter().rposition(|c| c.starts_with("volume"));
+        let first_create = calls.iter().position(|c| c.starts_with("create"));
+        assert!(last_volume < first_create, "{calls:?}");
+
+        let writer = rt.spec(&rt.id_of("writer").expect("writer")).expect("spec");
+        assert_eq!(
+            writer.mounts,
+            vec![
+                Mount {
+                    source: MountSource::Volume(scratch.into()),
+                    target: "/scratch".into(),
+                    read_only: false,
+                },
+                Mount {
+                    source: MountSource::Bind("/srv/site".into()),
+                    target: "/site".into(),
+                    read_only: true,
+                },
+                Mount {
+                    source: MountSource::Volume("db".into()),
+                    target: "/db".into(),
+                    read_only: false,
+                },
+            ]
+        );
+        assert_eq!(writer.pid_mode.as_deref(), Some("host"));
+        let reader = rt.spec(&rt.id_of("reader").expect("reader")).expect("spec");
+        assert_eq!(
+            reader.volumes_from,
+            vec![("berth-web-writer-0123456789ab".to_owned(), true)]
+        );
+
+        r.handle.stop(USER_INITIATED, "Task stopped by user").await;
+        r.finished().await;
+        let left: Vec<String> = rt.volumes().into_keys().collect();
+        assert_eq!(left, vec!["db".to_owned()], "the shared volume stays");
+        let calls = rt.calls();
+        let removed_volume = calls
+            .iter()
+            .position(|c| c == &format!("remove volume {scratch}"));
+        let last_container_removal = calls
+            .iter()
+            .rposition(|c| c.starts_with("remove ") && !c.starts_with("remove volume"));
+        assert!(removed_volume > last_container_removal, "{calls:?}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_shared_volume_without_autoprovision_fails_the_task() {
+        let mut def = volume_task();
+        def.pid_mode = None;
+        if let Some(config) = def.volumes[2].docker_volume_configuration.as_mut() {
+            config.autoprovision = Some(false);
+        }
+        let rt = FakeRuntime::new();
+        let mut r = run(&rt, settings(false), def.clone());
+        let st = r.until(STOPPED).await;
+        assert_eq!(st.stop_code, TASK_FAILED_TO_START);
+        assert!(
+            st.stopped_reason
+                .starts_with("writer: CannotCreateVolumeError: shared volume db does not exist"),
+            "{}",
+            st.stopped_reason
+        );
+        assert!(!rt.calls().iter().any(|c| c.starts_with("create")));
+
+        // Once the operator has created it, the task runs.
+        let rt = FakeRuntime::new();
+        rt.add_volume(VolumeSpec {
+            name: "db".into(),
+            scope: VolumeScope::Shared,
+            ..Default::default()
+        });
+        let mut r = run(&rt, settings(false), def);
+        r.until(RUNNING).await;
     }
 }

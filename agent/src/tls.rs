@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -53,7 +53,10 @@ pub fn split_server(server: &str) -> Result<(String, String), TlsError> {
     if host.is_empty() || port.parse::<u16>().is_err() {
         return Err(TlsError::Address(server.to_string()));
     }
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let addr = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -62,7 +65,10 @@ pub fn split_server(server: &str) -> Result<(String, String), TlsError> {
     Ok((addr, host))
 }
 
-pub fn parse_certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn parse_certs(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
     let certs = certs.map_err(|e| TlsError::Pem {
         what,
@@ -154,9 +160,10 @@ impl ServerCertVerifier for PinnedCa {
         roots
             .add(ca.clone().into_owned())
             .map_err(|e| rustls::Error::General(format!("pinned CA: {e}")))?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -256,10 +263,19 @@ mod tests {
     #[test]
     fn server_addresses() {
         let ok = |s: &str| split_server(s).expect(s);
-        assert_eq!(ok("https://fleet.example:7420"), ("fleet.example:7420".into(), "fleet.example".into()));
-        assert_eq!(ok("10.0.0.1:9000"), ("10.0.0.1:9000".into(), "10.0.0.1".into()));
+        assert_eq!(
+            ok("https://fleet.example:7420"),
+            ("fleet.example:7420".into(), "fleet.example".into())
+        );
+        assert_eq!(
+            ok("10.0.0.1:9000"),
+            ("10.0.0.1:9000".into(), "10.0.0.1".into())
+        );
         assert_eq!(ok("https://fleet"), ("fleet:7420".into(), "fleet".into()));
-        assert_eq!(ok("https://[::1]:7420"), ("[::1]:7420".into(), "::1".into()));
+        assert_eq!(
+            ok("https://[::1]:7420"),
+            ("[::1]:7420".into(), "::1".into())
+        );
         assert!(split_server("https://a:notaport").is_err());
         assert!(split_server("https://a:1/path").is_err());
         assert!(split_server("").is_err());

@@ -73,8 +73,7 @@ pub fn resolve(
             autoprovision: config.autoprovision.unwrap_or(false),
         });
     }
-    let mut labels: BTreeMap<String, String> =
-        config.map(|c| c.labels.clone()).unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = config.map(|c| c.labels.clone()).unwrap_or_default();
     labels.insert(LABEL_TASK_ID.to_owned(), task_id.to_owned());
     labels.insert(LABEL_INSTANCE_ID.to_owned(), instance_id.to_owned());
     labels.insert(LABEL_VOLUME_NAME.to_owned(), volume.name.clone());
@@ -272,7 +271,10 @@ mod tests {
         );
         let cache = &volumes[2].1;
         assert_eq!(cache.driver.as_deref(), Some("local"));
-        assert_eq!(cache.driver_opts.get("type").map(String::as_str), Some("tmpfs"));
+        assert_eq!(
+            cache.driver_opts.get("type").map(String::as_str),
+            Some("tmpfs")
+        );
         assert_eq!(
             cache.labels,
             BTreeMap::from([

@@ -25,7 +25,12 @@ use crate::server::{Server, ServerConfig};
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Where the control plane and the agent keep their state
-    #[arg(long, env = "BERTH_DEV_DATA_DIR", value_name = "DIR", default_value = "./berth-dev")]
+    #[arg(
+        long,
+        env = "BERTH_DEV_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./berth-dev"
+    )]
     pub data_dir: PathBuf,
     /// Submit this ECS task definition once the agent is connected
     #[arg(long, value_name = "FILE")]
@@ -38,14 +43,17 @@ pub struct DevArgs {
     pub listen: SocketAddr,
 }
 
-pub async fn run(args: DevArgs, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    args: DevArgs,
+    signal: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     // Check the task definition before starting anything.
     let to_run = match &args.run {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read task definition {}", path.display()))?;
-            let parsed = berth_taskdef::parse(&text)
-                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let parsed =
+                berth_taskdef::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
             for w in &parsed.warnings {
                 eprintln!("warning: {}: {w}", path.display());
             }
@@ -119,8 +127,14 @@ pub async fn run(args: DevArgs, signal: impl std::future::Future<Output = ()>) -
     }
 
     println!("berth dev is running");
-    println!("  control plane  admin {admin}  fleet {}", server.fleet_addr());
-    println!("  agent          {instance_id}  local API http://{}", agent.api_addr);
+    println!(
+        "  control plane  admin {admin}  fleet {}",
+        server.fleet_addr()
+    );
+    println!(
+        "  agent          {instance_id}  local API http://{}",
+        agent.api_addr
+    );
     println!("  data           {}", data_dir.display());
     if let Some((id, path)) = &submitted {
         println!("  submitted      {} as task {id}", path.display());

@@ -174,6 +174,7 @@ pub struct Server {
     fleet_addr: String,
     cli: Cli,
     data_dir: PathBuf,
+    restarts: u32,
     dir: tempfile::TempDir,
 }
 
@@ -211,6 +212,7 @@ impl Server {
             fleet_addr,
             cli: Cli::new(&admin_addr),
             data_dir,
+            restarts: 0,
             dir,
         }
     }
@@ -260,6 +262,41 @@ impl Server {
     /// A one-time activation from `berth token create --json`.
     pub fn token(&self) -> Activation {
         self.cli.token()
+    }
+
+    /// Kills the server (SIGKILL): a control-plane crash or outage.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts the server again on the same data dir and the same addresses
+    /// (agents keep their configured fleet URL), and waits until it is ready.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        let ready = self.data_dir.join("server.json");
+        let _ = std::fs::remove_file(&ready);
+        self.restarts += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("server-{}.log", self.restarts));
+        let mut cmd = clean_command(&berth_bin());
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", &self.fleet_addr])
+            .args(["--admin-listen", self.cli.admin_addr()])
+            .args(["--heartbeat-interval", "1s"]);
+        let mut proc = Proc::spawn("berth server", &mut cmd, &log);
+        wait_for(
+            &format!("restarted berth server to write {}", ready.display()),
+            READY,
+            || {
+                proc.assert_running("restarting");
+                read_server_json(&ready)
+            },
+        );
+        self.proc = proc;
     }
 
     /// Panics with the log tail when the server has exited.

@@ -1518,12 +1518,18 @@ mod tests {
         let host = create_body(&s)?.host_config.unwrap_or_default();
         assert_eq!(
             host.binds,
-            Some(vec!["/srv/data:/data:ro".to_owned(), "/srv/logs:/logs".to_owned()])
+            Some(vec![
+                "/srv/data:/data:ro".to_owned(),
+                "/srv/logs:/logs".to_owned()
+            ])
         );
         let mounts = host.mounts.unwrap_or_default();
         assert_eq!(mounts.len(), 1);
         assert_eq!(mounts[0].typ, Some(MountType::VOLUME));
-        assert_eq!(mounts[0].source.as_deref(), Some("berth-web-scratch-1a2b3c4d"));
+        assert_eq!(
+            mounts[0].source.as_deref(),
+            Some("berth-web-scratch-1a2b3c4d")
+        );
         assert_eq!(mounts[0].target.as_deref(), Some("/scratch"));
         assert_eq!(mounts[0].read_only, Some(false));
         assert_eq!(
@@ -1538,7 +1544,10 @@ mod tests {
 
         // Nothing asked for: nothing sent.
         let host = create_body(&spec(def()))?.host_config.unwrap_or_default();
-        assert_eq!((host.binds, host.mounts, host.volumes_from), (None, None, None));
+        assert_eq!(
+            (host.binds, host.mounts, host.volumes_from),
+            (None, None, None)
+        );
         assert_eq!((host.pid_mode, host.ipc_mode), (None, None));
 
         // `Binds` cannot carry a colon in a path.

@@ -93,7 +93,12 @@ impl FakeRuntime {
         self.lock()
             .containers
             .values()
-            .find(|c| c.labels.get(super::LABEL_CONTAINER_NAME).map(String::as_str) == Some(name))
+            .find(|c| {
+                c.labels
+                    .get(super::LABEL_CONTAINER_NAME)
+                    .map(String::as_str)
+                    == Some(name)
+            })
             .map(|c| c.id.clone())
     }
 
@@ -198,7 +203,9 @@ impl Runtime for FakeRuntime {
             };
             inner.calls.push(format!("start {name}"));
         }
-        let _ = self.events.send(RuntimeEvent::Started { id: id.to_string() });
+        let _ = self
+            .events
+            .send(RuntimeEvent::Started { id: id.to_string() });
         Ok(())
     }
 
@@ -271,7 +278,9 @@ impl Runtime for FakeRuntime {
             Some(existing) => {
                 let existing_driver = existing.driver.as_deref().unwrap_or("local");
                 match spec.driver.as_deref() {
-                    Some(wanted) if spec.scope == VolumeScope::Shared && wanted != existing_driver => {
+                    Some(wanted)
+                        if spec.scope == VolumeScope::Shared && wanted != existing_driver =>
+                    {
                         Err(RuntimeError::VolumeDriverMismatch {
                             name: spec.name.clone(),
                             existing: existing_driver.to_owned(),

@@ -196,10 +196,20 @@ pub struct ContainerInfo {
 /// A state change of a container, from the engine's event stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RuntimeEvent {
-    Started { id: String },
-    Died { id: String, exit_code: Option<i64> },
-    Health { id: String, health: Health },
-    Destroyed { id: String },
+    Started {
+        id: String,
+    },
+    Died {
+        id: String,
+        exit_code: Option<i64>,
+    },
+    Health {
+        id: String,
+        health: Health,
+    },
+    Destroyed {
+        id: String,
+    },
     /// The event stream was (re)established; anything may have changed
     /// while it was down, so callers re-inspect what they watch.
     Resync,

@@ -1,0 +1,430 @@
+//! Volumes, log drivers and host-port checks against the real Docker Engine.
+//!
+//! Same conventions as `docker_runtime.rs`: every test makes its own image
+//! (`scripts/test-image.sh`), labels every container and volume it creates
+//! with its own run id, and removes exactly those when it ends, even on
+//! failure. Nothing waits on a clock: tests wait for the engine's events,
+//! with a deadline.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use berth_agent::ports::{self, Protocol};
+use berth_agent::runtime::docker::DockerRuntime;
+use berth_agent::runtime::{
+    ContainerSpec, LABEL_CONTAINER_NAME, LABEL_INSTANCE_ID, LABEL_TASK_FAMILY, LABEL_TASK_ID,
+    LABEL_VOLUME_NAME, Mount, MountSource, Runtime, RuntimeError, RuntimeEvent, VolumeScope,
+    VolumeSpec,
+};
+use berth_taskdef::{ContainerDefinition, PortMapping, TaskDefinition};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+
+/// Label that marks everything one test run created, for the cleanup guard.
+const LABEL_TEST_RUN: &str = "berth.test-run";
+/// Upper bound for any single wait on the engine.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Removes, on drop, every container and then every volume labelled with this
+/// run, and the run's image tag — and nothing else.
+struct Cleanup {
+    run_id: String,
+    image: String,
+}
+
+impl Cleanup {
+    fn labelled(&self, list: &[&str]) -> Vec<String> {
+        Command::new("docker")
+            .args(list)
+            .arg("--filter")
+            .arg(format!("label={LABEL_TEST_RUN}={}", self.run_id))
+            .output()
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let containers = self.labelled(&["ps", "-aq", "--no-trunc"]);
+        if !containers.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&containers)
+                .output();
+        }
+        // After the containers: a volume in use cannot be removed.
+        let volumes = self.labelled(&["volume", "ls", "-q"]);
+        if !volumes.is_empty() {
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f"])
+                .args(&volumes)
+                .output();
+        }
+        let _ = Command::new("docker").args(["rmi", &self.image]).output();
+    }
+}
+
+struct Fixture {
+    runtime: DockerRuntime,
+    run_id: String,
+    instance_id: String,
+    image: String,
+    // Last field: dropped after everything else.
+    _cleanup: Cleanup,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let image = format!("berth-test-busybox:{run_id}");
+        let cleanup = Cleanup {
+            run_id: run_id.clone(),
+            image: image.clone(),
+        };
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/test-image.sh");
+        let tag = image.clone();
+        let out = tokio::task::spawn_blocking(move || Command::new(script).arg(&tag).output())
+            .await
+            .expect("image build task panicked")
+            .expect("cannot run scripts/test-image.sh");
+        assert!(
+            out.status.success(),
+            "scripts/test-image.sh {image} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let runtime = DockerRuntime::connect(None)
+            .await
+            .expect("connect to the docker engine");
+        Self {
+            runtime,
+            instance_id: format!("test-{run_id}"),
+            run_id,
+            image,
+            _cleanup: cleanup,
+        }
+    }
+
+    /// A Docker name unique to this run.
+    fn name(&self, what: &str) -> String {
+        format!("berth-test-{what}-{}", self.run_id)
+    }
+
+    fn spec(&self, container: &str, command: &str, mounts: Vec<Mount>) -> ContainerSpec {
+        let labels = BTreeMap::from([
+            (LABEL_TASK_ID.to_owned(), format!("task-{}", self.run_id)),
+            (LABEL_CONTAINER_NAME.to_owned(), container.to_owned()),
+            (LABEL_TASK_FAMILY.to_owned(), "test".to_owned()),
+            (LABEL_INSTANCE_ID.to_owned(), self.instance_id.clone()),
+            (LABEL_TEST_RUN.to_owned(), self.run_id.clone()),
+        ]);
+        ContainerSpec {
+            name: self.name(container),
+            labels,
+            network_mode: "bridge".to_owned(),
+            definition: ContainerDefinition {
+                name: container.to_owned(),
+                image: self.image.clone(),
+                command: Some(vec!["sh".to_owned(), "-c".to_owned(), command.to_owned()]),
+                ..Default::default()
+            },
+            default_stop_timeout: Duration::from_secs(10),
+            mounts,
+            ..Default::default()
+        }
+    }
+
+    /// A volume spec labelled with this run (so the guard removes it).
+    fn volume(&self, name: &str, scope: VolumeScope, autoprovision: bool) -> VolumeSpec {
+        VolumeSpec {
+            name: name.to_owned(),
+            scope,
+            driver: None,
+            driver_opts: BTreeMap::new(),
+            labels: BTreeMap::from([
+                (LABEL_TEST_RUN.to_owned(), self.run_id.clone()),
+                (LABEL_INSTANCE_ID.to_owned(), self.instance_id.clone()),
+                (LABEL_VOLUME_NAME.to_owned(), name.to_owned()),
+            ]),
+            autoprovision,
+        }
+    }
+
+    /// The event stream, once the subscription is in place.
+    async fn events(&self) -> BoxStream<'static, RuntimeEvent> {
+        let mut events = self.runtime.events(&self.instance_id);
+        let first = tokio::time::timeout(DEADLINE, events.next())
+            .await
+            .expect("no first event")
+            .expect("the event stream never ends");
+        assert_eq!(
+            first,
+            RuntimeEvent::Resync,
+            "the first event must be Resync"
+        );
+        events
+    }
+
+    /// Creates and starts `spec`, waits for its exit, and returns the code.
+    async fn run_to_exit(
+        &self,
+        events: &mut BoxStream<'static, RuntimeEvent>,
+        spec: &ContainerSpec,
+    ) -> Option<i64> {
+        let id = self.runtime.create(spec).await.expect("create");
+        self.runtime.start(&id).await.expect("start");
+        let died = tokio::time::timeout(DEADLINE, async {
+            while let Some(event) = events.next().await {
+                if let RuntimeEvent::Died { id: d, exit_code } = event
+                    && d == id
+                {
+                    return Some(exit_code);
+                }
+            }
+            None
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} did not exit within {DEADLINE:?}", spec.name));
+        died.expect("the event stream never ends")
+    }
+}
+
+fn docker_json(args: &[&str]) -> Option<serde_json::Value> {
+    let out = Command::new("docker").args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let mut all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+    all.pop()
+}
+
+fn volume_exists(name: &str) -> bool {
+    docker_json(&["volume", "inspect", name]).is_some()
+}
+
+#[tokio::test]
+async fn a_task_volume_is_shared_between_containers_and_removed() {
+    let fx = Fixture::new().await;
+    let mut events = fx.events().await;
+    let name = fx.name("scratch");
+    let spec = fx.volume(&name, VolumeScope::Task, false);
+    fx.runtime.ensure_volume(&spec).await.expect("create");
+    // Again, as after an agent restart: the same volume, no error.
+    fx.runtime.ensure_volume(&spec).await.expect("create again");
+
+    let inspected = docker_json(&["volume", "inspect", &name]).expect("the volume exists");
+    assert_eq!(inspected["Labels"][LABEL_VOLUME_NAME], name.as_str());
+    assert_eq!(
+        inspected["Labels"][LABEL_INSTANCE_ID],
+        fx.instance_id.as_str()
+    );
+    assert_eq!(inspected["Driver"], "local");
+
+    let mount = |read_only: bool| Mount {
+        source: MountSource::Volume(name.clone()),
+        target: "/scratch".to_owned(),
+        read_only,
+    };
+    let writer = fx.spec(
+        "writer",
+        "echo hello > /scratch/greeting",
+        vec![mount(false)],
+    );
+    assert_eq!(fx.run_to_exit(&mut events, &writer).await, Some(0));
+    let reader = fx.spec(
+        "reader",
+        "test \"$(cat /scratch/greeting)\" = hello && ! touch /scratch/nope 2>/dev/null",
+        vec![mount(true)],
+    );
+    assert_eq!(
+        fx.run_to_exit(&mut events, &reader).await,
+        Some(0),
+        "the reader sees the writer's file and cannot write"
+    );
+    // volumesFrom: the writer's mounts, read-only.
+    let mut borrower = fx.spec(
+        "borrower",
+        "test \"$(cat /scratch/greeting)\" = hello && ! touch /scratch/nope 2>/dev/null",
+        Vec::new(),
+    );
+    borrower.volumes_from = vec![(writer.name.clone(), true)];
+    assert_eq!(fx.run_to_exit(&mut events, &borrower).await, Some(0));
+
+    // In use: the engine refuses, and says so.
+    match fx.runtime.remove_volume(&name).await {
+        Err(RuntimeError::Engine { target, .. }) => assert_eq!(target, name),
+        other => panic!("removing a volume in use: {other:?}"),
+    }
+    for spec in [&writer, &reader, &borrower] {
+        fx.runtime
+            .remove(&spec.name)
+            .await
+            .expect("remove container");
+    }
+    fx.runtime
+        .remove_volume(&name)
+        .await
+        .expect("remove volume");
+    assert!(!volume_exists(&name));
+}
+
+#[tokio::test]
+async fn host_binds_are_writable_or_read_only() {
+    let fx = Fixture::new().await;
+    let mut events = fx.events().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let host = dir.path().to_str().expect("utf-8 path").to_owned();
+    let bind = |read_only: bool| {
+        vec![Mount {
+            source: MountSource::Bind(host.clone()),
+            target: "/host".to_owned(),
+            read_only,
+        }]
+    };
+
+    let rw = fx.spec("rw", "echo written > /host/rw.txt", bind(false));
+    assert_eq!(fx.run_to_exit(&mut events, &rw).await, Some(0));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("rw.txt")).expect("the container's file"),
+        "written\n"
+    );
+
+    let ro = fx.spec(
+        "ro",
+        "cat /host/rw.txt && echo nope > /host/ro.txt",
+        bind(true),
+    );
+    let code = fx.run_to_exit(&mut events, &ro).await;
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "a write to a read-only bind must fail: {code:?}"
+    );
+    assert!(!dir.path().join("ro.txt").exists());
+    let raw = docker_json(&["inspect", "--type", "container", &ro.name]).expect("inspect");
+    assert_eq!(
+        raw["HostConfig"]["Binds"],
+        serde_json::json!([format!("{host}:/host:ro")])
+    );
+}
+
+#[tokio::test]
+async fn shared_volumes_are_used_created_or_refused() {
+    let fx = Fixture::new().await;
+
+    // Made by the operator beforehand: used as it is.
+    let existing = fx.name("existing");
+    let out = Command::new("docker")
+        .args(["volume", "create", "--label"])
+        .arg(format!("{LABEL_TEST_RUN}={}", fx.run_id))
+        .arg(&existing)
+        .output()
+        .expect("docker volume create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut spec = fx.volume(&existing, VolumeScope::Shared, false);
+    fx.runtime
+        .ensure_volume(&spec)
+        .await
+        .expect("existing shared volume");
+    spec.driver = Some("local".to_owned());
+    fx.runtime.ensure_volume(&spec).await.expect("same driver");
+    spec.driver = Some("berth-test-no-such-driver".to_owned());
+    match fx.runtime.ensure_volume(&spec).await {
+        Err(e @ RuntimeError::VolumeDriverMismatch { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(&existing) && text.contains("local"), "{text}");
+        }
+        other => panic!("another driver: {other:?}"),
+    }
+
+    // Missing and not to be provisioned: a clear error naming it.
+    let missing = fx.name("missing");
+    match fx
+        .runtime
+        .ensure_volume(&fx.volume(&missing, VolumeScope::Shared, false))
+        .await
+    {
+        Err(e @ RuntimeError::NoSuchVolume(_)) => {
+            let text = e.to_string();
+            assert!(text.contains(&missing), "{text}");
+            assert!(text.contains("autoprovision"), "{text}");
+        }
+        other => panic!("missing shared volume: {other:?}"),
+    }
+    assert!(!volume_exists(&missing));
+
+    // Missing and to be provisioned: created with the definition's labels.
+    let provisioned = fx.name("provisioned");
+    let mut spec = fx.volume(&provisioned, VolumeScope::Shared, true);
+    spec.labels.insert("team".to_owned(), "a".to_owned());
+    fx.runtime
+        .ensure_volume(&spec)
+        .await
+        .expect("autoprovision");
+    let inspected = docker_json(&["volume", "inspect", &provisioned]).expect("provisioned");
+    assert_eq!(inspected["Labels"]["team"], "a");
+}
+
+#[tokio::test]
+async fn removing_a_missing_volume_is_not_an_error() {
+    let fx = Fixture::new().await;
+    fx.runtime
+        .remove_volume(&fx.name("never-created"))
+        .await
+        .expect("remove a missing volume");
+}
+
+#[tokio::test]
+async fn log_drivers_come_from_the_engine() {
+    let fx = Fixture::new().await;
+    let drivers = fx.runtime.log_drivers().await.expect("log drivers");
+    assert!(drivers.iter().any(|d| d == "json-file"), "{drivers:?}");
+    assert!(drivers.iter().any(|d| d == "none"), "{drivers:?}");
+}
+
+#[tokio::test]
+async fn a_port_held_by_this_process_names_it() {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind a port");
+    let port = listener.local_addr().expect("local address").port();
+    let def = TaskDefinition {
+        family: "test".to_owned(),
+        container_definitions: vec![ContainerDefinition {
+            name: "web".to_owned(),
+            image: "busybox".to_owned(),
+            port_mappings: vec![PortMapping {
+                container_port: Some(80),
+                host_port: Some(port),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let err = ports::check_task(&def, &[0]).expect_err("the port is held");
+    assert_eq!(
+        (err.port, err.protocol, err.container),
+        (port, Protocol::Tcp, 0)
+    );
+    let holder = err.holder.clone().expect("the holder is found");
+    assert_eq!(holder.pid, std::process::id());
+    let comm = std::fs::read_to_string("/proc/self/comm").expect("own comm");
+    assert_eq!(holder.command, comm.trim_end());
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "host port {port}/tcp is already in use by {} (pid {})",
+            holder.command, holder.pid
+        )
+    );
+    drop(listener);
+    assert_eq!(ports::check_task(&def, &[0]), Ok(()));
+}
