@@ -1,19 +1,28 @@
 //! Crash-safe file writes: write a temporary file with its final mode, fsync
-//! it, rename it over the old one, fsync the directory.
+//! it, rename it over the old one, fsync the directory. Shared by the agent
+//! and the control plane.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Replaces `path` with `data` atomically; the file is created with `mode`.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+/// Writes `contents` to `path` so that readers see the old file or the new
+/// one, never a mix: a temporary file created with `mode` (so a secret is
+/// never readable by others, not even briefly), fsync, rename over `path`,
+/// fsync of the directory.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "file".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -21,48 +30,53 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
             .truncate(true)
             .mode(mode)
             .open(&tmp)?;
-        f.write_all(data)?;
+        // An old temporary file may have had another mode.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(contents)?;
         f.sync_all()?;
         drop(f);
-        std::fs::rename(&tmp, path)?;
+        fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = fs::remove_file(&tmp);
     }
     result
 }
 
-/// Creates `dir` (and parents) with mode 0700 for the last component.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
+/// Creates `dir` (and its parents) with mode 0700 when missing. Returns
+/// whether an existing directory is open to group or others.
+pub fn create_private_dir(dir: &Path) -> io::Result<bool> {
+    fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
+        .create(dir)?;
+    let mode = fs::metadata(dir)?.permissions().mode();
+    Ok(mode & 0o077 != 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn writes_with_mode_and_replaces() {
+    fn atomic_write_replaces_and_sets_mode() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("secret");
+        let p = dir.path().join("f.json");
         write_atomic(&p, b"one", 0o600).expect("write");
-        write_atomic(&p, b"two", 0o600).expect("rewrite");
-        assert_eq!(std::fs::read(&p).expect("read"), b"two");
-        let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-            .expect("ls")
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
-            .collect();
-        assert!(leftovers.is_empty());
+        write_atomic(&p, b"two", 0o600).expect("write");
+        assert_eq!(fs::read(&p).expect("read"), b"two");
+        let mode = fs::metadata(&p).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+
+    #[test]
+    fn private_dir_is_0700() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a/b");
+        assert!(!create_private_dir(&p).expect("create"));
+        let mode = fs::metadata(&p).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }

@@ -231,10 +231,12 @@ impl Manager {
         let handle = supervisor::spawn(
             self.rt.clone(),
             self.settings.clone(),
-            task_id.to_string(),
-            def,
-            created_at_ms,
-            prior,
+            supervisor::Assigned {
+                task_id: task_id.to_string(),
+                definition: def,
+                created_at_ms,
+                prior,
+            },
             self.events.subscribe(),
             self.reports_tx.clone(),
         );

@@ -20,6 +20,10 @@
 //!   (of the longest prefix that exists), component by component: `/srv2` is
 //!   not under `/srv`, and neither is `/srv/../etc` or a symlink in `/srv`
 //!   that points to `/etc`.
+//! - A bind that overlaps the agent's data dir (inside it, or a directory
+//!   above it) is refused whatever `allowed_host_paths` says: the data dir
+//!   holds the agent's private key, and an operator who allows `/srv` may
+//!   well have put `data_dir` under it.
 //! - `dockerSecurityOptions` `no-new-privileges` only takes privileges away,
 //!   so it is always allowed; every other option (`seccomp=…`,
 //!   `apparmor=…`, `label:…`) can also loosen confinement and is gated.
@@ -48,6 +52,9 @@ pub struct Policy {
     pub allow_security_options: bool,
     /// Absolute host paths under which `host.sourcePath` binds are allowed.
     pub allowed_host_paths: Vec<PathBuf>,
+    /// Host paths no bind may overlap, whatever `allowed_host_paths` says:
+    /// the agent's data dir.
+    pub protected_host_paths: Vec<PathBuf>,
 }
 
 /// The host paths allowed when the config says nothing (see
@@ -67,6 +74,7 @@ impl Default for Policy {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            protected_host_paths: vec![PathBuf::from(crate::config::DEFAULT_DATA_DIR)],
         }
     }
 }
@@ -121,7 +129,7 @@ impl fmt::Display for Rule {
 
 /// A field of a task definition that the agent's policy refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("agent policy {rule} refuses {path}: {what}; to allow it, {how}")]
+#[error("agent policy {rule} refuses {path}: {what}; {how}")]
 pub struct PolicyViolation {
     pub rule: Rule,
     /// JSON path in the task definition, e.g. `containerDefinitions[0].privileged`.
@@ -140,7 +148,18 @@ impl PolicyViolation {
             path,
             container,
             what,
-            how: rule.how_to_allow(value),
+            how: format!("to allow it, {}", rule.how_to_allow(value)),
+        }
+    }
+
+    /// The rule refuses it, and no setting opens it.
+    fn never(rule: Rule, path: String, container: usize, what: String) -> Self {
+        Self {
+            rule,
+            path,
+            container,
+            what,
+            how: "bind another directory: no setting allows this one".to_owned(),
         }
     }
 }
@@ -280,16 +299,37 @@ fn check_host_paths(def: &TaskDefinition, policy: &Policy) -> Result<(), PolicyV
         .iter()
         .map(|p| resolve(p))
         .collect();
+    let protected: Vec<(PathBuf, &PathBuf)> = policy
+        .protected_host_paths
+        .iter()
+        .map(|p| (resolve(p), p))
+        .collect();
     for (i, v) in def.volumes.iter().enumerate() {
         let Some(source) = v.host.as_ref().and_then(|h| h.source_path.as_deref()) else {
             continue;
         };
         let path = Path::new(source);
         let container = crate::volumes::first_user(def, &v.name).unwrap_or(0);
-        let allowed = path.is_absolute() && {
-            let resolved = resolve(path);
-            roots.iter().any(|root| resolved.starts_with(root))
-        };
+        let resolved = path.is_absolute().then(|| resolve(path));
+        if let Some(resolved) = &resolved
+            && let Some((_, dir)) = protected
+                .iter()
+                .find(|(p, _)| resolved.starts_with(p) || p.starts_with(resolved))
+        {
+            return Err(PolicyViolation::never(
+                Rule::AllowedHostPaths,
+                format!("volumes[{i}].host.sourcePath"),
+                container,
+                format!(
+                    "host path {source} of volume {} overlaps the agent's data dir {}, which holds its private key",
+                    v.name,
+                    dir.display()
+                ),
+            ));
+        }
+        let allowed = resolved
+            .as_ref()
+            .is_some_and(|resolved| roots.iter().any(|root| resolved.starts_with(root)));
         if !allowed {
             let list = if policy.allowed_host_paths.is_empty() {
                 "none".to_owned()
@@ -689,6 +729,24 @@ mod tests {
         };
         let v = violation(&bind_task("/srv/www"), &none);
         assert!(v.to_string().contains("(none)"), "{v}");
+    }
+
+    #[test]
+    fn binds_overlapping_the_data_dir_are_refused_even_when_allowed() {
+        let policy = Policy {
+            allowed_host_paths: vec![PathBuf::from("/srv")],
+            protected_host_paths: vec![PathBuf::from("/srv/berth")],
+            ..Policy::default()
+        };
+        for bad in ["/srv", "/srv/berth", "/srv/berth/identity", "/srv/./berth"] {
+            let v = violation(&bind_task(bad), &policy);
+            assert_eq!(v.rule, Rule::AllowedHostPaths, "{bad}");
+            let text = v.to_string();
+            assert!(text.contains("data dir /srv/berth"), "{text}");
+            assert!(text.contains("no setting allows"), "{text}");
+        }
+        assert_eq!(check(&bind_task("/srv/www"), &policy), Ok(()));
+        assert_eq!(check(&bind_task("/srv/berth-www"), &policy), Ok(()));
     }
 
     #[test]

@@ -102,25 +102,31 @@ pub fn container_name(family: &str, container: &str, task_id: &str) -> String {
 
 /// Starts the supervisor of a task. `prior` is the task's last persisted
 /// state, when the agent knew it before (agent restart).
+/// A task handed to a supervisor.
+pub struct Assigned {
+    pub task_id: String,
+    pub definition: TaskDefinition,
+    pub created_at_ms: i64,
+    /// The task's last persisted state, when the agent knew it before.
+    pub prior: Option<TaskState>,
+}
+
 pub fn spawn(
     rt: Arc<dyn Runtime>,
     settings: Settings,
-    task_id: String,
-    definition: TaskDefinition,
-    created_at_ms: i64,
-    prior: Option<TaskState>,
+    task: Assigned,
     events: broadcast::Receiver<RuntimeEvent>,
     reports: mpsc::Sender<Report>,
 ) -> Handle {
     let (tx, rx) = mpsc::channel(16);
-    let span = info_span!("task", task_id = %task_id, family = %definition.family);
+    let span = info_span!("task", task_id = %task.task_id, family = %task.definition.family);
     let sup = Supervisor::new(
         rt,
         settings,
-        task_id,
-        definition,
-        created_at_ms,
-        prior,
+        task.task_id,
+        task.definition,
+        task.created_at_ms,
+        task.prior,
         reports,
     );
     tokio::spawn(sup.run(rx, events).instrument(span));
@@ -1111,10 +1117,12 @@ mod tests {
             let handle = spawn(
                 Arc::new(rt.clone()),
                 settings(),
-                "0123456789abcdef0123456789abcdef".into(),
-                def(),
-                1,
-                prior,
+                Assigned {
+                    task_id: "0123456789abcdef0123456789abcdef".into(),
+                    definition: def(),
+                    created_at_ms: 1,
+                    prior,
+                },
                 events,
                 tx,
             );
@@ -1387,10 +1395,12 @@ mod prepare_tests {
         let handle = spawn(
             Arc::new(rt.clone()),
             settings,
-            TASK_ID.into(),
-            def,
-            1,
-            None,
+            Assigned {
+                task_id: TASK_ID.into(),
+                definition: def,
+                created_at_ms: 1,
+                prior: None,
+            },
             events,
             tx,
         );

@@ -1022,9 +1022,12 @@ fn ports(
     ))
 }
 
+/// `HostConfig.Binds` and `HostConfig.Mounts`.
+type BindsAndMounts = (Option<Vec<String>>, Option<Vec<DockerMount>>);
+
 /// `Binds` for host paths (`/host:/container[:ro]`; Docker creates a missing
 /// host directory, as ECS users expect) and `Mounts` for Docker volumes.
-fn mounts(spec: &ContainerSpec) -> Result<(Option<Vec<String>>, Option<Vec<DockerMount>>), String> {
+fn mounts(spec: &ContainerSpec) -> Result<BindsAndMounts, String> {
     let mut binds = Vec::new();
     let mut volumes = Vec::new();
     for mount in &spec.mounts {
