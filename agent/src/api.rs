@@ -65,6 +65,7 @@ async fn metadata(State(api): State<Api>) -> Json<serde_json::Value> {
         "generation": v.generation,
         "lastEventSequence": v.last_seq,
         "pendingEvents": v.outbox.len(),
+        "storeError": v.store_error,
         "hostname": crate::identity::hostname(),
     }))
 }
@@ -129,6 +130,12 @@ async fn metrics(State(api): State<Api>) -> Response {
     out.push_str(&format!(
         "berth_agent_assignment_generation {}\n",
         v.generation
+    ));
+    out.push_str("# HELP berth_agent_store_healthy 0 while the agent cannot write its state (see storeError in /v1/metadata).\n");
+    out.push_str("# TYPE berth_agent_store_healthy gauge\n");
+    out.push_str(&format!(
+        "berth_agent_store_healthy {}\n",
+        u8::from(v.store_error.is_none())
     ));
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

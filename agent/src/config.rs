@@ -80,7 +80,8 @@ pub struct Config {
     /// always allowed, since it only takes privileges away). Default false.
     pub allow_security_options: bool,
     /// Absolute host paths under which `host.sourcePath` bind mounts are
-    /// allowed (symbolic links and `..` are resolved before comparing).
+    /// allowed (symbolic links and `..` are resolved before comparing). A
+    /// path that overlaps `data_dir` is refused whatever this list says.
     ///
     /// Default `["/srv", "/var/lib/berth-volumes"]`: ECS task definitions
     /// with host volumes work out of the box when their data lives where
@@ -269,6 +270,7 @@ impl Config {
             allow_devices: self.allow_devices,
             allow_security_options: self.allow_security_options,
             allowed_host_paths: self.allowed_host_paths.clone(),
+            protected_host_paths: vec![self.data_dir.clone()],
         }
     }
 

@@ -37,6 +37,9 @@ pub struct View {
     pub tasks: Vec<TaskState>,
     pub outbox: Vec<TaskEvent>,
     pub connected: bool,
+    /// Why the last write of the agent's state failed (full disk, …), with
+    /// the path; `None` once a write succeeds again.
+    pub store_error: Option<String>,
 }
 
 pub enum Input {
@@ -83,6 +86,7 @@ pub struct Manager {
     reports_tx: mpsc::Sender<Report>,
     view: watch::Sender<View>,
     connected: bool,
+    store_error: Option<String>,
 }
 
 impl Manager {
@@ -141,6 +145,7 @@ impl Manager {
             reports_tx,
             view,
             connected: false,
+            store_error: None,
         };
         m.resume(start_offline);
         m.publish();
@@ -375,10 +380,15 @@ impl Manager {
         }
     }
 
-    fn save(&self) {
-        if let Err(e) = self.file.save(&self.state) {
-            // Kept in memory and retried with the next change.
-            error!(error = %e, "cannot persist agent state");
+    fn save(&mut self) {
+        match self.file.save(&self.state) {
+            Ok(()) => self.store_error = None,
+            Err(e) => {
+                // Kept in memory and written with the next change; shown on
+                // the local API until then.
+                error!(error = %e, "cannot persist agent state");
+                self.store_error = Some(e.to_string());
+            }
         }
     }
 
@@ -390,6 +400,7 @@ impl Manager {
             tasks: self.state.tasks.values().cloned().collect(),
             outbox: self.state.outbox.clone(),
             connected: self.connected,
+            store_error: self.store_error.clone(),
         };
         self.view.send_replace(v);
     }
