@@ -108,7 +108,7 @@ impl Default for Config {
             start_tasks_offline: true,
             log_format: "text".to_string(),
             allow_privileged: false,
-            allow_host_network: true,
+            allow_host_network: false,
             allow_host_pid_ipc: false,
             allowed_capabilities: Vec::new(),
             allow_devices: false,
@@ -386,7 +386,7 @@ mod tests {
     fn policy_defaults_match_the_policy_module() {
         let cfg = parse("", &[]).expect("defaults");
         assert_eq!(cfg.policy(), Policy::default());
-        assert!(!cfg.allow_privileged && cfg.allow_host_network && !cfg.allow_host_pid_ipc);
+        assert!(!cfg.allow_privileged && !cfg.allow_host_network && !cfg.allow_host_pid_ipc);
         assert_eq!(
             cfg.allowed_host_paths,
             vec![

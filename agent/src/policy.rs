@@ -65,7 +65,7 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             allow_privileged: false,
-            allow_host_network: true,
+            allow_host_network: false,
             allow_host_pid_ipc: false,
             allowed_capabilities: Vec::new(),
             allow_devices: false,
@@ -468,19 +468,19 @@ mod tests {
     }
 
     #[test]
-    fn host_network_is_allowed_by_default_and_refused_when_closed() {
+    fn host_network_is_refused_by_default_and_allowed_when_opened() {
         let mut def = task(vec![container("app")]);
         def.network_mode = Some("host".to_owned());
-        assert_eq!(check(&def, &Policy::default()), Ok(()));
-        let policy = Policy {
-            allow_host_network: false,
-            ..Policy::default()
-        };
-        let v = violation(&def, &policy);
+        let v = violation(&def, &Policy::default());
         assert_names(&v, "allow_host_network", "networkMode");
         assert_eq!(v.container, 0);
+        let open = Policy {
+            allow_host_network: true,
+            ..Policy::default()
+        };
+        assert_eq!(check(&def, &open), Ok(()));
         def.network_mode = Some("bridge".to_owned());
-        assert_eq!(check(&def, &policy), Ok(()));
+        assert_eq!(check(&def, &Policy::default()), Ok(()));
     }
 
     #[test]

@@ -61,6 +61,20 @@ impl Agent {
         }
     }
 
+    /// Appends `lines` (TOML) to the agent's config, e.g. a policy switch
+    /// such as `allow_host_network = true`; restarts the agent when it runs.
+    pub fn configure(&mut self, lines: &str) {
+        let mut text = std::fs::read_to_string(&self.config)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", self.config.display()));
+        text.push_str(lines);
+        text.push('\n');
+        std::fs::write(&self.config, text)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.config.display()));
+        if self.proc.is_some() {
+            self.restart();
+        }
+    }
+
     /// A new host enrolled into `server` with a fresh activation (asserts
     /// `berth-agent enroll` exits 0). Not started: call [`Agent::start`].
     pub fn enroll(server: &Server, run: &RunId) -> Agent {
