@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod config;
+pub mod failpoint;
 pub mod fsutil;
 pub mod identity;
 pub mod manager;

@@ -313,6 +313,7 @@ impl Supervisor {
         }
         // Task-scoped volumes go with the task; shared ones are never berth's
         // to remove.
+        crate::failpoint::hit("after-pull");
         let volumes = crate::volumes::docker_volumes(
             &self.definition,
             &self.state.task_id,
@@ -500,6 +501,7 @@ impl Supervisor {
             let spec = self.spec(&self.containers[i].def);
             match self.rt.create(&spec).await {
                 Ok(id) => {
+                    crate::failpoint::hit("after-create");
                     self.containers[i].state.runtime_id = id;
                     // Record the id before starting, so a crash adopts it.
                     self.publish().await;
@@ -689,6 +691,7 @@ impl Supervisor {
                 .await;
             return;
         }
+        crate::failpoint::hit("after-start");
         debug!(container = %name, "container started");
         let info = self.rt.inspect(&id).await.ok().flatten();
         {
@@ -925,6 +928,7 @@ impl Supervisor {
         }
         info!(stop_code, reason, "stopping task");
         self.publish().await;
+        crate::failpoint::hit("before-stop");
         for pos in (0..self.order.len()).rev() {
             let i = self.order[pos];
             let id = self.containers[i].state.runtime_id.clone();
