@@ -142,6 +142,10 @@ struct Container {
     last_start_ms: i64,
     /// When this container began waiting for its dependencies.
     waiting_since: Option<tokio::time::Instant>,
+    /// `FinishedAt` (unix ms) of the last exit handled: the same exit can
+    /// be seen twice (an inspect right after a start, then its `die`
+    /// event), and must be acted on once.
+    handled_exit_ms: i64,
 }
 
 struct Supervisor {
@@ -202,6 +206,7 @@ impl Supervisor {
                     started,
                     last_start_ms: 0,
                     waiting_since: None,
+                    handled_exit_ms: 0,
                 }
             })
             .collect();
@@ -709,9 +714,37 @@ impl Supervisor {
         self.publish().await;
         if let Some(info) = &info
             && info.state == RunState::Exited
+            && self.first_sight_of_exit(i, info)
         {
             // It ended before we looked: handled like the event.
             self.on_exit(i, info.exit_code).await;
+        }
+    }
+
+    /// Whether `info` (an exited container) shows an exit not handled yet;
+    /// records it as handled.
+    fn first_sight_of_exit(&mut self, idx: usize, info: &ContainerInfo) -> bool {
+        let c = &mut self.containers[idx];
+        if info.finished_at_ms != 0 && info.finished_at_ms <= c.handled_exit_ms {
+            return false;
+        }
+        c.handled_exit_ms = info.finished_at_ms;
+        true
+    }
+
+    /// A `die` event: acted on only if the container is still down and this
+    /// exit was not handled already (the event may be older than a restart).
+    async fn on_died(&mut self, idx: usize, event_exit_code: Option<i64>) {
+        match self.rt.inspect(&self.containers[idx].state.runtime_id).await {
+            Ok(Some(info)) if info.state == RunState::Running => {
+                debug!(container = %self.containers[idx].def.name, "stale die event: the container runs again");
+            }
+            Ok(Some(info)) if info.state == RunState::Exited => {
+                if self.first_sight_of_exit(idx, &info) {
+                    self.on_exit(idx, info.exit_code.or(event_exit_code)).await;
+                }
+            }
+            _ => self.on_exit(idx, event_exit_code).await,
         }
     }
 
@@ -783,7 +816,7 @@ impl Supervisor {
             }
             RuntimeEvent::Died { id, exit_code } => {
                 if let Some(i) = self.index_of(&id) {
-                    self.on_exit(i, exit_code).await;
+                    self.on_died(i, exit_code).await;
                 }
             }
             RuntimeEvent::Health { id, health } => {
@@ -822,7 +855,11 @@ impl Supervisor {
                 Ok(Some(info)) => {
                     self.apply_info(i, Some(&info));
                     match info.state {
-                        RunState::Exited => self.on_exit(i, info.exit_code).await,
+                        RunState::Exited => {
+                            if self.first_sight_of_exit(i, &info) {
+                                self.on_exit(i, info.exit_code).await;
+                            }
+                        }
                         RunState::Running if self.containers[i].state.last_status != RUNNING => {
                             self.containers[i].state.last_status = RUNNING.into();
                         }
@@ -891,6 +928,7 @@ impl Supervisor {
                     self.publish().await;
                     if let Some(info) = info
                         && info.state == RunState::Exited
+                        && self.first_sight_of_exit(idx, &info)
                     {
                         Box::pin(self.on_exit(idx, info.exit_code)).await;
                     }

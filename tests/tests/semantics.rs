@@ -56,12 +56,20 @@ fn passing_check() -> Value {
 /// A fleet whose agent keeps stopped containers for 10 minutes, so that
 /// docker inspect still sees them after their task stopped.
 fn fleet() -> Fleet {
+    fleet_with_config("")
+}
+
+/// [`fleet`], with `extra` (TOML lines) added to the agent's config.
+fn fleet_with_config(extra: &str) -> Fleet {
     let run = RunId::new();
     let files = Scratch::new(&run);
     let image = TestImage::build(&run);
     let server = Server::start(&run);
     let mut agent = Agent::enroll(&server, &run);
     keep_stopped_containers(&agent);
+    if !extra.is_empty() {
+        agent.configure(extra);
+    }
     agent.start_connected(&server);
     Fleet {
         agent,
@@ -239,6 +247,19 @@ fn assert_failed_to_run(task: &Value) {
     assert_eq!(str_field(task, "desiredStatus"), "STOPPED", "task: {task}");
 }
 
+/// Container `name` of a task, once the task lists it.
+fn find_container<'a>(task: &'a Value, name: &str) -> Option<&'a Value> {
+    task["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| str_field(c, "name") == name)
+}
+
+/// A string field of container `name` of a task; "" until the task lists it.
+fn field_of<'a>(task: &'a Value, name: &str, key: &str) -> &'a str {
+    find_container(task, name).map_or("", |c| str_field(c, key))
+}
+
 fn exit_code(container: &Value) -> Option<i64> {
     container["exitCode"].as_i64()
 }
@@ -288,7 +309,7 @@ fn wait_host_port(fleet: &Fleet, task_id: &str, container: &str, container_port:
 }
 
 fn binding(task: &Value, container: &str, container_port: u64) -> Option<Value> {
-    container_of(task, container)["networkBindings"]
+    find_container(task, container)?["networkBindings"]
         .as_array()?
         .iter()
         .find(|b| b["containerPort"] == container_port)
@@ -328,7 +349,7 @@ fn depends_on_healthy_starts_the_dependent_once_its_dependency_is_healthy() {
     assert!(started_at(&db) < app_started, "db must start before app");
 
     let task = fleet.server.wait_task(&task_id, "db HEALTHY", |t| {
-        str_field(container_of(t, "db"), "healthStatus") == "HEALTHY"
+        field_of(t, "db", "healthStatus") == "HEALTHY"
     });
     assert_eq!(
         str_field(container_of(&task, "app"), "lastStatus"),
@@ -354,10 +375,9 @@ fn depends_on_complete_starts_the_dependent_after_its_dependency_exits_with_any_
     let task = fleet
         .server
         .wait_task(&task_id, "init STOPPED with exitCode 1, app RUNNING", |t| {
-            let init = container_of(t, "init");
-            str_field(init, "lastStatus") == "STOPPED"
-                && exit_code(init) == Some(1)
-                && str_field(container_of(t, "app"), "lastStatus") == "RUNNING"
+            field_of(t, "init", "lastStatus") == "STOPPED"
+                && find_container(t, "init").and_then(exit_code) == Some(1)
+                && field_of(t, "app", "lastStatus") == "RUNNING"
         });
     assert_eq!(str_field(&task, "lastStatus"), "RUNNING", "task: {task}");
 
@@ -422,10 +442,9 @@ fn depends_on_success_starts_the_dependent_after_its_dependency_exits_zero() {
         &task_id,
         "migrate STOPPED with exitCode 0, app RUNNING",
         |t| {
-            let migrate = container_of(t, "migrate");
-            str_field(migrate, "lastStatus") == "STOPPED"
-                && exit_code(migrate) == Some(0)
-                && str_field(container_of(t, "app"), "lastStatus") == "RUNNING"
+            field_of(t, "migrate", "lastStatus") == "STOPPED"
+                && find_container(t, "migrate").and_then(exit_code) == Some(0)
+                && field_of(t, "app", "lastStatus") == "RUNNING"
         },
     );
     assert_eq!(str_field(&task, "lastStatus"), "RUNNING", "task: {task}");
@@ -684,9 +703,9 @@ fn health_checks_that_pass_make_containers_and_task_healthy() {
     let task = fleet
         .server
         .wait_task(&task_id, "web and api HEALTHY, side UNHEALTHY", |t| {
-            str_field(container_of(t, "web"), "healthStatus") == "HEALTHY"
-                && str_field(container_of(t, "api"), "healthStatus") == "HEALTHY"
-                && str_field(container_of(t, "side"), "healthStatus") == "UNHEALTHY"
+            field_of(t, "web", "healthStatus") == "HEALTHY"
+                && field_of(t, "api", "healthStatus") == "HEALTHY"
+                && field_of(t, "side", "healthStatus") == "UNHEALTHY"
         });
     assert_eq!(
         str_field(&task, "healthStatus"),
@@ -726,8 +745,8 @@ fn a_failing_health_check_makes_the_container_and_task_unhealthy() {
     let task = fleet
         .server
         .wait_task(&task_id, "web UNHEALTHY and api HEALTHY", |t| {
-            str_field(container_of(t, "web"), "healthStatus") == "UNHEALTHY"
-                && str_field(container_of(t, "api"), "healthStatus") == "HEALTHY"
+            field_of(t, "web", "healthStatus") == "UNHEALTHY"
+                && field_of(t, "api", "healthStatus") == "HEALTHY"
         });
     assert_eq!(
         str_field(&task, "healthStatus"),
@@ -775,7 +794,7 @@ fn restart_policy_restarts_an_essential_container_in_place() {
     let first = fleet
         .server
         .wait_task(&task_id, "app to have a runtimeId", |t| {
-            !str_field(container_of(t, "app"), "runtimeId").is_empty()
+            !field_of(t, "app", "runtimeId").is_empty()
         });
     let runtime_id = str_field(container_of(&first, "app"), "runtimeId").to_string();
 
@@ -783,9 +802,10 @@ fn restart_policy_restarts_an_essential_container_in_place() {
         &task_id,
         "app restarted (restartCount >= 1) and RUNNING",
         |t| {
-            let app = container_of(t, "app");
-            app["restartCount"].as_u64().unwrap_or(0) >= 1
-                && str_field(app, "lastStatus") == "RUNNING"
+            find_container(t, "app")
+                .and_then(|app| app["restartCount"].as_u64())
+                .is_some_and(|n| n >= 1)
+                && field_of(t, "app", "lastStatus") == "RUNNING"
         },
     );
     assert_eq!(str_field(&task, "lastStatus"), "RUNNING", "task: {task}");
@@ -1001,7 +1021,9 @@ fn a_static_host_port_forwards_to_the_container() {
 
 #[test]
 fn host_network_mode_serves_on_the_hosts_port() {
-    let fleet = fleet();
+    // The agent's policy lets tasks use the host's network only when the
+    // operator allows it.
+    let fleet = fleet_with_config("allow_host_network = true");
     let family = fleet.family("host-net");
     let port = free_port();
     let file = def_file(
@@ -1226,7 +1248,7 @@ fn the_ecs_docs_container_dependency_example_runs() {
     let body = http_body(&format!("127.0.0.1:{host_port}"));
     assert_eq!(body.trim(), "ok");
     let task = fleet.server.wait_task(&task_id, "envoy HEALTHY", |t| {
-        str_field(container_of(t, "envoy"), "healthStatus") == "HEALTHY"
+        field_of(t, "envoy", "healthStatus") == "HEALTHY"
     });
     assert_eq!(str_field(&task, "lastStatus"), "RUNNING", "task: {task}");
 }

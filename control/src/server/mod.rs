@@ -6,7 +6,15 @@
 //! - the fleet address (TLS; client certificates optional at the TLS layer):
 //!   `Enrollment` for hosts without a certificate, `Fleet` for enrolled
 //!   agents, which must present one;
-//! - the admin address (plaintext gRPC, loopback only): `Admin`, for the CLI.
+//! - the admin address: `Admin`, for the CLI. On a loopback address it is
+//!   plaintext; on any other address it is TLS and every call must present
+//!   an admin certificate of the fleet CA (`OU=admin`, see [`ca::ADMIN_OU`]):
+//!   an agent's certificate is refused.
+//!
+//! Limits (see [`limits`]): gRPC messages are bounded per service
+//! ([`ENROLL_MAX_MESSAGE`], [`FLEET_MAX_MESSAGE`], [`ADMIN_MAX_MESSAGE`]);
+//! failed enrollments are counted per source address; every agent stream
+//! has a token bucket for its messages.
 //!
 //! State ownership: the store is the single source of truth for
 //! everything durable; [`Core`] adds the one piece of state that lives in
@@ -17,6 +25,7 @@ pub mod ca;
 pub mod enroll;
 pub mod fleet;
 pub(crate) mod fsutil;
+pub mod limits;
 pub mod placement;
 pub mod store;
 
@@ -36,6 +45,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
@@ -55,6 +65,31 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Longest lifetime of an activation.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Default lifetime of an agent's client certificate (`--cert-lifetime`).
+pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Shortest and longest `--cert-lifetime`.
+pub const MIN_CERT_LIFETIME: Duration = Duration::from_secs(10);
+pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Default lifetime of an admin certificate.
+pub const DEFAULT_ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Failed enrollments allowed per source address in [`ENROLL_FAILURE_WINDOW`].
+pub const DEFAULT_ENROLL_FAILURES: u32 = 5;
+pub const ENROLL_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Messages per second one agent stream may send on average, and at once.
+pub const DEFAULT_STREAM_RATE: u32 = 200;
+pub const DEFAULT_STREAM_BURST: u32 = 1000;
+/// Largest message `Enrollment` accepts: an activation and a CSR.
+pub const ENROLL_MAX_MESSAGE: usize = 64 * 1024;
+/// Largest message `Fleet` accepts from an agent.
+pub const FLEET_MAX_MESSAGE: usize = berth_proto::FLEET_MAX_AGENT_MESSAGE;
+/// Largest message `Fleet` sends (an assignment: every task of a host with
+/// its definition). The agent accepts up to the same size.
+pub const FLEET_MAX_SEND: usize = berth_proto::FLEET_MAX_SERVER_MESSAGE;
+/// Largest message `Admin` accepts (a task definition is at most
+/// `berth_taskdef::MAX_DEFINITION_BYTES`).
+pub const ADMIN_MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// How long a client has to finish its TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an agent has to send Hello after opening its stream.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections to drain.
@@ -71,8 +106,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Fleet API (agents, TLS). Port 0 picks a free port.
     pub listen: SocketAddr,
-    /// Admin API (CLI, plaintext); must be a loopback address. Port 0 picks
-    /// a free port.
+    /// Admin API (CLI). Loopback: plaintext. Any other address: TLS, and
+    /// every call needs an admin certificate. Port 0 picks a free port.
     pub admin_listen: SocketAddr,
     /// `host:port` agents use to reach the fleet API. Default: the listen
     /// IP, or the host name when listening on all addresses, with the bound
@@ -85,6 +120,17 @@ pub struct ServerConfig {
     pub tls_sans: Vec<String>,
     /// Activation lifetime when a token request gives none.
     pub default_token_ttl: Duration,
+    /// Lifetime of the client certificates issued to agents, at enrollment
+    /// and at every renewal.
+    pub cert_lifetime: Duration,
+    /// Failed enrollments allowed per source address and minute; 0: no
+    /// limit.
+    pub enroll_failures_per_minute: u32,
+    /// Messages per second one agent stream may send on average; 0: no
+    /// limit.
+    pub stream_rate: u32,
+    /// Messages one agent stream may send at once.
+    pub stream_burst: u32,
 }
 
 impl ServerConfig {
@@ -98,6 +144,10 @@ impl ServerConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             tls_sans: Vec::new(),
             default_token_ttl: DEFAULT_TOKEN_TTL,
+            cert_lifetime: DEFAULT_CERT_LIFETIME,
+            enroll_failures_per_minute: DEFAULT_ENROLL_FAILURES,
+            stream_rate: DEFAULT_STREAM_RATE,
+            stream_burst: DEFAULT_STREAM_BURST,
         }
     }
 
@@ -113,10 +163,6 @@ impl ServerConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error(
-        "refusing to serve the admin API on {0}: it has no authentication yet, so it listens on loopback only (for example 127.0.0.1:7421)"
-    )]
-    AdminNotLoopback(SocketAddr),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("cannot create the data dir {path}: {source}")]
@@ -134,8 +180,11 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot set up TLS for the fleet API: {0}")]
-    Tls(tonic::transport::Error),
+    #[error("cannot set up TLS for the {what} API: {source}")]
+    Tls {
+        what: &'static str,
+        source: tonic::transport::Error,
+    },
     #[error("cannot write {path}: {source}")]
     StateFile {
         path: PathBuf,
@@ -177,6 +226,13 @@ pub(crate) struct Core {
     pub(crate) heartbeat_interval: Duration,
     pub(crate) hello_timeout: Duration,
     default_token_ttl: Duration,
+    /// Lifetime of agent certificates.
+    pub(crate) cert_lifetime: time::Duration,
+    /// Failed enrollments per source address.
+    pub(crate) enroll_failures: limits::FailureLimiter,
+    /// Token bucket parameters of every agent stream.
+    pub(crate) stream_rate: u32,
+    pub(crate) stream_burst: u32,
 }
 
 impl Core {
@@ -184,8 +240,7 @@ impl Core {
         store: Box<dyn Store>,
         ca: Ca,
         advertise: String,
-        heartbeat_interval: Duration,
-        default_token_ttl: Duration,
+        cfg: &ServerConfig,
     ) -> Core {
         Core {
             store: Arc::new(Mutex::new(store)),
@@ -193,9 +248,17 @@ impl Core {
             next_session: AtomicU64::new(1),
             ca,
             advertise,
-            heartbeat_interval,
+            heartbeat_interval: cfg.heartbeat_interval,
             hello_timeout: HELLO_TIMEOUT,
-            default_token_ttl,
+            default_token_ttl: cfg.default_token_ttl,
+            cert_lifetime: time::Duration::try_from(cfg.cert_lifetime)
+                .unwrap_or(ca::CLIENT_CERT_VALIDITY),
+            enroll_failures: limits::FailureLimiter::new(
+                cfg.enroll_failures_per_minute,
+                ENROLL_FAILURE_WINDOW,
+            ),
+            stream_rate: cfg.stream_rate,
+            stream_burst: cfg.stream_burst,
         }
     }
 
@@ -240,14 +303,17 @@ impl Core {
             .sessions()
             .insert(instance_id.to_owned(), SessionHandle { id, peer, tx });
         if let Some(old) = old {
+            // Either a reconnect the server had not noticed the end of yet,
+            // or two hosts with one identity (a cloned disk or data dir).
             warn!(
                 instance_id,
-                old_peer = ?old.peer,
-                new_peer = ?peer,
-                "a newer session of this instance replaces the current one"
+                old_peer = %peer_text(old.peer),
+                new_peer = %peer_text(peer),
+                "two sessions for one instance: the newer one replaces the older; if both agents keep running, two hosts share this identity (cloned data dir?)"
             );
             let _ = old.tx.send(SessionCommand::Close(Status::aborted(format!(
-                "session replaced by a newer one of instance {instance_id}"
+                "{REPLACED_PREFIX} from {} for instance {instance_id}; if that is not this host, two hosts share this identity: enroll each host on its own",
+                peer_text(peer)
             ))));
         }
         id
@@ -298,12 +364,22 @@ impl Core {
     }
 
     /// Creates a one-time activation valid for `ttl` (the default when
-    /// `None`). Only the code's hash is stored.
-    pub(crate) async fn create_token(&self, ttl: Option<Duration>) -> Result<Token, TokenError> {
+    /// `None`), for any host or only for `hostname`. Only the code's hash is
+    /// stored.
+    pub(crate) async fn create_token(
+        &self,
+        ttl: Option<Duration>,
+        hostname: Option<&str>,
+    ) -> Result<Token, TokenError> {
         let ttl = ttl.unwrap_or(self.default_token_ttl);
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
             return Err(TokenError::Ttl(ttl));
         }
+        let hostname = match hostname.map(str::trim).filter(|h| !h.is_empty()) {
+            Some(h) if valid_hostname(h) => Some(h.to_owned()),
+            Some(h) => return Err(TokenError::Hostname(h.to_owned())),
+            None => None,
+        };
         let id = uuid::Uuid::new_v4().to_string();
         let code = random_code();
         let now = berth_proto::now_ms();
@@ -315,16 +391,18 @@ impl Core {
             expires_at_ms: now.saturating_add(ttl_ms),
             used_at_ms: None,
             instance_id: None,
+            hostname: hostname.clone(),
         };
         let expires_at_ms = record.expires_at_ms;
         self.db(move |s| s.create_activation(&record)).await?;
-        info!(activation_id = %id, expires_at_ms, "activation created");
+        info!(activation_id = %id, expires_at_ms, hostname = hostname.as_deref().unwrap_or("(any)"), "activation created");
         Ok(Token {
             activation_id: id,
             activation_code: code,
             expires_at_ms,
             ca_sha256: self.ca.sha256_hex(),
             fleet_addresses: vec![self.advertise.clone()],
+            hostname: hostname.unwrap_or_default(),
         })
     }
 }
@@ -336,19 +414,49 @@ pub enum TokenError {
         humantime::format_duration(*.0)
     )]
     Ttl(Duration),
+    #[error(
+        "invalid hostname {0:?}: use 1 to 253 letters, digits, '.', '-' or '_' (the name the host reports, as `hostname` prints it)"
+    )]
+    Hostname(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+/// The start of the status that tells an agent a newer session of its
+/// instance replaced its own; the agent recognises it.
+pub const REPLACED_PREFIX: &str = berth_proto::SESSION_REPLACED;
+
+/// A peer address for logs and messages.
+pub(crate) fn peer_text(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "an unknown address".to_owned(), |p| p.to_string())
+}
+
+/// Whether `h` may be the hostname an activation is bound to.
+fn valid_hostname(h: &str) -> bool {
+    (1..=253).contains(&h.len())
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 /// 32 characters from the URL-safe base64 alphabet: 192 bits.
+/// 32 letters and digits (~190 bits). No `-`: a code starting with one
+/// would read as a flag on the `berth-agent enroll` command line.
 fn random_code() -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bytes = [0u8; 32];
-    rand::fill(&mut bytes);
-    bytes
-        .iter()
-        .map(|b| char::from(ALPHABET[usize::from(b & 63)]))
-        .collect()
+    const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(32);
+    while out.len() < 32 {
+        let mut bytes = [0u8; 64];
+        rand::fill(&mut bytes);
+        // Rejection sampling keeps every character equally likely.
+        for b in bytes.iter().map(|b| usize::from(b & 63)) {
+            if let Some(c) = ALPHABET.get(b)
+                && out.len() < 32
+            {
+                out.push(char::from(*c));
+            }
+        }
+    }
+    out
 }
 
 /// Maps store errors to gRPC statuses; internal details go to the log.
@@ -372,8 +480,14 @@ impl Server {
     /// returns, both listeners accept connections and `<data-dir>/server.json`
     /// names their addresses.
     pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
-        if !cfg.admin_listen.ip().is_loopback() {
-            return Err(ServerError::AdminNotLoopback(cfg.admin_listen));
+        // Off loopback the admin API is reachable by others: TLS with admin
+        // certificates only.
+        let admin_tls = !cfg.admin_listen.ip().is_loopback();
+        if cfg.cert_lifetime < MIN_CERT_LIFETIME || cfg.cert_lifetime > MAX_CERT_LIFETIME {
+            return Err(ServerError::Config(format!(
+                "certificate lifetime {} is out of range (10s to 365 days)",
+                humantime::format_duration(cfg.cert_lifetime)
+            )));
         }
         if cfg.heartbeat_interval < Duration::from_millis(100)
             || cfg.heartbeat_interval > Duration::from_secs(3600)
@@ -430,51 +544,80 @@ impl Server {
         if !fleet_addr.ip().is_unspecified() {
             sans.push(fleet_addr.ip().to_string());
         }
+        if admin_tls && !admin_addr.ip().is_unspecified() {
+            sans.push(admin_addr.ip().to_string());
+        }
         sans.push(host_of(&advertise).to_owned());
         sans.extend(cfg.tls_sans.iter().cloned());
         let identity = ca.issue_server_cert(&sans)?;
         for skipped in &identity.skipped_sans {
             warn!(san = %skipped, "name left out of the server certificate");
         }
+        let server_identity = Identity::from_pem(&identity.chain_pem, &identity.key_pem);
+        // Client certificates are optional at the TLS layer (Enrollment has
+        // none); Fleet refuses a call without one.
         let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&identity.chain_pem, &identity.key_pem))
+            .identity(server_identity.clone())
             .client_ca_root(Certificate::from_pem(ca.cert_pem()))
-            .client_auth_optional(true);
+            .client_auth_optional(true)
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
+        let admin_tls_config = ServerTlsConfig::new()
+            .identity(server_identity)
+            .client_ca_root(Certificate::from_pem(ca.cert_pem()))
+            .client_auth_optional(false)
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
 
-        let core = Arc::new(Core::new(
-            store,
-            ca,
-            advertise,
-            cfg.heartbeat_interval,
-            cfg.default_token_ttl,
-        ));
+        let core = Arc::new(Core::new(store, ca, advertise, &cfg));
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let fleet_router = tonic::transport::Server::builder()
             .tls_config(tls)
-            .map_err(ServerError::Tls)?
+            .map_err(|source| ServerError::Tls {
+                what: "fleet",
+                source,
+            })?
             .tcp_nodelay(true)
-            .add_service(EnrollmentServer::new(enroll::EnrollmentService::new(
-                Arc::clone(&core),
-            )))
-            .add_service(FleetServer::new(fleet::FleetService::new(Arc::clone(
-                &core,
-            ))));
+            .add_service(
+                EnrollmentServer::new(enroll::EnrollmentService::new(Arc::clone(&core)))
+                    .max_decoding_message_size(ENROLL_MAX_MESSAGE),
+            )
+            .add_service(
+                FleetServer::new(fleet::FleetService::new(Arc::clone(&core)))
+                    .max_decoding_message_size(FLEET_MAX_MESSAGE)
+                    .max_encoding_message_size(FLEET_MAX_SEND),
+            );
         let fleet_task = tokio::spawn(fleet_router.serve_with_incoming_shutdown(
             TcpIncoming::from(fleet_listener),
             stopped(stop_rx.clone()),
         ));
-        let admin_router = tonic::transport::Server::builder().add_service(AdminServer::new(
-            admin::AdminService::new(Arc::clone(&core)),
-        ));
+        let admin_service = AdminServer::new(admin::AdminService::new(Arc::clone(&core)))
+            .max_decoding_message_size(ADMIN_MAX_MESSAGE);
+        let admin_router = if admin_tls {
+            tonic::transport::Server::builder()
+                .tls_config(admin_tls_config)
+                .map_err(|source| ServerError::Tls {
+                    what: "admin",
+                    source,
+                })?
+                .add_service(InterceptedService::new(
+                    admin_service,
+                    admin::require_admin_certificate,
+                ))
+        } else {
+            tonic::transport::Server::builder().add_service(admin_service)
+        };
         let admin_task = tokio::spawn(
             admin_router
                 .serve_with_incoming_shutdown(TcpIncoming::from(admin_listener), stopped(stop_rx)),
         );
+        if admin_tls {
+            info!(admin = %admin_addr, "the admin API is not on loopback: it speaks TLS and accepts admin certificates only");
+        }
 
         let state = serde_json::json!({
             "fleetAddr": fleet_addr.to_string(),
             "adminAddr": admin_addr.to_string(),
+            "adminTls": admin_tls,
             "advertise": core.advertise,
             "pid": std::process::id(),
         });
@@ -554,7 +697,21 @@ impl RunningServer {
     /// Creates a one-time activation in-process (what `berth token create`
     /// does over the admin API). `None`: the default lifetime.
     pub async fn create_token(&self, ttl: Option<Duration>) -> Result<Token, TokenError> {
-        self.core.create_token(ttl).await
+        self.core.create_token(ttl, None).await
+    }
+
+    /// Like [`RunningServer::create_token`], bound to one hostname.
+    pub async fn create_token_for_host(
+        &self,
+        ttl: Option<Duration>,
+        hostname: &str,
+    ) -> Result<Token, TokenError> {
+        self.core.create_token(ttl, Some(hostname)).await
+    }
+
+    /// Whether the admin API speaks TLS (it is not on loopback).
+    pub fn admin_tls(&self) -> bool {
+        !self.admin_addr.ip().is_loopback()
     }
 
     /// Whether the instance has a live session right now.
@@ -753,9 +910,10 @@ mod tests {
         let b = random_code();
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
-        assert!(
-            a.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        );
+        for _ in 0..500 {
+            let c = random_code();
+            assert_eq!(c.len(), 32);
+            assert!(c.chars().all(|c| c.is_ascii_alphanumeric()), "{c}");
+        }
     }
 }
