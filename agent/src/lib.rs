@@ -95,8 +95,12 @@ impl Running {
 /// local API. Returns once the API serves.
 pub async fn start(cfg: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<Running> {
     let data_dir = cfg.data_dir.as_path();
-    fsutil::create_private_dir(data_dir)
+    let open = fsutil::create_private_dir(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    if open {
+        tracing::warn!(data_dir = %data_dir.display(), "the data dir is accessible to group or others; it should be mode 0700 (chmod 700 it)");
+    }
+    // Refuses secret files readable by others, naming the file and the fix.
     let identity = identity::load(data_dir)?;
     runtime.ping().await?;
     let settings = Settings {

@@ -164,16 +164,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { json, config } => {
             let cfg = Config::load(&config)?;
-            let addr = api_addr(&cfg)?;
+            let certificate = certificate_status(&cfg);
+            let addr = api_addr(&cfg).map_err(|e| with_certificate_note(e, &certificate))?;
             let meta = http_get_json(&addr, "/v1/metadata")
                 .await
-                .with_context(|| format!("cannot reach the agent's local API at {addr}"))?;
+                .with_context(|| format!("cannot reach the agent's local API at {addr}"))
+                .map_err(|e| with_certificate_note(e, &certificate))?;
             let tasks = http_get_json(&addr, "/v1/tasks")
                 .await
                 .with_context(|| format!("cannot reach the agent's local API at {addr}"))?;
             if json {
                 let mut out = meta.clone();
                 out["tasks"] = tasks["tasks"].clone();
+                out["certificate"] = certificate.clone();
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 println!("instance    {}", meta["instanceId"].as_str().unwrap_or("-"));
@@ -182,6 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "connected   {}",
                     meta["connected"].as_bool().unwrap_or(false)
                 );
+                println!("certificate {}", certificate_line(&certificate));
                 println!("pending events {}", meta["pendingEvents"]);
                 println!();
                 println!(
@@ -200,6 +204,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+// ---- certificate status (issue 5): what `status` says about agent.crt ----
+
+/// `{"notBefore", "notAfter", "expired"}` of the client certificate in the
+/// data dir, or `{"error": …}` when it cannot be read.
+fn certificate_status(cfg: &Config) -> serde_json::Value {
+    let path = cfg.data_dir.join(berth_agent::identity::CERT_FILE);
+    let validity = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        .and_then(|pem| berth_agent::identity::Validity::of_pem(&pem));
+    match validity {
+        Ok(v) => {
+            let ms = |t: std::time::SystemTime| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0)
+            };
+            serde_json::json!({
+                "notBefore": berth_proto::json::time_json(ms(v.not_before)),
+                "notAfter": berth_proto::json::time_json(ms(v.not_after)),
+                "expired": v.expired_at(std::time::SystemTime::now()),
+            })
+        }
+        Err(e) => serde_json::json!({ "error": e }),
+    }
+}
+
+fn certificate_line(c: &serde_json::Value) -> String {
+    if let Some(e) = c["error"].as_str() {
+        return e.to_string();
+    }
+    let not_after = c["notAfter"].as_str().unwrap_or("-");
+    if c["expired"].as_bool() == Some(true) {
+        format!(
+            "EXPIRED at {not_after}: the control plane refuses it; enroll this host again (berth-agent enroll --force …)"
+        )
+    } else {
+        format!("valid until {not_after} (renewed automatically while connected)")
+    }
+}
+
+/// Adds what is wrong with the certificate to an error of `status`.
+fn with_certificate_note(e: anyhow::Error, c: &serde_json::Value) -> anyhow::Error {
+    if c["expired"].as_bool() == Some(true) {
+        e.context(format!("certificate {}", certificate_line(c)))
+    } else {
+        e
     }
 }
 

@@ -735,7 +735,11 @@ impl Supervisor {
     /// A `die` event: acted on only if the container is still down and this
     /// exit was not handled already (the event may be older than a restart).
     async fn on_died(&mut self, idx: usize, event_exit_code: Option<i64>) {
-        match self.rt.inspect(&self.containers[idx].state.runtime_id).await {
+        match self
+            .rt
+            .inspect(&self.containers[idx].state.runtime_id)
+            .await
+        {
             Ok(Some(info)) if info.state == RunState::Running => {
                 debug!(container = %self.containers[idx].def.name, "stale die event: the container runs again");
             }
@@ -855,10 +859,8 @@ impl Supervisor {
                 Ok(Some(info)) => {
                     self.apply_info(i, Some(&info));
                     match info.state {
-                        RunState::Exited => {
-                            if self.first_sight_of_exit(i, &info) {
-                                self.on_exit(i, info.exit_code).await;
-                            }
+                        RunState::Exited if self.first_sight_of_exit(i, &info) => {
+                            self.on_exit(i, info.exit_code).await;
                         }
                         RunState::Running if self.containers[i].state.last_status != RUNNING => {
                             self.containers[i].state.last_status = RUNNING.into();

@@ -30,6 +30,11 @@ pub enum TlsError {
     Connect { addr: String, message: String },
 }
 
+/// What the enrollment verifier says when the server's CA is not the pinned
+/// one; the TLS error that carries it ends the handshake before anything is
+/// sent.
+pub const CA_MISMATCH: &str = "the server's CA does not match the pinned digest";
+
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -151,11 +156,7 @@ impl ServerCertVerifier for PinnedCa {
         let ca = intermediates
             .iter()
             .find(|c| &cert_sha256(c) == digest)
-            .ok_or_else(|| {
-                rustls::Error::General(format!(
-                    "the server's CA does not match the pinned digest sha256:{digest}"
-                ))
-            })?;
+            .ok_or_else(|| rustls::Error::General(format!("{CA_MISMATCH} sha256:{digest}")))?;
         let mut roots = RootCertStore::empty();
         roots
             .add(ca.clone().into_owned())

@@ -2,8 +2,8 @@
 //!
 //! Accepted: `host:port`, `host` (port 7421), `[v6]:port`,
 //! `http://host[:port][/]`, `https://host[:port][/]`. The admin API speaks
-//! plaintext on loopback today, so an `https` address is parsed but refused
-//! when connecting, with a message that says so.
+//! plaintext on loopback and TLS (with an admin certificate) anywhere else:
+//! `https://` selects TLS.
 
 use std::fmt;
 

@@ -6,24 +6,31 @@
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use berth_proto::json::{format_time_ms, instance_json, task_json};
 use berth_proto::v1::admin_client::AdminClient;
 use berth_proto::v1::{
-    CreateTokenRequest, InstanceRef, ListInstancesRequest, ListTasksRequest, RunTaskRequest,
-    StopTaskRequest, Task, TaskRef, Token,
+    CreateAdminCertificateRequest, CreateTokenRequest, InstanceRef, ListInstancesRequest,
+    ListTasksRequest, RunTaskRequest, StopTaskRequest, Task, TaskRef, Token,
 };
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::info;
 
 use crate::addr::{AdminAddr, DEFAULT_ADMIN_ADDR};
 use crate::server::{DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, Server, ServerConfig};
 use crate::view;
+
+/// Files of an admin certificate directory (`berth admin-cert create --out`).
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+pub const ADMIN_CERT_FILE: &str = "admin.crt";
+pub const ADMIN_CA_FILE: &str = "ca.crt";
+/// Largest answer the CLI accepts from the admin API (task lists).
+const CLI_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// How often `--wait` asks for the task's state.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -41,6 +48,11 @@ pub struct Cli {
         default_value = DEFAULT_ADMIN_ADDR
     )]
     pub server: String,
+
+    /// Directory with the admin certificate (admin.crt, admin.key, ca.crt)
+    /// for an admin API that is not on loopback (https://…)
+    #[arg(long, global = true, env = "BERTH_ADMIN_CERT", value_name = "DIR")]
+    pub admin_cert: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -61,6 +73,34 @@ pub enum Command {
     Task(TaskCommand),
     /// Control plane and one agent in one process, against the local Docker Engine
     Dev(crate::dev::DevArgs),
+    /// Client certificates for the admin API when it is not on loopback
+    #[command(subcommand, name = "admin-cert")]
+    AdminCert(AdminCertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCertCommand {
+    /// Create an admin certificate: the key is made here and never sent;
+    /// the fleet CA signs it (over the admin API, or directly with --data-dir)
+    Create {
+        /// Where to write admin.key (0600), admin.crt and ca.crt (created 0700)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Who the certificate is for (its common name)
+        #[arg(long, value_name = "NAME", default_value = "admin")]
+        name: String,
+        /// How long the certificate is valid
+        #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = parse_duration)]
+        lifetime: Duration,
+        /// Sign with the CA in this server data dir instead of asking the
+        /// admin API (on the control plane host, e.g. before the first
+        /// remote admin exists)
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Replace an admin certificate already in --out
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -71,7 +111,8 @@ pub struct ServerArgs {
     /// Fleet API address (agents, TLS); port 0 picks a free port
     #[arg(long, env = "BERTH_SERVER_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// Admin API address (this CLI, no authentication: loopback only)
+    /// Admin API address (this CLI): plaintext on loopback; on any other
+    /// address TLS, and every call needs an admin certificate (`berth admin-cert create`)
     #[arg(long, env = "BERTH_SERVER_ADMIN_LISTEN", value_name = "ADDR", default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
     /// HOST:PORT agents use to reach the fleet API [default: the listen IP, or this host's name, and the bound port]
@@ -88,6 +129,9 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub tls_san: Vec<String>,
+    /// Lifetime of agents' client certificates; agents renew at 50–80 % of it
+    #[arg(long, env = "BERTH_SERVER_CERT_LIFETIME", value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
+    pub cert_lifetime: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +141,9 @@ pub enum TokenCommand {
         /// How long the activation stays valid
         #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
+        /// Only a host with this hostname may enroll with it
+        #[arg(long, value_name = "NAME")]
+        hostname: Option<String>,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -200,15 +247,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server(args).await,
-        Command::Token(TokenCommand::Create { ttl, json }) => {
-            let mut admin = Admin::connect(&cli.server).await?;
-            token_create(&mut admin, ttl, json).await
+        Command::Token(TokenCommand::Create {
+            ttl,
+            hostname,
+            json,
+        }) => {
+            let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
+            token_create(&mut admin, ttl, hostname, json).await
         }
         Command::Instance(cmd) => {
-            let mut admin = Admin::connect(&cli.server).await?;
+            let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
             instance(&mut admin, cmd).await
         }
-        Command::Task(cmd) => task(&cli.server, cmd).await,
+        Command::Task(cmd) => task(&cli.server, cli.admin_cert.as_deref(), cmd).await,
+        Command::AdminCert(cmd) => admin_cert(&cli.server, cli.admin_cert.as_deref(), cmd).await,
         Command::Dev(args) => {
             init_tracing();
             let signal = shutdown_signal()?;
@@ -238,6 +290,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         admin_listen: args.admin_listen,
         advertise: args.advertise.filter(|a| !a.trim().is_empty()),
         heartbeat_interval: args.heartbeat_interval,
+        cert_lifetime: args.cert_lifetime,
         tls_sans: args
             .tls_san
             .into_iter()
@@ -311,26 +364,47 @@ struct Admin {
 }
 
 impl Admin {
-    async fn connect(addr: &str) -> anyhow::Result<Admin> {
+    /// Connects to the admin API: plaintext for `host:port` and `http://`,
+    /// TLS with the admin certificate in `admin_cert` for `https://`.
+    async fn connect(addr: &str, admin_cert: Option<&Path>) -> anyhow::Result<Admin> {
         let addr = AdminAddr::parse(addr)?;
-        if addr.tls {
-            bail!(
-                "cannot reach the berth admin API at {}: the admin API does not speak TLS yet; use {addr} or http://{addr}",
-                addr.uri()
-            );
-        }
-        let endpoint = Endpoint::from_shared(addr.uri())
+        let mut endpoint = Endpoint::from_shared(addr.uri())
             .with_context(|| format!("invalid admin address {addr}"))?
             .connect_timeout(Duration::from_secs(5));
+        if addr.tls {
+            let dir = admin_cert.ok_or_else(|| {
+                anyhow!(
+                    "the admin API at {} needs an admin certificate: pass --admin-cert DIR (or set BERTH_ADMIN_CERT); create one on the control plane host with `berth admin-cert create --out DIR`",
+                    addr.uri()
+                )
+            })?;
+            let files = AdminCertFiles::load(dir)?;
+            // tonic's TLS takes rustls' process-wide provider; berth uses ring.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&files.ca_pem))
+                .identity(Identity::from_pem(&files.cert_pem, &files.key_pem))
+                .domain_name(addr.host.clone());
+            endpoint = endpoint
+                .tls_config(tls)
+                .with_context(|| format!("cannot set up TLS for {}", addr.uri()))?;
+        }
         let channel = endpoint.connect().await.map_err(|e| {
+            let hint = if addr.tls {
+                scheme_hint(&addr)
+            } else {
+                String::new()
+            };
             anyhow!(
-                "cannot reach the berth admin API at {addr}: {}",
+                "cannot reach the berth admin API at {addr}: {}{hint}",
                 error_chain(&e)
             )
         })?;
         Ok(Admin {
             addr,
-            client: AdminClient::new(channel),
+            client: AdminClient::new(channel)
+                .max_decoding_message_size(CLI_MAX_MESSAGE)
+                .max_encoding_message_size(crate::server::ADMIN_MAX_MESSAGE),
         })
     }
 
@@ -341,12 +415,20 @@ impl Admin {
         } else {
             status.message().to_owned()
         };
+        // A connection that failed below gRPC: TLS refused, or plaintext
+        // and TLS mixed up.
+        let transport = status.source().is_some()
+            || message.contains("h2 protocol error")
+            || message.contains("transport error");
         match status.code() {
-            Code::Unavailable | Code::Unknown if status.source().is_some() => anyhow!(
-                "cannot reach the berth admin API at {}: {}",
-                self.addr,
-                error_chain(&status)
-            ),
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled if transport => {
+                anyhow!(
+                    "cannot reach the berth admin API at {}: {}{}",
+                    self.addr,
+                    error_chain(&status),
+                    scheme_hint(&self.addr)
+                )
+            }
             _ => anyhow!(message),
         }
     }
@@ -361,6 +443,156 @@ impl Admin {
         r.map(tonic::Response::into_inner)
             .map_err(|s| self.status(s))
     }
+}
+
+/// What to try when a connection to the admin API fails: the other scheme.
+fn scheme_hint(addr: &AdminAddr) -> String {
+    if addr.tls {
+        " (the admin API on a loopback address speaks plaintext: use http:// or host:port there; off loopback, check --admin-cert)"
+            .to_owned()
+    } else {
+        format!(
+            " (an admin API that listens off loopback speaks TLS: use https://{addr} with --admin-cert DIR)"
+        )
+    }
+}
+
+/// An admin certificate directory, read.
+struct AdminCertFiles {
+    cert_pem: String,
+    key_pem: String,
+    ca_pem: String,
+}
+
+impl AdminCertFiles {
+    /// Reads `dir`; refuses a key readable by group or others.
+    fn load(dir: &Path) -> anyhow::Result<AdminCertFiles> {
+        use std::os::unix::fs::PermissionsExt;
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read_to_string(&p).with_context(|| {
+                format!(
+                    "cannot read {} (an admin certificate directory holds {ADMIN_CERT_FILE}, {ADMIN_KEY_FILE} and {ADMIN_CA_FILE})",
+                    p.display()
+                )
+            })
+        };
+        let key_path = dir.join(ADMIN_KEY_FILE);
+        if let Ok(meta) = std::fs::metadata(&key_path) {
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                bail!(
+                    "{} is readable by group or others (mode {:04o}): it holds a private key; run `chmod 600 {}`",
+                    key_path.display(),
+                    mode & 0o7777,
+                    key_path.display()
+                );
+            }
+        }
+        Ok(AdminCertFiles {
+            cert_pem: read(ADMIN_CERT_FILE)?,
+            key_pem: read(ADMIN_KEY_FILE)?,
+            ca_pem: read(ADMIN_CA_FILE)?,
+        })
+    }
+}
+
+/// `berth admin-cert create`: a key and CSR made here, signed by the fleet
+/// CA, written to `--out`.
+async fn admin_cert(
+    server: &str,
+    admin_cert: Option<&Path>,
+    cmd: AdminCertCommand,
+) -> anyhow::Result<()> {
+    let AdminCertCommand::Create {
+        out,
+        name,
+        lifetime,
+        data_dir,
+        force,
+    } = cmd;
+    let name = name.trim().to_owned();
+    if !crate::server::ca::valid_admin_name(&name) {
+        bail!("invalid --name {name:?}: use 1 to 64 letters, digits, '.', '_', '@' or '-'");
+    }
+    if lifetime < Duration::from_secs(60) || lifetime > crate::server::MAX_CERT_LIFETIME {
+        bail!(
+            "--lifetime {} is out of range (1m to 365 days)",
+            humantime::format_duration(lifetime)
+        );
+    }
+    let key_path = out.join(ADMIN_KEY_FILE);
+    if key_path.exists() && !force {
+        bail!(
+            "{} already holds an admin certificate; use --force to replace it",
+            out.display()
+        );
+    }
+    let key = rcgen::KeyPair::generate().map_err(|e| anyhow!("cannot create a key: {e}"))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name.clone());
+    let csr_pem = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| anyhow!("cannot create a certificate signing request: {e}"))?;
+    let (cert_pem, ca_pem, not_after_ms) = match data_dir {
+        Some(dir) => {
+            let ca =
+                tokio::task::spawn_blocking(move || crate::server::ca::Ca::load_existing(&dir))
+                    .await
+                    .map_err(|e| anyhow!("cannot load the fleet CA: {e}"))??;
+            let lifetime =
+                time::Duration::try_from(lifetime).map_err(|e| anyhow!("--lifetime: {e}"))?;
+            let issued = ca.issue_admin_cert(&csr_pem, &name, lifetime)?;
+            (
+                issued.pem.clone(),
+                ca.cert_pem().to_owned(),
+                issued.not_after_ms(),
+            )
+        }
+        None => {
+            let mut admin = Admin::connect(server, admin_cert).await?;
+            let r = admin
+                .client
+                .create_admin_certificate(CreateAdminCertificateRequest {
+                    csr_pem,
+                    name: name.clone(),
+                    lifetime_seconds: lifetime.as_secs(),
+                })
+                .await;
+            let c = r.map_err(|s| admin.status(s))?.into_inner();
+            (c.certificate_pem, c.ca_pem, c.not_after_ms)
+        }
+    };
+    let write = |file: &str, data: &[u8], mode: u32| {
+        let p = out.join(file);
+        crate::server::fsutil::write_atomic(&p, data, mode)
+            .with_context(|| format!("cannot write {}", p.display()))
+    };
+    let open = crate::server::fsutil::create_private_dir(&out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    if open {
+        eprintln!(
+            "warning: {} is accessible to group or others; it should be mode 0700",
+            out.display()
+        );
+    }
+    write(ADMIN_KEY_FILE, key.serialize_pem().as_bytes(), 0o600)?;
+    write(ADMIN_CERT_FILE, cert_pem.as_bytes(), 0o644)?;
+    write(ADMIN_CA_FILE, ca_pem.as_bytes(), 0o644)?;
+    let expires = format_time_ms(not_after_ms).unwrap_or_else(|| "-".into());
+    println!(
+        "admin certificate for {name} written to {} (expires {expires})",
+        out.display()
+    );
+    println!(
+        "use it with: berth --server https://HOST:7421 --admin-cert {} …",
+        out.display()
+    );
+    Ok(())
 }
 
 fn print_json(v: &Value) -> anyhow::Result<()> {
@@ -402,11 +634,17 @@ pub fn token_json(token: &Token) -> anyhow::Result<Value> {
         "activationCode": token.activation_code,
         "expiresAt": berth_proto::json::time_json(token.expires_at_ms),
         "caHash": format!("sha256:{}", token.ca_sha256),
+        "hostname": (!token.hostname.is_empty()).then_some(&token.hostname),
         "enrollCommand": enroll_command(token)?,
     }))
 }
 
-async fn token_create(admin: &mut Admin, ttl: Duration, json: bool) -> anyhow::Result<()> {
+async fn token_create(
+    admin: &mut Admin,
+    ttl: Duration,
+    hostname: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
     if ttl < Duration::from_secs(1) {
         bail!("--ttl must be at least 1s");
     }
@@ -414,6 +652,7 @@ async fn token_create(admin: &mut Admin, ttl: Duration, json: bool) -> anyhow::R
         .client
         .create_token(CreateTokenRequest {
             ttl_seconds: ttl.as_secs(),
+            hostname: hostname.unwrap_or_default(),
         })
         .await;
     let token = r.map_err(|s| admin.status(s))?.into_inner();
@@ -427,6 +666,9 @@ async fn token_create(admin: &mut Admin, ttl: Duration, json: bool) -> anyhow::R
         "Expires at:      {expires} (in {})",
         humantime::format_duration(Duration::from_secs(ttl.as_secs()))
     );
+    if !token.hostname.is_empty() {
+        println!("Only for host:   {}", token.hostname);
+    }
     println!();
     println!("Enroll a host by running this on it (the code works once):");
     println!();
@@ -476,11 +718,11 @@ async fn instance(admin: &mut Admin, cmd: InstanceCommand) -> anyhow::Result<()>
     }
 }
 
-async fn task(server: &str, cmd: TaskCommand) -> anyhow::Result<()> {
+async fn task(server: &str, admin_cert: Option<&Path>, cmd: TaskCommand) -> anyhow::Result<()> {
     match cmd {
-        TaskCommand::Run(args) => task_run(server, args).await,
+        TaskCommand::Run(args) => task_run(server, admin_cert, args).await,
         TaskCommand::Ls { instance, json } => {
-            let mut admin = Admin::connect(server).await?;
+            let mut admin = Admin::connect(server, admin_cert).await?;
             let r = admin
                 .client
                 .list_tasks(ListTasksRequest {
@@ -496,7 +738,7 @@ async fn task(server: &str, cmd: TaskCommand) -> anyhow::Result<()> {
             }
         }
         TaskCommand::Describe { id, json } => {
-            let mut admin = Admin::connect(server).await?;
+            let mut admin = Admin::connect(server, admin_cert).await?;
             let t = admin.describe_task(&id).await?;
             if json {
                 print_json(&task_value(&t))
@@ -512,7 +754,7 @@ async fn task(server: &str, cmd: TaskCommand) -> anyhow::Result<()> {
             wait_timeout,
             json,
         } => {
-            let mut admin = Admin::connect(server).await?;
+            let mut admin = Admin::connect(server, admin_cert).await?;
             let r = admin
                 .client
                 .stop_task(StopTaskRequest {
@@ -535,7 +777,11 @@ async fn task(server: &str, cmd: TaskCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn task_run(server: &str, args: TaskRunArgs) -> anyhow::Result<()> {
+async fn task_run(
+    server: &str,
+    admin_cert: Option<&Path>,
+    args: TaskRunArgs,
+) -> anyhow::Result<()> {
     let path = &args.task_definition;
     let definition = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read task definition {}", path.display()))?;
@@ -544,7 +790,7 @@ async fn task_run(server: &str, args: TaskRunArgs) -> anyhow::Result<()> {
     for w in &parsed.warnings {
         eprintln!("warning: {}: {w}", path.display());
     }
-    let mut admin = Admin::connect(server).await?;
+    let mut admin = Admin::connect(server, admin_cert).await?;
     let r = admin
         .client
         .run_task(RunTaskRequest {
@@ -672,6 +918,7 @@ mod tests {
             Command::Server(a) => {
                 assert_eq!(a.tls_san, ["a", "b"]);
                 assert_eq!(a.heartbeat_interval, Duration::from_secs(10));
+                assert_eq!(a.cert_lifetime, crate::server::DEFAULT_CERT_LIFETIME);
                 assert_eq!(a.admin_listen.to_string(), "127.0.0.1:7421");
             }
             other => panic!("unexpected {other:?}"),
@@ -703,6 +950,7 @@ mod tests {
             expires_at_ms: 1_700_000_000_000,
             ca_sha256: "ab".into(),
             fleet_addresses: vec!["berth.example:7420".into()],
+            hostname: String::new(),
         };
         assert_eq!(
             enroll_command(&t).expect("line"),

@@ -61,6 +61,12 @@ pub async fn run(
         }
         None => None,
     };
+    if !args.admin_listen.ip().is_loopback() {
+        bail!(
+            "berth dev serves the admin API on loopback only, not on {}; use `berth server` for an admin API with admin certificates",
+            args.admin_listen
+        );
+    }
     let data_dir = absolute(&args.data_dir)?;
     berth_agent::fsutil::create_private_dir(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;

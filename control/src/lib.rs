@@ -12,8 +12,12 @@
 //!
 //! - [`server`]: [`Server::start`] binds two listeners. The fleet address
 //!   (TLS, client certificates from the fleet CA) serves `Enrollment` to
-//!   hosts without a certificate and `Fleet` to enrolled agents; the admin
-//!   address (plaintext, loopback only) serves `Admin` to the CLI.
+//!   hosts without a certificate and `Fleet` (sessions, certificate
+//!   renewal) to enrolled agents; the admin address serves `Admin` to the
+//!   CLI: plaintext on loopback, TLS requiring an admin certificate
+//!   (`OU=admin`, from `berth admin-cert create`) anywhere else.
+//! - [`server::limits`]: failed enrollments per source address, and a token
+//!   bucket per agent stream; message sizes are bounded per service.
 //! - [`server::store`]: every durable fact is in SQLite behind the
 //!   [`server::store::Store`] trait; multi-row changes are transactions, an
 //!   instance's assignment generation moves in the same transaction as its
@@ -35,12 +39,15 @@
 //!
 //! # Limitations
 //!
-//! - The admin API has no authentication and therefore refuses to listen
-//!   off loopback; admin mTLS comes later.
-//! - Client certificates are valid for 30 days and the protocol has no
-//!   renewal yet; an agent whose certificate expired has to enroll again.
-//!   Deregistration is enforced by the instance's status, not by
-//!   revocation lists.
+//! - On loopback the admin API trusts every local user of the machine.
+//!   Admin certificates cannot be revoked one by one (there is no list of
+//!   issued ones); keep their lifetime short.
+//! - Agent certificates live `--cert-lifetime` (30 days) and are renewed by
+//!   the agent over its session; an agent that stays away until its
+//!   certificate expired has to enroll again. Deregistration is enforced by
+//!   the instance's status, not by revocation lists. A session authenticated
+//!   with a certificate may outlive it (renewal needs a valid one).
+//! - Rate limits are in memory and per process.
 //! - One control plane process per data dir; no high availability. The
 //!   schema is portable to PostgreSQL, but only SQLite is implemented.
 //! - Stopped tasks are kept forever (no garbage collection yet).

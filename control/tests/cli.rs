@@ -276,23 +276,67 @@ async fn server_command_logs_ready_and_stops_on_sigterm() -> Result {
     let status = tokio::time::timeout(DEADLINE, child.wait()).await??;
     assert_eq!(status.code(), Some(0));
 
-    // A non-loopback admin address is refused.
-    let out = finish(
+    // A non-loopback admin address serves TLS with admin certificates
+    // only: the plaintext CLI and a CLI without a certificate are refused.
+    let tls_data = dir.path().join("tls");
+    let mut child = Command::new(BERTH)
+        .arg("server")
+        .arg("--data-dir")
+        .arg(&tls_data)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let state: serde_json::Value = loop {
+        if let Ok(bytes) = std::fs::read(tls_data.join("server.json"))
+            && let Ok(v) = serde_json::from_slice(&bytes)
+        {
+            break v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no server.json from a server with a non-loopback admin address"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(state["adminTls"], true, "{state}");
+    let port = state["adminAddr"]
+        .as_str()
+        .and_then(|a| a.rsplit_once(':'))
+        .map(|(_, p)| p.to_owned())
+        .ok_or("no admin port")?;
+    let cli = |server: String| {
         Command::new(BERTH)
-            .arg("server")
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"])
+            .args(["--server", &server, "instance", "ls"])
+            .env_remove("BERTH_ADMIN_CERT")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()?,
-    )
-    .await?;
+            .spawn()
+    };
+    let out = finish(cli(format!("https://127.0.0.1:{port}"))?).await?;
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("refusing to serve the admin API on 0.0.0.0:0"),
+        text(&out.stderr).contains("needs an admin certificate: pass --admin-cert DIR"),
         "{}",
         text(&out.stderr)
     );
+    let out = finish(cli(format!("127.0.0.1:{port}"))?).await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot reach the berth admin API")
+            && text(&out.stderr).contains("speaks TLS: use https://"),
+        "{}",
+        text(&out.stderr)
+    );
+    let pid = child.id().ok_or("no pid")?;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    assert!(killed.success());
+    let status = tokio::time::timeout(DEADLINE, child.wait()).await??;
+    assert_eq!(status.code(), Some(0));
     Ok(())
 }

@@ -34,7 +34,10 @@ async fn enroll_connect_run_and_replay() -> Result {
 
     let mut admin = admin_client(server.admin_addr()).await?;
     let token = admin
-        .create_token(CreateTokenRequest { ttl_seconds: 0 })
+        .create_token(CreateTokenRequest {
+            ttl_seconds: 0,
+            ..CreateTokenRequest::default()
+        })
         .await?
         .into_inner();
     assert_eq!(token.ca_sha256, server.ca_sha256());

@@ -2,7 +2,8 @@
 //!
 //! Generated from `proto/berth/v1/berth.proto` at build time. Three services:
 //! `Enrollment` (no client certificate), `Fleet` (mutual TLS, one stream per
-//! agent) and `Admin` (the CLI, loopback).
+//! agent, certificate renewal) and `Admin` (the CLI: plaintext on loopback,
+//! TLS with an admin certificate elsewhere).
 #![forbid(unsafe_code)]
 #![allow(clippy::all, missing_docs)]
 
@@ -13,6 +14,16 @@ pub mod v1 {
 pub use v1::*;
 
 pub mod json;
+
+/// Largest message an agent sends on `Fleet` (the server refuses larger).
+pub const FLEET_MAX_AGENT_MESSAGE: usize = 4 * 1024 * 1024;
+/// Largest message the server sends on `Fleet` (an assignment: every task
+/// of a host with its definition); the agent accepts up to this size.
+pub const FLEET_MAX_SERVER_MESSAGE: usize = 32 * 1024 * 1024;
+/// How the status that ends a session replaced by a newer session of the
+/// same instance begins (code ABORTED). An agent that reads it knows another
+/// process with its identity connected: a cloned host.
+pub const SESSION_REPLACED: &str = "session replaced by a newer one";
 
 /// Milliseconds since the Unix epoch; the protocol's time unit.
 pub fn now_ms() -> i64 {

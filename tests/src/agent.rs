@@ -133,6 +133,13 @@ impl Agent {
     /// `<tmp>/agent.log`) and waits for `<data_dir>/agent-api.json`
     /// (`{"apiAddr": "127.0.0.1:PORT", "instanceId": "i-…"}`).
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// [`Agent::start`] with extra environment variables for this run only,
+    /// e.g. `[("BERTH_FAILPOINTS", "after-create")]`. A later
+    /// [`Agent::start`] runs without them.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.proc.is_none(), "the agent is already running");
         let ready = self.data_dir.join("agent-api.json");
         // A file left by a previous run would name a port nobody listens on.
@@ -143,6 +150,7 @@ impl Agent {
         }
         let mut cmd = clean_command(&agent_bin());
         cmd.arg("run").arg("--config").arg(&self.config);
+        cmd.envs(env.iter().copied());
         let mut proc = Proc::spawn("berth-agent", &mut cmd, &self.log);
         let (api_addr, instance_id) = wait_for(
             &format!("berth-agent to write {}", ready.display()),
@@ -248,6 +256,74 @@ impl Agent {
             self.log_tail()
         );
         self.start();
+    }
+
+    /// `Some(status)` once the agent process has exited by itself (a
+    /// failpoint abort, a crash); the process is then forgotten, so
+    /// [`Agent::start`] can run the agent again. `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.proc.as_mut()?.exited()?;
+        drop(self.proc.take());
+        Some(status)
+    }
+
+    /// Points the enrolled identity at another fleet address of the same
+    /// control plane (a proxy in front of it): rewrites the `server` field
+    /// of `<data_dir>/identity.json`, which the agent connects to. Takes
+    /// effect at the next start.
+    pub fn set_server(&self, url: &str) {
+        let path = self.data_dir.join("identity.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let mut json: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+        assert!(
+            json.get("server").is_some(),
+            "{} has no server field: {text}",
+            path.display()
+        );
+        json["server"] = Value::String(url.to_string());
+        std::fs::write(&path, json.to_string())
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+
+    /// Moves the agent's data (identity, state; regular files only) to
+    /// `dir` and points the config's `data_dir` at it, e.g. a small
+    /// filesystem the test can fill. The agent must not be running.
+    pub fn set_data_dir(&mut self, dir: &Path) {
+        assert!(self.proc.is_none(), "stop the agent before moving its data");
+        for entry in std::fs::read_dir(&self.data_dir)
+            .unwrap_or_else(|e| panic!("cannot list {}: {e}", self.data_dir.display()))
+            .filter_map(Result::ok)
+        {
+            let from = entry.path();
+            if !from.is_file() {
+                continue;
+            }
+            let to = dir.join(entry.file_name());
+            std::fs::copy(&from, &to).unwrap_or_else(|e| {
+                panic!("cannot copy {} to {}: {e}", from.display(), to.display())
+            });
+        }
+        let text = std::fs::read_to_string(&self.config)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", self.config.display()));
+        let line = format!("data_dir = {}", toml_string(&dir.to_string_lossy()));
+        let mut replaced = false;
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("data_dir") {
+                    replaced = true;
+                    line.clone()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        assert!(replaced, "{} has no data_dir line", self.config.display());
+        std::fs::write(&self.config, lines.join("\n") + "\n")
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.config.display()));
+        self.data_dir = dir.to_path_buf();
     }
 
     /// Whether the agent process is running (started and not exited).

@@ -20,6 +20,10 @@
 //!   and removes its containers before images and registries go.
 //! - No sleeps as synchronisation: [`wait_for`] polls a condition until a
 //!   generous deadline and panics with the last state it saw.
+//! - Faults are made with real things the test owns: a [`Proxy`] that can
+//!   blackhole the agent's link, a private [`Dockerd`] that can be stopped
+//!   and started, a [`Tmpfs`] that can be filled; what the control plane
+//!   applied is read from its log ([`applied_events`]).
 //!
 //! # What the harness relies on from the binaries
 //! - `berth server --data-dir D --listen 127.0.0.1:0 --admin-listen
@@ -38,34 +42,50 @@
 //!   "127.0.0.1:0"` and `container_cleanup_delay = "0s"`; the agent writes
 //!   `<data_dir>/agent-api.json` (`{"apiAddr": "127.0.0.1:P", "instanceId":
 //!   "i-…"}`) once its local API serves.
+//! - The agent connects to the `server` of `<data_dir>/identity.json`
+//!   ([`Agent::set_server`]); `BERTH_FAILPOINTS=<point>` makes it abort at a
+//!   failpoint ([`Agent::start_with_env`]).
+//! - The server logs every agent event it applies, at `info`, as `task event
+//!   applied sequence=N last_status=S` inside the spans
+//!   `session{instance_id=…}` and `task{task_id=…}` ([`applied_events`]).
 //!
 //! # Limitations
 //! The binaries are not built by the tests: run `cargo build --workspace
 //! --bins` first (`scripts/test.sh` does). The registry is Debian's
-//! `docker-registry` (`scripts/setup.sh` installs it).
+//! `docker-registry` (`scripts/setup.sh` installs it). The fault tests run
+//! as root: [`Dockerd`] needs `dockerd` and `unshare` (util-linux),
+//! [`Tmpfs`] needs `mount`.
 
 mod agent;
+mod applied;
 mod dev;
 mod docker;
+mod dockerd;
 mod fixture;
 mod http;
 mod process;
+mod proxy;
 mod registry;
 mod server;
 mod taskdef;
+mod tmpfs;
 mod wait;
 
 pub use agent::Agent;
+pub use applied::{AppliedEvent, applied_events, assert_every_event_applied_once, statuses_of};
 pub use dev::Dev;
 pub use docker::{
     TestImage, containers_of, docker, docker_json, docker_ok, remove_labelled, short_id,
 };
+pub use dockerd::Dockerd;
 pub use fixture::Fleet;
 pub use http::http_get;
 pub use process::Proc;
+pub use proxy::Proxy;
 pub use registry::{PushedImage, Registry};
 pub use server::{Activation, Cli, Server};
 pub use taskdef::{EXITS_ZERO, LONG_RUNNING, Scratch, container_of, task_def};
+pub use tmpfs::Tmpfs;
 pub use wait::{DEADLINE, Observe, wait_for};
 
 use std::fmt::Write as _;

@@ -115,6 +115,20 @@ impl Cli {
         )
     }
 
+    /// Waits until `berth instance ls` shows the instance with
+    /// `agentConnected: false`; returns it.
+    pub fn wait_disconnected(&self, instance_id: &str) -> Value {
+        wait_for(
+            &format!("instance {instance_id} to show agentConnected: false"),
+            DEADLINE,
+            || match self.instance(instance_id) {
+                Some(i) if i.get("agentConnected") == Some(&Value::Bool(false)) => Ok(i),
+                Some(i) => Err(format!("instance: {i}")),
+                None => Err(format!("{instance_id} not in `berth instance ls`")),
+            },
+        )
+    }
+
     /// `berth task ls --json` (an array, or an object with `tasks`).
     pub fn tasks(&self) -> Vec<Value> {
         list_of(&self.json(&["task", "ls", "--json"]), "tasks")
@@ -297,6 +311,14 @@ impl Server {
             },
         );
         self.proc = proc;
+    }
+
+    /// The server's log files, oldest first: `server.log`, then one
+    /// `server-N.log` per [`Server::restart`].
+    pub fn log_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.dir.path().join("server.log")];
+        paths.extend((1..=self.restarts).map(|n| self.dir.path().join(format!("server-{n}.log"))));
+        paths
     }
 
     /// Panics with the log tail when the server has exited.

@@ -1,4 +1,8 @@
-//! The `Admin` service: what the `berth` CLI calls, on loopback only.
+//! The `Admin` service: what the `berth` CLI calls. On loopback it is
+//! plaintext; anywhere else the listener speaks TLS and
+//! [`require_admin_certificate`] runs before every call: the client
+//! certificate (already checked by TLS against the fleet CA) must carry the
+//! admin marker, so an agent's certificate is refused.
 //!
 //! Reads combine the store with the session registry: `agentConnected`
 //! comes from the registry, and a task on an instance without a live
@@ -11,18 +15,19 @@ use std::time::Duration;
 
 use berth_proto::v1::admin_server::Admin;
 use berth_proto::v1::{
-    CreateTokenRequest, Instance, InstanceRef, ListInstancesRequest, ListInstancesResponse,
-    ListTasksRequest, ListTasksResponse, Resources, RunTaskRequest, StopTaskRequest, Task, TaskRef,
-    Token,
+    AdminCertificate, CreateAdminCertificateRequest, CreateTokenRequest, Instance, InstanceRef,
+    ListInstancesRequest, ListInstancesResponse, ListTasksRequest, ListTasksResponse, Resources,
+    RunTaskRequest, StopTaskRequest, Task, TaskRef, Token,
 };
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span};
 
+use super::ca::{CaError, subject_of};
 use super::placement::{Candidate, Need, PlacementError, place};
 use super::store::{
     ACTIVE, InstanceRecord, PENDING, RUNNING, STOPPED, StoreError, TaskRecord, Usage,
 };
-use super::{Core, TokenError, store_status};
+use super::{Core, DEFAULT_ADMIN_CERT_LIFETIME, MAX_CERT_LIFETIME, TokenError, store_status};
 
 /// Stop code and reason of `StopTask` without a reason.
 pub const USER_STOP_CODE: &str = "UserInitiated";
@@ -84,6 +89,31 @@ pub(crate) fn task_message(t: &TaskRecord, connected: bool) -> Task {
     }
 }
 
+/// The interceptor of the admin API off loopback: the caller's client
+/// certificate must be an admin certificate of the fleet CA.
+pub fn require_admin_certificate(request: Request<()>) -> Result<Request<()>, Status> {
+    let certs = request.peer_certs();
+    let leaf = certs.as_deref().and_then(|c| c.first()).ok_or_else(|| {
+        Status::unauthenticated(
+            "the admin API needs an admin certificate: create one with `berth admin-cert create --out DIR` on the control plane host and pass --admin-cert DIR",
+        )
+    })?;
+    let subject = subject_of(leaf)
+        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+    if !subject.admin {
+        tracing::warn!(
+            common_name = %subject.common_name,
+            peer = %super::peer_text(request.remote_addr()),
+            "admin call refused: not an admin certificate"
+        );
+        return Err(Status::permission_denied(format!(
+            "the client certificate of {:?} is not an admin certificate; create one with `berth admin-cert create --out DIR`",
+            subject.common_name
+        )));
+    }
+    Ok(request)
+}
+
 fn placement_status(e: PlacementError) -> Status {
     match e {
         PlacementError::NoSuchInstance(_) => Status::not_found(e.to_string()),
@@ -114,15 +144,63 @@ impl Admin for AdminService {
         &self,
         request: Request<CreateTokenRequest>,
     ) -> Result<Response<Token>, Status> {
-        let ttl = match request.into_inner().ttl_seconds {
+        let req = request.into_inner();
+        let ttl = match req.ttl_seconds {
             0 => None,
             s => Some(Duration::from_secs(s)),
         };
-        let token = self.core.create_token(ttl).await.map_err(|e| match e {
-            TokenError::Ttl(_) => Status::invalid_argument(e.to_string()),
-            TokenError::Store(e) => store_status(e),
-        })?;
+        let hostname = Some(req.hostname.as_str()).filter(|h| !h.trim().is_empty());
+        let token = self
+            .core
+            .create_token(ttl, hostname)
+            .await
+            .map_err(|e| match e {
+                TokenError::Ttl(_) | TokenError::Hostname(_) => {
+                    Status::invalid_argument(e.to_string())
+                }
+                TokenError::Store(e) => store_status(e),
+            })?;
         Ok(Response::new(token))
+    }
+
+    async fn create_admin_certificate(
+        &self,
+        request: Request<CreateAdminCertificateRequest>,
+    ) -> Result<Response<AdminCertificate>, Status> {
+        let req = request.into_inner();
+        let name = req.name.trim().to_owned();
+        let lifetime = match req.lifetime_seconds {
+            0 => DEFAULT_ADMIN_CERT_LIFETIME,
+            s => Duration::from_secs(s),
+        };
+        if lifetime > MAX_CERT_LIFETIME {
+            return Err(Status::invalid_argument(format!(
+                "admin certificate lifetime {} is out of range: at most 365 days",
+                humantime::format_duration(lifetime)
+            )));
+        }
+        let lifetime = time::Duration::try_from(lifetime)
+            .map_err(|e| Status::invalid_argument(format!("lifetime: {e}")))?;
+        let issued = self
+            .core
+            .ca
+            .issue_admin_cert(&req.csr_pem, &name, lifetime)
+            .map_err(|e| match e {
+                CaError::BadCsr(_) | CaError::AdminName(_) => {
+                    Status::invalid_argument(e.to_string())
+                }
+                other => {
+                    tracing::error!(error = %other, "cannot sign an admin certificate");
+                    Status::internal(other.to_string())
+                }
+            })?;
+        info!(admin = %name, not_after = %issued.not_after, "admin certificate issued");
+        Ok(Response::new(AdminCertificate {
+            not_after_ms: issued.not_after_ms(),
+            certificate_pem: issued.pem,
+            ca_pem: self.core.ca.cert_pem().to_owned(),
+            name,
+        }))
     }
 
     async fn list_instances(

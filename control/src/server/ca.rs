@@ -8,11 +8,18 @@
 //!   fresh at every start, so SAN changes (`--tls-san`, `--advertise`) take
 //!   effect with a restart;
 //! - client certificates carry the instance id as their common name: that is
-//!   the only identity the fleet service trusts.
+//!   the only identity the fleet service trusts;
+//! - admin certificates carry `OU=admin` ([`ADMIN_OU`]); agent certificates
+//!   never do (their subject is the common name alone, whatever the CSR
+//!   asked for), so an agent's certificate is never an admin's and an
+//!   admin's is never accepted as an agent's;
+//! - `ca.key` readable by group or others is refused at start, naming the
+//!   file and the fix.
 
 use std::fs;
 use std::io;
 use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -26,9 +33,17 @@ use time::{Duration, OffsetDateTime};
 pub const CA_COMMON_NAME: &str = "berth fleet CA";
 /// Validity of the fleet CA certificate.
 pub const CA_VALIDITY: Duration = Duration::days(3650);
-/// Validity of an agent's client certificate.
+/// Validity of an agent's client certificate (default of `--cert-lifetime`).
 pub const CLIENT_CERT_VALIDITY: Duration = Duration::days(30);
-/// Tolerated clock skew between the server and its agents.
+/// Validity of an admin certificate unless asked otherwise.
+pub const ADMIN_CERT_VALIDITY: Duration = Duration::days(90);
+/// The organizational unit that marks an admin certificate.
+pub const ADMIN_OU: &str = "admin";
+/// The organization of every certificate the fleet CA issues to people.
+pub const ADMIN_ORG: &str = "berth";
+/// Tolerated clock skew between the server and its agents. Short lifetimes
+/// (tests) are backdated by at most a quarter of their lifetime, so that the
+/// agent's renewal point (50–80 % of notBefore..notAfter) stays ahead.
 const BACKDATE: Duration = Duration::minutes(5);
 
 /// File names inside the data dir.
@@ -53,6 +68,73 @@ pub enum CaError {
     BadCsr(rcgen::Error),
     #[error("cannot issue a certificate: {0}")]
     Issue(rcgen::Error),
+    #[error(
+        "{} is readable by group or others (mode {mode:04o}): it holds the fleet CA's private key; run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("no fleet CA in {0}: start `berth server --data-dir` there once to create it")]
+    NoCa(PathBuf),
+    #[error("invalid admin name {0:?}: use 1 to 64 letters, digits, '.', '_', '@' or '-'")]
+    AdminName(String),
+}
+
+/// A certificate the CA issued: PEM and expiry.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub pem: String,
+    pub not_after: OffsetDateTime,
+}
+
+impl Issued {
+    /// Expiry in ms since the Unix epoch.
+    pub fn not_after_ms(&self) -> i64 {
+        i64::try_from(self.not_after.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    }
+}
+
+/// What the fleet trusts in a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    /// The leaf's common name: the instance id of an agent, the name of an
+    /// admin.
+    pub common_name: String,
+    /// `OU=admin` is in the subject.
+    pub admin: bool,
+}
+
+/// Reads the subject of a client certificate (DER).
+pub fn subject_of(der: &[u8]) -> Result<Subject, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("unreadable: {e}"))?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let admin = cert
+        .subject()
+        .iter_organizational_unit()
+        .any(|ou| ou.as_str().is_ok_and(|ou| ou == ADMIN_OU));
+    Ok(Subject { common_name, admin })
+}
+
+/// When a certificate (DER) expires, in ms since the Unix epoch.
+pub fn not_after_ms_of(der: &[u8]) -> Result<i64, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("unreadable: {e}"))?;
+    Ok(cert.validity().not_after.timestamp().saturating_mul(1000))
+}
+
+/// Whether `name` may be an admin certificate's common name.
+pub fn valid_admin_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'))
 }
 
 /// A server identity: certificate chain (server certificate, then the CA)
@@ -109,6 +191,17 @@ impl Ca {
                 Ok((ca, true))
             }
         }
+    }
+
+    /// Loads an existing CA from `dir` without creating one (signing offline,
+    /// e.g. `berth admin-cert create --data-dir`).
+    pub fn load_existing(dir: &Path) -> Result<Ca, CaError> {
+        let key_path = dir.join(CA_KEY_FILE);
+        let cert_path = dir.join(CA_CERT_FILE);
+        if !key_path.exists() || !cert_path.exists() {
+            return Err(CaError::NoCa(dir.to_owned()));
+        }
+        Self::load(&key_path, &cert_path)
     }
 
     /// Creates an in-memory CA that is never written anywhere (tests).
@@ -232,26 +325,63 @@ impl Ca {
         })
     }
 
-    /// Signs an agent's CSR: common name = `instance_id`, client
-    /// authentication only, valid for [`CLIENT_CERT_VALIDITY`]. Everything the
-    /// CSR asks for besides its public key is ignored. Returns the PEM.
-    pub fn issue_client_cert(&self, csr_pem: &str, instance_id: &str) -> Result<String, CaError> {
+    /// Signs an agent's CSR: common name = `instance_id` (and nothing else
+    /// in the subject), client authentication only, valid for `lifetime`
+    /// (never beyond the CA). Everything the CSR asks for besides its public
+    /// key is ignored.
+    pub fn issue_client_cert(
+        &self,
+        csr_pem: &str,
+        instance_id: &str,
+        lifetime: Duration,
+    ) -> Result<Issued, CaError> {
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, instance_id);
+        self.sign_client(csr_pem, dn, lifetime)
+    }
+
+    /// Signs an operator's CSR as an admin certificate: `CN=<name>,
+    /// OU=admin, O=berth`, client authentication only, valid for `lifetime`.
+    pub fn issue_admin_cert(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        lifetime: Duration,
+    ) -> Result<Issued, CaError> {
+        if !valid_admin_name(name) {
+            return Err(CaError::AdminName(name.to_owned()));
+        }
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationalUnitName, ADMIN_OU);
+        dn.push(DnType::OrganizationName, ADMIN_ORG);
+        self.sign_client(csr_pem, dn, lifetime)
+    }
+
+    fn sign_client(
+        &self,
+        csr_pem: &str,
+        dn: DistinguishedName,
+        lifetime: Duration,
+    ) -> Result<Issued, CaError> {
         let mut csr =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::BadCsr)?;
         let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, instance_id);
         params.distinguished_name = dn;
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
-        params.not_after = (now + CLIENT_CERT_VALIDITY).min(self.not_after);
+        params.not_before = now - BACKDATE.min(lifetime / 4);
+        params.not_after = (now + lifetime).min(self.not_after);
         params.serial_number = Some(random_serial());
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
+        let not_after = params.not_after;
         csr.params = params;
         let cert = csr.signed_by(&self.issuer).map_err(CaError::Issue)?;
-        Ok(cert.pem())
+        Ok(Issued {
+            pem: cert.pem(),
+            not_after,
+        })
     }
 }
 
@@ -282,6 +412,19 @@ fn random_serial() -> SerialNumber {
 }
 
 fn read_key(path: &Path) -> Result<KeyPair, CaError> {
+    let mode = fs::metadata(path)
+        .map_err(|source| CaError::Read {
+            path: path.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(CaError::KeyPermissions {
+            path: path.to_owned(),
+            mode: mode & 0o7777,
+        });
+    }
     let pem = fs::read_to_string(path).map_err(|source| CaError::Read {
         path: path.to_owned(),
         source,
@@ -331,8 +474,9 @@ mod tests {
         let ca = Ca::ephemeral().expect("ca");
         let (key, csr_pem) = csr("something-the-agent-chose");
         let pem = ca
-            .issue_client_cert(&csr_pem, "i-0123456789abcdef")
-            .expect("issue");
+            .issue_client_cert(&csr_pem, "i-0123456789abcdef", CLIENT_CERT_VALIDITY)
+            .expect("issue")
+            .pem;
         let der = parse_pem(&pem);
         let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
         let cn: Vec<&str> = cert
@@ -370,7 +514,7 @@ mod tests {
     fn garbage_csr_is_refused() {
         let ca = Ca::ephemeral().expect("ca");
         let err = ca
-            .issue_client_cert("not a csr", "i-0000000000000000")
+            .issue_client_cert("not a csr", "i-0000000000000000", CLIENT_CERT_VALIDITY)
             .expect_err("must fail");
         assert!(
             err.to_string()
@@ -394,12 +538,86 @@ mod tests {
         assert_eq!(ca.sha256_hex(), again.sha256_hex());
         // A certificate issued after reloading still chains to the same CA.
         let (_, csr_pem) = csr("x");
-        let pem = again.issue_client_cert(&csr_pem, "i-1").expect("issue");
+        let pem = again
+            .issue_client_cert(&csr_pem, "i-1", CLIENT_CERT_VALIDITY)
+            .expect("issue")
+            .pem;
         let der = parse_pem(&pem);
         let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
         let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der()).expect("ca");
         cert.verify_signature(Some(ca_cert.public_key()))
             .expect("signed by the CA");
+    }
+
+    #[test]
+    fn a_ca_key_open_to_others_is_refused_naming_the_file_and_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Ca::load_or_create(dir.path()).expect("create");
+        let key = dir.path().join(CA_KEY_FILE);
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o640)).expect("chmod");
+        let msg = Ca::load_or_create(dir.path())
+            .expect_err("must refuse")
+            .to_string();
+        assert!(msg.contains(&key.display().to_string()), "{msg}");
+        assert!(msg.contains("chmod 600"), "{msg}");
+        assert!(msg.contains("0640"), "{msg}");
+    }
+
+    #[test]
+    fn short_lifetimes_are_backdated_by_a_quarter_at_most() {
+        let ca = Ca::ephemeral().expect("ca");
+        let (_, csr_pem) = csr("x");
+        let issued = ca
+            .issue_client_cert(&csr_pem, "i-1", Duration::seconds(20))
+            .expect("issue");
+        let der = parse_pem(&issued.pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+        let v = cert.validity();
+        assert_eq!(v.not_after.timestamp() - v.not_before.timestamp(), 25);
+        assert_eq!(v.not_after.timestamp(), issued.not_after.unix_timestamp());
+    }
+
+    #[test]
+    fn admin_certs_are_marked_and_agent_certs_never_are() {
+        let ca = Ca::ephemeral().expect("ca");
+        // An agent asking for OU=admin in its CSR does not get it.
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, ADMIN_OU);
+        let sneaky = params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        let agent = ca
+            .issue_client_cert(&sneaky, "i-1", CLIENT_CERT_VALIDITY)
+            .expect("issue");
+        let subject = subject_of(&parse_pem(&agent.pem)).expect("subject");
+        assert_eq!(
+            subject,
+            Subject {
+                common_name: "i-1".into(),
+                admin: false
+            }
+        );
+        let admin = ca
+            .issue_admin_cert(&sneaky, "alice", ADMIN_CERT_VALIDITY)
+            .expect("issue");
+        let subject = subject_of(&parse_pem(&admin.pem)).expect("subject");
+        assert_eq!(
+            subject,
+            Subject {
+                common_name: "alice".into(),
+                admin: true
+            }
+        );
+        let err = ca
+            .issue_admin_cert(&sneaky, "no spaces", ADMIN_CERT_VALIDITY)
+            .expect_err("bad name");
+        assert!(err.to_string().contains("\"no spaces\""), "{err}");
     }
 
     #[test]

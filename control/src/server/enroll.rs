@@ -1,13 +1,23 @@
 //! `Enrollment.Enroll`: an activation (id + code) and a CSR in, a client
 //! certificate out.
 //!
-//! Order matters: the activation is checked first (a wrong code learns
-//! nothing about the activation), then the CSR (a broken CSR does not burn
-//! the activation), then the activation is consumed and the instance created
-//! in one transaction (two hosts racing for one activation: one wins).
+//! Order matters: the source address is checked against its recent
+//! failures first (at most [`DEFAULT_ENROLL_FAILURES`] a minute, then
+//! RESOURCE_EXHAUSTED without looking at the request), then the activation
+//! (a wrong code learns nothing about the activation; the code's SHA-256 is
+//! compared in constant time), its use, expiry and hostname binding, then
+//! the CSR (a broken CSR does not burn the activation), then the activation
+//! is consumed and the instance created in one transaction (two hosts racing
+//! for one activation: one wins). Every attempt counts as a failure of its
+//! source address until it succeeds (so parallel attempts cannot slip past
+//! the limit together); a refusal changes nothing stored.
 //! The activation code is never logged.
+//!
+//! [`DEFAULT_ENROLL_FAILURES`]: super::DEFAULT_ENROLL_FAILURES
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use berth_proto::v1::enrollment_server::Enrollment;
 use berth_proto::v1::{EnrollRequest, EnrollResponse};
@@ -38,12 +48,24 @@ pub fn new_instance_id() -> String {
     format!("i-{}", hex::encode(bytes))
 }
 
-/// Compares two byte strings in time that depends only on their lengths.
+/// Compares two byte strings in time that depends only on their lengths
+/// (both are SHA-256 digests here, so always 32 bytes). `black_box` keeps
+/// the optimiser from turning the fold into an early exit.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0u8, |acc, (x, y)| std::hint::black_box(acc | (x ^ y)));
+    std::hint::black_box(diff) == 0
+}
+
+/// Whether the host's reported name satisfies the activation's binding
+/// (host names compare case-insensitively).
+fn hostname_matches(bound: &str, reported: &str) -> bool {
+    bound.eq_ignore_ascii_case(reported.trim())
 }
 
 #[tonic::async_trait]
@@ -53,10 +75,33 @@ impl Enrollment for EnrollmentService {
         request: Request<EnrollRequest>,
     ) -> Result<Response<EnrollResponse>, Status> {
         let peer = request.remote_addr();
+        // Without a peer address (never over TCP) all such callers share
+        // one counter.
+        let source = peer.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |p| p.ip());
         let req = request.into_inner();
         let activation_id = req.activation_id.trim().to_owned();
-        let span = info_span!("enroll", %activation_id, peer = ?peer);
+        // The id comes from outside: bounded in logs.
+        let logged_id: String = activation_id.chars().take(64).collect();
+        let span = info_span!("enroll", activation_id = %logged_id, peer = ?peer);
         async move {
+            // Counted as a failure until it succeeds.
+            let attempt = match self.core.enroll_failures.begin(source, Instant::now()) {
+                Ok(at) => at,
+                Err(limited) => {
+                warn!(
+                    failures = limited.failures,
+                    "enrollment refused: too many failed attempts from this address"
+                );
+                return Err(Status::resource_exhausted(format!(
+                    "too many failed enrollment attempts from {source} ({} in the last {}); try again in {}",
+                    limited.failures,
+                    humantime::format_duration(limited.window),
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        limited.retry_after.as_secs().max(1)
+                    ))
+                )));
+                }
+            };
             let found = {
                 let id = activation_id.clone();
                 self.core
@@ -66,6 +111,9 @@ impl Enrollment for EnrollmentService {
             };
             let code_hash = Sha256::digest(req.activation_code.trim().as_bytes());
             let Some(activation) = found else {
+                // Compare anyway, so that an unknown id takes as long as a
+                // wrong code.
+                let _ = constant_time_eq(&code_hash, &[0u8; 32]);
                 warn!("enrollment refused: unknown activation id");
                 return Err(Status::permission_denied(UNKNOWN_ACTIVATION));
             };
@@ -89,6 +137,20 @@ impl Enrollment for EnrollmentService {
                     "activation {activation_id} expired at {at}"
                 )));
             }
+            let reported = req
+                .host
+                .as_ref()
+                .map(|h| h.hostname.clone())
+                .unwrap_or_default();
+            if let Some(bound) = activation.hostname.as_deref().filter(|h| !h.is_empty())
+                && !hostname_matches(bound, &reported)
+            {
+                warn!(bound_hostname = %bound, reported_hostname = %reported, "enrollment refused: activation is bound to another hostname");
+                return Err(Status::permission_denied(format!(
+                    "activation {activation_id} is for host {bound:?}, but this host is {reported:?}; create a token for this host (berth token create --hostname {})",
+                    if reported.trim().is_empty() { "NAME" } else { reported.trim() }
+                )));
+            }
             if req.csr_pem.trim().is_empty() {
                 return Err(Status::invalid_argument(
                     "csr_pem is empty: send a PEM certificate signing request",
@@ -98,7 +160,8 @@ impl Enrollment for EnrollmentService {
             let certificate_pem = self
                 .core
                 .ca
-                .issue_client_cert(&req.csr_pem, &instance_id)
+                .issue_client_cert(&req.csr_pem, &instance_id, self.core.cert_lifetime)
+                .map(|issued| issued.pem)
                 .map_err(|e| match e {
                     super::ca::CaError::BadCsr(_) => Status::invalid_argument(e.to_string()),
                     other => {
@@ -123,6 +186,7 @@ impl Enrollment for EnrollmentService {
                     StoreError::ActivationUsed(_) => Status::permission_denied(e.to_string()),
                     other => store_status(other),
                 })?;
+            self.core.enroll_failures.forgive(source, attempt);
             info!(%instance_id, hostname = %host.hostname, "instance enrolled");
             Ok(Response::new(EnrollResponse {
                 instance_id,
@@ -153,5 +217,13 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn hostnames_compare_case_insensitively() {
+        assert!(hostname_matches("Web-1.example", "web-1.EXAMPLE"));
+        assert!(hostname_matches("web-1", " web-1\n"));
+        assert!(!hostname_matches("web-1", "web-2"));
+        assert!(!hostname_matches("web-1", ""));
     }
 }

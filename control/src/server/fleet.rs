@@ -8,7 +8,16 @@
 //! 3. the server answers Welcome, then the current Assignment;
 //! 4. then Heartbeats, TaskEvents (each stored at most once, then
 //!    acknowledged) and AssignmentAcks, in any order. A session that sends
-//!    nothing for three heartbeat intervals is closed.
+//!    nothing for three heartbeat intervals is closed. Each session has a
+//!    token bucket for its messages; one over it ends the session with
+//!    RESOURCE_EXHAUSTED before the message is applied, so the agent
+//!    reconnects and replays it (nothing is lost).
+//!
+//! `Renew` issues a new certificate for the instance of the caller's
+//! current certificate (which the TLS layer checked: signed by the fleet CA
+//! and not expired), if the instance is still registered.
+//!
+//! An admin certificate (`OU=admin`) is never an agent's identity.
 //!
 //! Assignments are sent only when their generation is newer than the last
 //! one sent on this session, so concurrent changes never send an older
@@ -23,15 +32,18 @@ use std::sync::Arc;
 use berth_proto::v1::agent_message::Msg as AgentMsg;
 use berth_proto::v1::fleet_server::Fleet;
 use berth_proto::v1::server_message::Msg as ServerMsg;
-use berth_proto::v1::{AgentMessage, EventAck, Hello, ServerMessage, TaskEvent, Welcome};
+use berth_proto::v1::{
+    AgentMessage, EventAck, Hello, RenewRequest, RenewResponse, ServerMessage, TaskEvent, Welcome,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::store::{HelloRecord, INACTIVE, StoreError};
-use super::{Core, SessionCommand, store_status};
+use super::limits::TokenBucket;
+use super::store::{HelloRecord, INACTIVE, InstanceRecord, StoreError};
+use super::{Core, SessionCommand, peer_text, store_status};
 
 /// Messages buffered towards one agent before the session waits for it.
 const OUTBOUND_BUFFER: usize = 64;
@@ -47,6 +59,7 @@ impl FleetService {
 }
 
 /// The instance id in a client certificate chain: the leaf's common name.
+/// An admin certificate is refused.
 pub fn instance_id_from_certs(
     certs: Option<&[rustls_pki_types::CertificateDer<'static>]>,
 ) -> Result<String, Status> {
@@ -55,18 +68,50 @@ pub fn instance_id_from_certs(
             "a client certificate is required: enroll this host with `berth-agent enroll` first",
         )
     })?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .filter(|cn| !cn.is_empty())
-        .ok_or_else(|| {
-            Status::unauthenticated("the client certificate has no common name (instance id)")
-        })?;
-    Ok(cn.to_owned())
+    let subject = super::ca::subject_of(leaf)
+        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+    if subject.admin {
+        return Err(Status::permission_denied(format!(
+            "the client certificate of {:?} is an admin certificate, not an agent's",
+            subject.common_name
+        )));
+    }
+    if subject.common_name.is_empty() {
+        return Err(Status::unauthenticated(
+            "the client certificate has no common name (instance id)",
+        ));
+    }
+    Ok(subject.common_name)
+}
+
+/// The registered, active instance of `instance_id`, or the refusal.
+async fn active_instance(
+    core: &Core,
+    instance_id: &str,
+    peer: Option<SocketAddr>,
+    what: &str,
+) -> Result<InstanceRecord, Status> {
+    let found = {
+        let id = instance_id.to_owned();
+        core.db(move |s| s.instance(&id))
+            .await
+            .map_err(store_status)?
+    };
+    match found {
+        None => {
+            warn!(%instance_id, peer = %peer_text(peer), "{what} refused: unknown instance");
+            Err(Status::permission_denied(format!(
+                "instance {instance_id} is not registered with this control plane"
+            )))
+        }
+        Some(i) if i.status == INACTIVE => {
+            warn!(%instance_id, peer = %peer_text(peer), "{what} refused: instance deregistered");
+            Err(Status::permission_denied(format!(
+                "instance {instance_id} was deregistered; enroll the host again"
+            )))
+        }
+        Some(i) => Ok(i),
+    }
 }
 
 #[tonic::async_trait]
@@ -80,28 +125,7 @@ impl Fleet for FleetService {
         let peer = request.remote_addr();
         let certs = request.peer_certs();
         let instance_id = instance_id_from_certs(certs.as_deref().map(Vec::as_slice))?;
-        let found = {
-            let id = instance_id.clone();
-            self.core
-                .db(move |s| s.instance(&id))
-                .await
-                .map_err(store_status)?
-        };
-        match found {
-            None => {
-                warn!(%instance_id, ?peer, "session refused: unknown instance");
-                return Err(Status::permission_denied(format!(
-                    "instance {instance_id} is not registered with this control plane"
-                )));
-            }
-            Some(i) if i.status == INACTIVE => {
-                warn!(%instance_id, ?peer, "session refused: instance deregistered");
-                return Err(Status::permission_denied(format!(
-                    "instance {instance_id} was deregistered; enroll the host again"
-                )));
-            }
-            Some(_) => {}
-        }
+        active_instance(&self.core, &instance_id, peer, "session").await?;
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let span = info_span!("session", %instance_id, peer = ?peer);
         let session = Session {
@@ -114,12 +138,71 @@ impl Fleet for FleetService {
         tokio::spawn(session.run(request.into_inner()).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<RenewResponse>, Status> {
+        let peer = request.remote_addr();
+        let certs = request.peer_certs();
+        let instance_id = instance_id_from_certs(certs.as_deref().map(Vec::as_slice))?;
+        // A session may outlive its certificate; a renewal may not: the
+        // certificate presented must still be valid now.
+        let presented_not_after = certs
+            .as_deref()
+            .and_then(|c| c.first())
+            .map(|leaf| super::ca::not_after_ms_of(leaf))
+            .transpose()
+            .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?
+            .unwrap_or(0);
+        let span = info_span!("renew", %instance_id, peer = %peer_text(peer));
+        async move {
+            if presented_not_after <= berth_proto::now_ms() {
+                warn!("certificate renewal refused: the presented certificate expired");
+                return Err(Status::permission_denied(format!(
+                    "the client certificate of instance {instance_id} expired at {}; enroll the host again",
+                    berth_proto::json::format_time_ms(presented_not_after).unwrap_or_default()
+                )));
+            }
+            active_instance(&self.core, &instance_id, peer, "certificate renewal").await?;
+            let req = request.into_inner();
+            if req.csr_pem.trim().is_empty() {
+                return Err(Status::invalid_argument(
+                    "csr_pem is empty: send a PEM certificate signing request",
+                ));
+            }
+            let issued = self
+                .core
+                .ca
+                .issue_client_cert(&req.csr_pem, &instance_id, self.core.cert_lifetime)
+                .map_err(|e| match e {
+                    super::ca::CaError::BadCsr(_) => Status::invalid_argument(e.to_string()),
+                    other => {
+                        tracing::error!(error = %other, "cannot sign a client certificate");
+                        Status::internal(other.to_string())
+                    }
+                })?;
+            let not_after_ms = issued.not_after_ms();
+            info!(
+                not_after = %berth_proto::json::format_time_ms(not_after_ms).unwrap_or_default(),
+                "client certificate renewed"
+            );
+            Ok(Response::new(RenewResponse {
+                certificate_pem: issued.pem,
+                ca_pem: self.core.ca.cert_pem().to_owned(),
+                not_after_ms,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
 }
 
 /// Why a session ended, for the log.
 enum End {
     AgentClosed,
     Stream(Status),
+    RateLimited(Status),
     Closed(Status),
     Refused(Status),
     Silent,
@@ -163,7 +246,13 @@ impl Session {
             }
             End::Stream(s) => {
                 info!(error = %s.message(), code = ?s.code(), "session stream ended");
-                None
+                // A message the server could not read (too large, not
+                // protobuf): tell the agent why, if it still listens.
+                Some(s)
+            }
+            End::RateLimited(s) => {
+                warn!(reason = %s.message(), "session closed: the agent sends too fast");
+                Some(s)
             }
             End::Closed(s) => {
                 info!(reason = %s.message(), "session closed by the server");
@@ -280,6 +369,11 @@ impl Session {
 
         let grace = self.core.heartbeat_interval * 3;
         let mut deadline = Instant::now() + grace;
+        let mut bucket = TokenBucket::new(
+            self.core.stream_rate,
+            self.core.stream_burst,
+            std::time::Instant::now(),
+        );
         loop {
             tokio::select! {
                 msg = tokio::time::timeout_at(deadline, inbound.message()) => {
@@ -289,6 +383,14 @@ impl Session {
                         Ok(Ok(None)) => return End::AgentClosed,
                         Ok(Ok(Some(msg))) => msg,
                     };
+                    if !bucket.take(std::time::Instant::now()) {
+                        // Not applied and not acknowledged: the agent
+                        // replays it on its next session.
+                        return End::RateLimited(Status::resource_exhausted(format!(
+                            "more than {} messages per second (burst {}) on this session; reconnect and send the rest more slowly",
+                            self.core.stream_rate, self.core.stream_burst
+                        )));
+                    }
                     deadline = Instant::now() + grace;
                     if let Err(end) = self.handle(msg).await {
                         return end;

@@ -13,6 +13,10 @@
 //!   and events at or below it are ignored;
 //! - only the SHA-256 of an activation code is stored.
 //!
+//! Schema versions: 1 is the first; 2 adds `activations.hostname` (an
+//! activation bound to one host). Older databases are migrated when opened,
+//! in the same transaction that records the new version.
+//!
 //! The schema uses TEXT, BIGINT and INTEGER only, so that it carries over to
 //! PostgreSQL unchanged.
 
@@ -27,7 +31,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 pub const RUNNING: &str = "RUNNING";
 pub const PENDING: &str = "PENDING";
@@ -87,6 +91,10 @@ CREATE INDEX IF NOT EXISTS tasks_by_instance ON tasks (instance_id, created_at_m
 CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at_ms);
 ";
 
+/// Migrations: `MIGRATIONS[i]` takes a database from version `i + 1` to
+/// `i + 2`. [`SCHEMA`] creates version 1 tables.
+const MIGRATIONS: &[&str] = &["ALTER TABLE activations ADD COLUMN hostname TEXT"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the database {path}: {source}")]
@@ -128,6 +136,8 @@ pub struct ActivationRecord {
     pub expires_at_ms: i64,
     pub used_at_ms: Option<i64>,
     pub instance_id: Option<String>,
+    /// Only a host reporting this hostname may enroll with it.
+    pub hostname: Option<String>,
 }
 
 /// What enrollment knows about a new instance.
@@ -386,12 +396,10 @@ impl SqliteStore {
             .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
             .optional()?
             .flatten();
-        match found {
+        let version = match found {
             None => {
-                tx.execute(
-                    "INSERT INTO schema_version (version) VALUES (?1)",
-                    params![SCHEMA_VERSION],
-                )?;
+                tx.execute("INSERT INTO schema_version (version) VALUES (1)", [])?;
+                1
             }
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(StoreError::SchemaTooNew {
@@ -399,7 +407,18 @@ impl SqliteStore {
                     supported: SCHEMA_VERSION,
                 });
             }
-            Some(_) => {}
+            Some(v) => v.max(1),
+        };
+        for (from, migration) in (1_i64..).zip(MIGRATIONS) {
+            if version <= from {
+                tx.execute_batch(migration)?;
+            }
+        }
+        if version < SCHEMA_VERSION {
+            tx.execute(
+                "UPDATE schema_version SET version = ?1",
+                params![SCHEMA_VERSION],
+            )?;
         }
         tx.commit()?;
         Ok(SqliteStore { conn })
@@ -728,15 +747,16 @@ fn merge_state(t: &mut TaskRecord, st: &TaskState) -> bool {
 impl Store for SqliteStore {
     fn create_activation(&mut self, a: &ActivationRecord) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 a.id,
                 a.code_hash,
                 a.created_at_ms,
                 a.expires_at_ms,
                 a.used_at_ms,
-                a.instance_id
+                a.instance_id,
+                a.hostname
             ],
         )?;
         Ok(())
@@ -746,7 +766,7 @@ impl Store for SqliteStore {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id \
+                "SELECT id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname \
                  FROM activations WHERE id = ?1",
                 params![id],
                 |r| {
@@ -757,6 +777,7 @@ impl Store for SqliteStore {
                         expires_at_ms: r.get(3)?,
                         used_at_ms: r.get(4)?,
                         instance_id: r.get(5)?,
+                        hostname: r.get(6)?,
                     })
                 },
             )
@@ -1091,6 +1112,7 @@ mod tests {
             expires_at_ms,
             used_at_ms: None,
             instance_id: None,
+            hostname: None,
         }
     }
 
@@ -1429,6 +1451,39 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
             .expect("count");
         assert_eq!(versions, 1);
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(SCHEMA).expect("v1 schema");
+            conn.execute_batch(
+                "INSERT INTO schema_version (version) VALUES (1); \
+                 INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms) \
+                 VALUES ('a1', 'ff', 1, 2);",
+            )
+            .expect("v1 rows");
+        }
+        let mut s = SqliteStore::open(&path).expect("migrate");
+        let a = s.activation("a1").expect("get").expect("kept");
+        assert_eq!(a.hostname, None);
+        let version: i64 = s
+            .conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let bound = ActivationRecord {
+            hostname: Some("web-1".into()),
+            ..activation("a2", i64::MAX)
+        };
+        s.create_activation(&bound).expect("create");
+        assert_eq!(s.activation("a2").expect("get"), Some(bound));
+        drop(s);
+        // Opening again does not migrate twice.
+        SqliteStore::open(&path).expect("reopen");
     }
 
     #[test]

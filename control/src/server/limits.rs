@@ -1,0 +1,232 @@
+//! In-memory limits: failed enrollments per source address, and the rate of
+//! messages on one agent stream.
+//!
+//! Both are deliberately in memory: a restart forgets them, which costs an
+//! attacker one restart's worth of attempts (a few per minute), and keeps the
+//! store free of per-request writes.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// At most this many source addresses are tracked; when full, addresses
+/// whose failures are all older than the window are forgotten first, then
+/// the one with the oldest last failure.
+const MAX_TRACKED: usize = 10_000;
+
+/// Counts failed attempts per source address in a sliding window.
+///
+/// An attempt is counted as a failure when it begins ([`FailureLimiter::begin`])
+/// and forgiven when it succeeds ([`FailureLimiter::forgive`]), so that
+/// concurrent attempts cannot slip past the limit together.
+#[derive(Debug)]
+pub struct FailureLimiter {
+    limit: u32,
+    window: Duration,
+    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+}
+
+/// Why an address is refused for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    /// Failures in the window.
+    pub failures: u32,
+    pub window: Duration,
+    /// When the oldest failure in the window leaves it.
+    pub retry_after: Duration,
+}
+
+impl FailureLimiter {
+    /// `limit` failures per `window` and address; 0 disables the limit.
+    pub fn new(limit: u32, window: Duration) -> FailureLimiter {
+        FailureLimiter {
+            limit,
+            window,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, VecDeque<Instant>>> {
+        // Counters only: a panic half-way cannot break an invariant.
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Begins an attempt of `ip`: `Err` when `ip` has used up its failures
+    /// in the current window; otherwise the attempt counts as a failure
+    /// until [`FailureLimiter::forgive`] is called with the returned instant.
+    pub fn begin(&self, ip: IpAddr, now: Instant) -> Result<Instant, Limited> {
+        if self.limit == 0 {
+            return Ok(now);
+        }
+        let mut map = self.map();
+        if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
+            map.retain(|_, times| {
+                prune(times, now, self.window);
+                !times.is_empty()
+            });
+            if map.len() >= MAX_TRACKED
+                && let Some(stalest) = map
+                    .iter()
+                    .min_by_key(|(_, times)| times.back().copied())
+                    .map(|(ip, _)| *ip)
+            {
+                map.remove(&stalest);
+            }
+        }
+        let times = map.entry(ip).or_default();
+        prune(times, now, self.window);
+        let count = u32::try_from(times.len()).unwrap_or(u32::MAX);
+        if count >= self.limit {
+            let oldest = times.front().copied().unwrap_or(now);
+            return Err(Limited {
+                failures: count,
+                window: self.window,
+                retry_after: (oldest + self.window).saturating_duration_since(now),
+            });
+        }
+        times.push_back(now);
+        Ok(now)
+    }
+
+    /// The attempt of `ip` that began at `at` succeeded: it is not a
+    /// failure.
+    pub fn forgive(&self, ip: IpAddr, at: Instant) {
+        let mut map = self.map();
+        if let Some(times) = map.get_mut(&ip) {
+            if let Some(i) = times.iter().rposition(|t| *t == at) {
+                times.remove(i);
+            }
+            if times.is_empty() {
+                map.remove(&ip);
+            }
+        }
+    }
+
+    /// Number of addresses tracked (tests).
+    pub fn tracked(&self) -> usize {
+        self.map().len()
+    }
+}
+
+fn prune(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
+    while times
+        .front()
+        .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+    {
+        times.pop_front();
+    }
+}
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved up.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket. `rate` 0 disables the limit.
+    pub fn new(rate: u32, burst: u32, now: Instant) -> TokenBucket {
+        let burst = f64::from(burst.max(1));
+        TokenBucket {
+            rate: f64::from(rate),
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes one token; `false` when the bucket is empty.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
+    #[test]
+    fn failures_are_limited_per_address_and_window() {
+        let l = FailureLimiter::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for i in 0..3 {
+            l.begin(IP, t0 + Duration::from_secs(i))
+                .unwrap_or_else(|e| panic!("attempt {i}: {e:?}"));
+        }
+        let limited = l
+            .begin(IP, t0 + Duration::from_secs(10))
+            .expect_err("limited");
+        assert_eq!(limited.failures, 3);
+        assert_eq!(limited.retry_after, Duration::from_secs(50));
+        // Another address is not affected.
+        let other = l.begin(OTHER, t0).expect("other address");
+        l.forgive(OTHER, other);
+        // Once the first failure leaves the window, one more try is allowed.
+        l.begin(IP, t0 + Duration::from_secs(60))
+            .expect("after the window");
+        assert!(l.begin(IP, t0 + Duration::from_millis(60_500)).is_err());
+        assert_eq!(l.tracked(), 1);
+    }
+
+    #[test]
+    fn successes_are_forgiven() {
+        let l = FailureLimiter::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for i in 0..10 {
+            let at = l
+                .begin(IP, t0 + Duration::from_millis(i))
+                .expect("successes never count");
+            l.forgive(IP, at);
+        }
+        assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn zero_disables_the_limit() {
+        let l = FailureLimiter::new(0, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            l.begin(IP, t0).expect("no limit");
+        }
+        assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 5, t0);
+        for _ in 0..5 {
+            assert!(b.take(t0));
+        }
+        assert!(!b.take(t0));
+        // 100 ms later: one more token.
+        assert!(b.take(t0 + Duration::from_millis(100)));
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+        // Long idle: the bucket refills to the burst, not beyond.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..5 {
+            assert!(b.take(later));
+        }
+        assert!(!b.take(later));
+    }
+}
