@@ -32,7 +32,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::runtime::{
     ContainerInfo, ContainerSpec, Health, LABEL_CONTAINER_NAME, LABEL_INSTANCE_ID,
-    LABEL_TASK_FAMILY, LABEL_TASK_ID, PullPolicy, RunState, Runtime, RuntimeEvent,
+    LABEL_TASK_FAMILY, LABEL_TASK_ID, PullPolicy, RunState, Runtime, RuntimeError, RuntimeEvent,
 };
 
 pub const PENDING: &str = "PENDING";
@@ -309,31 +309,59 @@ impl Supervisor {
                 cmd = commands.recv() => if cmd.is_none() { return },
             }
         }
-        for c in &self.containers {
-            if !c.state.runtime_id.is_empty()
-                && let Err(e) = self.rt.remove(&c.state.runtime_id).await
-            {
-                warn!(container = %c.def.name, error = %e, "cannot remove container");
+        // The task is forgotten only once nothing of it is left: while the
+        // engine is unreachable, wait for it to be back (the next Resync).
+        while let Err(e) = self.remove_all().await {
+            warn!(error = %e, "cannot clean up the task yet; trying again when the engine is back");
+            loop {
+                tokio::select! {
+                    cmd = commands.recv() => if cmd.is_none() { return },
+                    ev = events.recv() => match ev {
+                        Ok(RuntimeEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                }
             }
         }
-        // Task-scoped volumes go with the task; shared ones are never berth's
-        // to remove.
-        crate::failpoint::hit("after-pull");
+        info!("task cleaned up");
+        let id = self.task_id().to_string();
+        let _ = self.reports.send(Report::Finished(id)).await;
+    }
+
+    /// Removes the task's containers, then its task-scoped volumes (shared
+    /// ones are never berth's to remove). Fails only when the engine is
+    /// unreachable; other refusals are logged and passed over.
+    async fn remove_all(&mut self) -> Result<(), RuntimeError> {
+        for i in 0..self.containers.len() {
+            let id = self.containers[i].state.runtime_id.clone();
+            if id.is_empty() {
+                continue;
+            }
+            match self.rt.remove(&id).await {
+                Ok(()) => {}
+                Err(e @ RuntimeError::Unreachable { .. }) => return Err(e),
+                Err(e) => {
+                    warn!(container = %self.containers[i].def.name, error = %e, "cannot remove container")
+                }
+            }
+        }
         let volumes = crate::volumes::docker_volumes(
             &self.definition,
             &self.state.task_id,
             &self.settings.instance_id,
         );
         for (_, volume) in volumes {
-            if volume.scope == crate::runtime::VolumeScope::Task
-                && let Err(e) = self.rt.remove_volume(&volume.name).await
-            {
-                warn!(volume = %volume.name, error = %e, "cannot remove task volume");
+            if volume.scope != crate::runtime::VolumeScope::Task {
+                continue;
+            }
+            match self.rt.remove_volume(&volume.name).await {
+                Ok(()) => {}
+                Err(e @ RuntimeError::Unreachable { .. }) => return Err(e),
+                Err(e) => warn!(volume = %volume.name, error = %e, "cannot remove task volume"),
             }
         }
-        info!("task cleaned up");
-        let id = self.task_id().to_string();
-        let _ = self.reports.send(Report::Finished(id)).await;
+        Ok(())
     }
 
     /// The earliest `startTimeout` deadline among waiting containers.
@@ -484,6 +512,7 @@ impl Supervisor {
                 return;
             }
         }
+        crate::failpoint::hit("after-pull");
         let volumes = crate::volumes::docker_volumes(
             &self.definition,
             &self.state.task_id,
@@ -748,6 +777,11 @@ impl Supervisor {
                     self.on_exit(idx, info.exit_code.or(event_exit_code)).await;
                 }
             }
+            // The engine is going away (its containers die with it): the
+            // resync after it is back sees the exit and handles it once.
+            Err(RuntimeError::Unreachable { .. }) => {
+                debug!(container = %self.containers[idx].def.name, "die event while the engine is unreachable; handled at the next resync");
+            }
             _ => self.on_exit(idx, event_exit_code).await,
         }
     }
@@ -909,9 +943,7 @@ impl Supervisor {
         let name = self.containers[idx].def.name.clone();
         if self.should_restart(idx, exit_code) {
             let id = self.containers[idx].state.runtime_id.clone();
-            self.containers[idx].state.exit_code = exit_code.map(|c| c as i32);
-            self.containers[idx].state.restart_count += 1;
-            info!(container = %name, exit_code = ?exit_code, restart_count = self.containers[idx].state.restart_count, "restarting container in place");
+            info!(container = %name, exit_code = ?exit_code, "restarting container in place");
             // Never twice within one second, whatever the attempt period.
             let ran_ms = berth_proto::now_ms() - self.containers[idx].last_start_ms;
             if ran_ms < 1000 {
@@ -919,6 +951,8 @@ impl Supervisor {
             }
             match self.rt.start(&id).await {
                 Ok(()) => {
+                    self.containers[idx].state.exit_code = exit_code.map(|c| c as i32);
+                    self.containers[idx].state.restart_count += 1;
                     let info = self.rt.inspect(&id).await.ok().flatten();
                     self.containers[idx].last_start_ms = info
                         .as_ref()
@@ -934,6 +968,13 @@ impl Supervisor {
                     {
                         Box::pin(self.on_exit(idx, info.exit_code)).await;
                     }
+                    return;
+                }
+                Err(RuntimeError::Unreachable { .. }) => {
+                    // Forget this exit: the resync after the engine is back
+                    // sees the container exited and restarts it then.
+                    warn!(container = %name, "engine unreachable; restarting when it is back");
+                    self.containers[idx].handled_exit_ms = 0;
                     return;
                 }
                 Err(e) => {
