@@ -292,15 +292,21 @@ impl Config {
                 });
             }
         };
-        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        let invalid = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
-            message: e.message().to_string(),
-        })?;
-        doc.insert("server".into(), toml::Value::String(server.to_string()));
-        let out = toml::to_string(&doc).map_err(|e| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let doc: toml::Table = toml::from_str(&text).map_err(|e| invalid(e.message().into()))?;
+        if doc.get("server").and_then(toml::Value::as_str) == Some(server) {
+            return Ok(());
+        }
+        let out = with_server_line(&text, server);
+        // The edit keeps every other line (the packaged comments included);
+        // check that it says what it should before replacing the file.
+        let check: toml::Table = toml::from_str(&out).map_err(|e| invalid(e.message().into()))?;
+        if check.get("server").and_then(toml::Value::as_str) != Some(server) {
+            return Err(invalid(format!("cannot set server = {server:?} in it")));
+        }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| ConfigError::Write {
                 path: path.to_path_buf(),
@@ -314,6 +320,40 @@ impl Config {
             }
         })
     }
+}
+
+/// `text` with its top-level `server = …` line replaced by one for
+/// `server`, or such a line added before the first table.
+fn with_server_line(text: &str, server: &str) -> String {
+    let line = format!("server = {}", toml::Value::String(server.to_string()));
+    let mut out: Vec<String> = Vec::new();
+    let mut done = false;
+    let mut in_table = false;
+    for l in text.lines() {
+        let t = l.trim_start();
+        if t.starts_with('[') {
+            if !done {
+                out.push(line.clone());
+                done = true;
+            }
+            in_table = true;
+        }
+        let is_server = !in_table
+            && t.strip_prefix("server")
+                .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if is_server && !done {
+            out.push(line.clone());
+            done = true;
+        } else if !is_server {
+            out.push(l.to_string());
+        }
+    }
+    if !done {
+        out.push(line);
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    s
 }
 
 /// Durations as humantime strings ("30s", "10m").
@@ -334,6 +374,21 @@ mod humantime_serde_compat {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn setting_the_server_keeps_comments_and_other_keys() {
+        let text = "# packaged config\n# server = \"https://example\"\nreserved_memory_mib = 64\nserver = \"https://old:7420\"\n";
+        let out = with_server_line(text, "https://new:7420");
+        assert!(
+            out.starts_with("# packaged config\n# server = \"https://example\"\n"),
+            "{out}"
+        );
+        assert!(out.contains("reserved_memory_mib = 64"), "{out}");
+        assert!(out.contains("server = \"https://new:7420\""), "{out}");
+        assert!(!out.contains("old"), "{out}");
+        let added = with_server_line("# nothing yet\n", "https://a:1");
+        assert_eq!(added, "# nothing yet\nserver = \"https://a:1\"\n");
+    }
+
     use super::*;
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {

@@ -20,6 +20,7 @@ pub mod failpoint;
 pub mod fsutil;
 pub mod identity;
 pub mod manager;
+pub mod notify;
 pub mod policy;
 pub mod ports;
 pub mod runtime;
@@ -76,11 +77,41 @@ pub fn boot_id() -> String {
 pub struct Running {
     pub api_addr: std::net::SocketAddr,
     pub instance_id: String,
+    manager: manager::ManagerHandle,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
+    /// A one-line summary for systemd's `STATUS=`, or `None` when the
+    /// manager does not answer within `timeout` (then the watchdog must not
+    /// be fed).
+    pub async fn status_line(&self, timeout: std::time::Duration) -> Option<String> {
+        if !self.manager.ping(timeout).await {
+            return None;
+        }
+        let v = self.manager.view().borrow().clone();
+        let running = v
+            .tasks
+            .iter()
+            .filter(|t| t.last_status == "RUNNING")
+            .count();
+        Some(format!(
+            "{}, {running} tasks running, {} events pending{}",
+            if v.connected {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            v.outbox.len(),
+            if v.store_error.is_some() {
+                ", STATE NOT SAVED"
+            } else {
+                ""
+            }
+        ))
+    }
+
     /// Stops the session and the API. Containers keep running: an agent
     /// stop never stops workloads.
     pub async fn shutdown(self) {
@@ -152,11 +183,12 @@ pub async fn start(cfg: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<Ru
         attributes,
     };
     let instance_id = identity.instance_id.clone();
-    let session_task = tokio::spawn(session::run(identity, host, manager, shutdown_rx));
+    let session_task = tokio::spawn(session::run(identity, host, manager.clone(), shutdown_rx));
     info!(api = %api_addr, instance_id = %instance_id, "berth-agent ready");
     Ok(Running {
         api_addr,
         instance_id,
+        manager,
         shutdown,
         tasks: vec![api_task, session_task],
     })

@@ -94,6 +94,7 @@ fn init_logs(format: &str) {
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -109,7 +110,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logs(&cfg.log_format);
             let docker = DockerRuntime::connect(cfg.docker_socket.as_deref()).await?;
             let agent = berth_agent::start(&cfg, Arc::new(docker)).await?;
-            wait_for_signal().await?;
+            // State loaded and the local API serving: ready for systemd.
+            berth_agent::notify::ready();
+            wait_for_signal(&agent).await?;
+            berth_agent::notify::stopping();
             tracing::info!("shutting down; containers keep running");
             agent.shutdown().await;
             Ok(())
@@ -294,13 +298,26 @@ async fn http_get_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Val
     Ok(serde_json::from_str(body)?)
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; meanwhile feeds systemd's watchdog and
+/// `STATUS=` line, but only while the manager answers, so a hung agent is
+/// restarted by systemd.
+async fn wait_for_signal(agent: &berth_agent::Running) -> anyhow::Result<()> {
+    use std::time::Duration;
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let every = berth_agent::notify::watchdog_interval().unwrap_or(Duration::from_secs(15));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = tick.tick() => {
+                if let Some(line) = agent.status_line(Duration::from_secs(5)).await {
+                    berth_agent::notify::watchdog();
+                    berth_agent::notify::status(&line);
+                }
+            }
+        }
     }
-    Ok(())
 }

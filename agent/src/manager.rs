@@ -46,6 +46,8 @@ pub enum Input {
     Assignment(Assignment, oneshot::Sender<u64>),
     EventAck(u64),
     Connected(bool),
+    /// Answered at once: the manager's loop is alive (the watchdog).
+    Ping(oneshot::Sender<()>),
 }
 
 /// How the rest of the agent talks to the manager.
@@ -65,6 +67,15 @@ impl ManagerHandle {
 
     pub async fn ack(&self, seq: u64) {
         let _ = self.tx.send(Input::EventAck(seq)).await;
+    }
+
+    /// Whether the manager answers within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Input::Ping(tx)).await.is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
     }
 
     pub async fn set_connected(&self, connected: bool) {
@@ -257,6 +268,9 @@ impl Manager {
                         let _ = done.send(generation);
                     }
                     Some(Input::EventAck(seq)) => self.trim(seq),
+                    Some(Input::Ping(done)) => {
+                        let _ = done.send(());
+                    }
                     Some(Input::Connected(c)) => {
                         self.connected = c;
                         self.publish();

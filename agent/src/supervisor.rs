@@ -843,13 +843,13 @@ impl Supervisor {
         match ev {
             RuntimeEvent::Resync => self.resync().await,
             RuntimeEvent::Started { id } => {
-                if let Some(i) = self.index_of(&id)
-                    && self.containers[i].started
-                    && self.containers[i].state.last_status != RUNNING
-                    && self.state.desired_status == RUNNING
-                {
-                    self.containers[i].state.last_status = RUNNING.into();
-                    self.publish().await;
+                // Every start is the supervisor's own call and recorded when
+                // it returns; the event arrives later and may be older than
+                // an exit already handled, so it changes nothing. A container
+                // started by hand after berth recorded it stopped stays
+                // stopped for berth.
+                if let Some(i) = self.index_of(&id) {
+                    debug!(container = %self.containers[i].def.name, "start event");
                 }
             }
             RuntimeEvent::Died { id, exit_code } => {
