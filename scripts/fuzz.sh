@@ -125,7 +125,9 @@ fuzz_one() {
         artifact=$(grep -oE 'Test unit written to \S+' "$log" | tail -1 | cut -d' ' -f5 || true)
         echo "${artifact:-none}" >"$work/$t.status"
         echo "==> fuzz: $t: FAILED after $((SECONDS - start)) s (exit $rc)"
-        grep -vE '^(#[0-9]+|INFO:|\s*$)' "$log" | grep -v -e '^"' -e 'recommended dictionary' | head -60 >&2 || true
+        # from the panic or sanitizer report on, without libFuzzer's progress lines
+        awk '/panicked at|==[0-9]+==ERROR|ERROR: libFuzzer|^==[0-9]+== ?ERROR/ { on = 1 } on' "$log" |
+            grep -vE '^(#[0-9]+|INFO:)|NEW_FUNC' | head -60 >&2 || true
     fi
 }
 
@@ -157,20 +159,19 @@ for t in "${TARGETS[@]}"; do
         tail -40 "$work/$t.log" >&2 || true
         continue
     fi
-    echo "    input:      $status"
-    minimised=$status.min
-    if timeout 300 cargo fuzz tmin --fuzz-dir fuzz --target-dir "$target_dir" -r 1000 "$t" "$status" \
-        >"$work/$t.tmin.log" 2>&1; then
-        found=$(grep -oE "Test unit written to \S+" "$work/$t.tmin.log" | tail -1 | cut -d' ' -f5 || true)
-        [[ -n $found && -f $found ]] && cp "$found" "$minimised"
-    fi
-    if [[ -f $minimised ]]; then
-        echo "    minimised:  $minimised ($(wc -c <"$minimised") bytes, from $(wc -c <"$status"))"
-        echo "    reproduce:  RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz $t $minimised"
+    echo "    input:      $status ($(wc -c <"$status") bytes)"
+    # libFuzzer's crash minimisation (what `cargo fuzz tmin` runs), bounded
+    "$bin_dir/$t" -minimize_crash=1 -runs=2000 -max_total_time=120 -timeout=10 \
+        -artifact_prefix="fuzz/artifacts/$t/" "$status" >"$work/$t.tmin.log" 2>&1 || true
+    smallest=$(grep -oE 'failed to minimize beyond \S+' "$work/$t.tmin.log" | tail -1 | cut -d' ' -f5 || true)
+    if [[ -n $smallest && -f $smallest && $smallest != "$status" ]]; then
+        echo "    minimised:  $smallest ($(wc -c <"$smallest") bytes)"
     else
-        echo "    reproduce:  RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz $t $status"
+        smallest=$status
+        echo "    minimised:  (libFuzzer found no smaller input that crashes)"
     fi
-    echo "    keep it:    cp <input> fuzz/regressions/$t/ (until fixed), then into fuzz/corpus/$t/"
+    echo "    reproduce:  RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz $t $smallest"
+    echo "    keep it:    cp $smallest fuzz/regressions/$t/ (until fixed; then into fuzz/corpus/$t/)"
 done
 
 if [[ $mode == merge ]]; then

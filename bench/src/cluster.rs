@@ -148,10 +148,12 @@ fn spawn(
     let ready = data_dir.join("server.json");
     let _ = std::fs::remove_file(&ready);
     let mut cmd = clean_command(&berth_bin());
-    cmd.arg("server")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--listen", listen, "--admin-listen", admin]);
+    cmd.arg("server").arg("--data-dir").arg(data_dir).args([
+        "--listen",
+        listen,
+        "--admin-listen",
+        admin,
+    ]);
     if let Some(h) = heartbeat {
         cmd.args(["--heartbeat-interval", h]);
     }

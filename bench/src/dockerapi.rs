@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use bollard::Docker;
-use bollard::models::{
-    ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum,
-};
+use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -37,7 +35,10 @@ pub fn container_body(
     ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(command.iter().map(|s| s.to_string()).collect()),
-        labels: Some(HashMap::from([(BENCH_LABEL.to_string(), label.to_string())])),
+        labels: Some(HashMap::from([(
+            BENCH_LABEL.to_string(),
+            label.to_string(),
+        )])),
         stop_timeout: Some(5),
         host_config: Some(HostConfig {
             memory: Some(64 * 1024 * 1024),

@@ -70,7 +70,10 @@ pub fn measure(pid: u32, window: Duration) -> anyhow::Result<Usage> {
 /// [`measure`] for several processes over the same window.
 pub fn measure_many(pids: &[u32], window: Duration) -> anyhow::Result<Vec<Usage>> {
     let start = Instant::now();
-    let cpu0: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect::<Result<_, _>>()?;
+    let cpu0: Vec<f64> = pids
+        .iter()
+        .map(|p| cpu_seconds(*p))
+        .collect::<Result<_, _>>()?;
     let mut rss: Vec<Vec<f64>> = vec![Vec::new(); pids.len()];
     loop {
         for (i, pid) in pids.iter().enumerate() {
@@ -118,7 +121,7 @@ pub fn pid_with_arg(program: &str, arg: &str) -> Option<u32> {
         let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
         let first = Path::new(std::str::from_utf8(args.first()?).ok()?);
         let is_program = first.file_name().is_some_and(|f| f == program);
-        (is_program && args.iter().any(|a| *a == arg.as_bytes())).then_some(pid)
+        (is_program && args.contains(&arg.as_bytes())).then_some(pid)
     })
 }
 

@@ -151,7 +151,9 @@ pub fn num(v: f64) -> String {
         return "0".into();
     }
     let a = v.abs();
-    if a >= 100.0 {
+    if v.fract() == 0.0 && a < 1e15 {
+        format!("{v:.0}")
+    } else if a >= 100.0 {
         format!("{v:.0}")
     } else if a >= 10.0 {
         format!("{v:.1}")
@@ -188,7 +190,9 @@ pub fn table(reports: &[ScenarioReport]) -> String {
                 m.metric.clone(),
                 with_unit(m.berth),
                 m.baseline.map(with_unit).unwrap_or_else(|| "-".into()),
-                m.ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
+                m.ratio
+                    .map(|r| format!("{r:.2}"))
+                    .unwrap_or_else(|| "-".into()),
                 m.target
                     .map(|t| t.text(&m.unit))
                     .unwrap_or_else(|| "-".into()),
@@ -247,9 +251,11 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let m = Metric::versus("s", "wall", "s", 1.05, 1.0, "docker").target(Target::RatioAtMost(1.10));
+        let m =
+            Metric::versus("s", "wall", "s", 1.05, 1.0, "docker").target(Target::RatioAtMost(1.10));
         assert_eq!(m.verdict, Verdict::Pass);
-        let m = Metric::versus("s", "wall", "s", 1.2, 1.0, "docker").target(Target::RatioAtMost(1.10));
+        let m =
+            Metric::versus("s", "wall", "s", 1.2, 1.0, "docker").target(Target::RatioAtMost(1.10));
         assert_eq!(m.verdict, Verdict::Miss);
         let m = Metric::figure("s", "rss", "MiB", 16.0).target(Target::AtMost(15.0));
         assert_eq!(m.verdict, Verdict::Miss);
@@ -261,6 +267,7 @@ mod tests {
     #[test]
     fn numbers_and_targets_print_short() {
         assert_eq!(num(1234.5), "1234");
+        assert_eq!(num(20.0), "20");
         assert_eq!(num(12.345), "12.3");
         assert_eq!(num(0.01234), "0.012");
         assert_eq!(Target::RatioAtMost(1.1).text(""), "ratio <= 1.1");
@@ -278,6 +285,9 @@ mod tests {
         }];
         let t = table(&reports);
         assert!(t.contains("deliver"), "{t}");
-        assert!(t.contains("scenario replay FAILED: server applied 5 of 10 events"), "{t}");
+        assert!(
+            t.contains("scenario replay FAILED: server applied 5 of 10 events"),
+            "{t}"
+        );
     }
 }

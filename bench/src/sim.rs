@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use berth_agent::{identity, tls};
-use berth_proto::v1::agent_message::Msg as Up;
 use berth_proto::v1::admin_client::AdminClient;
+use berth_proto::v1::agent_message::Msg as Up;
 use berth_proto::v1::enrollment_client::EnrollmentClient;
 use berth_proto::v1::fleet_client::FleetClient;
 use berth_proto::v1::server_message::Msg as Down;
@@ -71,7 +71,8 @@ pub async fn enroll(
     let ca_pem = Arc::new(tokio::sync::OnceCell::<String>::new());
     let enrolled: Vec<SimIdentity> = futures_util::stream::iter(0..count)
         .map(|i| {
-            let (mut admin, channel, ca_pem) = (admin.clone(), channel.clone(), Arc::clone(&ca_pem));
+            let (mut admin, channel, ca_pem) =
+                (admin.clone(), channel.clone(), Arc::clone(&ca_pem));
             async move {
                 let token = admin
                     .create_token(CreateTokenRequest::default())
@@ -318,9 +319,8 @@ impl SimAgent {
             if started.elapsed() >= STABLE_AFTER {
                 backoff = BACKOFF_START;
             }
-            let jitter = Duration::from_millis(
-                rand::rng().random_range(0..=backoff.as_millis() as u64),
-            );
+            let jitter =
+                Duration::from_millis(rand::rng().random_range(0..=backoff.as_millis() as u64));
             backoff = (backoff * 2).min(BACKOFF_CAP);
             tokio::select! {
                 _ = tokio::time::sleep(jitter) => {}
@@ -399,8 +399,12 @@ impl SimAgent {
         SessionEnd,
     > {
         let err = |e: String| SessionEnd::Error(None, e);
-        let cfg = tls::mtls_config(&self.ca_pem, &self.identity.cert_pem, &self.identity.key_pem)
-            .map_err(|e| err(e.to_string()))?;
+        let cfg = tls::mtls_config(
+            &self.ca_pem,
+            &self.identity.cert_pem,
+            &self.identity.key_pem,
+        )
+        .map_err(|e| err(e.to_string()))?;
         let channel = tls::channel(&self.fleet_url, cfg, berth_agent::session::KEEPALIVE)
             .await
             .map_err(|e| err(e.to_string()))?;
@@ -538,7 +542,11 @@ impl SimAgent {
             self.outbox.pop_front();
         }
         let now = Instant::now();
-        let done: Vec<u64> = self.awaiting_running.range(..=seq).map(|(s, _)| *s).collect();
+        let done: Vec<u64> = self
+            .awaiting_running
+            .range(..=seq)
+            .map(|(s, _)| *s)
+            .collect();
         for s in done {
             if let Some(task_id) = self.awaiting_running.remove(&s) {
                 self.shared.tell(Obs::Running { task_id, at: now });

@@ -20,13 +20,13 @@ use futures_util::future::try_join_all;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
+use crate::Ctx;
 use crate::cluster::{
     BenchServer, IDLE, enrolled_agent, one_container_def, run_task, stop_tasks, tasks_of,
     wait_tasks_status,
 };
 use crate::procfs::{self, Usage};
 use crate::report::{Metric, Target};
-use crate::Ctx;
 
 const SCENARIO: &str = "footprint";
 const SETTLE: Duration = Duration::from_secs(2);
@@ -56,7 +56,10 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
         health: false,
     }];
     for (tasks, health) in [(small, false), (big, false), (small, true), (big, true)] {
-        if levels.iter().any(|l| l.tasks == tasks && l.health == health) {
+        if levels
+            .iter()
+            .any(|l| l.tasks == tasks && l.health == health)
+        {
             continue;
         }
         let name = if health {
@@ -132,14 +135,24 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
         );
         let rss_target = if level.tasks == 0 { 15.0 } else { 30.0 };
         metrics.push(
-            Metric::figure(SCENARIO, &format!("agent RSS, {}", level.name), "MiB", agent_usage.rss_mean_mib)
-                .target(Target::AtMost(rss_target))
-                .note(note),
+            Metric::figure(
+                SCENARIO,
+                &format!("agent RSS, {}", level.name),
+                "MiB",
+                agent_usage.rss_mean_mib,
+            )
+            .target(Target::AtMost(rss_target))
+            .note(note),
         );
         metrics.push(
-            Metric::figure(SCENARIO, &format!("agent CPU, {}", level.name), "% core", agent_usage.cpu_percent)
-                .target(Target::AtMost(0.5))
-                .note(format!("utime+stime over {:.0} s", agent_usage.window_s)),
+            Metric::figure(
+                SCENARIO,
+                &format!("agent CPU, {}", level.name),
+                "% core",
+                agent_usage.cpu_percent,
+            )
+            .target(Target::AtMost(0.5))
+            .note(format!("utime+stime over {:.0} s", agent_usage.window_s)),
         );
         level_details.push(json!({
             "level": level.name,

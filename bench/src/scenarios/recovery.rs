@@ -20,15 +20,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use berth_e2e::{
-    Agent, DEADLINE, Proc, agent_bin, clean_command, containers_of, docker_ok, http_get,
-    str_field,
+    Agent, DEADLINE, Proc, agent_bin, clean_command, containers_of, docker_ok, http_get, str_field,
 };
 use futures_util::future::try_join_all;
 use serde_json::{Value, json};
 
-use crate::cluster::{BenchServer, IDLE, enrolled_agent, one_container_def, run_task, wait_tasks_status};
-use crate::report::{Metric, Target};
 use crate::Ctx;
+use crate::cluster::{
+    BenchServer, IDLE, enrolled_agent, one_container_def, run_task, wait_tasks_status,
+};
+use crate::report::{Metric, Target};
 
 const SCENARIO: &str = "recovery";
 const POLL: Duration = Duration::from_millis(10);
@@ -131,9 +132,16 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
             "local API up {:.0} ms, tasks {:.0} ms, session {:.0} ms",
             loaded.api_ms, loaded.tasks_ms, loaded.connected_ms
         )),
-        Metric::figure(SCENARIO, "containers restarted by the agent restart", "", restarted as f64)
-            .target(Target::Equals(0.0))
-            .note(format!("{n} containers, docker inspect StartedAt/RestartCount")),
+        Metric::figure(
+            SCENARIO,
+            "containers restarted by the agent restart",
+            "",
+            restarted as f64,
+        )
+        .target(Target::Equals(0.0))
+        .note(format!(
+            "{n} containers, docker inspect StartedAt/RestartCount"
+        )),
         Metric::figure(SCENARIO, "containers created twice", "", duplicated as f64)
             .target(Target::Equals(0.0)),
     ])
@@ -156,7 +164,10 @@ fn restart(agent: &Agent, n: usize, what: &str) -> anyhow::Result<(Recovery, Pro
     let ms = |t: Instant| t.duration_since(t0).as_secs_f64() * 1000.0;
     let addr = loop {
         if let Some(status) = proc.exited() {
-            bail!("berth-agent exited ({status}) while starting; log tail:\n{}", berth_e2e::log_tail(&log, 40));
+            bail!(
+                "berth-agent exited ({status}) while starting; log tail:\n{}",
+                berth_e2e::log_tail(&log, 40)
+            );
         }
         if let Ok(text) = std::fs::read_to_string(&ready)
             && let Ok(json) = serde_json::from_str::<Value>(&text)
@@ -165,7 +176,10 @@ fn restart(agent: &Agent, n: usize, what: &str) -> anyhow::Result<(Recovery, Pro
             break str_field(&json, "apiAddr").to_string();
         }
         if t0.elapsed() > DEADLINE {
-            bail!("berth-agent did not write {} within {DEADLINE:?}", ready.display());
+            bail!(
+                "berth-agent did not write {} within {DEADLINE:?}",
+                ready.display()
+            );
         }
         std::thread::sleep(POLL);
     };
@@ -176,7 +190,11 @@ fn restart(agent: &Agent, n: usize, what: &str) -> anyhow::Result<(Recovery, Pro
             let tasks = get_json(&addr, "/v1/tasks")?;
             let running = tasks["tasks"]
                 .as_array()
-                .map(|ts| ts.iter().filter(|t| str_field(t, "lastStatus") == "RUNNING").count())
+                .map(|ts| {
+                    ts.iter()
+                        .filter(|t| str_field(t, "lastStatus") == "RUNNING")
+                        .count()
+                })
                 .unwrap_or(0);
             if running == n {
                 tasks_at = Some(Instant::now());
@@ -186,7 +204,11 @@ fn restart(agent: &Agent, n: usize, what: &str) -> anyhow::Result<(Recovery, Pro
             connected_at = Some(Instant::now());
         }
         if t0.elapsed() > DEADLINE {
-            bail!("after {DEADLINE:?} the restarted agent shows tasks_ready={} connected={}", tasks_at.is_some(), connected_at.is_some());
+            bail!(
+                "after {DEADLINE:?} the restarted agent shows tasks_ready={} connected={}",
+                tasks_at.is_some(),
+                connected_at.is_some()
+            );
         }
         std::thread::sleep(POLL);
     }
@@ -231,7 +253,11 @@ fn snapshot(instance: &str) -> HashMap<String, Seen> {
 }
 
 /// Kills every container behind the agent's back; each task must stop.
-fn prove_watching(agent: &Agent, containers: &HashMap<String, Seen>, ids: &[String]) -> anyhow::Result<()> {
+fn prove_watching(
+    agent: &Agent,
+    containers: &HashMap<String, Seen>,
+    ids: &[String],
+) -> anyhow::Result<()> {
     let addr = {
         let text = std::fs::read_to_string(agent.data_dir().join("agent-api.json"))?;
         let json: Value = serde_json::from_str(&text)?;

@@ -22,6 +22,7 @@ use berth_e2e::DEADLINE;
 use serde_json::{Value, json};
 
 use super::LabelledCleanup;
+use crate::Ctx;
 use crate::cluster::{
     BenchServer, enrolled_agent, one_container_def, run_task, stop_tasks, tasks_of,
     wait_tasks_status,
@@ -29,7 +30,6 @@ use crate::cluster::{
 use crate::dockerapi::{self, BENCH_LABEL, EventLog, Restart};
 use crate::report::{Metric, Target};
 use crate::stats::{p50_p99, percentile};
-use crate::Ctx;
 
 const SCENARIO: &str = "restart";
 const CRASH: &[&str] = &["sh", "-c", "sleep 2; exit 1"];
@@ -75,7 +75,8 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
         for _ in 0..n {
             tasks.push(run_task(&mut admin, &def, &instance).await?);
         }
-        let (states, _) = wait_tasks_status(&mut admin, &instance, &tasks, "RUNNING", DEADLINE).await?;
+        let (states, _) =
+            wait_tasks_status(&mut admin, &instance, &tasks, "RUNNING", DEADLINE).await?;
         let containers: Vec<String> = states
             .iter()
             .filter_map(|t| t.containers.first().map(|c| c.runtime_id.clone()))
@@ -91,7 +92,10 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
         let start = Instant::now();
         loop {
             let states = tasks_of(&mut admin, &instance).await?;
-            let ours: Vec<_> = states.iter().filter(|t| tasks.contains(&t.task_id)).collect();
+            let ours: Vec<_> = states
+                .iter()
+                .filter(|t| tasks.contains(&t.task_id))
+                .collect();
             if let Some(t) = ours.iter().find(|t| t.last_status != "RUNNING") {
                 bail!(
                     "task {} is {} after its container restarted: {} {}",
@@ -103,7 +107,11 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
             }
             let counted = ours
                 .iter()
-                .filter(|t| t.containers.first().is_some_and(|c| c.restart_count as usize >= r))
+                .filter(|t| {
+                    t.containers
+                        .first()
+                        .is_some_and(|c| c.restart_count as usize >= r)
+                })
                 .count();
             if counted == n {
                 break;
@@ -174,14 +182,20 @@ async fn wait_restarts(
                 let mut list = all.get(id).cloned().unwrap_or_default();
                 list.truncate(r);
                 if let Some(bad) = list.iter().find(|x| x.exit_code != "1") {
-                    bail!("{side}: container {id} died with exit code {:?}, not 1", bad.exit_code);
+                    bail!(
+                        "{side}: container {id} died with exit code {:?}, not 1",
+                        bad.exit_code
+                    );
                 }
                 out.insert(id.clone(), list);
             }
             return Ok(out);
         }
         if start.elapsed() > deadline {
-            bail!("{side}: after {deadline:?}, {done} of {} containers restarted {r} times", ids.len());
+            bail!(
+                "{side}: after {deadline:?}, {done} of {} containers restarted {r} times",
+                ids.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use super::LabelledCleanup;
+use crate::Ctx;
 use crate::cluster::{
     BenchServer, IDLE, enrolled_agent, now_ms, one_container_def, run_task, stop_tasks,
     wait_tasks_status,
@@ -35,7 +36,6 @@ use crate::cluster::{
 use crate::dockerapi::{self, BENCH_LABEL};
 use crate::report::{Metric, Target};
 use crate::stats::{mean, p50_p99};
-use crate::Ctx;
 
 const SCENARIO: &str = "task-start";
 
@@ -92,8 +92,14 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
             .filter_map(|(_, b)| b.control_plane_ms)
             .collect::<Vec<_>>(),
     );
-    let d_lat: Vec<f64> = rounds.iter().flat_map(|(d, _)| d.latencies_ms.clone()).collect();
-    let b_lat: Vec<f64> = rounds.iter().flat_map(|(_, b)| b.latencies_ms.clone()).collect();
+    let d_lat: Vec<f64> = rounds
+        .iter()
+        .flat_map(|(d, _)| d.latencies_ms.clone())
+        .collect();
+    let b_lat: Vec<f64> = rounds
+        .iter()
+        .flat_map(|(_, b)| b.latencies_ms.clone())
+        .collect();
     let (d50, d99) = p50_p99(&d_lat);
     let (b50, b99) = p50_p99(&b_lat);
     let note = format!("N={n}, {} round(s), {} samples", rounds.len(), b_lat.len());
@@ -113,7 +119,8 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
         )
         .target(Target::RatioAtMost(1.10))
         .note(note.clone()),
-        Metric::versus(SCENARIO, "per-task latency p50", "ms", b50, d50, baseline).note(note.clone()),
+        Metric::versus(SCENARIO, "per-task latency p50", "ms", b50, d50, baseline)
+            .note(note.clone()),
         Metric::versus(SCENARIO, "per-task latency p99", "ms", b99, d99, baseline).note(note),
         Metric::versus(
             SCENARIO,
