@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CARGO_FUZZ_VERSION=0.13.2
-TARGETS=(taskdef_parse agent_message_decode server_message_decode enroll_request_decode)
+TARGETS=(taskdef_parse agent_message_decode server_message_decode certificate_request_decode)
 
 usage() {
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
@@ -126,7 +126,10 @@ fuzz_one() {
         echo "${artifact:-none}" >"$work/$t.status"
         echo "==> fuzz: $t: FAILED after $((SECONDS - start)) s (exit $rc)"
         # from the panic or sanitizer report on, without libFuzzer's progress lines
-        awk '/panicked at|==[0-9]+==ERROR|ERROR: libFuzzer|^==[0-9]+== ?ERROR/ { on = 1 } on' "$log" |
+        # (up to the fuzz target's frame: libFuzzer's own frames say nothing)
+        awk '/panicked at|==[0-9]+== ?ERROR|ERROR: libFuzzer/ { on = 1 }
+             on { print }
+             /rust_fuzzer_test_input|LLVMFuzzerTestOneInput/ { on = 0 }' "$log" |
             grep -vE '^(#[0-9]+|INFO:)|NEW_FUNC' | head -60 >&2 || true
     fi
 }

@@ -151,9 +151,7 @@ pub fn num(v: f64) -> String {
         return "0".into();
     }
     let a = v.abs();
-    if v.fract() == 0.0 && a < 1e15 {
-        format!("{v:.0}")
-    } else if a >= 100.0 {
+    if (v.fract() == 0.0 && a < 1e15) || a >= 100.0 {
         format!("{v:.0}")
     } else if a >= 10.0 {
         format!("{v:.1}")

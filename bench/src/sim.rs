@@ -353,14 +353,14 @@ impl SimAgent {
         // Replay: everything above what the server applied, at once.
         match self.flush(&tx, sent).await {
             Ok(s) => sent = s,
-            Err(end) => return end,
+            Err(end) => return self.why_closed(&mut inbound, end).await,
         }
         loop {
             tokio::select! {
                 _ = heartbeat.tick() => {
                     let hb = Up::Heartbeat(Heartbeat { sent_at_ms: berth_proto::now_ms() });
                     if let Err(end) = send(&tx, hb).await {
-                        return end;
+                        return self.why_closed(&mut inbound, end).await;
                     }
                 }
                 msg = inbound.message() => match msg {
@@ -370,11 +370,11 @@ impl SimAgent {
                             self.assign(a);
                             let ack = Up::AssignmentAck(AssignmentAck { generation });
                             if let Err(end) = send(&tx, ack).await {
-                                return end;
+                                return self.why_closed(&mut inbound, end).await;
                             }
                             match self.flush(&tx, sent).await {
                                 Ok(s) => sent = s,
-                                Err(end) => return end,
+                                Err(end) => return self.why_closed(&mut inbound, end).await,
                             }
                         }
                         Some(Down::EventAck(ack)) => self.ack(ack.sequence),
@@ -452,6 +452,29 @@ impl SimAgent {
         self.welcome_applied = welcome.applied_event_sequence;
         self.ack(welcome.applied_event_sequence);
         Ok((tx, inbound))
+    }
+
+    /// When sending failed because the stream is closed: the status the
+    /// server closed it with (if it says so within a second), else `end`.
+    /// EventAcks still in flight are taken (they only trim the outbox; the
+    /// next Welcome says where to resume either way).
+    async fn why_closed(
+        &mut self,
+        inbound: &mut tonic::Streaming<berth_proto::v1::ServerMessage>,
+        end: SessionEnd,
+    ) -> SessionEnd {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match tokio::time::timeout_at(deadline, inbound.message()).await {
+                Ok(Ok(Some(m))) => {
+                    if let Some(Down::EventAck(ack)) = m.msg {
+                        self.ack(ack.sequence);
+                    }
+                }
+                Ok(Err(s)) => return SessionEnd::Error(Some(s.code()), s.message().to_string()),
+                _ => return end,
+            }
+        }
     }
 
     /// Sends every outbox event after `sent`; returns the new mark.

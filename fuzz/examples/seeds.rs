@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     agent_seeds(&fuzz.join("corpus/agent_message_decode"))?;
     server_seeds(&fuzz, &fuzz.join("corpus/server_message_decode"))?;
-    enroll_seeds(&fuzz.join("corpus/enroll_request_decode"))?;
+    certificate_seeds(&fuzz.join("corpus/certificate_request_decode"))?;
     taskdef_seeds(&fuzz, &fuzz.join("corpus/taskdef_parse"))?;
     regressions(&fuzz.join("regressions"))?;
     Ok(())
@@ -313,7 +313,7 @@ fn server_seeds(fuzz: &Path, dir: &Path) -> Result<(), Box<dyn std::error::Error
     Ok(())
 }
 
-fn enroll_seeds(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+fn certificate_seeds(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let request = |csr: String| {
         EnrollRequest {
             activation_id: "0f8a1c2e-activation".into(),
@@ -335,11 +335,15 @@ fn enroll_seeds(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     params.distinguished_name.push(rcgen::DnType::CommonName, "berth-agent");
     let csr = params.serialize_request(&key)?.pem()?;
     write(dir, "csr-agent", &request(csr.clone()))?;
-    // a CSR that asks for more than it gets: SANs, a CA flag
+    // the renewal berth-agent sends over its mTLS session
+    write(dir, "renew-agent", &RenewRequest { csr_pem: csr.clone() }.encode_to_vec())?;
+    // a CSR that asks for more than it gets: SANs, a CA flag, another
+    // instance, the admin OU
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
     let mut params = rcgen::CertificateParams::new(vec!["evil.example".to_owned(), "10.0.0.1".to_owned()])?;
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.distinguished_name.push(rcgen::DnType::CommonName, "i-00000000000000f1");
+    params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, "admin");
     write(dir, "csr-greedy-ed25519", &request(params.serialize_request(&key)?.pem()?))?;
     // broken ones
     let truncated: String = csr.chars().take(csr.len() / 2).collect();

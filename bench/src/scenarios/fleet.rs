@@ -71,8 +71,13 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
 
     let t = Instant::now();
     eprintln!("  enrolling {kmax} simulated agents");
-    let (identities, ca_pem) =
-        rt.block_on(sim::enroll(&admin, &fleet_url, &ctx.name("sim"), kmax, ENROLL_PARALLEL))?;
+    let (identities, ca_pem) = rt.block_on(sim::enroll(
+        &admin,
+        &fleet_url,
+        &ctx.name("sim"),
+        kmax,
+        ENROLL_PARALLEL,
+    ))?;
     let enroll_s = t.elapsed().as_secs_f64();
     metrics.push(
         Metric::figure(
@@ -106,8 +111,10 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
                 handles.push(tokio::spawn(agent.run(stop_rx.clone())));
             }
         }
+        let cpu = CpuSplit::start(server.pid())?;
         wait_connected(&shared, k, RAMP_DEADLINE, &mut server)?;
         let ramp_s = t.elapsed().as_secs_f64();
+        let ramp_cpu = cpu.finish(server.pid())?;
         eprintln!("  {k} sessions connected in {ramp_s:.1} s; measuring for {window:?}");
         let ended = shared.ended.load(Ordering::SeqCst);
         let usage: Usage = procfs::measure(server.pid(), window)?;
@@ -181,6 +188,7 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
             "connectedOnControlPlane": connected_cp,
             "droppedInWindow": ended_in_window,
             "rampSeconds": ramp_s,
+            "rampCpu": ramp_cpu,
             "server": usage,
             "oldestHeartbeatSeconds": oldest_hb_s,
         }));
@@ -300,8 +308,10 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
     }
     let respawned = Instant::now();
     server.respawn()?;
+    let cpu = CpuSplit::start(server.pid())?;
     wait_connected(&shared, kmax, RAMP_DEADLINE, &mut server)?;
     let back = Instant::now();
+    let storm_cpu = cpu.finish(server.pid())?;
     let storm_s = back.duration_since(respawned).as_secs_f64();
     let storm_kill_s = back.duration_since(killed).as_secs_f64();
     let attempts = shared.welcomes.load(Ordering::SeqCst) - welcomes;
@@ -332,10 +342,37 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
         "serverBefore": base,
         "enrollSeconds": enroll_s,
         "fanout": {"tasks": m, "assignedP50Ms": a50, "assignedP99Ms": a99, "runningP50Ms": r50, "runningP99Ms": r99},
-        "storm": {"fromRespawnSeconds": storm_s, "fromKillSeconds": storm_kill_s, "welcomes": attempts},
+        "storm": {"fromRespawnSeconds": storm_s, "fromKillSeconds": storm_kill_s, "welcomes": attempts, "cpu": storm_cpu},
         "sessionEndReasons": errors,
     });
     Ok(metrics)
+}
+
+/// CPU used by the server and by this process (the simulated agents) over
+/// a phase, in percent of one core: which side a ramp or storm waits for.
+struct CpuSplit {
+    at: Instant,
+    server: f64,
+    agents: f64,
+}
+
+impl CpuSplit {
+    fn start(server: u32) -> anyhow::Result<CpuSplit> {
+        Ok(CpuSplit {
+            at: Instant::now(),
+            server: procfs::cpu_seconds(server)?,
+            agents: procfs::cpu_seconds(std::process::id())?,
+        })
+    }
+
+    fn finish(self, server: u32) -> anyhow::Result<Value> {
+        let secs = self.at.elapsed().as_secs_f64().max(1e-3);
+        Ok(json!({
+            "serverCpuPercent": 100.0 * (procfs::cpu_seconds(server)? - self.server) / secs,
+            "simulatedAgentsCpuPercent": 100.0 * (procfs::cpu_seconds(std::process::id())? - self.agents) / secs,
+            "loadAverage": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        }))
+    }
 }
 
 /// Tells every simulated agent to stop when dropped (also on failure).

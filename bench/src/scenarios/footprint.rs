@@ -5,16 +5,21 @@
 //! ECS allows). The control plane runs with its default heartbeat interval
 //! (10 s), as in production.
 //!
-//! Before each window the tasks are RUNNING (and HEALTHY, with checks) on
+//! The plain levels and the health-check levels each get a fresh agent
+//! (the allocator keeps what 100 tasks needed). Before each window the
+//! tasks are RUNNING (and HEALTHY, with checks) on
 //! the control plane, and 2 s have passed. dockerd's CPU over the same
 //! window is recorded in the JSON for context (health checks cost dockerd,
-//! not the agent). Checked: the agent process stays up and every task
+//! not the agent), and so are the Docker events the agent's subscription
+//! (its own containers) delivered in the window, by action: the profile of
+//! what the agent had to read. Checked: the agent process stays up and every task
 //! stays RUNNING through each window.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use berth_e2e::DEADLINE;
+use berth_e2e::{Agent, DEADLINE};
 use berth_proto::v1::admin_client::AdminClient;
 use futures_util::future::try_join_all;
 use serde_json::{Value, json};
@@ -22,9 +27,9 @@ use tonic::transport::Channel;
 
 use crate::Ctx;
 use crate::cluster::{
-    BenchServer, IDLE, enrolled_agent, one_container_def, run_task, stop_tasks, tasks_of,
-    wait_tasks_status,
+    BenchServer, IDLE, enrolled_agent, one_container_def, run_task, tasks_of, wait_tasks_status,
 };
+use crate::dockerapi::{self, EventLog};
 use crate::procfs::{self, Usage};
 use crate::report::{Metric, Target};
 
@@ -42,11 +47,6 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
     let small = big.min(10);
     let window = ctx.opts.window;
     let server = BenchServer::start(&ctx.run, None)?;
-    let agent = enrolled_agent(&server, &ctx.run, "")?;
-    let instance = agent.instance_id().to_string();
-    let config = agent.config_path().to_string_lossy().into_owned();
-    let pid = procfs::pid_with_arg("berth-agent", &config)
-        .with_context(|| format!("no berth-agent process with --config {config}"))?;
     let dockerd = procfs::pid_of("dockerd");
     let image = ctx.image.tag().to_string();
 
@@ -76,16 +76,30 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
 
     let mut metrics = Vec::new();
     let mut level_details = Vec::new();
-    let mut plain: Vec<String> = Vec::new();
-    let mut checked: Vec<String> = Vec::new();
+    // One agent per phase (plain, then health checks), so that the
+    // health-check figures do not carry the memory the allocator kept from
+    // the 100 plain tasks. Dropping an agent removes its containers.
+    let mut agent: Option<(Agent, u32, bool)> = None;
+    let mut ids: Vec<String> = Vec::new();
     for level in &levels {
+        if agent
+            .as_ref()
+            .is_none_or(|(_, _, health)| *health != level.health)
+        {
+            drop(agent.take());
+            ids.clear();
+            let a = enrolled_agent(&server, &ctx.run, "")?;
+            let config = a.config_path().to_string_lossy().into_owned();
+            let pid = procfs::pid_with_arg("berth-agent", &config)
+                .with_context(|| format!("no berth-agent process with --config {config}"))?;
+            agent = Some((a, pid, level.health));
+        }
+        let Some((a, pid, _)) = &agent else {
+            bail!("no agent");
+        };
+        let (instance, pid) = (a.instance_id().to_string(), *pid);
         ctx.rt.block_on(async {
             let mut admin = server.admin().await?;
-            if level.health && !plain.is_empty() {
-                stop_tasks(&mut admin, &instance, &plain).await?;
-                plain.clear();
-            }
-            let ids = if level.health { &mut checked } else { &mut plain };
             let family = ctx.name(if level.health { "fp-health" } else { "fp" });
             let extra = if level.health {
                 json!({"healthCheck": {"command": ["CMD-SHELL", "true"], "interval": 5, "timeout": 2, "retries": 1, "startPeriod": 0}})
@@ -101,24 +115,37 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
             }))
             .await?;
             ids.extend(new);
-            wait_tasks_status(&mut admin, &instance, ids, "RUNNING", DEADLINE * 3).await?;
+            wait_tasks_status(&mut admin, &instance, &ids, "RUNNING", DEADLINE * 3).await?;
             if level.health {
-                wait_healthy(&mut admin, &instance, ids).await?;
+                wait_healthy(&mut admin, &instance, &ids).await?;
             }
             anyhow::Ok(())
         })?;
         std::thread::sleep(SETTLE);
         eprintln!("  {}: measuring for {window:?}", level.name);
+        // What the agent's event subscription delivers during the window
+        // (the same filter: its containers), by action.
+        let events = {
+            let _enter = ctx.rt.enter();
+            let docker = ctx.rt.block_on(dockerapi::connect())?;
+            EventLog::start(&docker, &format!("berth.instance-id={instance}"))
+        };
         let mut pids = vec![pid];
         pids.extend(dockerd);
         let usage = procfs::measure_many(&pids, window)
             .context("the agent process exited during the window")?;
+        let seen = events.snapshot();
+        drop(events);
+        let mut by_action: BTreeMap<String, usize> = BTreeMap::new();
+        for e in &seen {
+            let action = e.action.split(':').next().unwrap_or_default().to_string();
+            *by_action.entry(action).or_default() += 1;
+        }
         let agent_usage: Usage = usage[0];
         let dockerd_usage = usage.get(1).copied();
         // Every task is still RUNNING after the window.
         ctx.rt.block_on(async {
             let mut admin = server.admin().await?;
-            let ids = if level.health { &checked } else { &plain };
             let states = tasks_of(&mut admin, &instance).await?;
             let running = states
                 .iter()
@@ -144,6 +171,7 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
             .target(Target::AtMost(rss_target))
             .note(note),
         );
+        let events_per_s = seen.len() as f64 / agent_usage.window_s;
         metrics.push(
             Metric::figure(
                 SCENARIO,
@@ -152,17 +180,24 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
                 agent_usage.cpu_percent,
             )
             .target(Target::AtMost(0.5))
-            .note(format!("utime+stime over {:.0} s", agent_usage.window_s)),
+            .note(format!(
+                "utime+stime over {:.0} s; {events_per_s:.1} docker events/s on the agent's subscription",
+                agent_usage.window_s
+            )),
         );
         level_details.push(json!({
             "level": level.name,
             "tasks": level.tasks,
             "healthChecks": level.health,
+            "agentPid": pid,
             "agent": agent_usage,
             "dockerd": dockerd_usage,
+            "dockerEventsPerSecond": events_per_s,
+            "dockerEventsByAction": by_action,
         }));
     }
-    *details = json!({ "agentPid": pid, "levels": level_details });
+    drop(agent);
+    *details = json!({ "levels": level_details });
     Ok(metrics)
 }
 

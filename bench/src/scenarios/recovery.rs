@@ -115,7 +115,7 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })?;
-    prove_watching(&agent, &before, &ids)?;
+    prove_watching(ctx, &server, &instance, &before, &ids)?;
     drop(proc);
 
     *details = json!({ "n": n, "idle": idle, "loaded": loaded, "restarted": restarted, "duplicated": duplicated });
@@ -252,44 +252,33 @@ fn snapshot(instance: &str) -> HashMap<String, Seen> {
         .collect()
 }
 
-/// Kills every container behind the agent's back; each task must stop.
+/// Kills every container behind the agent's back; each task must stop
+/// with EssentialContainerExited on the control plane (the agent forgets a
+/// task once the control plane stops assigning it, so its local API is not
+/// the place to look).
 fn prove_watching(
-    agent: &Agent,
+    ctx: &Ctx,
+    server: &BenchServer,
+    instance: &str,
     containers: &HashMap<String, Seen>,
     ids: &[String],
 ) -> anyhow::Result<()> {
-    let addr = {
-        let text = std::fs::read_to_string(agent.data_dir().join("agent-api.json"))?;
-        let json: Value = serde_json::from_str(&text)?;
-        str_field(&json, "apiAddr").to_string()
-    };
     let mut args = vec!["kill"];
     args.extend(containers.keys().map(String::as_str));
     docker_ok(&args);
-    let start = Instant::now();
-    loop {
-        let tasks = get_json(&addr, "/v1/tasks")?;
-        let stopped = tasks["tasks"]
-            .as_array()
-            .map(|ts| {
-                ts.iter()
-                    .filter(|t| {
-                        ids.iter().any(|id| id == str_field(t, "taskId"))
-                            && str_field(t, "lastStatus") == "STOPPED"
-                            && str_field(t, "stopCode") == "EssentialContainerExited"
-                    })
-                    .count()
-            })
-            .unwrap_or(0);
-        if stopped == ids.len() {
-            return Ok(());
-        }
-        if start.elapsed() > DEADLINE {
+    ctx.rt.block_on(async {
+        let mut admin = server.admin().await?;
+        let (states, _) = wait_tasks_status(&mut admin, instance, ids, "STOPPED", DEADLINE)
+            .await
+            .context("after every container was killed behind its back, the restarted agent did not stop every task: it does not watch them all")?;
+        if let Some(t) = states.iter().find(|t| t.stop_code != "EssentialContainerExited") {
             bail!(
-                "after killing every container, {stopped} of {} tasks went STOPPED: the restarted agent does not watch the others",
-                ids.len()
+                "task {} stopped with {:?} ({}), not EssentialContainerExited",
+                t.task_id,
+                t.stop_code,
+                t.stopped_reason
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        anyhow::Ok(())
+    })
 }

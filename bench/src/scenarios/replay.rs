@@ -84,18 +84,43 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
         let t0 = Instant::now();
         let (stop, running) = spawn(agent);
         let (mut sessions, mut ends) = (0u64, Vec::new());
+        // Per session: when its Welcome came, the sequence it resumed from,
+        // the last acknowledgement and its sequence.
+        let mut spans: Vec<Span> = Vec::new();
         let deadline = tokio::time::Instant::now() + REPLAY_DEADLINE;
         let done = loop {
             match tokio::time::timeout_at(deadline, obs.recv()).await {
-                Ok(Some(Obs::Welcome { .. })) => sessions += 1,
+                Ok(Some(Obs::Welcome { at, applied, .. })) => {
+                    sessions += 1;
+                    spans.push(Span { welcome: at, from: applied, last_ack: at, acked: applied });
+                }
                 Ok(Some(Obs::Ended { code, error, .. })) => ends.push(format!("{code:?}: {error}")),
-                Ok(Some(Obs::Acked { seq, at, .. })) if seq >= last => break at,
+                Ok(Some(Obs::Acked { seq, at, .. })) => {
+                    if let Some(span) = spans.last_mut() {
+                        span.last_ack = at;
+                        span.acked = seq;
+                    }
+                    if seq >= last {
+                        break at;
+                    }
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => bail!("the simulated agent is gone"),
                 Err(_) => bail!("after {REPLAY_DEADLINE:?} the last event ({last}) is not acknowledged; {sessions} sessions"),
             }
         };
         let elapsed = done.duration_since(t0).as_secs_f64();
+        // While a session streams, the control plane applies at this rate;
+        // the rest of the time is reconnecting.
+        let streaming: f64 = spans
+            .iter()
+            .map(|s| s.last_ack.duration_since(s.welcome).as_secs_f64())
+            .sum();
+        let streamed: u64 = spans.iter().map(|s| s.acked.saturating_sub(s.from)).sum();
+        let per_session: Vec<Value> = spans
+            .iter()
+            .map(|s| json!({"from": s.from, "acked": s.acked, "seconds": s.last_ack.duration_since(s.welcome).as_secs_f64()}))
+            .collect();
         let _ = stop.send(true);
         let agent = running.await?;
         ensure!(agent.outbox_len() == 0, "{} events left in the outbox", agent.outbox_len());
@@ -122,9 +147,9 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
                 .with_context(|| format!("task {id} not on the control plane"))?;
             ensure!(got == *want, "task {id}: restartCount {got} on the control plane, {want} in the last event");
         }
-        anyhow::Ok((elapsed, sessions, ends, last))
+        anyhow::Ok((elapsed, sessions, ends, last, streaming, streamed, per_session))
     })?;
-    let (elapsed, sessions, ends, last) = out;
+    let (elapsed, sessions, ends, last, streaming, streamed, per_session) = out;
     let rate_limited = ends
         .iter()
         .filter(|e| e.contains("ResourceExhausted"))
@@ -136,13 +161,29 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
         "seconds": elapsed,
         "sessions": sessions,
         "sessionEnds": ends,
+        "streamingSeconds": streaming,
+        "perSession": per_session,
     });
     Ok(vec![
         Metric::figure(SCENARIO, &format!("deliver + acknowledge {events} queued events"), "s", elapsed).note(format!(
             "{sessions} session(s), {rate_limited} ended by the 200/s (burst 1000) stream limit; all applied (last sequence {last})"
         )),
         Metric::figure(SCENARIO, "replay throughput", "events/s", events as f64 / elapsed),
+        Metric::figure(
+            SCENARIO,
+            "control plane apply rate while a session streams",
+            "events/s",
+            if streaming > 0.0 { streamed as f64 / streaming } else { 0.0 },
+        )
+        .note(format!("{streaming:.1} s of {elapsed:.1} s streaming; the rest reconnect back-off")),
     ])
+}
+
+struct Span {
+    welcome: Instant,
+    from: u64,
+    last_ack: Instant,
+    acked: u64,
 }
 
 fn spawn(agent: SimAgent) -> (watch::Sender<bool>, tokio::task::JoinHandle<SimAgent>) {
