@@ -40,22 +40,34 @@ fn regressions(dir: &Path) -> std::io::Result<()> {
     let mut late = task(OWN_TASK, "RUNNING", "RUNNING");
     late.started_at_ms = LAST_MS_OF_9999 + 1;
     fs::create_dir_all(&agent)?;
-    fs::write(agent.join("crash-started-after-year-9999"), session(vec![hello(INSTANCE), event(3, late)]))?;
+    fs::write(
+        agent.join("crash-started-after-year-9999"),
+        session(vec![hello(INSTANCE), event(3, late)]),
+    )?;
     fs::write(
         agent.join("crash-sequence-above-i64-max"),
-        session(vec![hello(INSTANCE), event(u64::MAX, task(OWN_TASK, "RUNNING", "RUNNING"))]),
+        session(vec![
+            hello(INSTANCE),
+            event(u64::MAX, task(OWN_TASK, "RUNNING", "RUNNING")),
+        ]),
     )?;
     let mut greedy = hello(INSTANCE);
     if let A::Hello(h) = &mut greedy {
         h.applied_generation = u64::MAX;
     }
-    fs::write(agent.join("crash-generation-i64-max"), session(vec![greedy]))?;
+    fs::write(
+        agent.join("crash-generation-i64-max"),
+        session(vec![greedy]),
+    )?;
 
     let server = dir.join("server_message_decode");
     let mut late = desired(OWN_TASK, DEFINITION, "RUNNING");
     late.created_at_ms = i64::MAX;
     fs::create_dir_all(&server)?;
-    fs::write(server.join("crash-created-after-year-9999"), assignment(2, vec![late]))?;
+    fs::write(
+        server.join("crash-created-after-year-9999"),
+        assignment(2, vec![late]),
+    )?;
     Ok(())
 }
 
@@ -67,7 +79,11 @@ const MAX_SEED_BYTES: u64 = 8 * 1024;
 fn definitions(fuzz: &Path) -> std::io::Result<Vec<PathBuf>> {
     let root = fuzz.parent().expect("fuzz/ is inside the repository");
     let mut all = Vec::new();
-    for sub in ["taskdef/tests/corpus/valid", "taskdef/tests/corpus/invalid", "examples"] {
+    for sub in [
+        "taskdef/tests/corpus/valid",
+        "taskdef/tests/corpus/invalid",
+        "examples",
+    ] {
         let mut files: Vec<PathBuf> = fs::read_dir(root.join(sub))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
@@ -105,11 +121,16 @@ fn container(name: &str, status: &str, exit: Option<i32>) -> ContainerState {
     ContainerState {
         name: name.into(),
         image: "busybox:latest".into(),
-        image_digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+        image_digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+            .into(),
         runtime_id: "4f1c0ffee4f1c0ffee4f1c0ffee4f1c0ffee4f1c0ffee4f1c0ffee4f1c0ffee".into(),
         last_status: status.into(),
         exit_code: exit,
-        reason: if exit.is_some() { "exited".into() } else { String::new() },
+        reason: if exit.is_some() {
+            "exited".into()
+        } else {
+            String::new()
+        },
         health_status: "HEALTHY".into(),
         restart_count: 1,
         network_bindings: vec![NetworkBinding {
@@ -130,8 +151,16 @@ fn task(id: &str, status: &str, desired: &str) -> TaskState {
         last_status: status.into(),
         desired_status: desired.into(),
         health_status: "HEALTHY".into(),
-        stop_code: if stopped { "EssentialContainerExited".into() } else { String::new() },
-        stopped_reason: if stopped { "Essential container in task exited".into() } else { String::new() },
+        stop_code: if stopped {
+            "EssentialContainerExited".into()
+        } else {
+            String::new()
+        },
+        stopped_reason: if stopped {
+            "Essential container in task exited".into()
+        } else {
+            String::new()
+        },
         created_at_ms: 1_700_000_000_000,
         started_at_ms: 1_700_000_001_000,
         stopped_at_ms: if stopped { 1_700_000_002_000 } else { 0 },
@@ -171,7 +200,9 @@ fn msg(m: A) -> AgentMessage {
 fn session(msgs: Vec<A>) -> Vec<u8> {
     let mut out = Vec::new();
     for m in msgs {
-        msg(m).encode_length_delimited(&mut out).expect("a Vec grows");
+        msg(m)
+            .encode_length_delimited(&mut out)
+            .expect("a Vec grows");
     }
     out
 }
@@ -179,10 +210,29 @@ fn session(msgs: Vec<A>) -> Vec<u8> {
 fn agent_seeds(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     // single messages, as one gRPC frame carries them
     write(dir, "hello", &msg(hello(INSTANCE)).encode_to_vec())?;
-    write(dir, "heartbeat", &msg(A::Heartbeat(Heartbeat { sent_at_ms: 1_700_000_000_000 })).encode_to_vec())?;
-    write(dir, "event-running", &msg(event(3, task(OWN_TASK, "RUNNING", "RUNNING"))).encode_to_vec())?;
-    write(dir, "event-stopped", &msg(event(4, task(OWN_TASK, "STOPPED", "STOPPED"))).encode_to_vec())?;
-    write(dir, "assignment-ack", &msg(A::AssignmentAck(AssignmentAck { generation: 2 })).encode_to_vec())?;
+    write(
+        dir,
+        "heartbeat",
+        &msg(A::Heartbeat(Heartbeat {
+            sent_at_ms: 1_700_000_000_000,
+        }))
+        .encode_to_vec(),
+    )?;
+    write(
+        dir,
+        "event-running",
+        &msg(event(3, task(OWN_TASK, "RUNNING", "RUNNING"))).encode_to_vec(),
+    )?;
+    write(
+        dir,
+        "event-stopped",
+        &msg(event(4, task(OWN_TASK, "STOPPED", "STOPPED"))).encode_to_vec(),
+    )?;
+    write(
+        dir,
+        "assignment-ack",
+        &msg(A::AssignmentAck(AssignmentAck { generation: 2 })).encode_to_vec(),
+    )?;
     write(dir, "empty", &AgentMessage { msg: None }.encode_to_vec())?;
 
     // sessions: length-delimited messages, Hello first
@@ -202,14 +252,20 @@ fn agent_seeds(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     write(
         dir,
         "session-foreign-task",
-        &session(vec![hello(INSTANCE), event(3, task(FOREIGN_TASK, "STOPPED", "STOPPED"))]),
+        &session(vec![
+            hello(INSTANCE),
+            event(3, task(FOREIGN_TASK, "STOPPED", "STOPPED")),
+        ]),
     )?;
     write(
         dir,
         "session-unknown-task",
         &session(vec![
             hello(INSTANCE),
-            event(3, task("t-ffffffffffffffffffffffffffffffff", "RUNNING", "RUNNING")),
+            event(
+                3,
+                task("t-ffffffffffffffffffffffffffffffff", "RUNNING", "RUNNING"),
+            ),
             event(5, task("t-ffffffffffffffffffffffffffffffff", "STOPPED", "")),
         ]),
     )?;
@@ -244,12 +300,29 @@ fn agent_seeds(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         &session(vec![
             high,
             event(i64::MAX as u64 - 2, far),
-            A::AssignmentAck(AssignmentAck { generation: u64::MAX }),
+            A::AssignmentAck(AssignmentAck {
+                generation: u64::MAX,
+            }),
         ]),
     )?;
-    write(dir, "session-wrong-instance", &session(vec![hello(OTHER_INSTANCE), event(3, task(OWN_TASK, "RUNNING", "RUNNING"))]))?;
-    write(dir, "session-second-hello", &session(vec![hello(INSTANCE), hello(INSTANCE)]))?;
-    write(dir, "session-no-hello", &session(vec![event(3, task(OWN_TASK, "RUNNING", "RUNNING"))]))?;
+    write(
+        dir,
+        "session-wrong-instance",
+        &session(vec![
+            hello(OTHER_INSTANCE),
+            event(3, task(OWN_TASK, "RUNNING", "RUNNING")),
+        ]),
+    )?;
+    write(
+        dir,
+        "session-second-hello",
+        &session(vec![hello(INSTANCE), hello(INSTANCE)]),
+    )?;
+    write(
+        dir,
+        "session-no-hello",
+        &session(vec![event(3, task(OWN_TASK, "RUNNING", "RUNNING"))]),
+    )?;
     Ok(())
 }
 
@@ -266,8 +339,16 @@ fn desired(id: &str, json: &str, status: &str) -> DesiredTask {
         task_definition_json: json.into(),
         desired_status: status.into(),
         created_at_ms: 1_700_000_000_000,
-        stop_code: if status == "STOPPED" { "UserInitiated".into() } else { String::new() },
-        stopped_reason: if status == "STOPPED" { "stopped by the operator".into() } else { String::new() },
+        stop_code: if status == "STOPPED" {
+            "UserInitiated".into()
+        } else {
+            String::new()
+        },
+        stopped_reason: if status == "STOPPED" {
+            "stopped by the operator".into()
+        } else {
+            String::new()
+        },
     }
 }
 
@@ -288,7 +369,11 @@ fn server_seeds(fuzz: &Path, dir: &Path) -> Result<(), Box<dyn std::error::Error
     let mut late = desired(OWN_TASK, DEFINITION, "RUNNING");
     late.created_at_ms = LAST_MS_OF_9999;
     write(dir, "assignment-edges", &assignment(u64::MAX, vec![late]))?;
-    write(dir, "assignment-one", &assignment(2, vec![desired(OWN_TASK, DEFINITION, "RUNNING")]))?;
+    write(
+        dir,
+        "assignment-one",
+        &assignment(2, vec![desired(OWN_TASK, DEFINITION, "RUNNING")]),
+    )?;
     write(
         dir,
         "assignment-stop",
@@ -297,7 +382,14 @@ fn server_seeds(fuzz: &Path, dir: &Path) -> Result<(), Box<dyn std::error::Error
     write(
         dir,
         "assignment-invalid-definition",
-        &assignment(4, vec![desired(OWN_TASK, r#"{"family":"web","containerDefinitions":[]}"#, "RUNNING")]),
+        &assignment(
+            4,
+            vec![desired(
+                OWN_TASK,
+                r#"{"family":"web","containerDefinitions":[]}"#,
+                "RUNNING",
+            )],
+        ),
     )?;
     // one assignment per valid definition the repository has
     let mut n = 0;
@@ -308,7 +400,11 @@ fn server_seeds(fuzz: &Path, dir: &Path) -> Result<(), Box<dyn std::error::Error
         let json = fs::read_to_string(&f)?;
         n += 1;
         let id = format!("t-{n:032x}");
-        write(dir, &format!("assignment-{}", stem(&f)), &assignment(10 + n, vec![desired(&id, &json, "RUNNING")]))?;
+        write(
+            dir,
+            &format!("assignment-{}", stem(&f)),
+            &assignment(10 + n, vec![desired(&id, &json, "RUNNING")]),
+        )?;
     }
     Ok(())
 }
@@ -332,26 +428,46 @@ fn certificate_seeds(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     // what berth-agent sends (agent/src/identity.rs): P-256, CN berth-agent
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "berth-agent");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "berth-agent");
     let csr = params.serialize_request(&key)?.pem()?;
     write(dir, "csr-agent", &request(csr.clone()))?;
     // the renewal berth-agent sends over its mTLS session
-    write(dir, "renew-agent", &RenewRequest { csr_pem: csr.clone() }.encode_to_vec())?;
+    write(
+        dir,
+        "renew-agent",
+        &RenewRequest {
+            csr_pem: csr.clone(),
+        }
+        .encode_to_vec(),
+    )?;
     // a CSR that asks for more than it gets: SANs, a CA flag, another
     // instance, the admin OU
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
-    let mut params = rcgen::CertificateParams::new(vec!["evil.example".to_owned(), "10.0.0.1".to_owned()])?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["evil.example".to_owned(), "10.0.0.1".to_owned()])?;
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, "i-00000000000000f1");
-    params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, "admin");
-    write(dir, "csr-greedy-ed25519", &request(params.serialize_request(&key)?.pem()?))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "i-00000000000000f1");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, "admin");
+    write(
+        dir,
+        "csr-greedy-ed25519",
+        &request(params.serialize_request(&key)?.pem()?),
+    )?;
     // broken ones
     let truncated: String = csr.chars().take(csr.len() / 2).collect();
     write(dir, "csr-truncated", &request(truncated))?;
     write(
         dir,
         "csr-not-base64",
-        &request("-----BEGIN CERTIFICATE REQUEST-----\n!!!!\n-----END CERTIFICATE REQUEST-----\n".into()),
+        &request(
+            "-----BEGIN CERTIFICATE REQUEST-----\n!!!!\n-----END CERTIFICATE REQUEST-----\n".into(),
+        ),
     )?;
     write(dir, "csr-empty", &request(String::new()))?;
     Ok(())

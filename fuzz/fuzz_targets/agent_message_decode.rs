@@ -38,7 +38,9 @@ fuzz_target!(|data: &[u8]| {
     // before it touches the store; so does this target, cheaply.
     if !matches!(
         session.first(),
-        Some(AgentMessage { msg: Some(berth_proto::v1::agent_message::Msg::Hello(_)) })
+        Some(AgentMessage {
+            msg: Some(berth_proto::v1::agent_message::Msg::Hello(_))
+        })
     ) {
         return;
     }

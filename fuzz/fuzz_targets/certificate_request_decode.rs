@@ -54,8 +54,8 @@ fn sign(csr_pem: &str) {
         }
         Err(other) => panic!("the CA accepted a CSR but could not sign it: {other}"),
     };
-    let (_, pem) = x509_parser::pem::parse_x509_pem(issued.pem.as_bytes())
-        .expect("the CA writes PEM");
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(issued.pem.as_bytes()).expect("the CA writes PEM");
     let subject = ca::subject_of(&pem.contents).expect("the CA's certificate reads back");
     assert_eq!(subject.common_name, berth_fuzz::INSTANCE, "{csr_pem}");
     assert!(!subject.admin, "a CSR got an admin certificate: {csr_pem}");

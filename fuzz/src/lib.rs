@@ -65,7 +65,10 @@ pub const DEFINITION: &str = r#"{"family":"web","containerDefinitions":[{"name":
 pub fn check_definition(text: &str) -> Option<Parsed> {
     match berth_taskdef::parse(text) {
         Err(e) => {
-            assert!(!e.problems.is_empty(), "an error without problems for {text:?}");
+            assert!(
+                !e.problems.is_empty(),
+                "an error without problems for {text:?}"
+            );
             for p in &e.problems {
                 assert!(!p.path.is_empty(), "a problem without a JSON path: {p:?}");
             }
@@ -100,13 +103,18 @@ pub fn round_trip(def: &TaskDefinition) {
     if &again != def {
         let a = rounded(serde_json::to_value(def).expect("serializes"));
         let b = rounded(serde_json::to_value(&again).expect("serializes"));
-        assert_eq!(a, b, "round trip changed the definition\nserialized: {json}");
+        assert_eq!(
+            a, b,
+            "round trip changed the definition\nserialized: {json}"
+        );
     }
 }
 
 fn rounded(v: Value) -> Value {
     match v {
-        Value::Number(n) if n.is_f64() => Value::String(format!("{:.12e}", n.as_f64().unwrap_or(0.0))),
+        Value::Number(n) if n.is_f64() => {
+            Value::String(format!("{:.12e}", n.as_f64().unwrap_or(0.0)))
+        }
         Value::Array(items) => Value::Array(items.into_iter().map(rounded).collect()),
         Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, rounded(v))).collect()),
         other => other,
@@ -157,8 +165,15 @@ pub fn agent_runs(def: &TaskDefinition, task_id: &str) {
 
     let all: Vec<usize> = (0..n).collect();
     let host_ports = ports::static_host_ports(def, &all);
-    let unique: BTreeSet<(u16, &str)> = host_ports.iter().map(|p| (p.port, p.protocol.as_str())).collect();
-    assert_eq!(unique.len(), host_ports.len(), "duplicate static host ports");
+    let unique: BTreeSet<(u16, &str)> = host_ports
+        .iter()
+        .map(|p| (p.port, p.protocol.as_str()))
+        .collect();
+    assert_eq!(
+        unique.len(),
+        host_ports.len(),
+        "duplicate static host ports"
+    );
 
     let _ = def.reservation();
     let _ = def.network_mode();
@@ -187,8 +202,12 @@ pub fn agent_receives(assignment: &Assignment) {
 
 fn desired_task(d: &DesiredTask) {
     let json = serde_json::to_string(d).expect("a desired task serializes");
-    let back: DesiredTask = serde_json::from_str(&json).expect("a persisted desired task reads back");
-    assert_eq!(&back, d, "desired task changed through the agent's state file");
+    let back: DesiredTask =
+        serde_json::from_str(&json).expect("a persisted desired task reads back");
+    assert_eq!(
+        &back, d,
+        "desired task changed through the agent's state file"
+    );
     let parsed = check_definition(&d.task_definition_json);
     if let Some(parsed) = &parsed {
         agent_runs(&parsed.definition, &d.task_id);
@@ -311,12 +330,19 @@ impl Fleet {
                 boot_id: hello.boot_id.clone(),
                 cpu: capacity.cpu.max(0),
                 memory_mib: capacity.memory_mib.max(0),
-                attributes: hello.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                attributes: hello
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 at_ms: NOW_MS,
                 applied_generation: hello.applied_generation,
                 last_event_sequence: hello.last_event_sequence,
             };
-            let outcome = self.store.record_hello(INSTANCE, &record).expect("record_hello");
+            let outcome = self
+                .store
+                .record_hello(INSTANCE, &record)
+                .expect("record_hello");
             // The agent must accept the next assignment (for generations an
             // agent can reach; what the server does at the edge of i64 is
             // checked by `finish`).
@@ -335,7 +361,9 @@ impl Fleet {
         match m {
             AgentMsg::Hello(_) => return Err(Refused::SecondHello),
             AgentMsg::Heartbeat(h) => {
-                self.store.record_heartbeat(INSTANCE, NOW_MS).expect("record_heartbeat");
+                self.store
+                    .record_heartbeat(INSTANCE, NOW_MS)
+                    .expect("record_heartbeat");
                 let _ = h.sent_at_ms;
             }
             AgentMsg::AssignmentAck(ack) => {
@@ -344,10 +372,16 @@ impl Fleet {
                     .expect("record_assignment_ack");
             }
             AgentMsg::Event(event) => {
-                let outcome = self.store.apply_event(INSTANCE, event, NOW_MS).expect("apply_event");
+                let outcome = self
+                    .store
+                    .apply_event(INSTANCE, event, NOW_MS)
+                    .expect("apply_event");
                 if outcome.applied {
                     // SPEC §4: a replayed event changes nothing twice.
-                    let again = self.store.apply_event(INSTANCE, event, NOW_MS).expect("apply_event");
+                    let again = self
+                        .store
+                        .apply_event(INSTANCE, event, NOW_MS)
+                        .expect("apply_event");
                     assert!(
                         !again.applied,
                         "event {} was applied twice (replay not idempotent)",
@@ -355,9 +389,16 @@ impl Fleet {
                     );
                 }
                 if outcome.foreign_task {
-                    let t = self.store.task(FOREIGN_TASK).expect("task").expect("foreign task still there");
+                    let t = self
+                        .store
+                        .task(FOREIGN_TASK)
+                        .expect("task")
+                        .expect("foreign task still there");
                     assert_eq!(t.instance_id, OTHER_INSTANCE);
-                    assert_eq!(t.last_status, PENDING, "an event of {INSTANCE} changed a task of {OTHER_INSTANCE}");
+                    assert_eq!(
+                        t.last_status, PENDING,
+                        "an event of {INSTANCE} changed a task of {OTHER_INSTANCE}"
+                    );
                 }
                 if outcome.assignment_changed {
                     self.assignment();
@@ -388,8 +429,15 @@ impl Fleet {
         for t in self.store.tasks(None).expect("tasks") {
             show_task(&t.instance_id, &t.state(), t.last_seen_at_ms);
         }
-        let _ = self.store.tasks(Some(INSTANCE)).expect("tasks of the instance");
-        let inst = self.store.instance(INSTANCE).expect("instance").expect("instance exists");
+        let _ = self
+            .store
+            .tasks(Some(INSTANCE))
+            .expect("tasks of the instance");
+        let inst = self
+            .store
+            .instance(INSTANCE)
+            .expect("instance")
+            .expect("instance exists");
         let _ = self.store.instances().expect("instances");
         let _ = self.store.usage().expect("usage");
         let _ = berth_control::view::time(inst.last_heartbeat_at_ms);

@@ -124,7 +124,14 @@ pub fn time_json(ms: i64) -> Value {
 pub fn format_time_ms(ms: i64) -> Option<String> {
     let ms = u64::try_from(ms).ok().filter(|ms| *ms > 0)?;
     let t = UNIX_EPOCH.checked_add(Duration::from_millis(ms))?;
-    Some(humantime::format_rfc3339_millis(t).to_string())
+    // Past the year 9999 humantime cannot format: say nothing rather than panic.
+    let mut s = String::new();
+    std::fmt::Write::write_fmt(
+        &mut s,
+        format_args!("{}", humantime::format_rfc3339_millis(t)),
+    )
+    .ok()?;
+    Some(s)
 }
 
 fn opt_str(s: &str) -> Value {
@@ -289,5 +296,14 @@ mod tests {
             missing["registeredResources"],
             json!({"cpu": 0, "memory": 0})
         );
+    }
+}
+
+#[cfg(test)]
+mod far_future {
+    #[test]
+    fn times_past_the_year_9999_are_left_out_not_a_panic() {
+        assert_eq!(super::format_time_ms(253_402_300_800_000), None);
+        assert!(super::format_time_ms(1_700_000_000_000).is_some());
     }
 }

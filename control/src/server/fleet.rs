@@ -45,6 +45,11 @@ use super::limits::TokenBucket;
 use super::store::{HelloRecord, INACTIVE, InstanceRecord, StoreError};
 use super::{Core, SessionCommand, peer_text, store_status};
 
+/// Largest generation or event sequence an agent may send: the store keeps
+/// them as signed 64-bit integers and adds to them, so half the range keeps
+/// every sum exact (and no agent counts that far).
+pub const MAX_COUNTER: u64 = 1 << 62;
+
 /// Messages buffered towards one agent before the session waits for it.
 const OUTBOUND_BUFFER: usize = 64;
 
@@ -309,6 +314,12 @@ impl Session {
                 hello.instance_id, self.instance_id
             )));
         }
+        if hello.applied_generation > MAX_COUNTER || hello.last_event_sequence > MAX_COUNTER {
+            return End::Refused(Status::invalid_argument(format!(
+                "Hello: applied_generation {} / last_event_sequence {} out of range (at most {MAX_COUNTER})",
+                hello.applied_generation, hello.last_event_sequence
+            )));
+        }
         let instance = match self.record_hello(&hello).await {
             Ok(outcome) => {
                 if let Some(from) = outcome.event_seq_lowered_from {
@@ -441,6 +452,11 @@ impl Session {
 
     async fn apply_event(&mut self, event: TaskEvent) -> Result<(), End> {
         let sequence = event.sequence;
+        if sequence > MAX_COUNTER {
+            return Err(End::Refused(Status::invalid_argument(format!(
+                "event sequence {sequence} out of range (at most {MAX_COUNTER})"
+            ))));
+        }
         let task_id = event
             .task
             .as_ref()
