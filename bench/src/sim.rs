@@ -119,6 +119,10 @@ pub enum Obs {
         agent: usize,
         at: Instant,
         applied: u64,
+        /// How long the TCP + TLS + HTTP/2 connection took.
+        connect_ms: f64,
+        /// From sending Hello to the Welcome.
+        welcome_ms: f64,
     },
     /// A task first appeared in an Assignment.
     Assigned { task_id: String, at: Instant },
@@ -399,6 +403,7 @@ impl SimAgent {
         SessionEnd,
     > {
         let err = |e: String| SessionEnd::Error(None, e);
+        let started = Instant::now();
         let cfg = tls::mtls_config(
             &self.ca_pem,
             &self.identity.cert_pem,
@@ -411,6 +416,7 @@ impl SimAgent {
         let mut client = FleetClient::new(channel)
             .max_decoding_message_size(berth_proto::FLEET_MAX_SERVER_MESSAGE)
             .max_encoding_message_size(berth_proto::FLEET_MAX_AGENT_MESSAGE);
+        let connected = Instant::now();
         let (tx, rx) = mpsc::channel::<AgentMessage>(256);
         let hello = Hello {
             instance_id: self.identity.instance_id.clone(),
@@ -443,10 +449,13 @@ impl SimAgent {
         };
         self.shared.connected.fetch_add(1, Ordering::SeqCst);
         self.shared.welcomes.fetch_add(1, Ordering::SeqCst);
+        let at = Instant::now();
         self.shared.tell(Obs::Welcome {
             agent: self.index,
-            at: Instant::now(),
+            at,
             applied: welcome.applied_event_sequence,
+            connect_ms: connected.duration_since(started).as_secs_f64() * 1000.0,
+            welcome_ms: at.duration_since(connected).as_secs_f64() * 1000.0,
         });
         self.heartbeat_ms = welcome.heartbeat_interval_ms;
         self.welcome_applied = welcome.applied_event_sequence;

@@ -6,16 +6,18 @@
 //! 1. Enrollment: K one-time activations and K `Enroll` calls (4 at once:
 //!    the server allows 5 unfinished enrollments per source address).
 //! 2. For each K of `--sessions` (ascending): connect the sessions that are
-//!    missing (256 handshakes at a time), wait until all K have their
-//!    Welcome, then measure the server's RSS and CPU over the window.
-//!    Checked: no session ended during the window, the control plane shows
-//!    all K connected, and how old the oldest heartbeat it stored is
-//!    (target: within 3 intervals, the server's own grace).
-//! 3. Fan-out: M `RunTask` calls (32 at once), each targeted at a different
-//!    simulated instance; latency from the call to the Assignment arriving
-//!    at the agent, and to the EventAck of the agent's RUNNING event (the
-//!    control plane stored it). Checked: the control plane shows all M
-//!    RUNNING.
+//!    missing (256 handshakes at a time; the connect and Hello→Welcome
+//!    times and the server's CPU during the ramp go to the JSON), wait
+//!    until all K have their Welcome, then measure the server's RSS and CPU
+//!    over the window. Reported against targets: every session still up at
+//!    the agents and connected on the control plane after the window, and
+//!    the age of the oldest heartbeat the control plane stored (within 3
+//!    intervals, the server's own grace).
+//! 3. Then, at the same K, fan-out: M `RunTask` calls (32 at once, M =
+//!    min(K, 500) unless `--fanout`), each targeted at another simulated
+//!    instance; latency from the call to the Assignment arriving at the
+//!    agent, and to the EventAck of the agent's RUNNING event (the control
+//!    plane stored it). Checked: the control plane shows all M RUNNING.
 //! 4. Reconnect storm: SIGKILL the server, start it again on the same
 //!    addresses and data; the agents back off and reconnect as the real
 //!    agent does (full jitter, 250 ms doubling to 30 s). Time until all K
@@ -31,10 +33,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use berth_proto::v1::admin_client::AdminClient;
 use berth_proto::v1::{ListInstancesRequest, ListTasksRequest};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
 
 use crate::Ctx;
 use crate::cluster::{BenchServer, IDLE, one_container_def, run_task};
@@ -50,6 +54,8 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// its source address until it succeeds and refuses a sixth at once
 /// (issue 5), and every simulated agent comes from 127.0.0.1.
 const ENROLL_PARALLEL: usize = 4;
+/// Fan-out tasks per level when `--fanout` is not given (at most K).
+const FANOUT: usize = 500;
 /// How long the sessions of one level may take to connect.
 const RAMP_DEADLINE: Duration = Duration::from_secs(900);
 
@@ -96,7 +102,7 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
     let mut handles = Vec::new();
     let guard = StopOnDrop(stop_tx);
 
-    for &k in &levels {
+    for (li, &k) in levels.iter().enumerate() {
         let t = Instant::now();
         {
             let _enter = rt.enter();
@@ -115,6 +121,8 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
         wait_connected(&shared, k, RAMP_DEADLINE, &mut server)?;
         let ramp_s = t.elapsed().as_secs_f64();
         let ramp_cpu = cpu.finish(server.pid())?;
+        let server_threads = procfs::threads(server.pid())?;
+        let (connect_ms, welcome_ms) = connect_times(&mut obs);
         eprintln!("  {k} sessions connected in {ramp_s:.1} s; measuring for {window:?}");
         let ended = shared.ended.load(Ordering::SeqCst);
         let usage: Usage = procfs::measure(server.pid(), window)?;
@@ -182,6 +190,49 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
             .target(Target::AtMost(3.0 * HEARTBEAT.as_secs_f64()))
             .note("age of the oldest lastHeartbeatAt of a connected instance after the window"),
         );
+        let m = ctx.opts.fanout.unwrap_or(k.min(FANOUT)).clamp(1, k);
+        eprintln!("  fan-out: {m} tasks at K={k}");
+        let (assigned, running) = fanout(ctx, &admin, &identities[..k], m, li, &mut obs)?;
+        let (a50, a99) = p50_p99(&assigned);
+        let (r50, r99) = p50_p99(&running);
+        let note = format!("{m} RunTask calls, 32 at once, each on another simulated instance");
+        metrics.push(
+            Metric::figure(
+                SCENARIO,
+                &format!("fan-out RunTask -> assignment at agent p50, K={k}"),
+                "ms",
+                a50,
+            )
+            .note(note.clone()),
+        );
+        metrics.push(
+            Metric::figure(
+                SCENARIO,
+                &format!("fan-out RunTask -> assignment at agent p99, K={k}"),
+                "ms",
+                a99,
+            )
+            .note(note.clone()),
+        );
+        metrics.push(
+            Metric::figure(
+                SCENARIO,
+                &format!("fan-out RunTask -> RUNNING stored p50, K={k}"),
+                "ms",
+                r50,
+            )
+            .note(note.clone()),
+        );
+        metrics.push(
+            Metric::figure(
+                SCENARIO,
+                &format!("fan-out RunTask -> RUNNING stored p99, K={k}"),
+                "ms",
+                r99,
+            )
+            .note(note),
+        );
+        let fan = json!({"tasks": m, "assignedP50Ms": a50, "assignedP99Ms": a99, "runningP50Ms": r50, "runningP99Ms": r99});
         level_details.push(json!({
             "sessions": k,
             "held": held,
@@ -189,21 +240,92 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
             "droppedInWindow": ended_in_window,
             "rampSeconds": ramp_s,
             "rampCpu": ramp_cpu,
+            "rampConnectMsP50P99": connect_ms,
+            "rampHelloToWelcomeMsP50P99": welcome_ms,
+            "serverThreadsAfterRamp": server_threads,
+            "fanout": fan,
             "server": usage,
             "oldestHeartbeatSeconds": oldest_hb_s,
         }));
     }
 
-    // Fan-out.
-    let m = ctx.opts.fanout.unwrap_or(kmax.min(1000)).clamp(1, kmax);
+    // Reconnect storm.
+    eprintln!("  reconnect storm: killing and restarting the server");
+    let welcomes = shared.welcomes.load(Ordering::SeqCst);
+    let killed = Instant::now();
+    server.kill();
+    let gone_deadline = Instant::now() + Duration::from_secs(120);
+    while shared.connected() > 0 {
+        if Instant::now() > gone_deadline {
+            bail!(
+                "{} sessions still up 120 s after the server was killed",
+                shared.connected()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let respawned = Instant::now();
+    server.respawn()?;
+    let cpu = CpuSplit::start(server.pid())?;
+    wait_connected(&shared, kmax, RAMP_DEADLINE, &mut server)?;
+    let back = Instant::now();
+    let storm_cpu = cpu.finish(server.pid())?;
+    let storm_s = back.duration_since(respawned).as_secs_f64();
+    let storm_kill_s = back.duration_since(killed).as_secs_f64();
+    let attempts = shared.welcomes.load(Ordering::SeqCst) - welcomes;
+    let after = procfs::measure(server.pid(), Duration::from_secs(2))?;
+    metrics.push(
+        Metric::figure(SCENARIO, &format!("reconnect storm, K={kmax} back"), "s", storm_s).note(format!(
+            "from the new server process; {storm_kill_s:.1} s from the kill; {attempts} Welcomes; server RSS after {:.1} MiB",
+            after.rss_mean_mib
+        )),
+    );
+
+    // Stop the simulated agents.
+    drop(guard);
+    let errors = rt.block_on(async {
+        for h in handles {
+            let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
+        }
+        let mut errors: HashMap<String, u64> = HashMap::new();
+        while let Ok(o) = obs.try_recv() {
+            if let Obs::Ended { code, error, .. } = o {
+                *errors.entry(format!("{code:?}: {error}")).or_default() += 1;
+            }
+        }
+        errors
+    });
+    *details = json!({
+        "levels": level_details,
+        "serverBefore": base,
+        "enrollSeconds": enroll_s,
+        "storm": {"fromRespawnSeconds": storm_s, "fromKillSeconds": storm_kill_s, "welcomes": attempts, "cpu": storm_cpu},
+        "sessionEndReasons": errors,
+    });
+    Ok(metrics)
+}
+
+/// M `RunTask` calls (32 at once), one per simulated instance of
+/// `identities` (spread evenly, shifted by `shift` so that each level picks
+/// other instances), and the latencies to the assignment at the agent and
+/// to the stored RUNNING event, in ms. Checked: the control plane shows all
+/// M RUNNING.
+fn fanout(
+    ctx: &Ctx,
+    admin: &AdminClient<Channel>,
+    identities: &[sim::SimIdentity],
+    m: usize,
+    shift: usize,
+    obs: &mut mpsc::UnboundedReceiver<Obs>,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let k = identities.len();
     let family = ctx.name("fanout");
     let def = one_container_def(ctx.image.tag(), &family, IDLE, json!({}));
     let targets: Vec<String> = (0..m)
-        .map(|i| identities[i * kmax / m].instance_id.clone())
+        .map(|i| identities[(i * k / m + shift) % k].instance_id.clone())
         .collect();
-    drain(&mut obs);
-    eprintln!("  fan-out: {m} tasks");
-    let (assigned, running) = rt.block_on(async {
+    drain(obs);
+    ctx.rt.block_on(async {
         let submitted: Vec<(String, Instant)> = futures_util::stream::iter(targets.iter())
             .map(|instance| {
                 let mut admin = admin.clone();
@@ -260,92 +382,7 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
                 .collect()
         };
         anyhow::Ok((lat(&assigned), lat(&running)))
-    })?;
-    let (a50, a99) = p50_p99(&assigned);
-    let (r50, r99) = p50_p99(&running);
-    let note =
-        format!("{m} RunTask calls, 32 at once, one per simulated instance, K={kmax} connected");
-    metrics.push(
-        Metric::figure(
-            SCENARIO,
-            "fan-out RunTask -> assignment at agent p50",
-            "ms",
-            a50,
-        )
-        .note(note.clone()),
-    );
-    metrics.push(
-        Metric::figure(
-            SCENARIO,
-            "fan-out RunTask -> assignment at agent p99",
-            "ms",
-            a99,
-        )
-        .note(note.clone()),
-    );
-    metrics.push(
-        Metric::figure(SCENARIO, "fan-out RunTask -> RUNNING stored p50", "ms", r50)
-            .note(note.clone()),
-    );
-    metrics.push(
-        Metric::figure(SCENARIO, "fan-out RunTask -> RUNNING stored p99", "ms", r99).note(note),
-    );
-
-    // Reconnect storm.
-    eprintln!("  reconnect storm: killing and restarting the server");
-    let welcomes = shared.welcomes.load(Ordering::SeqCst);
-    let killed = Instant::now();
-    server.kill();
-    let gone_deadline = Instant::now() + Duration::from_secs(120);
-    while shared.connected() > 0 {
-        if Instant::now() > gone_deadline {
-            bail!(
-                "{} sessions still up 120 s after the server was killed",
-                shared.connected()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let respawned = Instant::now();
-    server.respawn()?;
-    let cpu = CpuSplit::start(server.pid())?;
-    wait_connected(&shared, kmax, RAMP_DEADLINE, &mut server)?;
-    let back = Instant::now();
-    let storm_cpu = cpu.finish(server.pid())?;
-    let storm_s = back.duration_since(respawned).as_secs_f64();
-    let storm_kill_s = back.duration_since(killed).as_secs_f64();
-    let attempts = shared.welcomes.load(Ordering::SeqCst) - welcomes;
-    let after = procfs::measure(server.pid(), Duration::from_secs(2))?;
-    metrics.push(
-        Metric::figure(SCENARIO, &format!("reconnect storm, K={kmax} back"), "s", storm_s).note(format!(
-            "from the new server process; {storm_kill_s:.1} s from the kill; {attempts} Welcomes; server RSS after {:.1} MiB",
-            after.rss_mean_mib
-        )),
-    );
-
-    // Stop the simulated agents.
-    drop(guard);
-    let errors = rt.block_on(async {
-        for h in handles {
-            let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
-        }
-        let mut errors: HashMap<String, u64> = HashMap::new();
-        while let Ok(o) = obs.try_recv() {
-            if let Obs::Ended { code, error, .. } = o {
-                *errors.entry(format!("{code:?}: {error}")).or_default() += 1;
-            }
-        }
-        errors
-    });
-    *details = json!({
-        "levels": level_details,
-        "serverBefore": base,
-        "enrollSeconds": enroll_s,
-        "fanout": {"tasks": m, "assignedP50Ms": a50, "assignedP99Ms": a99, "runningP50Ms": r50, "runningP99Ms": r99},
-        "storm": {"fromRespawnSeconds": storm_s, "fromKillSeconds": storm_kill_s, "welcomes": attempts, "cpu": storm_cpu},
-        "sessionEndReasons": errors,
-    });
-    Ok(metrics)
+    })
 }
 
 /// CPU used by the server and by this process (the simulated agents) over
@@ -386,6 +423,26 @@ impl Drop for StopOnDrop {
 
 fn drain(obs: &mut mpsc::UnboundedReceiver<Obs>) {
     while obs.try_recv().is_ok() {}
+}
+
+/// p50/p99 of the connection and Hello→Welcome times of the Welcomes
+/// waiting in `obs` (the sessions of one ramp); drains `obs`.
+fn connect_times(obs: &mut mpsc::UnboundedReceiver<Obs>) -> ([f64; 2], [f64; 2]) {
+    let (mut connect, mut welcome) = (Vec::new(), Vec::new());
+    while let Ok(o) = obs.try_recv() {
+        if let Obs::Welcome {
+            connect_ms,
+            welcome_ms,
+            ..
+        } = o
+        {
+            connect.push(connect_ms);
+            welcome.push(welcome_ms);
+        }
+    }
+    let (c50, c99) = p50_p99(&connect);
+    let (w50, w99) = p50_p99(&welcome);
+    ([c50, c99], [w50, w99])
 }
 
 /// Waits until `k` sessions are connected, printing progress.

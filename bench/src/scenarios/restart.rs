@@ -3,8 +3,12 @@
 //! 1 s), versus the same container under Docker's own `on-failure` policy.
 //!
 //! Both sides are timed by Docker's clock: the `die` event of a container
-//! to its next `start` event (`timeNano` of `docker events`). N containers
-//! at once, the first R restarts of each. Docker's restart manager waits
+//! to its next `start` event (`timeNano` of `docker events`), the first R
+//! restarts of each of N containers per side. The two sides run at the same
+//! time, their containers started alternately and spread over one crash
+//! period (~2.3 s), so that both see the same machine load and dockerd, and
+//! no two exits coincide (simultaneous `docker start`s queue in dockerd,
+//! which would measure dockerd, not the restart policy). Docker's restart manager waits
 //! 100 ms before the first restart and doubles the wait for every restart
 //! of a container that ran less than 10 s (100, 200, 400 ms, …); berth
 //! restarts at once unless the container ran less than one second. The
@@ -33,6 +37,8 @@ use crate::stats::{p50_p99, percentile};
 
 const SCENARIO: &str = "restart";
 const CRASH: &[&str] = &["sh", "-c", "sleep 2; exit 1"];
+/// About how long one crash cycle takes.
+const PERIOD: Duration = Duration::from_millis(2300);
 
 pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
     let n = ctx.opts.n_or(10);
@@ -47,22 +53,6 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
 
     let (docker_restarts, berth_restarts) = ctx.rt.block_on(async {
         let docker = dockerapi::connect().await?;
-
-        // Docker's own on-failure policy.
-        let log = EventLog::start(&docker, &format!("{BENCH_LABEL}={label}"));
-        let mut ids = Vec::new();
-        for i in 0..n {
-            let body = dockerapi::container_body(&image, CRASH, &label, true);
-            ids.push(dockerapi::create_start(&docker, &format!("bench-{label}-{i}"), body).await?);
-        }
-        let docker_restarts = wait_restarts(&log, &ids, r, deadline, "docker").await?;
-        for id in &ids {
-            dockerapi::remove(&docker, id).await?;
-        }
-        drop(log);
-
-        // berth's restartPolicy.
-        let log = EventLog::start(&docker, &format!("berth.instance-id={instance}"));
         let mut admin = server.admin().await?;
         let family = ctx.name("restart");
         let def = one_container_def(
@@ -71,9 +61,20 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
             CRASH,
             json!({"restartPolicy": {"enabled": true, "restartAttemptPeriod": 1}}),
         );
+        // Both sides at once, interleaved and spread over one crash period,
+        // so that they share the machine's load and no two exits coincide.
+        let docker_log = EventLog::start(&docker, &format!("{BENCH_LABEL}={label}"));
+        let berth_log = EventLog::start(&docker, &format!("berth.instance-id={instance}"));
+        let step =
+            (PERIOD / (2 * n as u32)).clamp(Duration::from_millis(20), Duration::from_millis(500));
+        let mut ids = Vec::new();
         let mut tasks = Vec::new();
-        for _ in 0..n {
+        for i in 0..n {
+            let body = dockerapi::container_body(&image, CRASH, &label, true);
+            ids.push(dockerapi::create_start(&docker, &format!("bench-{label}-{i}"), body).await?);
+            tokio::time::sleep(step).await;
             tasks.push(run_task(&mut admin, &def, &instance).await?);
+            tokio::time::sleep(step).await;
         }
         let (states, _) =
             wait_tasks_status(&mut admin, &instance, &tasks, "RUNNING", DEADLINE).await?;
@@ -87,7 +88,11 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
             "{} of {n} RUNNING tasks report a container id",
             containers.len()
         );
-        let berth_restarts = wait_restarts(&log, &containers, r, deadline, "berth").await?;
+        let docker_restarts = wait_restarts(&docker_log, &ids, r, deadline, "docker").await?;
+        let berth_restarts = wait_restarts(&berth_log, &containers, r, deadline, "berth").await?;
+        for id in &ids {
+            dockerapi::remove(&docker, id).await?;
+        }
         // The control plane saw the restarts and the tasks never stopped.
         let start = Instant::now();
         loop {
