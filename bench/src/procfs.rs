@@ -160,6 +160,21 @@ pub fn check_nofile(limit: u64, sessions: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `some` stall totals (µs) of `/proc/pressure/{cpu,io}` (PSI): how
+/// long some task waited for a CPU or for I/O. `None` without PSI.
+pub fn pressure_us() -> Option<(u64, u64)> {
+    let read = |what: &str| -> Option<u64> {
+        let text = std::fs::read_to_string(format!("/proc/pressure/{what}")).ok()?;
+        text.lines()
+            .find(|l| l.starts_with("some"))?
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("total="))?
+            .parse()
+            .ok()
+    };
+    Some((read("cpu")?, read("io")?))
+}
+
 /// Facts about the machine for the report.
 pub fn machine() -> serde_json::Value {
     let read = |p: &str| std::fs::read_to_string(Path::new(p)).unwrap_or_default();

@@ -391,6 +391,7 @@ struct CpuSplit {
     at: Instant,
     server: f64,
     agents: f64,
+    pressure: Option<(u64, u64)>,
 }
 
 impl CpuSplit {
@@ -399,12 +400,23 @@ impl CpuSplit {
             at: Instant::now(),
             server: procfs::cpu_seconds(server)?,
             agents: procfs::cpu_seconds(std::process::id())?,
+            pressure: procfs::pressure_us(),
         })
     }
 
     fn finish(self, server: u32) -> anyhow::Result<Value> {
         let secs = self.at.elapsed().as_secs_f64().max(1e-3);
+        // Share of the phase some task of the machine stalled on CPU or
+        // I/O (PSI): a slow phase with idle processes waited for the disk.
+        let stalled = match (self.pressure, procfs::pressure_us()) {
+            (Some((c0, i0)), Some((c1, i1))) => json!({
+                "cpuSomePercent": (c1.saturating_sub(c0)) as f64 / (secs * 1e4),
+                "ioSomePercent": (i1.saturating_sub(i0)) as f64 / (secs * 1e4),
+            }),
+            _ => Value::Null,
+        };
         Ok(json!({
+            "pressure": stalled,
             "serverCpuPercent": 100.0 * (procfs::cpu_seconds(server)? - self.server) / secs,
             "simulatedAgentsCpuPercent": 100.0 * (procfs::cpu_seconds(std::process::id())? - self.agents) / secs,
             "loadAverage": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
