@@ -12,9 +12,10 @@
 #   --fast        quicker, larger compression (for tests)
 #
 # Steps: install missing build tools (packaging/install-build-deps.sh
-# --build-only: cargo-deb, cargo-generate-rpm, help2man, strip); cargo build
+# --build-only: cargo-deb, cargo-generate-rpm, strip); cargo build
 # (incremental: reuses target/release); stage stripped copies of the
-# binaries; generate man pages and completions (packaging/gen-docs.sh); then
+# binaries; let them write their man pages and completions
+# (packaging/gen-docs.sh, into the staging dir's release/docs/); then
 # cargo-deb and cargo-generate-rpm with the [package.metadata.deb] and
 # [package.metadata.generate-rpm] sections of agent/Cargo.toml and
 # control/Cargo.toml. Prints the package paths, one a line, at the end.
@@ -81,7 +82,7 @@ out=${out:-$target_dir/packages}
 mkdir -p "$out" "$target_dir" || fail "create output dir" "cannot create $out"
 out=$(cd "$out" && pwd)
 
-# One build at a time: the staging dir and packaging/generated are shared.
+# One build at a time: the staging dir is shared.
 exec 9>"$target_dir/.berth-packaging.lock"
 if command -v flock >/dev/null 2>&1; then
     flock 9
@@ -89,7 +90,7 @@ fi
 
 step "build tools"
 "$root/packaging/install-build-deps.sh" --build-only >&2 ||
-    fail "install build tools" "see the message above; or install cargo-deb, cargo-generate-rpm and help2man by hand"
+    fail "install build tools" "see the message above; or install cargo-deb and cargo-generate-rpm by hand"
 
 if [ "$build" -eq 1 ]; then
     step "cargo build --locked ${cargo_profile[*]} --bin berth-agent --bin berth"
@@ -103,7 +104,8 @@ done
 
 # cargo-deb and cargo-generate-rpm both read the binaries from
 # <target dir>/release/ (the `target/release/` of the metadata): point them at
-# a staging dir holding stripped copies of the binaries chosen above.
+# a staging dir holding stripped copies of the binaries chosen above, and the
+# man pages and completions under release/docs/.
 stage=$target_dir/packaging-stage
 step "stage stripped binaries from $bin_dir"
 rm -rf "$stage"
@@ -113,14 +115,15 @@ for b in berth-agent berth; do
     strip --strip-unneeded "$stage/release/$b" || fail "strip $b" "strip failed (apt-get install binutils)"
 done
 
-step "man pages and shell completions"
-"$root/packaging/gen-docs.sh" "$stage/release" "$root/packaging/generated" >&2 ||
-    fail "generate docs" "packaging/gen-docs.sh failed (see above)"
-
-# Reproducible timestamps: the last commit's, when there is one.
+# Reproducible timestamps (packages and man pages): the last commit's, when
+# there is one.
 if [ -z "${SOURCE_DATE_EPOCH:-}" ] && epoch=$(git -C "$root" log -1 --format=%ct 2>/dev/null) && [ -n "$epoch" ]; then
     export SOURCE_DATE_EPOCH=$epoch
 fi
+
+step "man pages and shell completions (the binaries' man and completions)"
+"$root/packaging/gen-docs.sh" "$stage/release" "$stage/release/docs" >&2 ||
+    fail "generate docs" "packaging/gen-docs.sh failed (see above)"
 
 rm -f "$out"/berth-agent_*.deb "$out"/berth-server_*.deb "$out"/berth-agent-*.rpm "$out"/berth-server-*.rpm
 

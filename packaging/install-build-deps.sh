@@ -6,9 +6,10 @@
 #
 # - cargo-deb and cargo-generate-rpm (cargo install --locked, pinned
 #   versions; a few minutes on 2 cores the first time);
-# - Debian packages: help2man (man pages) and binutils (strip) to build;
-#   rpm (rpm -qlp to read the .rpm) and shellcheck (the scripts' lint) to
-#   check — left out with --build-only (what build-packages.sh asks for).
+# - Debian packages: binutils (strip) to build; rpm (rpm -qlp to read the
+#   .rpm), shellcheck (the scripts' lint) and groff-base (the man pages'
+#   lint) to check — left out with --build-only (what build-packages.sh asks
+#   for). The man pages and completions come from the binaries themselves.
 #
 # Runs apt-get as root (or through sudo), serialised with a lock so that
 # parallel callers do not collide. With --check it installs nothing and
@@ -42,10 +43,10 @@ for arg in "$@"; do
 done
 
 missing_apt=()
-command -v help2man >/dev/null 2>&1 || missing_apt+=(help2man)
 if [ "$build_only" -eq 0 ]; then
     command -v rpm >/dev/null 2>&1 || missing_apt+=(rpm)
     command -v shellcheck >/dev/null 2>&1 || missing_apt+=(shellcheck)
+    command -v groff >/dev/null 2>&1 || missing_apt+=(groff-base)
 fi
 command -v strip >/dev/null 2>&1 || missing_apt+=(binutils)
 

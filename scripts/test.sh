@@ -7,7 +7,9 @@
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`,
 # or `scripts/test.sh -p berth-e2e --test tasks` (with -p/--package the run
 # covers those packages instead of the whole workspace). Every test binary
-# runs even when an earlier one fails (--no-fail-fast).
+# runs even when an earlier one fails (--no-fail-fast). A whole-workspace run
+# then replays the fuzz regressions and fuzzes each target for
+# $BERTH_FUZZ_SECONDS (default 20; 0 skips) with scripts/fuzz.sh.
 #
 # The e2e tests (tests/) run the binaries built here (target/debug/berth,
 # target/debug/berth-agent) against the local Docker Engine.
@@ -32,3 +34,14 @@ cargo build --workspace --bins --locked
 
 echo "==> test: cargo test ${scope[*]:+${scope[*]} }--locked --no-fail-fast $*"
 cargo test "${scope[@]}" --locked --no-fail-fast "$@"
+
+# The whole-workspace run also fuzzes every untrusted input for a bounded
+# time (fuzz/README.md): known crashes must stay fixed, and a short run on the
+# kept corpus must find no new one. BERTH_FUZZ_SECONDS=0 skips it.
+fuzz_seconds=${BERTH_FUZZ_SECONDS:-20}
+if [ ${#scope[@]} -gt 0 ] && [ "$fuzz_seconds" != 0 ]; then
+    echo "==> test: scripts/fuzz.sh --regressions"
+    scripts/fuzz.sh --regressions
+    echo "==> test: scripts/fuzz.sh $fuzz_seconds (every target)"
+    scripts/fuzz.sh "$fuzz_seconds"
+fi

@@ -15,11 +15,14 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cli_docs;
 pub mod config;
 pub mod failpoint;
 pub mod fsutil;
 pub mod identity;
+pub mod logs;
 pub mod manager;
+pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod ports;
@@ -123,8 +126,14 @@ impl Running {
 }
 
 /// Starts the agent with `runtime` and `cfg`: state, supervisors, session,
-/// local API. Returns once the API serves.
+/// local API. Returns once the API serves. Every call on `runtime` is
+/// measured for `/metrics` ([`runtime::metered::MeteredRuntime`]).
 pub async fn start(cfg: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<Running> {
+    let metrics = Arc::new(metrics::AgentMetrics::default());
+    let runtime: Arc<dyn Runtime> = Arc::new(runtime::metered::MeteredRuntime::new(
+        runtime,
+        Arc::clone(&metrics),
+    ));
     let data_dir = cfg.data_dir.as_path();
     let open = fsutil::create_private_dir(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
@@ -148,6 +157,7 @@ pub async fn start(cfg: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<Ru
         data_dir,
         cfg.start_tasks_offline,
         &boot_id(),
+        Arc::clone(&metrics),
     )
     .await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -155,6 +165,7 @@ pub async fn start(cfg: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<Ru
     let (api_addr, api) = api::bind(
         cfg.api_addr(),
         manager.view(),
+        Arc::clone(&metrics),
         identity.server.clone(),
         shutdown_rx.clone(),
     )
@@ -183,7 +194,13 @@ pub async fn start(cfg: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<Ru
         attributes,
     };
     let instance_id = identity.instance_id.clone();
-    let session_task = tokio::spawn(session::run(identity, host, manager.clone(), shutdown_rx));
+    let session_task = tokio::spawn(session::run(
+        identity,
+        host,
+        manager.clone(),
+        metrics,
+        shutdown_rx,
+    ));
     info!(api = %api_addr, instance_id = %instance_id, "berth-agent ready");
     Ok(Running {
         api_addr,

@@ -1,14 +1,16 @@
-//! `berth-agent`: `run`, `enroll`, `status`.
+//! `berth-agent`: `run`, `enroll`, `status`, `completions`; hidden `man`.
 #![forbid(unsafe_code)]
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use berth_agent::cli_docs::{self, ManSections, Shell};
 use berth_agent::config::{Config, DEFAULT_CONFIG_PATH};
 use berth_agent::runtime::docker::DockerRuntime;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -54,16 +56,62 @@ enum Command {
         #[arg(long, env = "BERTH_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    ///
+    /// The packages install the scripts for bash, zsh and fish. From a source
+    /// build, write the one for your shell where it looks for completions:
+    ///
+    /// bash: berth-agent completions bash > ~/.local/share/bash-completion/completions/berth-agent
+    ///
+    /// zsh: berth-agent completions zsh > ~/.zfunc/_berth-agent (with fpath+=~/.zfunc before
+    /// compinit in ~/.zshrc)
+    ///
+    /// fish: berth-agent completions fish > ~/.config/fish/completions/berth-agent.fish
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: Shell,
+    },
 }
 
+/// The parts of `man berth-agent` that clap does not know.
+const MAN_SECTIONS: ManSections = ManSections {
+    files: &[
+        (
+            "/etc/berth/agent.toml",
+            "Configuration; the packaged file lists every key, commented out, with its default. Each key can be overridden by the environment variable BERTH_<KEY> in upper case.",
+        ),
+        (
+            "/var/lib/berth",
+            "Identity (agent.key, agent.crt, ca.crt, identity.json) and state (state.json), mode 0700.",
+        ),
+        (
+            "/usr/lib/systemd/system/berth-agent.service",
+            "The systemd unit; it starts once the host is enrolled.",
+        ),
+        (
+            "/usr/share/berth-agent/enroll.sh",
+            "Fleet enrollment script: installs Docker and this package, enrolls, starts the service; also --uninstall.",
+        ),
+    ],
+    environment: &[
+        (
+            "BERTH_AGENT_CONFIG",
+            "Path of the configuration file (default /etc/berth/agent.toml).",
+        ),
+        (
+            "BERTH_<KEY>",
+            "Overrides the configuration key <key>, e.g. BERTH_RESERVED_MEMORY_MIB=512.",
+        ),
+        ("BERTH_LOG", "Log filter (default info)."),
+    ],
+    see_also: &["berth", "systemctl", "journalctl"],
+};
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+    let cli = match cli_docs::parse::<Cli>(&MAN_SECTIONS) {
+        ControlFlow::Continue(c) => c,
+        ControlFlow::Break(code) => return code,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -92,23 +140,21 @@ fn init_logs(format: &str) {
         "{directives},bollard=info,h2=info,hyper=info"
     ))
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    berth_agent::logs::init(format == "json", filter);
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Completions { shell } => Ok(cli_docs::print_completions(Cli::command(), shell)?),
         Command::Run { config } => {
             let cfg = Config::load(&config)?;
             init_logs(&cfg.log_format);
-            let docker = DockerRuntime::connect(cfg.docker_socket.as_deref()).await?;
+            // Password files and the Docker config are read (and checked)
+            // now: a bad one stops the agent before it runs anything.
+            let credentials = cfg.registry_credentials(&config)?;
+            let docker = DockerRuntime::connect(cfg.docker_socket.as_deref())
+                .await?
+                .with_credentials(credentials.into_docker());
             let agent = berth_agent::start(&cfg, Arc::new(docker)).await?;
             // State loaded and the local API serving: ready for systemd.
             berth_agent::notify::ready();
@@ -177,10 +223,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let tasks = http_get_json(&addr, "/v1/tasks")
                 .await
                 .with_context(|| format!("cannot reach the agent's local API at {addr}"))?;
+            let metrics = http_get(&addr, "/metrics")
+                .await
+                .map(|text| metrics_summary(&text))
+                .with_context(|| format!("cannot reach the agent's local API at {addr}"))?;
             if json {
                 let mut out = meta.clone();
                 out["tasks"] = tasks["tasks"].clone();
                 out["certificate"] = certificate.clone();
+                out["metrics"] = metrics;
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 println!("instance    {}", meta["instanceId"].as_str().unwrap_or("-"));
@@ -191,6 +242,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 println!("certificate {}", certificate_line(&certificate));
                 println!("pending events {}", meta["pendingEvents"]);
+                for line in metrics_lines(&metrics) {
+                    println!("{line}");
+                }
                 println!();
                 println!(
                     "{:<34} {:<20} {:<9} {:<9}",
@@ -278,8 +332,75 @@ fn api_addr(cfg: &Config) -> anyhow::Result<String> {
         .with_context(|| format!("no apiAddr in {}", p.display()))
 }
 
-/// A minimal HTTP/1.1 GET on loopback.
+/// The numbers of `/metrics` that `status` shows, as JSON (camelCase, as
+/// the rest of `status --json`).
+fn metrics_summary(text: &str) -> serde_json::Value {
+    // `name{labels} value` lines; comments and anything unreadable skipped.
+    let values: std::collections::HashMap<&str, u64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(series, v)| Some((series, v.parse::<f64>().ok()? as u64)))
+        .collect();
+    let get = |series: &str| values.get(series).copied().unwrap_or(0);
+    serde_json::json!({
+        "tasksByStatus": {
+            "PENDING": get("berth_agent_tasks{status=\"PENDING\"}"),
+            "RUNNING": get("berth_agent_tasks{status=\"RUNNING\"}"),
+            "STOPPED": get("berth_agent_tasks{status=\"STOPPED\"}"),
+        },
+        "containerRestarts": get("berth_agent_container_restarts_total"),
+        "outboxEvents": get("berth_agent_outbox_events"),
+        "sessionsEstablished": get("berth_agent_sessions_established_total"),
+        "sessionReconnects": get("berth_agent_session_reconnects_total"),
+        "imagePulls": get("berth_agent_image_pulls_total{result=\"success\"}"),
+        "imagePullFailures": get("berth_agent_image_pulls_total{result=\"failure\"}"),
+        "dockerRequestErrors": values
+            .iter()
+            .filter(|(k, _)| k.starts_with("berth_agent_docker_request_errors_total{"))
+            .map(|(_, v)| v)
+            .sum::<u64>(),
+        "storeBytes": get("berth_agent_store_bytes"),
+    })
+}
+
+/// The human form of [`metrics_summary`]: counters since the agent started.
+fn metrics_lines(m: &serde_json::Value) -> Vec<String> {
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let t = &m["tasksByStatus"];
+    vec![
+        format!(
+            "tasks       {} running, {} pending, {} stopped",
+            n(&t["RUNNING"]),
+            n(&t["PENDING"]),
+            n(&t["STOPPED"])
+        ),
+        format!(
+            "restarts    {} container restarts since the agent started",
+            n(&m["containerRestarts"])
+        ),
+        format!(
+            "sessions    {} established, {} reconnect attempts",
+            n(&m["sessionsEstablished"]),
+            n(&m["sessionReconnects"])
+        ),
+        format!(
+            "images      {} made available (pulled or cached), {} failed; {} Docker API errors",
+            n(&m["imagePulls"]),
+            n(&m["imagePullFailures"]),
+            n(&m["dockerRequestErrors"])
+        ),
+        format!("state file  {} bytes", n(&m["storeBytes"])),
+    ]
+}
+
+/// A minimal HTTP/1.1 GET on loopback, parsed as JSON.
 async fn http_get_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_str(&http_get(addr, path).await?)?)
+}
+
+/// A minimal HTTP/1.1 GET on loopback; the body of a 200 answer.
+async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(
@@ -295,7 +416,7 @@ async fn http_get_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Val
     if !head.starts_with("HTTP/1.1 200") {
         bail!("{path}: {}", head.lines().next().unwrap_or(""));
     }
-    Ok(serde_json::from_str(body)?)
+    Ok(body.to_string())
 }
 
 /// Waits for SIGTERM or SIGINT; meanwhile feeds systemd's watchdog and
@@ -318,6 +439,65 @@ async fn wait_for_signal(agent: &berth_agent::Running) -> anyhow::Result<()> {
                     berth_agent::notify::status(&line);
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_name_every_subcommand_and_bash_loads_them() {
+        let words = [
+            "run",
+            "enroll",
+            "status",
+            "completions",
+            "activation-code",
+            "ca-hash",
+        ];
+        cli_docs::check_completions(Cli::command(), &words).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn man_pages_for_every_subcommand() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let written =
+            cli_docs::write_man_pages(Cli::command(), dir.path(), "2026-01-02", &MAN_SECTIONS)
+                .expect("man pages");
+        let mut want: Vec<String> = Cli::command()
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+            .map(|s| format!("berth-agent-{}.1", s.get_name()))
+            .collect();
+        want.push("berth-agent.1".into());
+        want.sort();
+        let mut got: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+            .collect();
+        got.sort();
+        assert_eq!(got, want);
+        for page in &written {
+            let text = std::fs::read_to_string(page).expect("page");
+            let name = page.file_stem().expect("stem").to_string_lossy();
+            assert!(
+                text.lines()
+                    .find(|l| !l.starts_with(".ie ") && !l.starts_with(".el "))
+                    .is_some_and(|l| l.starts_with(&format!(".TH {name} 1 "))),
+                "{} does not start with .TH:\n{text}",
+                page.display()
+            );
+        }
+        let top = std::fs::read_to_string(dir.path().join("berth-agent.1")).expect("top page");
+        for s in [
+            "FILES",
+            "/etc/berth/agent.toml",
+            "BERTH_AGENT_CONFIG",
+            "EXIT STATUS",
+        ] {
+            assert!(top.contains(s), "berth-agent.1 lacks {s}");
         }
     }
 }

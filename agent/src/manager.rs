@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
+use crate::metrics::AgentMetrics;
 use crate::runtime::{Runtime, RuntimeEvent};
 use crate::state::{PersistedState, StateError, StateFile};
 use crate::supervisor::{self, Report, STOPPED, Settings, USER_INITIATED};
@@ -98,6 +99,7 @@ pub struct Manager {
     view: watch::Sender<View>,
     connected: bool,
     store_error: Option<String>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Manager {
@@ -110,8 +112,10 @@ impl Manager {
         data_dir: &Path,
         start_offline: bool,
         boot_id: &str,
+        metrics: Arc<AgentMetrics>,
     ) -> Result<ManagerHandle, StateError> {
         let (file, mut state, aside) = StateFile::open(data_dir)?;
+        metrics.set_store_bytes(std::fs::metadata(file.path()).map_or(0, |m| m.len()));
         if let Some(aside) = aside {
             error!(path = %aside.display(), "agent state was corrupt; moved aside, starting empty");
         }
@@ -157,6 +161,7 @@ impl Manager {
             view,
             connected: false,
             store_error: None,
+            metrics,
         };
         m.resume(start_offline);
         m.publish();
@@ -294,9 +299,14 @@ impl Manager {
 
     /// A task state changed: store it and queue it as the next event.
     fn record(&mut self, st: TaskState) {
-        if self.state.tasks.get(&st.task_id) == Some(&st) {
+        let before = self.state.tasks.get(&st.task_id);
+        if before == Some(&st) {
             return;
         }
+        self.metrics
+            .container_restarts
+            .add(new_restarts(before, &st));
+        self.metrics.events.inc();
         if self.state.outbox.len() >= OUTBOX_COMPACT_AT {
             compact(&mut self.state.outbox);
         }
@@ -395,9 +405,18 @@ impl Manager {
     }
 
     fn save(&mut self) {
-        match self.file.save(&self.state) {
-            Ok(()) => self.store_error = None,
+        let started = std::time::Instant::now();
+        let saved = self.file.save(&self.state);
+        self.metrics
+            .store_write_duration
+            .observe_duration(started.elapsed());
+        match saved {
+            Ok(bytes) => {
+                self.metrics.set_store_bytes(bytes);
+                self.store_error = None;
+            }
             Err(e) => {
+                self.metrics.store_write_errors.inc();
                 // Kept in memory and written with the next change; shown on
                 // the local API until then.
                 error!(error = %e, "cannot persist agent state");
@@ -418,6 +437,21 @@ impl Manager {
         };
         self.view.send_replace(v);
     }
+}
+
+/// Restarts `after` shows that `before` did not: the growth of each
+/// container's `restartCount` (a container new to the task counts from 0).
+fn new_restarts(before: Option<&TaskState>, after: &TaskState) -> u64 {
+    after
+        .containers
+        .iter()
+        .map(|c| {
+            let was = before
+                .and_then(|b| b.containers.iter().find(|p| p.name == c.name))
+                .map_or(0, |p| p.restart_count);
+            u64::from(c.restart_count.saturating_sub(was))
+        })
+        .sum()
 }
 
 fn stop_reason(d: &DesiredTask) -> (String, String) {
@@ -494,6 +528,29 @@ mod tests {
             }),
             at_ms: 0,
         }
+    }
+
+    #[test]
+    fn restarts_count_only_the_growth_of_restart_counts() {
+        let task = |counts: &[(&str, u32)]| TaskState {
+            task_id: "t".into(),
+            containers: counts
+                .iter()
+                .map(|(name, n)| berth_proto::v1::ContainerState {
+                    name: (*name).into(),
+                    restart_count: *n,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(new_restarts(None, &task(&[("a", 0), ("b", 0)])), 0);
+        assert_eq!(new_restarts(None, &task(&[("a", 2)])), 2);
+        let before = task(&[("a", 1), ("b", 3)]);
+        assert_eq!(new_restarts(Some(&before), &task(&[("a", 2), ("b", 3)])), 1);
+        assert_eq!(new_restarts(Some(&before), &task(&[("a", 1), ("b", 3)])), 0);
+        // A count that goes down (state reset) adds nothing.
+        assert_eq!(new_restarts(Some(&before), &task(&[("a", 0), ("b", 4)])), 1);
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! all the time.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use berth_proto::v1::agent_message::Msg as Up;
@@ -43,6 +44,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::identity::{self, Identity, Validity};
 use crate::manager::ManagerHandle;
+use crate::metrics::AgentMetrics;
 use crate::tls;
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -166,6 +168,7 @@ pub async fn run(
     mut identity: Identity,
     host: HostInfo,
     manager: ManagerHandle,
+    metrics: Arc<AgentMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = BACKOFF_START;
@@ -173,6 +176,9 @@ pub async fn run(
     let mut plan = RenewPlan::for_identity(&identity);
     loop {
         attempt += 1;
+        if attempt > 1 {
+            metrics.session_reconnects.inc();
+        }
         if let Some(v) = plan.validity
             && v.expired_at(SystemTime::now())
         {
@@ -184,9 +190,16 @@ pub async fn run(
         }
         let started = Instant::now();
         let span = info_span!("session", instance_id = %identity.instance_id, attempt);
-        let result = once(&mut identity, &mut plan, &host, &manager, &mut shutdown)
-            .instrument(span)
-            .await;
+        let result = once(
+            &mut identity,
+            &mut plan,
+            &host,
+            &manager,
+            &metrics,
+            &mut shutdown,
+        )
+        .instrument(span)
+        .await;
         manager.set_connected(false).await;
         let mut wait_at_least = Duration::ZERO;
         match result {
@@ -340,6 +353,7 @@ async fn once(
     plan: &mut RenewPlan,
     host: &HostInfo,
     manager: &ManagerHandle,
+    metrics: &AgentMetrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
     let cfg = tls::mtls_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)?;
@@ -389,6 +403,7 @@ async fn once(
         applied_event_sequence = welcome.applied_event_sequence,
         "connected to the control plane"
     );
+    metrics.sessions_established.inc();
     manager.set_connected(true).await;
     manager.ack(welcome.applied_event_sequence).await;
     let mut sent = welcome.applied_event_sequence;

@@ -89,7 +89,8 @@ impl StateFile {
         }
     }
 
-    pub fn save(&self, state: &PersistedState) -> Result<(), StateError> {
+    /// Replaces the file with `state`; returns the bytes written.
+    pub fn save(&self, state: &PersistedState) -> Result<u64, StateError> {
         let json = serde_json::to_vec(state).map_err(|e| StateError::Write {
             path: self.path.clone(),
             source: std::io::Error::other(e),
@@ -97,7 +98,8 @@ impl StateFile {
         write_atomic(&self.path, &json, 0o600).map_err(|source| StateError::Write {
             path: self.path.clone(),
             source,
-        })
+        })?;
+        Ok(json.len() as u64)
     }
 
     pub fn path(&self) -> &Path {
@@ -124,7 +126,12 @@ mod tests {
                 ..Default::default()
             },
         );
-        file.save(&state).expect("save");
+        let bytes = file.save(&state).expect("save");
+        assert_eq!(
+            bytes,
+            std::fs::metadata(file.path()).expect("stat").len(),
+            "save returns the size of the file"
+        );
         let (_, loaded, _) = StateFile::open(dir.path()).expect("reopen");
         assert_eq!(loaded, state);
 

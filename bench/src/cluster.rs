@@ -153,6 +153,8 @@ fn spawn(
         listen,
         "--admin-listen",
         admin,
+        "--metrics-listen",
+        "127.0.0.1:0",
     ]);
     if let Some(h) = heartbeat {
         cmd.args(["--heartbeat-interval", h]);

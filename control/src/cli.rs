@@ -10,19 +10,23 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use berth_agent::cli_docs::{self, ManSections, Shell};
 use berth_proto::json::{format_time_ms, instance_json, task_json};
 use berth_proto::v1::admin_client::AdminClient;
 use berth_proto::v1::{
     CreateAdminCertificateRequest, CreateTokenRequest, InstanceRef, ListInstancesRequest,
     ListTasksRequest, RunTaskRequest, StopTaskRequest, Task, TaskRef, Token,
 };
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::{Value, json};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::info;
 
 use crate::addr::{AdminAddr, DEFAULT_ADMIN_ADDR};
-use crate::server::{DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, Server, ServerConfig};
+use crate::server::{
+    DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, Server,
+    ServerConfig,
+};
 use crate::view;
 
 /// Files of an admin certificate directory (`berth admin-cert create --out`).
@@ -58,6 +62,29 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The parts of `man berth` that clap does not know.
+pub const MAN_SECTIONS: ManSections = ManSections {
+    files: &[
+        (
+            "/var/lib/berth-server",
+            "Data of the control plane: the fleet CA, the SQLite store, server.json; mode 0700, owned by the system user berth.",
+        ),
+        (
+            "/etc/berth/server.env",
+            "BERTH_SERVER_* settings read by berth-server.service.",
+        ),
+        (
+            "/usr/lib/systemd/system/berth-server.service",
+            "The systemd unit of the control plane.",
+        ),
+    ],
+    environment: &[(
+        "RUST_LOG",
+        "Log filter of berth server and berth dev (default info).",
+    )],
+    see_also: &["berth-agent"],
+};
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane (fleet API for agents, admin API for this CLI)
@@ -76,6 +103,22 @@ pub enum Command {
     /// Client certificates for the admin API when it is not on loopback
     #[command(subcommand, name = "admin-cert")]
     AdminCert(AdminCertCommand),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell
+    ///
+    /// The packages install the scripts for bash, zsh and fish. From a source
+    /// build, write the one for your shell where it looks for completions:
+    ///
+    /// bash: berth completions bash > ~/.local/share/bash-completion/completions/berth
+    ///
+    /// zsh: berth completions zsh > ~/.zfunc/_berth (with fpath+=~/.zfunc before
+    /// compinit in ~/.zshrc)
+    ///
+    /// fish: berth completions fish > ~/.config/fish/completions/berth.fish
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +158,10 @@ pub struct ServerArgs {
     /// address TLS, and every call needs an admin certificate (`berth admin-cert create`)
     #[arg(long, env = "BERTH_SERVER_ADMIN_LISTEN", value_name = "ADDR", default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
+    /// Prometheus endpoint (plain HTTP, read-only, only `GET /metrics`, no
+    /// secrets in it); port 0 picks a free port
+    #[arg(long, env = "BERTH_SERVER_METRICS_LISTEN", value_name = "ADDR", default_value = DEFAULT_METRICS_LISTEN)]
+    pub metrics_listen: SocketAddr,
     /// HOST:PORT agents use to reach the fleet API [default: the listen IP, or this host's name, and the bound port]
     #[arg(long, env = "BERTH_SERVER_ADVERTISE", value_name = "HOST:PORT")]
     pub advertise: Option<String>,
@@ -132,6 +179,9 @@ pub struct ServerArgs {
     /// Lifetime of agents' client certificates; agents renew at 50–80 % of it
     #[arg(long, env = "BERTH_SERVER_CERT_LIFETIME", value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
     pub cert_lifetime: Duration,
+    /// Log lines on stderr: text or json
+    #[arg(long, env = "BERTH_SERVER_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,33 +311,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Task(cmd) => task(&cli.server, cli.admin_cert.as_deref(), cmd).await,
         Command::AdminCert(cmd) => admin_cert(&cli.server, cli.admin_cert.as_deref(), cmd).await,
+        Command::Completions { shell } => Ok(cli_docs::print_completions(Cli::command(), shell)?),
         Command::Dev(args) => {
-            init_tracing();
+            init_tracing(LogFormat::Text);
             let signal = shutdown_signal()?;
             crate::dev::run(args, signal).await
         }
     }
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default `info`.
-fn init_tracing() {
-    use std::io::IsTerminal;
+/// Logs to stderr, as text or JSON lines; `RUST_LOG` overrides the default
+/// `info`.
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,h2=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    berth_agent::logs::init(format == LogFormat::Json, filter);
+}
+
+/// How `berth server` and `berth dev` write their logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (no timestamps under the journal, which adds its own)
+    Text,
+    /// One JSON object per line
+    Json,
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
-    init_tracing();
+    init_tracing(args.log_format);
     let cfg = ServerConfig {
         data_dir: args.data_dir,
         listen: args.listen,
         admin_listen: args.admin_listen,
+        metrics_listen: args.metrics_listen,
         advertise: args.advertise.filter(|a| !a.trim().is_empty()),
         heartbeat_interval: args.heartbeat_interval,
         cert_lifetime: args.cert_lifetime,
@@ -302,9 +359,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let signal = shutdown_signal()?;
     let running = Server::start(cfg).await?;
     info!(
-        "berth server ready fleet={} admin={} advertise={}",
+        "berth server ready fleet={} admin={} metrics={} advertise={}",
         running.fleet_addr(),
         running.admin_addr(),
+        running.metrics_addr(),
         running.advertise_addr()
     );
     running.run_until(signal).await?;
@@ -920,6 +978,7 @@ mod tests {
                 assert_eq!(a.heartbeat_interval, Duration::from_secs(10));
                 assert_eq!(a.cert_lifetime, crate::server::DEFAULT_CERT_LIFETIME);
                 assert_eq!(a.admin_listen.to_string(), "127.0.0.1:7421");
+                assert_eq!(a.metrics_listen.to_string(), "127.0.0.1:7422");
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -940,6 +999,70 @@ mod tests {
         );
         let e = anyhow!("inner").context("outer");
         assert_eq!(error_report(&e), "outer: inner");
+    }
+
+    /// `berth` and every visible subcommand under it, as man page names.
+    fn command_pages(cmd: &clap::Command, name: &str, out: &mut Vec<String>) {
+        out.push(name.to_owned());
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            if sub.get_name() != "help" {
+                command_pages(sub, &format!("{name}-{}", sub.get_name()), out);
+            }
+        }
+    }
+
+    #[test]
+    fn completions_name_every_subcommand_and_bash_loads_them() {
+        let words = [
+            "server",
+            "token",
+            "instance",
+            "task",
+            "dev",
+            "admin-cert",
+            "completions",
+            "deregister",
+            "task-definition",
+            "wait-timeout",
+        ];
+        cli_docs::check_completions(Cli::command(), &words).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn man_pages_for_every_subcommand() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let written =
+            cli_docs::write_man_pages(Cli::command(), dir.path(), "2026-01-02", &MAN_SECTIONS)
+                .expect("man pages");
+        let mut want = Vec::new();
+        command_pages(&Cli::command(), "berth", &mut want);
+        assert!(want.contains(&"berth-task-run".to_owned()), "{want:?}");
+        let mut got: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+            .collect();
+        got.sort();
+        let mut want: Vec<String> = want.into_iter().map(|n| format!("{n}.1")).collect();
+        want.sort();
+        assert_eq!(got, want);
+        for page in &written {
+            let text = std::fs::read_to_string(page).expect("page");
+            let first_macro = text
+                .lines()
+                .find(|l| !l.starts_with(".ie ") && !l.starts_with(".el "))
+                .unwrap_or_default();
+            let name = page.file_stem().expect("stem").to_string_lossy();
+            assert!(
+                first_macro.starts_with(&format!(".TH {name} 1 2026-01-02 ")),
+                "{}: {first_macro}",
+                page.display()
+            );
+            for section in ["NAME", "SYNOPSIS", "OPTIONS", "EXIT STATUS", "SEE ALSO"] {
+                assert!(text.contains(section), "{} lacks {section}", page.display());
+            }
+        }
+        let top = std::fs::read_to_string(dir.path().join("berth.1")).expect("berth.1");
+        assert!(top.contains("/var/lib/berth\\-server"), "{top}");
     }
 
     #[test]

@@ -141,6 +141,11 @@ pub async fn run(
         "  agent          {instance_id}  local API http://{}",
         agent.api_addr
     );
+    println!(
+        "  metrics        control plane http://{}/metrics  agent http://{}/metrics",
+        server.metrics_addr(),
+        agent.api_addr
+    );
     println!("  data           {}", data_dir.display());
     if let Some((id, path)) = &submitted {
         println!("  submitted      {} as task {id}", path.display());

@@ -16,6 +16,9 @@
 //!   renewal) to enrolled agents; the admin address serves `Admin` to the
 //!   CLI: plaintext on loopback, TLS requiring an admin certificate
 //!   (`OU=admin`, from `berth admin-cert create`) anywhere else.
+//! - [`server::metrics`]: a third, read-only listener (`--metrics-listen`,
+//!   default `127.0.0.1:7422`) serving `GET /metrics` in Prometheus text;
+//!   every store call is timed by a `Store` decorator.
 //! - [`server::limits`]: failed enrollments per source address, and a token
 //!   bucket per agent stream; message sizes are bounded per service.
 //! - [`server::store`]: every durable fact is in SQLite behind the

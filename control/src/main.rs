@@ -1,14 +1,18 @@
 //! `berth`: the control plane and operator CLI. See the library docs.
 #![forbid(unsafe_code)]
 
+use std::ops::ControlFlow;
 use std::process::ExitCode;
 
+use berth_agent::cli_docs;
 use berth_control::cli::{self, Cli};
-use clap::Parser;
 
 fn main() -> ExitCode {
-    // Usage errors exit 2 (and --help/--version 0) inside clap.
-    let args = Cli::parse();
+    // Usage errors exit 2 (and --help/--version 0); `man DIR` is done here.
+    let args = match cli_docs::parse::<Cli>(&cli::MAN_SECTIONS) {
+        ControlFlow::Continue(args) => args,
+        ControlFlow::Break(code) => return code,
+    };
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

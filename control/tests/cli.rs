@@ -232,6 +232,7 @@ async fn server_command_logs_ready_and_stops_on_sigterm() -> Result {
         .arg(&data)
         .args(["--listen", "127.0.0.1:0", "--heartbeat-interval", "2s"])
         .env("BERTH_SERVER_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("BERTH_SERVER_METRICS_LISTEN", "127.0.0.1:0")
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -257,11 +258,16 @@ async fn server_command_logs_ready_and_stops_on_sigterm() -> Result {
     };
     let fleet = field("fleet=").ok_or("no fleet=")?;
     let admin = field("admin=").ok_or("no admin=")?;
-    assert!(!fleet.ends_with(":0") && !admin.ends_with(":0"), "{ready}");
+    let metrics = field("metrics=").ok_or("no metrics=")?;
+    assert!(
+        !fleet.ends_with(":0") && !admin.ends_with(":0") && !metrics.ends_with(":0"),
+        "{ready}"
+    );
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data.join("server.json"))?)?;
     assert_eq!(state["fleetAddr"], fleet.as_str());
     assert_eq!(state["adminAddr"], admin.as_str());
+    assert_eq!(state["metricsAddr"], metrics.as_str());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&data)?.permissions().mode() & 0o777,
@@ -279,14 +285,16 @@ async fn server_command_logs_ready_and_stops_on_sigterm() -> Result {
     // A non-loopback admin address serves TLS with admin certificates
     // only: the plaintext CLI and a CLI without a certificate are refused.
     let tls_data = dir.path().join("tls");
-    let mut child = Command::new(BERTH)
+    let child = Command::new(BERTH)
         .arg("server")
         .arg("--data-dir")
         .arg(&tls_data)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("BERTH_SERVER_LOG_FORMAT", "json")
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -336,7 +344,21 @@ async fn server_command_logs_ready_and_stops_on_sigterm() -> Result {
         .args(["-TERM", &pid.to_string()])
         .status()?;
     assert!(killed.success());
-    let status = tokio::time::timeout(DEADLINE, child.wait()).await??;
-    assert_eq!(status.code(), Some(0));
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output()).await??;
+    assert_eq!(out.status.code(), Some(0));
+    // BERTH_SERVER_LOG_FORMAT=json: every log line is a JSON object.
+    let log = text(&out.stderr);
+    let mut messages = Vec::new();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| format!("log line is not JSON ({e}): {line}"))?;
+        messages.push(v["fields"]["message"].as_str().unwrap_or("").to_owned());
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("berth server ready ")),
+        "no ready line among {messages:?}"
+    );
     Ok(())
 }

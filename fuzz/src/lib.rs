@@ -37,10 +37,10 @@ use std::path::PathBuf;
 use berth_agent::policy::{self, Policy};
 use berth_agent::{ports, supervisor, volumes};
 use berth_control::server::store::{
-    ActivationRecord, HelloRecord, INACTIVE, NewInstance, PENDING, RUNNING, STOPPED, SqliteStore,
+    ActivationRecord, INACTIVE, NewInstance, PENDING, RUNNING, STOPPED, SqliteStore,
     Store, TaskRecord,
 };
-use berth_proto::v1::agent_message::Msg as AgentMsg;
+use berth_control::server::protocol::{self, Step};
 use berth_proto::v1::{AgentMessage, Assignment, DesiredTask, Task, TaskState};
 use berth_taskdef::{MAX_DEFINITION_BYTES, Parsed, TaskDefinition};
 use serde_json::Value;
@@ -249,13 +249,9 @@ pub struct Fleet {
     welcomed: bool,
 }
 
-/// Why the server ends a session (the fuzzed equivalent of `End::Refused`).
-#[derive(Debug, PartialEq, Eq)]
-pub enum Refused {
-    FirstMessageNotHello,
-    WrongInstance,
-    SecondHello,
-}
+/// Why the server ends a session: the server's own rules
+/// (`berth_control::server::protocol`).
+pub use berth_control::server::protocol::Refusal as Refused;
 
 impl Fleet {
     pub fn new() -> Fleet {
@@ -310,45 +306,22 @@ impl Fleet {
         }
     }
 
-    /// Handles one message as the session would. `Err` ends the session.
+    /// Handles one message as the session would (`control/src/server/fleet.rs`
+    /// with the checks of `protocol`). `Err` ends the session.
     pub fn handle(&mut self, msg: &AgentMessage) -> Result<(), Refused> {
-        let Some(m) = &msg.msg else {
-            return Ok(()); // ignored, as the server does
-        };
         if !self.welcomed {
-            let AgentMsg::Hello(hello) = m else {
-                return Err(Refused::FirstMessageNotHello);
-            };
-            if hello.instance_id != INSTANCE {
-                return Err(Refused::WrongInstance);
-            }
-            // fleet.rs `record_hello`
-            let capacity = hello.capacity.unwrap_or_default();
-            let record = HelloRecord {
-                hostname: hello.hostname.clone(),
-                agent_version: hello.agent_version.clone(),
-                boot_id: hello.boot_id.clone(),
-                cpu: capacity.cpu.max(0),
-                memory_mib: capacity.memory_mib.max(0),
-                attributes: hello
-                    .attributes
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                at_ms: NOW_MS,
-                applied_generation: hello.applied_generation,
-                last_event_sequence: hello.last_event_sequence,
-            };
+            let hello = protocol::first_message(msg, INSTANCE)?;
+            let record = protocol::hello_record(hello, NOW_MS);
             let outcome = self
                 .store
                 .record_hello(INSTANCE, &record)
                 .expect("record_hello");
             // The agent must accept the next assignment (for generations an
-            // agent can reach; what the server does at the edge of i64 is
-            // checked by `finish`).
+            // agent can reach; what the server does at the edge is checked
+            // by `finish`).
             assert!(
                 outcome.instance.generation >= hello.applied_generation
-                    || hello.applied_generation >= 1 << 62,
+                    || hello.applied_generation >= protocol::MAX_COUNTER,
                 "after Hello the server's generation {} is below the agent's {}",
                 outcome.instance.generation,
                 hello.applied_generation
@@ -358,20 +331,19 @@ impl Fleet {
             self.assignment();
             return Ok(());
         }
-        match m {
-            AgentMsg::Hello(_) => return Err(Refused::SecondHello),
-            AgentMsg::Heartbeat(h) => {
+        match protocol::next_message(msg)? {
+            Step::Ignore => {}
+            Step::Heartbeat => {
                 self.store
                     .record_heartbeat(INSTANCE, NOW_MS)
                     .expect("record_heartbeat");
-                let _ = h.sent_at_ms;
             }
-            AgentMsg::AssignmentAck(ack) => {
+            Step::AssignmentAck(generation) => {
                 self.store
-                    .record_assignment_ack(INSTANCE, ack.generation)
+                    .record_assignment_ack(INSTANCE, generation)
                     .expect("record_assignment_ack");
             }
-            AgentMsg::Event(event) => {
+            Step::Event(event) => {
                 let outcome = self
                     .store
                     .apply_event(INSTANCE, event, NOW_MS)

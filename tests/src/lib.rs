@@ -27,9 +27,11 @@
 //!
 //! # What the harness relies on from the binaries
 //! - `berth server --data-dir D --listen 127.0.0.1:0 --admin-listen
-//!   127.0.0.1:0 --heartbeat-interval 1s` writes `D/server.json`
-//!   (`{"fleetAddr": "127.0.0.1:P", "adminAddr": "127.0.0.1:P"}`) once both
-//!   listeners serve; it exits on SIGTERM.
+//!   127.0.0.1:0 --metrics-listen 127.0.0.1:0 --heartbeat-interval 1s`
+//!   writes `D/server.json` (`{"fleetAddr": "127.0.0.1:P", "adminAddr":
+//!   "127.0.0.1:P", "metricsAddr": "127.0.0.1:P"}`) once its listeners
+//!   serve; it exits on SIGTERM. Every server a test starts passes
+//!   `--metrics-listen 127.0.0.1:0`: the default port 7422 is one per host.
 //! - `berth dev --data-dir D [--run FILE]` writes the same `D/server.json`,
 //!   keeps its agent's data in `D/agent`, prints `berth task run` on stdout
 //!   and exits 0 on SIGTERM.
@@ -63,6 +65,7 @@ mod docker;
 mod dockerd;
 mod fixture;
 mod http;
+mod packages;
 mod process;
 mod proxy;
 mod registry;
@@ -80,9 +83,10 @@ pub use docker::{
 pub use dockerd::Dockerd;
 pub use fixture::Fleet;
 pub use http::http_get;
+pub use packages::{Packages, packages, target_dir};
 pub use process::Proc;
 pub use proxy::Proxy;
-pub use registry::{PushedImage, Registry};
+pub use registry::{PushedImage, Registry, RegistryLogin};
 pub use server::{Activation, Cli, Server};
 pub use taskdef::{EXITS_ZERO, LONG_RUNNING, Scratch, container_of, task_def};
 pub use tmpfs::Tmpfs;

@@ -32,6 +32,19 @@ pub(crate) fn read_server_json(path: &Path) -> Result<(String, String), String> 
     Ok((fleet.to_string(), admin.to_string()))
 }
 
+/// The metrics address in `server.json`: `{"metricsAddr": "127.0.0.1:PORT"}`.
+pub(crate) fn read_metrics_addr(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{} not readable: {e}", path.display()))?;
+    let json: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not JSON: {e}: {text:?}", path.display()))?;
+    let addr = str_field(&json, "metricsAddr");
+    if addr.is_empty() {
+        return Err(format!("{} lacks metricsAddr: {text}", path.display()));
+    }
+    Ok(addr.to_string())
+}
+
 /// The operator CLI pointed at one control plane's admin address.
 #[derive(Debug, Clone)]
 pub struct Cli {
@@ -152,6 +165,24 @@ impl Cli {
         })
     }
 
+    /// Waits until the task has stopped with `TaskFailedToStart`; returns it
+    /// and its reasons (the task's `stoppedReason` and each container's
+    /// `reason`), lower case, to look for the cause in.
+    pub fn wait_failed_to_start(&self, task_id: &str) -> (Value, String) {
+        let task = self.wait_task_status(task_id, "STOPPED");
+        assert_eq!(
+            str_field(&task, "stopCode"),
+            "TaskFailedToStart",
+            "task: {task}"
+        );
+        let mut reasons = str_field(&task, "stoppedReason").to_lowercase();
+        for c in task["containers"].as_array().into_iter().flatten() {
+            reasons.push(' ');
+            reasons.push_str(&str_field(c, "reason").to_lowercase());
+        }
+        (task, reasons)
+    }
+
     /// Waits until the task's `lastStatus` is `status`.
     pub fn wait_task_status(&self, task_id: &str, status: &str) -> Value {
         self.wait_task(task_id, &format!("lastStatus {status}"), |t| {
@@ -186,6 +217,7 @@ pub struct Server {
     // Field order is drop order: the process before its directory.
     proc: Proc,
     fleet_addr: String,
+    metrics_addr: String,
     cli: Cli,
     data_dir: PathBuf,
     restarts: u32,
@@ -194,8 +226,8 @@ pub struct Server {
 
 impl Server {
     /// Starts `berth server --data-dir <tmp> --listen 127.0.0.1:0
-    /// --admin-listen 127.0.0.1:0 --heartbeat-interval 1s` and waits for its
-    /// `server.json`.
+    /// --admin-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
+    /// --heartbeat-interval 1s` and waits for its `server.json`.
     pub fn start(run: &RunId) -> Server {
         let dir = run.temp_dir("server");
         let data_dir = dir.path().join("data");
@@ -207,6 +239,8 @@ impl Server {
             "--listen",
             "127.0.0.1:0",
             "--admin-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
             "127.0.0.1:0",
             "--heartbeat-interval",
             "1s",
@@ -221,9 +255,11 @@ impl Server {
                 read_server_json(&ready)
             },
         );
+        let metrics_addr = read_metrics_addr(&ready).unwrap_or_else(|e| panic!("{e}"));
         Server {
             proc,
             fleet_addr,
+            metrics_addr,
             cli: Cli::new(&admin_addr),
             data_dir,
             restarts: 0,
@@ -244,6 +280,25 @@ impl Server {
     /// The admin (CLI) address, `127.0.0.1:PORT`.
     pub fn admin_addr(&self) -> &str {
         self.cli.admin_addr()
+    }
+
+    /// The metrics (`GET /metrics`) address, `127.0.0.1:PORT`.
+    pub fn metrics_addr(&self) -> &str {
+        &self.metrics_addr
+    }
+
+    /// `GET /metrics` of the server; panics unless it answers 200.
+    pub fn scrape_metrics(&self) -> String {
+        match crate::http_get(&self.metrics_addr, "/metrics") {
+            Ok((200, body)) => body,
+            Ok((status, body)) => {
+                panic!(
+                    "GET http://{}/metrics: HTTP {status}: {body}",
+                    self.metrics_addr
+                )
+            }
+            Err(e) => panic!("GET http://{}/metrics: {e}", self.metrics_addr),
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -300,6 +355,7 @@ impl Server {
             .arg(&self.data_dir)
             .args(["--listen", &self.fleet_addr])
             .args(["--admin-listen", self.cli.admin_addr()])
+            .args(["--metrics-listen", &self.metrics_addr])
             .args(["--heartbeat-interval", "1s"]);
         let mut proc = Proc::spawn("berth server", &mut cmd, &log);
         wait_for(

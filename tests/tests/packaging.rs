@@ -2,7 +2,8 @@
 //! units, the default config and `packaging/enroll.sh`.
 //!
 //! # Design
-//! - The packages are built once per test binary (`packaging/build-packages.sh
+//! - The packages are built once per test binary by the harness
+//!   (`berth_e2e::packages`: `packaging/build-packages.sh
 //!   --bin-dir <the binaries the e2e tests use> --fast`, into
 //!   `target/packages-test/`): the release build is not needed to check what
 //!   a package holds, and the debug binaries are there already.
@@ -20,18 +21,18 @@
 //!
 //! # Limitations
 //! The units are verified (`systemd-analyze verify`) but not run under a
-//! real systemd: `Type=notify`, the watchdog and the sandboxing directives
-//! are not exercised here. The tools (cargo-deb, cargo-generate-rpm,
-//! help2man, rpm, shellcheck) are installed by
+//! real systemd here: `Type=notify`, the watchdog and the sandboxing
+//! directives are exercised by `tests/tests/install.rs`, which installs the
+//! deb on a Debian host with systemd as PID 1. The tools (cargo-deb, cargo-generate-rpm, rpm,
+//! shellcheck, groff) are installed by
 //! `packaging/install-build-deps.sh` when missing, which takes a few minutes
 //! the first time on a fresh machine.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-use berth_e2e::{RunId, Server, agent_bin, bin_dir, describe_output, repo_root};
+use berth_e2e::{RunId, Server, agent_bin, berth_bin, describe_output, packages, repo_root};
 
 // --- helpers ----------------------------------------------------------------
 
@@ -63,77 +64,8 @@ fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
-        Some(d) => repo_root().join(d),
-        None => repo_root().join("target"),
-    }
-}
-
 fn script(rel: &str) -> PathBuf {
     repo_root().join(rel)
-}
-
-/// The four packages, built once.
-struct Packages {
-    agent_deb: PathBuf,
-    server_deb: PathBuf,
-    agent_rpm: PathBuf,
-    server_rpm: PathBuf,
-}
-
-impl Packages {
-    fn dir(&self) -> &Path {
-        self.agent_deb.parent().expect("package dir")
-    }
-}
-
-fn packages() -> &'static Packages {
-    static PACKAGES: OnceLock<Packages> = OnceLock::new();
-    PACKAGES.get_or_init(|| {
-        // rpm and shellcheck are for the checks below; build-packages.sh
-        // installs only what it needs itself.
-        ok(&mut Command::new(script("packaging/install-build-deps.sh")));
-        let out_dir = target_dir().join("packages-test");
-        let listing = ok(Command::new(script("packaging/build-packages.sh"))
-            .arg("--bin-dir")
-            .arg(bin_dir())
-            .arg("--out")
-            .arg(&out_dir)
-            .arg("--fast"));
-        let find = |prefix: &str, suffix: &str| -> PathBuf {
-            listing
-                .lines()
-                .map(PathBuf::from)
-                .find(|p| {
-                    let name = p
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    name.starts_with(prefix) && name.ends_with(suffix)
-                })
-                .unwrap_or_else(|| {
-                    panic!("build-packages.sh printed no {prefix}*{suffix}:\n{listing}")
-                })
-        };
-        let p = Packages {
-            agent_deb: find("berth-agent_", ".deb"),
-            server_deb: find("berth-server_", ".deb"),
-            agent_rpm: find("berth-agent-", ".rpm"),
-            server_rpm: find("berth-server-", ".rpm"),
-        };
-        for f in [&p.agent_deb, &p.server_deb, &p.agent_rpm, &p.server_rpm] {
-            assert!(f.is_file(), "{} was not written", f.display());
-            assert!(
-                f.starts_with(&out_dir),
-                "{} is not in {}",
-                f.display(),
-                out_dir.display()
-            );
-        }
-        p
-    })
 }
 
 /// A throwaway overlay of the host's root file system (see the module docs
@@ -279,6 +211,35 @@ fn dpkg_depends_flag() -> &'static str {
 
 // --- the packages -----------------------------------------------------------
 
+/// The man pages (`berth-task-run.1`, …) that `bin man DIR` writes: one per
+/// command and subcommand; the packages must ship each, gzip'd.
+fn man_pages_of(bin: &Path) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listing = ok(Command::new(bin).arg("man").arg(dir.path()));
+    let pages: Vec<String> = listing
+        .lines()
+        .filter_map(|l| Path::new(l).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        pages.len() > 2,
+        "{} man wrote too few pages:\n{listing}",
+        bin.display()
+    );
+    pages
+}
+
+/// The completion files a package of `bin` ships (`zsh_dir`: Debian's
+/// vendor-completions or Fedora's site-functions), in the package's
+/// listing form (deb: `./usr/…`, rpm: `/usr/…`).
+fn completion_files(prefix: &str, bin: &str, zsh_dir: &str) -> [String; 3] {
+    [
+        format!("{prefix}/usr/share/bash-completion/completions/{bin}"),
+        format!("{prefix}/usr/share/zsh/{zsh_dir}/_{bin}"),
+        format!("{prefix}/usr/share/fish/vendor_completions.d/{bin}.fish"),
+    ]
+}
+
 #[test]
 fn debs_hold_the_binary_unit_config_and_dependencies() {
     let p = packages();
@@ -288,13 +249,21 @@ fn debs_hold_the_binary_unit_config_and_dependencies() {
         "./usr/lib/systemd/system/berth-agent.service",
         "./etc/berth/agent.toml",
         "./usr/share/man/man1/berth-agent.1.gz",
-        "./usr/share/bash-completion/completions/berth-agent",
-        "./usr/share/zsh/vendor-completions/_berth-agent",
-        "./usr/share/fish/vendor_completions.d/berth-agent.fish",
+        "./usr/share/man/man1/berth-agent-enroll.1.gz",
         "./usr/share/berth-agent/enroll.sh",
     ] {
         assert!(
             contents.contains(path),
+            "agent deb lacks {path}:\n{contents}"
+        );
+    }
+    let docs = man_pages_of(&agent_bin())
+        .into_iter()
+        .map(|page| format!("./usr/share/man/man1/{page}.gz"))
+        .chain(completion_files(".", "berth-agent", "vendor-completions"));
+    for path in docs {
+        assert!(
+            contents.lines().any(|l| l.ends_with(&path)),
             "agent deb lacks {path}:\n{contents}"
         );
     }
@@ -338,9 +307,20 @@ fn debs_hold_the_binary_unit_config_and_dependencies() {
         "./usr/lib/systemd/system/berth-server.service",
         "./etc/berth/server.env",
         "./usr/share/man/man1/berth.1.gz",
+        "./usr/share/man/man1/berth-task-run.1.gz",
     ] {
         assert!(
             contents.contains(path),
+            "server deb lacks {path}:\n{contents}"
+        );
+    }
+    let docs = man_pages_of(&berth_bin())
+        .into_iter()
+        .map(|page| format!("./usr/share/man/man1/{page}.gz"))
+        .chain(completion_files(".", "berth", "vendor-completions"));
+    for path in docs {
+        assert!(
+            contents.lines().any(|l| l.ends_with(&path)),
             "server deb lacks {path}:\n{contents}"
         );
     }
@@ -365,10 +345,18 @@ fn rpms_hold_the_binary_unit_config_and_dependencies() {
         "/usr/lib/systemd/system/berth-agent.service",
         "/etc/berth/agent.toml",
         "/usr/share/man/man1/berth-agent.1.gz",
-        "/usr/share/bash-completion/completions/berth-agent",
-        "/usr/share/zsh/site-functions/_berth-agent",
-        "/usr/share/fish/vendor_completions.d/berth-agent.fish",
+        "/usr/share/man/man1/berth-agent-enroll.1.gz",
     ] {
+        assert!(
+            files.lines().any(|l| l == path),
+            "agent rpm lacks {path}:\n{files}"
+        );
+    }
+    let docs = man_pages_of(&agent_bin())
+        .into_iter()
+        .map(|page| format!("/usr/share/man/man1/{page}.gz"))
+        .chain(completion_files("", "berth-agent", "site-functions"));
+    for path in docs {
         assert!(
             files.lines().any(|l| l == path),
             "agent rpm lacks {path}:\n{files}"
@@ -424,7 +412,18 @@ fn rpms_hold_the_binary_unit_config_and_dependencies() {
         "/usr/lib/systemd/system/berth-server.service",
         "/etc/berth/server.env",
         "/usr/share/man/man1/berth.1.gz",
+        "/usr/share/man/man1/berth-task-run.1.gz",
     ] {
+        assert!(
+            files.lines().any(|l| l == path),
+            "server rpm lacks {path}:\n{files}"
+        );
+    }
+    let docs = man_pages_of(&berth_bin())
+        .into_iter()
+        .map(|page| format!("/usr/share/man/man1/{page}.gz"))
+        .chain(completion_files("", "berth", "site-functions"));
+    for path in docs {
         assert!(
             files.lines().any(|l| l == path),
             "server rpm lacks {path}:\n{files}"
@@ -438,6 +437,50 @@ fn rpms_hold_the_binary_unit_config_and_dependencies() {
         scripts.contains("preinstall scriptlet") && scripts.contains("useradd"),
         "{scripts}"
     );
+}
+
+/// What the debs ship as docs works: every man page renders without a
+/// warning (`groff -ww`, as `man` would run it), and bash loads the
+/// completion script and registers it for the binary.
+#[test]
+fn packaged_man_pages_render_and_bash_completions_load() {
+    let p = packages();
+    for (deb, bin) in [(&p.agent_deb, "berth-agent"), (&p.server_deb, "berth")] {
+        let root = tempfile::tempdir().expect("tempdir");
+        ok(Command::new("dpkg-deb").arg("-x").arg(deb).arg(root.path()));
+        let man1 = root.path().join("usr/share/man/man1");
+        let mut pages = 0;
+        for e in std::fs::read_dir(&man1)
+            .unwrap_or_else(|e| panic!("{}: {e}", man1.display()))
+            .flatten()
+        {
+            let page = e.path();
+            let out = run(Command::new("sh")
+                .arg("-c")
+                .arg(r#"gzip -dc "$1" | groff -k -man -Tutf8 -ww -z"#)
+                .arg("sh")
+                .arg(&page));
+            assert!(
+                out.status.success() && out.stderr.is_empty(),
+                "{} does not render cleanly:\n{}",
+                page.display(),
+                text(&out)
+            );
+            pages += 1;
+        }
+        assert!(pages > 2, "{bin}: only {pages} man pages");
+        let bash = root
+            .path()
+            .join("usr/share/bash-completion/completions")
+            .join(bin);
+        let out = ok(Command::new("bash")
+            .arg("-c")
+            .arg(r#"source "$1" && complete -p "$2""#)
+            .arg("bash")
+            .arg(&bash)
+            .arg(bin));
+        assert!(out.contains(bin), "complete -p {bin}: {out}");
+    }
 }
 
 #[test]

@@ -31,8 +31,8 @@ struct CustomServer {
 
 impl CustomServer {
     /// `berth server --data-dir <tmp>/data --listen 127.0.0.1:0
-    /// [--admin-listen 127.0.0.1:0] ARGS…` with `ENV`; the server creates
-    /// its data dir itself.
+    /// [--admin-listen 127.0.0.1:0] --metrics-listen 127.0.0.1:0 ARGS…` with
+    /// `ENV`; the server creates its data dir itself.
     fn start(run: &RunId, args: &[&str], env: &[(&str, &str)]) -> CustomServer {
         let dir = run.temp_dir("server");
         let data_dir = dir.path().join("data");
@@ -45,6 +45,7 @@ impl CustomServer {
         if !args.contains(&"--admin-listen") {
             cmd.args(["--admin-listen", "127.0.0.1:0"]);
         }
+        cmd.args(["--metrics-listen", "127.0.0.1:0"]);
         cmd.args(args).envs(env.iter().copied());
         let mut proc = Proc::spawn("berth server", &mut cmd, &log);
         let ready = data_dir.join("server.json");

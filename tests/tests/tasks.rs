@@ -208,18 +208,7 @@ fn a_missing_image_fails_the_task_with_the_registrys_words() {
     );
     let task = berth_e2e::stdout_json("berth task run --json", &out);
     let task_id = str_field(&task, "taskId").to_string();
-    let task = fleet.server.wait_task_status(&task_id, "STOPPED");
-    assert_eq!(
-        str_field(&task, "stopCode"),
-        "TaskFailedToStart",
-        "task: {task}"
-    );
-    let reasons = format!(
-        "{} {}",
-        str_field(&task, "stoppedReason"),
-        str_field(container_of(&task, "app"), "reason")
-    )
-    .to_lowercase();
+    let (task, reasons) = fleet.server.wait_failed_to_start(&task_id);
     assert!(
         reasons.contains("manifest unknown") || reasons.contains("not found"),
         "the reason should carry the registry's answer (manifest unknown / not found): {task}"

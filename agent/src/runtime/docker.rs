@@ -1381,7 +1381,7 @@ pub(crate) fn registry_host(reference: &str) -> &str {
 }
 
 /// A credentials key: the host alone, Docker Hub's aliases folded together.
-fn registry_key(host: &str) -> String {
+pub(crate) fn registry_key(host: &str) -> String {
     let host = host
         .trim()
         .trim_start_matches("https://")

@@ -3,7 +3,8 @@
 //! [`Runtime`] is everything the agent needs from a container engine. The real
 //! implementation is [`docker::DockerRuntime`] (the local Docker Engine through
 //! bollard); [`fake::FakeRuntime`] is an in-memory engine for unit tests of
-//! the task lifecycle.
+//! the task lifecycle. [`metered::MeteredRuntime`] wraps either and times
+//! every call for the agent's metrics.
 //!
 //! Invariants every implementation keeps:
 //! - it only lists, reports and touches containers that carry the
@@ -15,6 +16,7 @@
 
 pub mod docker;
 pub mod fake;
+pub mod metered;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -187,6 +187,7 @@ impl Enrollment for EnrollmentService {
                     other => store_status(other),
                 })?;
             self.core.enroll_failures.forgive(source, attempt);
+            self.core.metrics.enrollments.inc();
             info!(%instance_id, hostname = %host.hostname, "instance enrolled");
             Ok(Response::new(EnrollResponse {
                 instance_id,

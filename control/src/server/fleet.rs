@@ -25,11 +25,9 @@
 //!
 //! [`HELLO_TIMEOUT`]: super::HELLO_TIMEOUT
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use berth_proto::v1::agent_message::Msg as AgentMsg;
 use berth_proto::v1::fleet_server::Fleet;
 use berth_proto::v1::server_message::Msg as ServerMsg;
 use berth_proto::v1::{
@@ -42,13 +40,11 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::limits::TokenBucket;
-use super::store::{HelloRecord, INACTIVE, InstanceRecord, StoreError};
+use super::protocol::{self, Step};
+use super::store::{INACTIVE, InstanceRecord, StoreError};
 use super::{Core, SessionCommand, peer_text, store_status};
 
-/// Largest generation or event sequence an agent may send: the store keeps
-/// them as signed 64-bit integers and adds to them, so half the range keeps
-/// every sum exact (and no agent counts that far).
-pub const MAX_COUNTER: u64 = 1 << 62;
+pub use super::protocol::MAX_COUNTER;
 
 /// Messages buffered towards one agent before the session waits for it.
 const OUTBOUND_BUFFER: usize = 64;
@@ -215,6 +211,23 @@ enum End {
     Store(StoreError),
 }
 
+impl End {
+    /// The `reason` label of `berth_server_sessions_closed_total`.
+    fn metric(&self) -> super::metrics::SessionEnd {
+        use super::metrics::SessionEnd;
+        match self {
+            End::AgentClosed => SessionEnd::AgentClosed,
+            End::Stream(_) => SessionEnd::StreamError,
+            End::RateLimited(_) => SessionEnd::RateLimited,
+            End::Closed(_) => SessionEnd::ClosedByServer,
+            End::Refused(_) => SessionEnd::Refused,
+            End::Silent => SessionEnd::Silent,
+            End::OutboundGone => SessionEnd::AgentGone,
+            End::Store(_) => SessionEnd::StoreError,
+        }
+    }
+}
+
 struct Session {
     core: Arc<Core>,
     instance_id: String,
@@ -244,6 +257,7 @@ impl Drop for Registration {
 impl Session {
     async fn run(mut self, mut inbound: Streaming<AgentMessage>) {
         let end = self.serve(&mut inbound).await;
+        self.core.metrics.session_closed(end.metric());
         let status = match end {
             End::AgentClosed => {
                 info!("agent closed the session");
@@ -290,7 +304,7 @@ impl Session {
     }
 
     async fn serve(&mut self, inbound: &mut Streaming<AgentMessage>) -> End {
-        let hello = match tokio::time::timeout(self.core.hello_timeout, inbound.message()).await {
+        let first = match tokio::time::timeout(self.core.hello_timeout, inbound.message()).await {
             Err(_) => {
                 return End::Refused(Status::deadline_exceeded(format!(
                     "no Hello within {}",
@@ -299,28 +313,13 @@ impl Session {
             }
             Ok(Err(status)) => return End::Stream(status),
             Ok(Ok(None)) => return End::AgentClosed,
-            Ok(Ok(Some(AgentMessage {
-                msg: Some(AgentMsg::Hello(hello)),
-            }))) => hello,
-            Ok(Ok(Some(_))) => {
-                return End::Refused(Status::failed_precondition(
-                    "the first message of a session must be Hello",
-                ));
-            }
+            Ok(Ok(Some(first))) => first,
         };
-        if hello.instance_id != self.instance_id {
-            return End::Refused(Status::permission_denied(format!(
-                "Hello names instance {:?} but the client certificate is for {}",
-                hello.instance_id, self.instance_id
-            )));
-        }
-        if hello.applied_generation > MAX_COUNTER || hello.last_event_sequence > MAX_COUNTER {
-            return End::Refused(Status::invalid_argument(format!(
-                "Hello: applied_generation {} / last_event_sequence {} out of range (at most {MAX_COUNTER})",
-                hello.applied_generation, hello.last_event_sequence
-            )));
-        }
-        let instance = match self.record_hello(&hello).await {
+        let hello = match protocol::first_message(&first, &self.instance_id) {
+            Ok(hello) => hello,
+            Err(refusal) => return End::Refused(refusal.status()),
+        };
+        let instance = match self.record_hello(hello).await {
             Ok(outcome) => {
                 if let Some(from) = outcome.event_seq_lowered_from {
                     warn!(
@@ -422,15 +421,13 @@ impl Session {
     }
 
     async fn handle(&mut self, msg: AgentMessage) -> Result<(), End> {
-        match msg.msg {
-            None => {
+        let step = protocol::next_message(&msg).map_err(|r| End::Refused(r.status()))?;
+        match step {
+            Step::Ignore => {
                 debug!("empty agent message ignored");
                 Ok(())
             }
-            Some(AgentMsg::Hello(_)) => Err(End::Refused(Status::failed_precondition(
-                "Hello may only be the first message of a session",
-            ))),
-            Some(AgentMsg::Heartbeat(_)) => {
+            Step::Heartbeat => {
                 let id = self.instance_id.clone();
                 let now = berth_proto::now_ms();
                 self.core
@@ -438,25 +435,20 @@ impl Session {
                     .await
                     .map_err(End::Store)
             }
-            Some(AgentMsg::AssignmentAck(ack)) => {
-                debug!(generation = ack.generation, "assignment acknowledged");
+            Step::AssignmentAck(generation) => {
+                debug!(generation, "assignment acknowledged");
                 let id = self.instance_id.clone();
                 self.core
-                    .db(move |s| s.record_assignment_ack(&id, ack.generation))
+                    .db(move |s| s.record_assignment_ack(&id, generation))
                     .await
                     .map_err(End::Store)
             }
-            Some(AgentMsg::Event(event)) => self.apply_event(event).await,
+            Step::Event(event) => self.apply_event(event.clone()).await,
         }
     }
 
     async fn apply_event(&mut self, event: TaskEvent) -> Result<(), End> {
         let sequence = event.sequence;
-        if sequence > MAX_COUNTER {
-            return Err(End::Refused(Status::invalid_argument(format!(
-                "event sequence {sequence} out of range (at most {MAX_COUNTER})"
-            ))));
-        }
         let task_id = event
             .task
             .as_ref()
@@ -476,6 +468,7 @@ impl Session {
             .instrument(span.clone())
             .await
             .map_err(End::Store)?;
+        self.core.metrics.event(&outcome);
         span.in_scope(|| {
             if !outcome.applied {
                 debug!(sequence, "replayed event ignored");
@@ -494,22 +487,7 @@ impl Session {
     }
 
     async fn record_hello(&self, hello: &Hello) -> Result<super::store::HelloOutcome, StoreError> {
-        let capacity = hello.capacity.unwrap_or_default();
-        let record = HelloRecord {
-            hostname: hello.hostname.clone(),
-            agent_version: hello.agent_version.clone(),
-            boot_id: hello.boot_id.clone(),
-            cpu: capacity.cpu.max(0),
-            memory_mib: capacity.memory_mib.max(0),
-            attributes: hello
-                .attributes
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<BTreeMap<_, _>>(),
-            at_ms: berth_proto::now_ms(),
-            applied_generation: hello.applied_generation,
-            last_event_sequence: hello.last_event_sequence,
-        };
+        let record = protocol::hello_record(hello, berth_proto::now_ms());
         let id = self.instance_id.clone();
         self.core.db(move |s| s.record_hello(&id, &record)).await
     }
@@ -532,7 +510,9 @@ impl Session {
             tasks = assignment.tasks.len(),
             "sending assignment"
         );
-        self.send(ServerMsg::Assignment(assignment)).await
+        self.send(ServerMsg::Assignment(assignment)).await?;
+        self.core.metrics.assignments_sent.inc();
+        Ok(())
     }
 
     async fn send(&self, msg: ServerMsg) -> Result<(), End> {

@@ -2,7 +2,8 @@
 //!
 //! [`Server::start`] opens the data dir, loads (or creates) the CA, opens the
 //! store, binds both listeners and serves until [`RunningServer::shutdown`].
-//! Two listeners:
+//! Two listeners (and a third, read-only one for Prometheus, see
+//! [`metrics`]):
 //! - the fleet address (TLS; client certificates optional at the TLS layer):
 //!   `Enrollment` for hosts without a certificate, `Fleet` for enrolled
 //!   agents, which must present one;
@@ -26,7 +27,9 @@ pub mod enroll;
 pub mod fleet;
 pub(crate) mod fsutil;
 pub mod limits;
+pub mod metrics;
 pub mod placement;
+pub mod protocol;
 pub mod store;
 
 use std::collections::HashMap;
@@ -57,6 +60,8 @@ use self::store::{ActivationRecord, SqliteStore, Store, StoreError};
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7420";
 /// Default admin listen address.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7421";
+/// Default metrics (Prometheus, plain HTTP, read-only) listen address.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7422";
 /// Default server data dir.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/berth-server";
 /// Default heartbeat interval told to agents.
@@ -109,6 +114,9 @@ pub struct ServerConfig {
     /// Admin API (CLI). Loopback: plaintext. Any other address: TLS, and
     /// every call needs an admin certificate. Port 0 picks a free port.
     pub admin_listen: SocketAddr,
+    /// `GET /metrics` (Prometheus text, plain HTTP, no secrets in it).
+    /// Port 0 picks a free port.
+    pub metrics_listen: SocketAddr,
     /// `host:port` agents use to reach the fleet API. Default: the listen
     /// IP, or the host name when listening on all addresses, with the bound
     /// port.
@@ -140,6 +148,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             listen: SocketAddr::from(([0, 0, 0, 0], 7420)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 7421)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 7422)),
             advertise: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             tls_sans: Vec::new(),
@@ -156,6 +165,7 @@ impl ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..ServerConfig::new(data_dir)
         }
     }
@@ -233,6 +243,8 @@ pub(crate) struct Core {
     /// Token bucket parameters of every agent stream.
     pub(crate) stream_rate: u32,
     pub(crate) stream_burst: u32,
+    /// Counters and histograms for `/metrics`.
+    pub(crate) metrics: Arc<metrics::ServerMetrics>,
 }
 
 impl Core {
@@ -242,6 +254,9 @@ impl Core {
         advertise: String,
         cfg: &ServerConfig,
     ) -> Core {
+        let metrics = Arc::new(metrics::ServerMetrics::default());
+        // Every store call is timed for berth_server_store_latency_seconds.
+        let store: Box<dyn Store> = Box::new(metrics::TimedStore::new(store, Arc::clone(&metrics)));
         Core {
             store: Arc::new(Mutex::new(store)),
             sessions: Mutex::new(HashMap::new()),
@@ -259,6 +274,7 @@ impl Core {
             ),
             stream_rate: cfg.stream_rate,
             stream_burst: cfg.stream_burst,
+            metrics,
         }
     }
 
@@ -302,7 +318,9 @@ impl Core {
         let old = self
             .sessions()
             .insert(instance_id.to_owned(), SessionHandle { id, peer, tx });
+        self.metrics.sessions_opened.inc();
         if let Some(old) = old {
+            self.metrics.sessions_replaced.inc();
             // Either a reconnect the server had not noticed the end of yet,
             // or two hosts with one identity (a cloned disk or data dir).
             warn!(
@@ -532,6 +550,14 @@ impl Server {
                 source,
             })?;
         let admin_addr = local_addr(&admin_listener, cfg.admin_listen, "admin API")?;
+        let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "metrics endpoint",
+                addr: cfg.metrics_listen,
+                source,
+            })?;
+        let metrics_addr = local_addr(&metrics_listener, cfg.metrics_listen, "metrics endpoint")?;
 
         let hostname = hostname();
         let advertise = cfg
@@ -613,11 +639,22 @@ impl Server {
         if admin_tls {
             info!(admin = %admin_addr, "the admin API is not on loopback: it speaks TLS and accepts admin certificates only");
         }
+        let metrics_serve =
+            metrics::serve(metrics_listener, Arc::clone(&core), stop_tx.subscribe());
+        if !metrics_addr.ip().is_loopback() {
+            info!(metrics = %metrics_addr, "the metrics endpoint is not on loopback: anyone who reaches it can read the fleet's counters (no secrets)");
+        }
+        let metrics_task = tokio::spawn(async move {
+            if let Err(e) = metrics_serve.await {
+                tracing::error!(error = %e, "the metrics endpoint stopped");
+            }
+        });
 
         let state = serde_json::json!({
             "fleetAddr": fleet_addr.to_string(),
             "adminAddr": admin_addr.to_string(),
             "adminTls": admin_tls,
+            "metricsAddr": metrics_addr.to_string(),
             "advertise": core.advertise,
             "pid": std::process::id(),
         });
@@ -638,10 +675,12 @@ impl Server {
             core,
             fleet_addr,
             admin_addr,
+            metrics_addr,
             state_path,
             stop_tx,
             fleet_task: Some(fleet_task),
             admin_task: Some(admin_task),
+            metrics_task,
         })
     }
 }
@@ -653,10 +692,13 @@ pub struct RunningServer {
     core: Arc<Core>,
     fleet_addr: SocketAddr,
     admin_addr: SocketAddr,
+    metrics_addr: SocketAddr,
     state_path: PathBuf,
     stop_tx: watch::Sender<bool>,
     fleet_task: Option<ServeTask>,
     admin_task: Option<ServeTask>,
+    /// Read-only; aborted at shutdown rather than drained.
+    metrics_task: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -677,6 +719,11 @@ impl RunningServer {
     /// The bound admin (CLI) address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The bound metrics (`GET /metrics`, plain HTTP) address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// `host:port` that agents are told to use.
@@ -766,6 +813,7 @@ impl RunningServer {
         self.core
             .close_all_sessions(&Status::unavailable("the control plane is shutting down"));
         let _ = self.stop_tx.send(true);
+        self.metrics_task.abort();
         let mut result = Ok(());
         for (what, task) in [
             ("fleet", self.fleet_task.take()),
@@ -799,6 +847,7 @@ impl Drop for RunningServer {
     fn drop(&mut self) {
         // Dropped without shutdown(): stop serving anyway.
         let _ = self.stop_tx.send(true);
+        self.metrics_task.abort();
         for task in [self.fleet_task.take(), self.admin_task.take()]
             .into_iter()
             .flatten()
