@@ -8,7 +8,8 @@
 # or `scripts/test.sh -p berth-e2e --test tasks` (with -p/--package the run
 # covers those packages instead of the whole workspace). Every test binary
 # runs even when an earlier one fails (--no-fail-fast). A whole-workspace run
-# then replays the fuzz regressions and fuzzes each target for
+# then scans every log of the end-to-end suite for the secrets it used
+# (tests/src/capture.rs), replays the fuzz regressions and fuzzes each target for
 # $BERTH_FUZZ_SECONDS (default 20; 0 skips) with scripts/fuzz.sh.
 #
 # The e2e tests (tests/) run the binaries built here (target/debug/berth,
@@ -32,8 +33,23 @@ scripts/setup.sh
 echo "==> test: cargo build --workspace --bins --locked"
 cargo build --workspace --bins --locked
 
+# A whole-workspace run captures every log of the end-to-end suite and every
+# secret the harness hands out, then scans the logs for the secrets
+# (tests/src/capture.rs).
+capture=
+if [ ${#scope[@]} -gt 0 ]; then
+    capture=$PWD/target/e2e-capture
+    rm -rf "$capture"
+    export BERTH_E2E_CAPTURE=$capture
+fi
+
 echo "==> test: cargo test ${scope[*]:+${scope[*]} }--locked --no-fail-fast $*"
 cargo test "${scope[@]}" --locked --no-fail-fast "$@"
+
+if [ -n "$capture" ]; then
+    echo "==> test: secret scan of the end-to-end suite's logs"
+    cargo run -q --locked -p berth-e2e --bin berth-e2e-secret-scan -- "$capture"
+fi
 
 # The whole-workspace run also fuzzes every untrusted input for a bounded
 # time (fuzz/README.md): known crashes must stay fixed, and a short run on the

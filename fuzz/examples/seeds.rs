@@ -27,25 +27,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     server_seeds(&fuzz, &fuzz.join("corpus/server_message_decode"))?;
     certificate_seeds(&fuzz.join("corpus/certificate_request_decode"))?;
     taskdef_seeds(&fuzz, &fuzz.join("corpus/taskdef_parse"))?;
-    regressions(&fuzz.join("regressions"))?;
+    fixed_findings(&fuzz.join("corpus"))?;
     Ok(())
 }
 
 /// Inputs that crashed a target when it was written (see fuzz/README.md,
-/// "Findings"). Kept out of corpus/ until the code is fixed, so that the
-/// fuzzing run does not start red; `scripts/fuzz.sh --regressions` replays
-/// them.
-fn regressions(dir: &Path) -> std::io::Result<()> {
+/// "Findings"). All fixed, so they live in the corpus as `regression-*`,
+/// where every fuzzing run replays them first.
+fn fixed_findings(dir: &Path) -> std::io::Result<()> {
     let agent = dir.join("agent_message_decode");
     let mut late = task(OWN_TASK, "RUNNING", "RUNNING");
     late.started_at_ms = LAST_MS_OF_9999 + 1;
     fs::create_dir_all(&agent)?;
     fs::write(
-        agent.join("crash-started-after-year-9999"),
+        agent.join("regression-started-after-year-9999"),
         session(vec![hello(INSTANCE), event(3, late)]),
     )?;
     fs::write(
-        agent.join("crash-sequence-above-i64-max"),
+        agent.join("regression-sequence-above-i64-max"),
         session(vec![
             hello(INSTANCE),
             event(u64::MAX, task(OWN_TASK, "RUNNING", "RUNNING")),
@@ -56,7 +55,7 @@ fn regressions(dir: &Path) -> std::io::Result<()> {
         h.applied_generation = u64::MAX;
     }
     fs::write(
-        agent.join("crash-generation-i64-max"),
+        agent.join("regression-generation-i64-max"),
         session(vec![greedy]),
     )?;
 
@@ -65,7 +64,7 @@ fn regressions(dir: &Path) -> std::io::Result<()> {
     late.created_at_ms = i64::MAX;
     fs::create_dir_all(&server)?;
     fs::write(
-        server.join("crash-created-after-year-9999"),
+        server.join("regression-created-after-year-9999"),
         assignment(2, vec![late]),
     )?;
     Ok(())

@@ -371,6 +371,8 @@ impl Drop for Agent {
     fn drop(&mut self) {
         // Stop the process first, so it does not recreate what we remove.
         drop(self.proc.take());
+        // Its key (the last one, after any renewal) must be in no log.
+        crate::capture::record_private_key("agent.key", &self.data_dir().join("agent.key"));
         if let Some(id) = self.instance_id_for_cleanup() {
             remove_labelled(&format!("berth.instance-id={id}"));
         }

@@ -60,6 +60,7 @@
 
 mod agent;
 mod applied;
+pub mod capture;
 mod dev;
 mod docker;
 mod dockerd;

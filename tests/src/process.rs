@@ -187,6 +187,10 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop_quietly();
+        crate::capture::keep_log(&self.name, &self.log);
+        if let Some(out) = &self.stdout_log {
+            crate::capture::keep_log(&format!("{} stdout", self.name), out);
+        }
         if std::thread::panicking() {
             eprintln!(
                 "----- last lines of {} log ({}) -----\n{}",

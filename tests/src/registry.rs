@@ -83,6 +83,7 @@ impl Registry {
     /// does every pull. Logs in with `docker login` into a Docker config
     /// directory of the registry's own, which [`Registry::push`] uses.
     pub fn start_with_auth(run: &RunId, login: RegistryLogin) -> Registry {
+        crate::capture::record_secret("registry password", &login.password);
         Self::launch(run, Some(login))
     }
 

@@ -95,6 +95,7 @@ impl Cli {
             );
             value.to_string()
         };
+        crate::capture::record_secret("activation code", &field("activationCode"));
         Activation {
             id: field("activationId"),
             code: field("activationCode"),
@@ -380,6 +381,12 @@ impl Server {
     /// Panics with the log tail when the server has exited.
     pub fn assert_running(&mut self) {
         self.proc.assert_running("the test ran");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        crate::capture::record_private_key("ca.key", &self.data_dir.join("ca.key"));
     }
 }
 

@@ -488,16 +488,32 @@ fn scripts_pass_shellcheck() {
     // installs shellcheck when missing
     let _ = packages();
     let root = repo_root();
-    let bash_scripts = [
-        "packaging/build-packages.sh",
+    // Every *.sh of the repository's script folders, found rather than
+    // listed, so a new script cannot be missed.
+    let mut shell_scripts: Vec<PathBuf> = Vec::new();
+    for dir in ["packaging", "packaging/test", "scripts"] {
+        for e in std::fs::read_dir(root.join(dir))
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .flatten()
+        {
+            if e.path().extension().is_some_and(|x| x == "sh") {
+                shell_scripts.push(e.path());
+            }
+        }
+    }
+    for expected in [
         "packaging/enroll.sh",
-        "packaging/gen-docs.sh",
-        "packaging/install-build-deps.sh",
-        "packaging/test/sandbox.sh",
-    ];
+        "packaging/test/systemd-rootfs.sh",
+        "scripts/test.sh",
+    ] {
+        assert!(
+            shell_scripts.contains(&root.join(expected)),
+            "{expected} was not found among {shell_scripts:?}"
+        );
+    }
     ok(Command::new("shellcheck")
         .current_dir(&root)
-        .args(bash_scripts));
+        .args(&shell_scripts));
     let mut sh_scripts: Vec<PathBuf> = vec![root.join("packaging/test/systemctl-stub")];
     for dir in [
         "packaging/deb/berth-agent",
