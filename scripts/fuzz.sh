@@ -96,6 +96,7 @@ if [[ $mode == regressions ]]; then
         dir=fuzz/regressions/$t
         [[ -d $dir ]] || continue
         for input in "$dir"/*; do
+            [[ -e $input ]] || continue # an empty folder
             if "$bin_dir/$t" -artifact_prefix="$work/" "$input" >"$work/replay.log" 2>&1; then
                 echo "fixed:   $t $input (move it into fuzz/corpus/$t/)"
             else

@@ -1141,8 +1141,114 @@ pub fn task_health<'a>(containers: impl Iterator<Item = (bool, bool, &'a str)>) 
     }
 }
 
+/// A supervisor spawned against the fake runtime, and the reports it sends:
+/// the one way the test modules below run a supervisor.
+#[cfg(test)]
+mod harness {
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+
+    pub(super) fn settings(check_host_ports: bool) -> Settings {
+        Settings {
+            instance_id: "i-test".into(),
+            pull_policy: PullPolicy::Default,
+            default_stop_timeout: Duration::from_secs(1),
+            cleanup_delay: Duration::ZERO,
+            policy: crate::policy::Policy::default(),
+            check_host_ports,
+        }
+    }
+
+    pub(super) struct Harness {
+        pub(super) rt: FakeRuntime,
+        pub(super) handle: Handle,
+        reports: mpsc::Receiver<Report>,
+        last: Option<TaskState>,
+    }
+
+    impl Harness {
+        /// Spawns a supervisor for `definition` on `rt`, resuming from
+        /// `prior`, with the fake's events forwarded like the manager does.
+        pub(super) fn start(
+            rt: &FakeRuntime,
+            settings: Settings,
+            definition: TaskDefinition,
+            prior: Option<TaskState>,
+        ) -> Self {
+            let (tx, reports) = mpsc::channel(256);
+            let (events_tx, events) = broadcast::channel(256);
+            let mut stream = rt.events(&settings.instance_id);
+            tokio::spawn(async move {
+                use futures_util::StreamExt;
+                while let Some(ev) = stream.next().await {
+                    let _ = events_tx.send(ev);
+                }
+            });
+            let handle = spawn(
+                Arc::new(rt.clone()),
+                settings,
+                Assigned {
+                    task_id: "0123456789abcdef0123456789abcdef".into(),
+                    definition,
+                    created_at_ms: 1,
+                    prior,
+                },
+                events,
+                tx,
+            );
+            Self {
+                rt: rt.clone(),
+                handle,
+                reports,
+                last: None,
+            }
+        }
+
+        /// Waits (with a deadline) for a state that satisfies `f`.
+        pub(super) async fn until(
+            &mut self,
+            what: &str,
+            f: impl Fn(&TaskState) -> bool,
+        ) -> TaskState {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Some(st) = &self.last
+                    && f(st)
+                {
+                    return st.clone();
+                }
+                match tokio::time::timeout_at(deadline, self.reports.recv()).await {
+                    Ok(Some(Report::State(st))) => self.last = Some(st),
+                    Ok(Some(Report::Finished(_))) => {
+                        panic!("supervisor finished before {what}; last {:?}", self.last)
+                    }
+                    Ok(None) | Err(_) => panic!("no state with {what}; last {:?}", self.last),
+                }
+            }
+        }
+
+        /// The first state with `status`, within a deadline.
+        pub(super) async fn until_status(&mut self, status: &str) -> TaskState {
+            self.until(status, |s| s.last_status == status).await
+        }
+
+        /// Waits (with a deadline) for the supervisor to finish.
+        pub(super) async fn finished(&mut self) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match tokio::time::timeout_at(deadline, self.reports.recv()).await {
+                    Ok(Some(Report::Finished(_))) => return,
+                    Ok(Some(Report::State(st))) => self.last = Some(st),
+                    _ => panic!("supervisor did not finish; last {:?}", self.last),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::harness::{Harness, settings};
     use super::*;
     use crate::runtime::fake::FakeRuntime;
     use berth_taskdef::ContainerDefinition;
@@ -1169,87 +1275,6 @@ mod tests {
         }
     }
 
-    fn settings() -> Settings {
-        Settings {
-            instance_id: "i-test".into(),
-            pull_policy: PullPolicy::Default,
-            default_stop_timeout: Duration::from_secs(1),
-            cleanup_delay: Duration::ZERO,
-            policy: crate::policy::Policy::default(),
-            check_host_ports: false,
-        }
-    }
-
-    struct Harness {
-        rt: FakeRuntime,
-        handle: Handle,
-        reports: mpsc::Receiver<Report>,
-        last: Option<TaskState>,
-    }
-
-    impl Harness {
-        fn start(rt: FakeRuntime, prior: Option<TaskState>) -> Self {
-            let (tx, reports) = mpsc::channel(256);
-            let (events_tx, events) = broadcast::channel(256);
-            // Forward the fake's events like the manager does.
-            let mut stream = rt.events("i-test");
-            tokio::spawn(async move {
-                use futures_util::StreamExt;
-                while let Some(ev) = stream.next().await {
-                    let _ = events_tx.send(ev);
-                }
-            });
-            let handle = spawn(
-                Arc::new(rt.clone()),
-                settings(),
-                Assigned {
-                    task_id: "0123456789abcdef0123456789abcdef".into(),
-                    definition: def(),
-                    created_at_ms: 1,
-                    prior,
-                },
-                events,
-                tx,
-            );
-            Self {
-                rt,
-                handle,
-                reports,
-                last: None,
-            }
-        }
-
-        /// Waits (with a deadline) for a state that satisfies `f`.
-        async fn until(&mut self, what: &str, f: impl Fn(&TaskState) -> bool) -> TaskState {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                if let Some(st) = &self.last
-                    && f(st)
-                {
-                    return st.clone();
-                }
-                match tokio::time::timeout_at(deadline, self.reports.recv()).await {
-                    Ok(Some(Report::State(st))) => self.last = Some(st),
-                    Ok(Some(Report::Finished(_))) => {
-                        panic!("supervisor finished before {what}; last {:?}", self.last)
-                    }
-                    Ok(None) | Err(_) => panic!("no state with {what}; last {:?}", self.last),
-                }
-            }
-        }
-
-        async fn finished(&mut self) {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                match tokio::time::timeout_at(deadline, self.reports.recv()).await {
-                    Ok(Some(Report::Finished(_))) => return,
-                    Ok(Some(Report::State(st))) => self.last = Some(st),
-                    _ => panic!("supervisor did not finish; last {:?}", self.last),
-                }
-            }
-        }
-    }
-
     fn container<'a>(st: &'a TaskState, name: &str) -> &'a ContainerState {
         st.containers
             .iter()
@@ -1259,7 +1284,7 @@ mod tests {
 
     #[tokio::test]
     async fn non_essential_exit_keeps_task_running_and_stop_cleans_up() {
-        let mut h = Harness::start(FakeRuntime::new(), None);
+        let mut h = Harness::start(&FakeRuntime::new(), settings(false), def(), None);
         h.until("RUNNING", |s| s.last_status == RUNNING).await;
         let init = h.rt.id_of("init").expect("init created");
         h.rt.exit(&init, 0);
@@ -1284,7 +1309,7 @@ mod tests {
 
     #[tokio::test]
     async fn essential_exit_stops_the_task_and_names_the_container() {
-        let mut h = Harness::start(FakeRuntime::new(), None);
+        let mut h = Harness::start(&FakeRuntime::new(), settings(false), def(), None);
         h.until("RUNNING", |s| s.last_status == RUNNING).await;
         let app = h.rt.id_of("app").expect("app created");
         h.rt.exit(&app, 3);
@@ -1304,7 +1329,7 @@ mod tests {
     async fn pull_failure_fails_the_task_before_creating_anything() {
         let rt = FakeRuntime::new();
         rt.fail_pull("img/init");
-        let mut h = Harness::start(rt, None);
+        let mut h = Harness::start(&rt, settings(false), def(), None);
         let st = h.until("STOPPED", |s| s.last_status == STOPPED).await;
         assert_eq!(st.stop_code, TASK_FAILED_TO_START);
         assert!(
@@ -1322,12 +1347,12 @@ mod tests {
 
     #[tokio::test]
     async fn restart_adopts_running_containers_without_recreating_them() {
-        let mut first = Harness::start(FakeRuntime::new(), None);
+        let mut first = Harness::start(&FakeRuntime::new(), settings(false), def(), None);
         let running = first.until("RUNNING", |s| s.last_status == RUNNING).await;
         let rt = first.rt.clone();
         drop(first);
         let calls_before = rt.calls().len();
-        let mut second = Harness::start(rt.clone(), Some(running.clone()));
+        let mut second = Harness::start(&rt, settings(false), def(), Some(running.clone()));
         // The init container exits while the new supervisor watches.
         let init = rt.id_of("init").expect("init");
         rt.exit(&init, 0);
@@ -1423,6 +1448,7 @@ mod dependency_tests {
 /// volumes, against the fake runtime.
 #[cfg(test)]
 mod prepare_tests {
+    use super::harness::{Harness, settings};
     use super::*;
     use crate::runtime::fake::FakeRuntime;
     use crate::runtime::{Mount, MountSource, VolumeScope, VolumeSpec};
@@ -1430,8 +1456,6 @@ mod prepare_tests {
         DockerVolumeConfiguration, HostVolume, LogConfiguration, MountPoint, PortMapping, Volume,
         VolumeFrom,
     };
-
-    const TASK_ID: &str = "0123456789abcdef0123456789abcdef";
 
     fn container(name: &str) -> ContainerDefinition {
         ContainerDefinition {
@@ -1450,81 +1474,9 @@ mod prepare_tests {
         }
     }
 
-    fn settings(check_host_ports: bool) -> Settings {
-        Settings {
-            instance_id: "i-test".into(),
-            pull_policy: PullPolicy::Default,
-            default_stop_timeout: Duration::from_secs(1),
-            cleanup_delay: Duration::ZERO,
-            policy: crate::policy::Policy::default(),
-            check_host_ports,
-        }
-    }
-
-    struct Run {
-        handle: Handle,
-        reports: mpsc::Receiver<Report>,
-        last: Option<TaskState>,
-    }
-
-    fn run(rt: &FakeRuntime, settings: Settings, def: TaskDefinition) -> Run {
-        let (tx, reports) = mpsc::channel(256);
-        let (events_tx, events) = broadcast::channel(256);
-        let mut stream = rt.events("i-test");
-        tokio::spawn(async move {
-            use futures_util::StreamExt;
-            while let Some(ev) = stream.next().await {
-                let _ = events_tx.send(ev);
-            }
-        });
-        let handle = spawn(
-            Arc::new(rt.clone()),
-            settings,
-            Assigned {
-                task_id: TASK_ID.into(),
-                definition: def,
-                created_at_ms: 1,
-                prior: None,
-            },
-            events,
-            tx,
-        );
-        Run {
-            handle,
-            reports,
-            last: None,
-        }
-    }
-
-    impl Run {
-        /// The first state with `status`, within a deadline.
-        async fn until(&mut self, status: &str) -> TaskState {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                if let Some(st) = &self.last
-                    && st.last_status == status
-                {
-                    return st.clone();
-                }
-                match tokio::time::timeout_at(deadline, self.reports.recv()).await {
-                    Ok(Some(Report::State(st))) => self.last = Some(st),
-                    Ok(Some(Report::Finished(_))) | Ok(None) | Err(_) => {
-                        panic!("no {status} state; last {:?}", self.last)
-                    }
-                }
-            }
-        }
-
-        async fn finished(&mut self) {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                match tokio::time::timeout_at(deadline, self.reports.recv()).await {
-                    Ok(Some(Report::Finished(_))) => return,
-                    Ok(Some(Report::State(st))) => self.last = Some(st),
-                    _ => panic!("supervisor did not finish; last {:?}", self.last),
-                }
-            }
-        }
+    /// A supervisor for a new task (no prior state).
+    fn run(rt: &FakeRuntime, settings: Settings, def: TaskDefinition) -> Harness {
+        Harness::start(rt, settings, def, None)
     }
 
     fn nothing_pulled_or_created(rt: &FakeRuntime) {
@@ -1543,7 +1495,7 @@ mod prepare_tests {
         app.privileged = Some(true);
         let rt = FakeRuntime::new();
         let mut r = run(&rt, settings(false), task(vec![container("init"), app]));
-        let st = r.until(STOPPED).await;
+        let st = r.until_status(STOPPED).await;
         assert_eq!(st.stop_code, TASK_FAILED_TO_START);
         for part in [
             "app:",
@@ -1571,7 +1523,7 @@ mod prepare_tests {
         let rt = FakeRuntime::new();
         rt.set_log_drivers(&["json-file", "none"]);
         let mut r = run(&rt, settings(false), task(vec![app]));
-        let st = r.until(STOPPED).await;
+        let st = r.until_status(STOPPED).await;
         assert_eq!(st.stop_code, TASK_FAILED_TO_START);
         assert!(
             st.stopped_reason.contains(
@@ -1592,7 +1544,7 @@ mod prepare_tests {
         });
         let rt = FakeRuntime::new();
         let mut r = run(&rt, settings(false), task(vec![app]));
-        r.until(RUNNING).await;
+        r.until_status(RUNNING).await;
     }
 
     #[tokio::test]
@@ -1607,7 +1559,7 @@ mod prepare_tests {
         }];
         let rt = FakeRuntime::new();
         let mut r = run(&rt, settings(true), task(vec![container("init"), app]));
-        let st = r.until(STOPPED).await;
+        let st = r.until_status(STOPPED).await;
         assert_eq!(st.stop_code, TASK_FAILED_TO_START);
         let expected = format!(
             "app: host port {port}/tcp is already in use by {} (pid {})",
@@ -1670,7 +1622,7 @@ mod prepare_tests {
         let mut s = settings(false);
         s.policy.allow_host_pid_ipc = true;
         let mut r = run(&rt, s, volume_task());
-        r.until(RUNNING).await;
+        r.until_status(RUNNING).await;
 
         let scratch = "berth-web-scratch-0123456789ab";
         let volumes = rt.volumes();
@@ -1738,7 +1690,7 @@ mod prepare_tests {
         }
         let rt = FakeRuntime::new();
         let mut r = run(&rt, settings(false), def.clone());
-        let st = r.until(STOPPED).await;
+        let st = r.until_status(STOPPED).await;
         assert_eq!(st.stop_code, TASK_FAILED_TO_START);
         assert!(
             st.stopped_reason
@@ -1756,6 +1708,6 @@ mod prepare_tests {
             ..Default::default()
         });
         let mut r = run(&rt, settings(false), def);
-        r.until(RUNNING).await;
+        r.until_status(RUNNING).await;
     }
 }

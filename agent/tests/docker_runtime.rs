@@ -1,100 +1,26 @@
 //! `DockerRuntime` against the real Docker Engine.
 //!
-//! Every test makes its own image (`scripts/test-image.sh`, from Debian's
-//! busybox-static; no registry is reachable), labels every container it
-//! creates with its own run id and instance id, and removes what it created
-//! when it ends, even on failure. Nothing waits on a clock: tests wait for
-//! the engine's events, with a deadline.
+//! Every test makes its own image and run id (`common::Fixture`), labels
+//! every container it creates with them and its instance id, and removes what
+//! it created when it ends, even on failure. Nothing waits on a clock: tests
+//! wait for the engine's events, with a deadline.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod common;
+
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
 use berth_agent::runtime::docker::DockerRuntime;
-use berth_agent::runtime::{
-    ContainerSpec, Health, LABEL_CONTAINER_NAME, LABEL_INSTANCE_ID, LABEL_TASK_FAMILY,
-    LABEL_TASK_ID, PullPolicy, RunState, Runtime, RuntimeError, RuntimeEvent,
-};
+use berth_agent::runtime::{Health, PullPolicy, RunState, Runtime, RuntimeError, RuntimeEvent};
 use berth_taskdef::{ContainerDefinition, HealthCheck, KeyValuePair, PortMapping};
+use common::{DEADLINE, Fixture, next_event};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-/// Label that marks everything one test run created, for the cleanup guard.
-const LABEL_TEST_RUN: &str = "berth.test-run";
-/// Upper bound for any single wait on the engine.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Removes, on drop, every container labelled with this run and the run's
-/// image tag — and nothing else.
-struct Cleanup {
-    run_id: String,
-    image: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let listed = Command::new("docker")
-            .args(["ps", "-aq", "--no-trunc", "--filter"])
-            .arg(format!("label={LABEL_TEST_RUN}={}", self.run_id))
-            .output();
-        if let Ok(out) = listed {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f", "-v"])
-                    .args(&ids)
-                    .output();
-            }
-        }
-        let _ = Command::new("docker").args(["rmi", &self.image]).output();
-    }
-}
-
-struct Fixture {
-    runtime: DockerRuntime,
-    run_id: String,
-    instance_id: String,
-    image: String,
-    // Last field: dropped after everything else.
-    _cleanup: Cleanup,
-}
-
 impl Fixture {
-    async fn new() -> Self {
-        let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let image = format!("berth-test-busybox:{run_id}");
-        let cleanup = Cleanup {
-            run_id: run_id.clone(),
-            image: image.clone(),
-        };
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/test-image.sh");
-        let tag = image.clone();
-        let out = tokio::task::spawn_blocking(move || Command::new(script).arg(&tag).output())
-            .await
-            .expect("image build task panicked")
-            .expect("cannot run scripts/test-image.sh");
-        assert!(
-            out.status.success(),
-            "scripts/test-image.sh {image} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let runtime = DockerRuntime::connect(None)
-            .await
-            .expect("connect to the docker engine");
-        Self {
-            runtime,
-            instance_id: format!("test-{run_id}"),
-            run_id,
-            image,
-            _cleanup: cleanup,
-        }
-    }
-
     fn definition(&self, container: &str, command: &[&str]) -> ContainerDefinition {
         ContainerDefinition {
             name: container.to_owned(),
@@ -104,48 +30,6 @@ impl Fixture {
             ..Default::default()
         }
     }
-
-    fn spec(&self, definition: ContainerDefinition) -> ContainerSpec {
-        self.spec_for(&self.instance_id, definition)
-    }
-
-    fn spec_for(&self, instance_id: &str, definition: ContainerDefinition) -> ContainerSpec {
-        let container = definition.name.clone();
-        let labels = BTreeMap::from([
-            (LABEL_TASK_ID.to_owned(), format!("task-{}", self.run_id)),
-            (LABEL_CONTAINER_NAME.to_owned(), container.clone()),
-            (LABEL_TASK_FAMILY.to_owned(), "test".to_owned()),
-            (LABEL_INSTANCE_ID.to_owned(), instance_id.to_owned()),
-            (LABEL_TEST_RUN.to_owned(), self.run_id.clone()),
-        ]);
-        ContainerSpec {
-            name: format!("berth-test-{container}-{}", self.run_id),
-            labels,
-            network_mode: "bridge".to_owned(),
-            definition,
-            default_stop_timeout: Duration::from_secs(10),
-            ..Default::default()
-        }
-    }
-
-    /// The event stream, once the subscription is in place.
-    async fn events(&self) -> BoxStream<'static, RuntimeEvent> {
-        let mut events = self.runtime.events(&self.instance_id);
-        let first = next_event(&mut events, "the first event").await;
-        assert_eq!(
-            first,
-            RuntimeEvent::Resync,
-            "the first event must be Resync"
-        );
-        events
-    }
-}
-
-async fn next_event(events: &mut BoxStream<'static, RuntimeEvent>, what: &str) -> RuntimeEvent {
-    tokio::time::timeout(DEADLINE, events.next())
-        .await
-        .unwrap_or_else(|_| panic!("no {what} within {DEADLINE:?}"))
-        .expect("the event stream never ends")
 }
 
 /// Waits for the first event that `wanted` accepts, skipping others.

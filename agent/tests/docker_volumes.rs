@@ -1,142 +1,37 @@
 //! Volumes, log drivers and host-port checks against the real Docker Engine.
 //!
 //! Same conventions as `docker_runtime.rs`: every test makes its own image
-//! (`scripts/test-image.sh`), labels every container and volume it creates
-//! with its own run id, and removes exactly those when it ends, even on
+//! and run id (`common::Fixture`), labels every container and volume it
+//! creates with its run id, and removes exactly those when it ends, even on
 //! failure. Nothing waits on a clock: tests wait for the engine's events,
 //! with a deadline.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::Duration;
 
 use berth_agent::ports::{self, Protocol};
-use berth_agent::runtime::docker::DockerRuntime;
 use berth_agent::runtime::{
-    ContainerSpec, LABEL_CONTAINER_NAME, LABEL_INSTANCE_ID, LABEL_TASK_FAMILY, LABEL_TASK_ID,
-    LABEL_VOLUME_NAME, Mount, MountSource, Runtime, RuntimeError, RuntimeEvent, VolumeScope,
-    VolumeSpec,
+    ContainerSpec, LABEL_INSTANCE_ID, LABEL_VOLUME_NAME, Mount, MountSource, Runtime, RuntimeError,
+    RuntimeEvent, VolumeScope, VolumeSpec,
 };
 use berth_taskdef::{ContainerDefinition, PortMapping, TaskDefinition};
+use common::{DEADLINE, Fixture, LABEL_TEST_RUN};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
-/// Label that marks everything one test run created, for the cleanup guard.
-const LABEL_TEST_RUN: &str = "berth.test-run";
-/// Upper bound for any single wait on the engine.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Removes, on drop, every container and then every volume labelled with this
-/// run, and the run's image tag — and nothing else.
-struct Cleanup {
-    run_id: String,
-    image: String,
-}
-
-impl Cleanup {
-    fn labelled(&self, list: &[&str]) -> Vec<String> {
-        Command::new("docker")
-            .args(list)
-            .arg("--filter")
-            .arg(format!("label={LABEL_TEST_RUN}={}", self.run_id))
-            .output()
-            .map(|out| {
-                String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let containers = self.labelled(&["ps", "-aq", "--no-trunc"]);
-        if !containers.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", "-v"])
-                .args(&containers)
-                .output();
-        }
-        // After the containers: a volume in use cannot be removed.
-        let volumes = self.labelled(&["volume", "ls", "-q"]);
-        if !volumes.is_empty() {
-            let _ = Command::new("docker")
-                .args(["volume", "rm", "-f"])
-                .args(&volumes)
-                .output();
-        }
-        let _ = Command::new("docker").args(["rmi", &self.image]).output();
-    }
-}
-
-struct Fixture {
-    runtime: DockerRuntime,
-    run_id: String,
-    instance_id: String,
-    image: String,
-    // Last field: dropped after everything else.
-    _cleanup: Cleanup,
-}
-
 impl Fixture {
-    async fn new() -> Self {
-        let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let image = format!("berth-test-busybox:{run_id}");
-        let cleanup = Cleanup {
-            run_id: run_id.clone(),
-            image: image.clone(),
-        };
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/test-image.sh");
-        let tag = image.clone();
-        let out = tokio::task::spawn_blocking(move || Command::new(script).arg(&tag).output())
-            .await
-            .expect("image build task panicked")
-            .expect("cannot run scripts/test-image.sh");
-        assert!(
-            out.status.success(),
-            "scripts/test-image.sh {image} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let runtime = DockerRuntime::connect(None)
-            .await
-            .expect("connect to the docker engine");
-        Self {
-            runtime,
-            instance_id: format!("test-{run_id}"),
-            run_id,
-            image,
-            _cleanup: cleanup,
-        }
-    }
-
-    /// A Docker name unique to this run.
-    fn name(&self, what: &str) -> String {
-        format!("berth-test-{what}-{}", self.run_id)
-    }
-
-    fn spec(&self, container: &str, command: &str, mounts: Vec<Mount>) -> ContainerSpec {
-        let labels = BTreeMap::from([
-            (LABEL_TASK_ID.to_owned(), format!("task-{}", self.run_id)),
-            (LABEL_CONTAINER_NAME.to_owned(), container.to_owned()),
-            (LABEL_TASK_FAMILY.to_owned(), "test".to_owned()),
-            (LABEL_INSTANCE_ID.to_owned(), self.instance_id.clone()),
-            (LABEL_TEST_RUN.to_owned(), self.run_id.clone()),
-        ]);
+    /// A spec running `command` with `sh -c`, with `mounts`.
+    fn shell_spec(&self, container: &str, command: &str, mounts: Vec<Mount>) -> ContainerSpec {
         ContainerSpec {
-            name: self.name(container),
-            labels,
-            network_mode: "bridge".to_owned(),
-            definition: ContainerDefinition {
+            mounts,
+            ..self.spec(ContainerDefinition {
                 name: container.to_owned(),
                 image: self.image.clone(),
                 command: Some(vec!["sh".to_owned(), "-c".to_owned(), command.to_owned()]),
                 ..Default::default()
-            },
-            default_stop_timeout: Duration::from_secs(10),
-            mounts,
-            ..Default::default()
+            })
         }
     }
 
@@ -154,21 +49,6 @@ impl Fixture {
             ]),
             autoprovision,
         }
-    }
-
-    /// The event stream, once the subscription is in place.
-    async fn events(&self) -> BoxStream<'static, RuntimeEvent> {
-        let mut events = self.runtime.events(&self.instance_id);
-        let first = tokio::time::timeout(DEADLINE, events.next())
-            .await
-            .expect("no first event")
-            .expect("the event stream never ends");
-        assert_eq!(
-            first,
-            RuntimeEvent::Resync,
-            "the first event must be Resync"
-        );
-        events
     }
 
     /// Creates and starts `spec`, waits for its exit, and returns the code.
@@ -231,13 +111,13 @@ async fn a_task_volume_is_shared_between_containers_and_removed() {
         target: "/scratch".to_owned(),
         read_only,
     };
-    let writer = fx.spec(
+    let writer = fx.shell_spec(
         "writer",
         "echo hello > /scratch/greeting",
         vec![mount(false)],
     );
     assert_eq!(fx.run_to_exit(&mut events, &writer).await, Some(0));
-    let reader = fx.spec(
+    let reader = fx.shell_spec(
         "reader",
         "test \"$(cat /scratch/greeting)\" = hello && ! touch /scratch/nope 2>/dev/null",
         vec![mount(true)],
@@ -248,7 +128,7 @@ async fn a_task_volume_is_shared_between_containers_and_removed() {
         "the reader sees the writer's file and cannot write"
     );
     // volumesFrom: the writer's mounts, read-only.
-    let mut borrower = fx.spec(
+    let mut borrower = fx.shell_spec(
         "borrower",
         "test \"$(cat /scratch/greeting)\" = hello && ! touch /scratch/nope 2>/dev/null",
         Vec::new(),
@@ -288,14 +168,14 @@ async fn host_binds_are_writable_or_read_only() {
         }]
     };
 
-    let rw = fx.spec("rw", "echo written > /host/rw.txt", bind(false));
+    let rw = fx.shell_spec("rw", "echo written > /host/rw.txt", bind(false));
     assert_eq!(fx.run_to_exit(&mut events, &rw).await, Some(0));
     assert_eq!(
         std::fs::read_to_string(dir.path().join("rw.txt")).expect("the container's file"),
         "written\n"
     );
 
-    let ro = fx.spec(
+    let ro = fx.shell_spec(
         "ro",
         "cat /host/rw.txt && echo nope > /host/ro.txt",
         bind(true),
@@ -426,5 +306,17 @@ async fn a_port_held_by_this_process_names_it() {
         )
     );
     drop(listener);
-    assert_eq!(ports::check_task(&def, &[0]), Ok(()));
+    // Free once released. Another process may take the same port for a
+    // moment in between (the kernel hands it out again), so wait for the
+    // check to pass rather than expect it at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match ports::check_task(&def, &[0]) {
+            Ok(()) => break,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("port {port} still reported in use after it was released: {e}"),
+        }
+    }
 }

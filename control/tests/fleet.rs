@@ -13,13 +13,12 @@ use berth_proto::v1::enrollment_client::EnrollmentClient;
 use berth_proto::v1::fleet_client::FleetClient;
 use berth_proto::v1::server_message::Msg as ServerMsg;
 use berth_proto::v1::{
-    AgentMessage, AssignmentAck, CreateTokenRequest, EnrollResponse, Heartbeat, Hello, InstanceRef,
+    AgentMessage, AssignmentAck, CreateTokenRequest, Heartbeat, Hello, InstanceRef,
     ListTasksRequest, Resources, RunTaskRequest, StopTaskRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use tonic::transport::Identity;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_connect_run_and_replay() -> Result {
@@ -74,20 +73,20 @@ async fn enroll_connect_run_and_replay() -> Result {
         .expect_err("bad csr");
     assert_eq!(bad_csr.code(), Code::InvalidArgument);
 
-    let EnrollResponse {
-        instance_id,
-        certificate_pem,
-        ca_pem,
-    } = enrollment
-        .enroll(enroll_request(
-            &token.activation_id,
-            &token.activation_code,
-            &csr_pem,
-        ))
-        .await?
-        .into_inner();
+    let host = Enrolled::new(
+        &key,
+        enrollment
+            .enroll(enroll_request(
+                &token.activation_id,
+                &token.activation_code,
+                &csr_pem,
+            ))
+            .await?
+            .into_inner(),
+    );
+    let instance_id = host.instance_id.clone();
     assert!(instance_id.starts_with("i-") && instance_id.len() == 18);
-    assert_eq!(ca_pem, server.ca_pem());
+    assert_eq!(host.ca_pem, server.ca_pem());
 
     // The activation works once.
     let (_, other_csr) = csr()?;
@@ -114,8 +113,7 @@ async fn enroll_connect_run_and_replay() -> Result {
     assert_eq!(refused.code(), Code::Unauthenticated);
 
     // The agent's session over mutual TLS.
-    let identity = Identity::from_pem(&certificate_pem, key.serialize_pem());
-    let mtls = fleet_channel(server.fleet_addr(), &ca_pem, Some(identity)).await?;
+    let mtls = host.mtls(&server).await?;
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     tx.send(agent(AgentMsg::Hello(Hello {
         instance_id: instance_id.clone(),
@@ -323,8 +321,7 @@ async fn enroll_connect_run_and_replay() -> Result {
     );
 
     // Reconnect: Welcome says which events are stored.
-    let identity = Identity::from_pem(&certificate_pem, key.serialize_pem());
-    let mtls = fleet_channel(server.fleet_addr(), &ca_pem, Some(identity)).await?;
+    let mtls = host.mtls(&server).await?;
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     tx.send(agent(AgentMsg::Hello(Hello {
         instance_id: instance_id.clone(),
@@ -379,19 +376,8 @@ async fn enroll_connect_run_and_replay() -> Result {
 async fn hello_must_match_the_certificate() -> Result {
     let dir = tempfile::tempdir()?;
     let server = Server::start(ServerConfig::loopback(dir.path())).await?;
-    let token = server.create_token(None).await?;
-    let plain = fleet_channel(server.fleet_addr(), server.ca_pem(), None).await?;
-    let (key, csr_pem) = csr()?;
-    let enrolled = EnrollmentClient::new(plain)
-        .enroll(enroll_request(
-            &token.activation_id,
-            &token.activation_code,
-            &csr_pem,
-        ))
-        .await?
-        .into_inner();
-    let identity = Identity::from_pem(&enrolled.certificate_pem, key.serialize_pem());
-    let mtls = fleet_channel(server.fleet_addr(), &enrolled.ca_pem, Some(identity)).await?;
+    let enrolled = enroll(&server).await?;
+    let mtls = enrolled.mtls(&server).await?;
 
     // Hello for another instance.
     let (tx, rx) = mpsc::channel::<AgentMessage>(4);

@@ -27,40 +27,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-/// A host enrolled with the server: its key, certificate and instance id.
-struct Enrolled {
-    instance_id: String,
-    key_pem: String,
-    cert_pem: String,
-    ca_pem: String,
-}
-
-impl Enrolled {
-    fn identity(&self) -> Identity {
-        Identity::from_pem(&self.cert_pem, &self.key_pem)
-    }
-}
-
-async fn enroll(server: &berth_control::RunningServer) -> Result<Enrolled> {
-    let token = server.create_token(None).await?;
-    let plain = fleet_channel(server.fleet_addr(), server.ca_pem(), None).await?;
-    let (key, csr_pem) = csr()?;
-    let r = EnrollmentClient::new(plain)
-        .enroll(enroll_request(
-            &token.activation_id,
-            &token.activation_code,
-            &csr_pem,
-        ))
-        .await?
-        .into_inner();
-    Ok(Enrolled {
-        instance_id: r.instance_id,
-        key_pem: key.serialize_pem(),
-        cert_pem: r.certificate_pem,
-        ca_pem: r.ca_pem,
-    })
-}
-
 /// Opens a session (Hello) and returns the stream, or the refusal.
 async fn connect(
     channel: Channel,
@@ -241,7 +207,7 @@ async fn renewal_issues_a_new_certificate_for_the_same_instance() -> Result {
     cfg.cert_lifetime = Duration::from_secs(3600);
     let server = Server::start(cfg).await?;
     let host = enroll(&server).await?;
-    let mtls = fleet_channel(server.fleet_addr(), &host.ca_pem, Some(host.identity())).await?;
+    let mtls = host.mtls(&server).await?;
     let mut fleet = FleetClient::new(mtls.clone());
 
     let (key, csr_pem) = csr()?;
@@ -408,7 +374,7 @@ async fn expired_foreign_and_admin_certificates_open_no_session() -> Result {
     }
 
     // The real identity still works: nothing above changed anything.
-    let mtls = fleet_channel(server.fleet_addr(), &host.ca_pem, Some(host.identity())).await?;
+    let mtls = host.mtls(&server).await?;
     let (_tx, mut inbound) = connect(mtls, &host.instance_id, 0).await?;
     assert!(matches!(next(&mut inbound).await?, ServerMsg::Welcome(_)));
     server.shutdown().await?;
@@ -557,7 +523,7 @@ async fn oversized_and_malformed_messages_are_refused_with_a_status() -> Result 
 
     // 10 MiB and 64 MiB messages on Fleet.Connect: refused, never read.
     for mib in [10usize, 64] {
-        let mtls = fleet_channel(server.fleet_addr(), &host.ca_pem, Some(host.identity())).await?;
+        let mtls = host.mtls(&server).await?;
         let (tx, rx) = mpsc::channel::<AgentMessage>(1);
         tx.send(agent(AgentMsg::Hello(Hello {
             instance_id: host.instance_id.clone(),
@@ -600,7 +566,7 @@ async fn oversized_and_malformed_messages_are_refused_with_a_status() -> Result 
 
     // A message that is not what the service expects (a Heartbeat where a
     // ServerMessage-bound AgentMessage should be; wire types differ).
-    let mtls = fleet_channel(server.fleet_addr(), &host.ca_pem, Some(host.identity())).await?;
+    let mtls = host.mtls(&server).await?;
     let mut grpc = tonic::client::Grpc::new(mtls);
     grpc.ready().await?;
     let garbage = tokio_stream::iter(vec![berth_proto::v1::Heartbeat { sent_at_ms: 7 }]);
@@ -627,7 +593,7 @@ async fn oversized_and_malformed_messages_are_refused_with_a_status() -> Result 
 
     // The server still serves: enrollment, sessions and the admin API.
     let again = enroll(&server).await?;
-    let mtls = fleet_channel(server.fleet_addr(), &again.ca_pem, Some(again.identity())).await?;
+    let mtls = again.mtls(&server).await?;
     let (_tx, mut inbound) = connect(mtls, &again.instance_id, 0).await?;
     assert!(matches!(next(&mut inbound).await?, ServerMsg::Welcome(_)));
     assert_eq!(instance_count(&server).await?, 2);
@@ -653,7 +619,7 @@ async fn a_stream_over_its_rate_is_closed_and_the_replay_loses_nothing() -> Resu
     while applied < EVENTS {
         sessions += 1;
         assert!(sessions <= 10, "no progress after {sessions} sessions");
-        let mtls = fleet_channel(server.fleet_addr(), &host.ca_pem, Some(host.identity())).await?;
+        let mtls = host.mtls(&server).await?;
         let (tx, mut inbound) = connect(mtls, &host.instance_id, EVENTS).await?;
         let welcome = match next(&mut inbound).await? {
             ServerMsg::Welcome(w) => w,

@@ -333,6 +333,20 @@ fn enroll_sh_installs_the_deb_under_systemd_and_runs_tasks() {
     let mode = host.sh("stat -c %a /var/lib/berth").trim().to_string();
     assert_eq!(mode, "700", "/var/lib/berth must be 0700");
     server.wait_connected(&instance_id);
+    // Its logs go to the journal, which stamps them: the agent's own text
+    // lines carry no second timestamp.
+    let line = wait_for("the agent's connection in the journal", DEADLINE, || {
+        let journal = host.sh("journalctl -u berth-agent.service -o cat --no-pager");
+        journal
+            .lines()
+            .find(|l| l.contains("connected to the control plane"))
+            .map(str::to_owned)
+            .ok_or(journal)
+    });
+    assert!(
+        line.trim_start().starts_with("INFO"),
+        "a journal line should start with its level, not a timestamp: {line:?}"
+    );
 
     // --- a task -----------------------------------------------------------
     let family = format!("install-{run}");

@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: a fake agent over mutual TLS.
+//! Helpers shared by the integration tests: enrollment, the fleet channel
+//! over mutual TLS, and a fake agent.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -10,8 +11,8 @@ use berth_proto::v1::enrollment_client::EnrollmentClient;
 use berth_proto::v1::fleet_client::FleetClient;
 use berth_proto::v1::server_message::Msg as ServerMsg;
 use berth_proto::v1::{
-    AgentMessage, Assignment, EnrollRequest, Hello, HostFacts, Resources, ServerMessage, TaskEvent,
-    TaskRef, TaskState,
+    AgentMessage, Assignment, EnrollRequest, EnrollResponse, Hello, HostFacts, Resources,
+    ServerMessage, TaskEvent, TaskRef, TaskState,
 };
 use rcgen::{CertificateParams, KeyPair};
 use tokio::sync::mpsc;
@@ -76,6 +77,52 @@ pub fn enroll_request(id: &str, code: &str, csr_pem: &str) -> EnrollRequest {
     }
 }
 
+/// A host enrolled with the server: its key, certificate and instance id.
+pub struct Enrolled {
+    pub instance_id: String,
+    pub key_pem: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+}
+
+impl Enrolled {
+    /// The host of `response`, enrolled with the CSR of `key`.
+    pub fn new(key: &KeyPair, response: EnrollResponse) -> Self {
+        Enrolled {
+            instance_id: response.instance_id,
+            key_pem: key.serialize_pem(),
+            cert_pem: response.certificate_pem,
+            ca_pem: response.ca_pem,
+        }
+    }
+
+    pub fn identity(&self) -> Identity {
+        Identity::from_pem(&self.cert_pem, &self.key_pem)
+    }
+
+    /// A channel to the server's fleet port over mutual TLS, with this
+    /// host's certificate, trusting the CA its enrollment returned.
+    pub async fn mtls(&self, server: &RunningServer) -> Result<Channel> {
+        fleet_channel(server.fleet_addr(), &self.ca_pem, Some(self.identity())).await
+    }
+}
+
+/// Enrolls a new host with a fresh activation.
+pub async fn enroll(server: &RunningServer) -> Result<Enrolled> {
+    let token = server.create_token(None).await?;
+    let plain = fleet_channel(server.fleet_addr(), server.ca_pem(), None).await?;
+    let (key, csr_pem) = csr()?;
+    let response = EnrollmentClient::new(plain)
+        .enroll(enroll_request(
+            &token.activation_id,
+            &token.activation_code,
+            &csr_pem,
+        ))
+        .await?
+        .into_inner();
+    Ok(Enrolled::new(&key, response))
+}
+
 /// The next message from the server, within the deadline.
 pub async fn next(inbound: &mut Streaming<ServerMessage>) -> Result<ServerMsg> {
     let msg = tokio::time::timeout(DEADLINE, inbound.message())
@@ -138,19 +185,8 @@ pub struct FakeAgent {
 
 impl FakeAgent {
     pub async fn start(server: &RunningServer, cpu: i64, memory_mib: i64) -> Result<FakeAgent> {
-        let token = server.create_token(None).await?;
-        let plain = fleet_channel(server.fleet_addr(), server.ca_pem(), None).await?;
-        let (key, csr_pem) = csr()?;
-        let enrolled = EnrollmentClient::new(plain)
-            .enroll(enroll_request(
-                &token.activation_id,
-                &token.activation_code,
-                &csr_pem,
-            ))
-            .await?
-            .into_inner();
-        let identity = Identity::from_pem(&enrolled.certificate_pem, key.serialize_pem());
-        let mtls = fleet_channel(server.fleet_addr(), &enrolled.ca_pem, Some(identity)).await?;
+        let enrolled = enroll(server).await?;
+        let mtls = enrolled.mtls(server).await?;
         let (tx, rx) = mpsc::channel::<AgentMessage>(16);
         tx.send(agent(AgentMsg::Hello(Hello {
             instance_id: enrolled.instance_id.clone(),
