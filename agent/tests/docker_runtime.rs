@@ -7,13 +7,14 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use berth_agent::runtime::docker::DockerRuntime;
+use berth_agent::runtime::docker::{DockerRuntime, EVENT_ACTIONS, event_filters};
 use berth_agent::runtime::{Health, PullPolicy, RunState, Runtime, RuntimeError, RuntimeEvent};
 use berth_taskdef::{ContainerDefinition, HealthCheck, KeyValuePair, PortMapping};
+use bollard::query_parameters::EventsOptionsBuilder;
 use common::{DEADLINE, Fixture, next_event};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -324,6 +325,136 @@ async fn health_check_reports_healthy() {
         serde_json::json!(["CMD-SHELL", "true"])
     );
     assert_eq!(raw["Config"]["Healthcheck"]["Interval"], 1_000_000_000i64);
+}
+
+/// Collects, in a task of its own, the actions of the Engine's own event
+/// stream for `filters` (one container's) from `since` (unix seconds) until
+/// the container's `die`.
+fn engine_actions_until_die(
+    engine: &bollard::Docker,
+    since: u64,
+    filters: HashMap<String, Vec<String>>,
+) -> JoinHandle<Vec<String>> {
+    let options = EventsOptionsBuilder::new()
+        .since(&since.to_string())
+        .filters(&filters)
+        .build();
+    let mut stream = engine.events(Some(options));
+    tokio::spawn(async move {
+        let collect = async {
+            let mut actions = Vec::new();
+            while let Some(message) = stream.next().await {
+                let action = message.expect("an engine event").action;
+                let action = action.expect("an engine event has an action");
+                let done = action == "die";
+                actions.push(action);
+                if done {
+                    return actions;
+                }
+            }
+            panic!("the engine's event stream ended before a die: {actions:?}");
+        };
+        tokio::time::timeout(DEADLINE, collect)
+            .await
+            .unwrap_or_else(|_| panic!("no die from the engine within {DEADLINE:?}"))
+    })
+}
+
+#[tokio::test]
+async fn health_events_arrive_and_exec_events_are_not_sent() {
+    let fx = Fixture::new().await;
+    // The Engine's own streams, with the runtime's filters and without its
+    // `event` filter, collected from before the container exists (the
+    // Engine replays from `since`) while the test goes on.
+    let engine = bollard::Docker::connect_with_unix(
+        fx.runtime.endpoint(),
+        DEADLINE.as_secs(),
+        bollard::API_DEFAULT_VERSION,
+    )
+    .expect("connect to the engine")
+    .negotiate_version()
+    .await
+    .expect("negotiate the API version");
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs();
+    let filters = event_filters(&fx.instance_id);
+    let mut without_event_filter = filters.clone();
+    assert!(without_event_filter.remove("event").is_some());
+    let filtered = engine_actions_until_die(&engine, since, filters);
+    let unfiltered = engine_actions_until_die(&engine, since, without_event_filter);
+    let mut events = fx.events().await;
+
+    let mut def = fx.definition("probed", &["sleep", "1000"]);
+    def.health_check = Some(HealthCheck {
+        command: vec!["CMD-SHELL".to_owned(), "true".to_owned()],
+        interval: Some(1),
+        timeout: Some(2),
+        retries: Some(1),
+        start_period: None,
+    });
+    let id = fx.runtime.create(&fx.spec(def)).await.expect("create");
+    fx.runtime.start(&id).await.expect("start");
+    assert_eq!(
+        next_event(&mut events, "Started").await,
+        RuntimeEvent::Started { id: id.clone() }
+    );
+    // Health probes are execs; a health event is delivered all the same.
+    wait_for(&mut events, "Health Healthy", |e| match e {
+        RuntimeEvent::Health { id: h, .. } if *h == id => {
+            *e == RuntimeEvent::Health {
+                id: id.clone(),
+                health: Health::Healthy,
+            }
+        }
+        other => panic!("only health events before Healthy, got {other:?}"),
+    })
+    .await;
+
+    let out = Command::new("docker")
+        .args(["exec", &id, "true"])
+        .output()
+        .expect("run docker exec");
+    assert!(
+        out.status.success(),
+        "docker exec {id} true: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fx.runtime
+        .stop(&id, Duration::from_secs(1))
+        .await
+        .expect("stop");
+    // The marker: nothing but health events of this container comes first.
+    wait_for(&mut events, "Died", |e| match e {
+        RuntimeEvent::Died { id: d, .. } if *d == id => true,
+        RuntimeEvent::Health { id: h, .. } if *h == id => false,
+        other => panic!("an event before Died that is not a health event: {other:?}"),
+    })
+    .await;
+
+    // The Engine sent the runtime's subscription no exec event…
+    let filtered = filtered.await.expect("the filtered collector");
+    for action in &filtered {
+        assert!(
+            EVENT_ACTIONS.iter().any(|a| action.starts_with(a)),
+            "the engine sent {action:?}, not one of {EVENT_ACTIONS:?}: {filtered:?}"
+        );
+    }
+    for wanted in ["start", "health_status: healthy", "die"] {
+        assert!(
+            filtered.iter().any(|a| a == wanted),
+            "no {wanted:?} from the engine: {filtered:?}"
+        );
+    }
+    // …though the probes and `docker exec` made some.
+    let unfiltered = unfiltered.await.expect("the unfiltered collector");
+    for exec in ["exec_create: true", "exec_start: true", "exec_die"] {
+        assert!(
+            unfiltered.iter().any(|a| a.starts_with(exec)),
+            "no {exec:?} without the event filter: {unfiltered:?}"
+        );
+    }
 }
 
 #[tokio::test]

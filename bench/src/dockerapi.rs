@@ -116,10 +116,25 @@ pub struct EventLog {
 impl EventLog {
     /// Subscribes to container events with `label` (`key=value`).
     pub fn start(docker: &Docker, label: &str) -> EventLog {
-        let filters = HashMap::from([
-            ("type".to_owned(), vec!["container".to_owned()]),
-            ("label".to_owned(), vec![label.to_owned()]),
-        ]);
+        Self::with_filters(
+            docker,
+            HashMap::from([
+                ("type".to_owned(), vec!["container".to_owned()]),
+                ("label".to_owned(), vec![label.to_owned()]),
+            ]),
+        )
+    }
+
+    /// Subscribes to exactly the events the agent of `instance_id` asks
+    /// Docker for (its own filter, `event_filters`).
+    pub fn as_agent(docker: &Docker, instance_id: &str) -> EventLog {
+        Self::with_filters(
+            docker,
+            berth_agent::runtime::docker::event_filters(instance_id),
+        )
+    }
+
+    fn with_filters(docker: &Docker, filters: HashMap<String, Vec<String>>) -> EventLog {
         // From a second ago: nothing between this call and the subscription
         // is missed (Docker replays events since then).
         let since = std::time::SystemTime::now()

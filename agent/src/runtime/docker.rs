@@ -17,7 +17,9 @@
 //!   after a reconnection), so the Engine replays whatever happened while no
 //!   subscription was in place, and it yields [`RuntimeEvent::Resync`] after
 //!   every (re)subscription. Replayed events already seen are dropped, so a
-//!   container exit is reported once.
+//!   container exit is reported once. It asks the Engine only for the
+//!   actions it maps ([`EVENT_ACTIONS`]), so the `exec_*` events of health
+//!   probes are never sent.
 //! - Registry credentials are held per registry host and never logged.
 //!
 //! # Limitations
@@ -598,13 +600,7 @@ impl EventWatch {
             return;
         }
         let since = *self.cursor.get_or_insert_with(unix_nanos_now);
-        let filters = HashMap::from([
-            ("type".to_owned(), vec!["container".to_owned()]),
-            (
-                "label".to_owned(),
-                vec![format!("{LABEL_INSTANCE_ID}={}", self.instance_id)],
-            ),
-        ]);
+        let filters = event_filters(&self.instance_id);
         let options = EventsOptionsBuilder::new()
             .since(&format_since(since))
             .filters(&filters)
@@ -687,8 +683,49 @@ impl EventWatch {
     }
 }
 
+const ACTION_START: &str = "start";
+const ACTION_DIE: &str = "die";
+const ACTION_DESTROY: &str = "destroy";
+/// Docker's actions are `health_status: healthy`, `: unhealthy` and
+/// `: starting`; as an `event` filter value this prefix matches them all.
+const ACTION_HEALTH_STATUS: &str = "health_status";
+
+/// The container event actions `event_from_action` maps, and the only ones
+/// the event subscription asks the Engine for (its `event` filter): the
+/// Engine sends nothing else, in particular not the `exec_create`,
+/// `exec_start` and `exec_die` of every health-check probe.
+///
+/// When the values of an `event` filter include `health_status`,
+/// `exec_create` or `exec_start` without a colon, the Engine matches every
+/// value as a prefix of the action (moby's `daemon/events/filter.go`, moby
+/// issue 25798), so `health_status` stands for the three health actions; no
+/// other container action starts with `start`, `die` or `destroy`.
+pub const EVENT_ACTIONS: [&str; 4] = [
+    ACTION_START,
+    ACTION_DIE,
+    ACTION_DESTROY,
+    ACTION_HEALTH_STATUS,
+];
+
+/// The Engine `/events` filters of an instance's subscription: containers
+/// labelled with `instance_id`, actions [`EVENT_ACTIONS`] only.
+pub fn event_filters(instance_id: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([
+        ("type".to_owned(), vec!["container".to_owned()]),
+        (
+            "label".to_owned(),
+            vec![format!("{LABEL_INSTANCE_ID}={instance_id}")],
+        ),
+        (
+            "event".to_owned(),
+            EVENT_ACTIONS.iter().map(|a| (*a).to_owned()).collect(),
+        ),
+    ])
+}
+
 /// What an Engine event means for berth; `None` for events berth ignores
-/// (`exec_*`, `create`, `kill`, `stop`, `attach`, …).
+/// (`exec_*`, `create`, `kill`, `stop`, `attach`, …), which
+/// [`EVENT_ACTIONS`] keeps the Engine from sending in the first place.
 pub(crate) fn runtime_event(message: &EventMessage) -> Option<RuntimeEvent> {
     if let Some(typ) = message.typ
         && typ != EventMessageTypeEnum::CONTAINER
@@ -711,15 +748,17 @@ pub(crate) fn event_from_action(
     action: &str,
     exit_code: Option<&str>,
 ) -> Option<RuntimeEvent> {
+    // Every action matched here must be one of `EVENT_ACTIONS`, or the
+    // Engine never sends it (`every_mapped_action_passes_the_event_filter`).
     match action {
-        "start" => Some(RuntimeEvent::Started { id }),
-        "die" => Some(RuntimeEvent::Died {
+        ACTION_START => Some(RuntimeEvent::Started { id }),
+        ACTION_DIE => Some(RuntimeEvent::Died {
             id,
             exit_code: exit_code.and_then(|c| c.trim().parse().ok()),
         }),
-        "destroy" => Some(RuntimeEvent::Destroyed { id }),
+        ACTION_DESTROY => Some(RuntimeEvent::Destroyed { id }),
         _ => {
-            let status = action.strip_prefix("health_status")?;
+            let status = action.strip_prefix(ACTION_HEALTH_STATUS)?;
             let status = status.strip_prefix(':').unwrap_or(status).trim();
             let health = match status {
                 "healthy" => Health::Healthy,
@@ -1681,6 +1720,83 @@ mod tests {
                 event_from_action(id(), ignored, Some("0")),
                 None,
                 "{ignored}"
+            );
+        }
+    }
+
+    /// Every container action of moby's `daemon` package, as the Engine
+    /// writes it (exec actions carry the command after a colon, except
+    /// `exec_die`).
+    const ENGINE_CONTAINER_ACTIONS: &[&str] = &[
+        "attach",
+        "commit",
+        "copy",
+        "create",
+        "destroy",
+        "detach",
+        "die",
+        "exec_create: sh -c true",
+        "exec_detach",
+        "exec_die",
+        "exec_start: sh -c true",
+        "export",
+        "health_status: healthy",
+        "health_status: unhealthy",
+        "health_status: starting",
+        "kill",
+        "oom",
+        "pause",
+        "rename",
+        "resize",
+        "restart",
+        "start",
+        "stop",
+        "top",
+        "unpause",
+        "update",
+        "prune",
+    ];
+
+    /// The Engine's `event` filter match (moby `daemon/events/filter.go`):
+    /// exact, or by prefix when a value is `health_status`, `exec_create`
+    /// or `exec_start`.
+    fn engine_filter_passes(values: &[String], action: &str) -> bool {
+        let fuzzy = values
+            .iter()
+            .any(|v| ["health_status", "exec_create", "exec_start"].contains(&v.as_str()));
+        values
+            .iter()
+            .any(|v| v == action || (fuzzy && action.starts_with(v.as_str())))
+    }
+
+    #[test]
+    fn every_mapped_action_passes_the_event_filter() {
+        let filters = event_filters("i-1");
+        assert_eq!(filters.get("type"), Some(&vec!["container".to_owned()]));
+        assert_eq!(
+            filters.get("label"),
+            Some(&vec![format!("{LABEL_INSTANCE_ID}=i-1")])
+        );
+        let values = filters.get("event").expect("an event filter");
+        assert_eq!(values, &EVENT_ACTIONS.map(str::to_owned).to_vec());
+        // The Engine sends exactly the actions the mapping handles: none is
+        // lost to the filter, and nothing it would discard is sent.
+        for action in ENGINE_CONTAINER_ACTIONS {
+            let mapped = event_from_action("c1".to_owned(), action, Some("0")).is_some();
+            assert_eq!(
+                engine_filter_passes(values, action),
+                mapped,
+                "{action}: the event filter and event_from_action disagree"
+            );
+        }
+        // And every value of the filter stands for an action that is mapped.
+        for value in EVENT_ACTIONS {
+            assert!(
+                ENGINE_CONTAINER_ACTIONS.iter().any(|action| {
+                    action.starts_with(value)
+                        && event_from_action("c1".to_owned(), action, None).is_some()
+                }),
+                "{value} in EVENT_ACTIONS maps no engine action"
             );
         }
     }

@@ -124,11 +124,11 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
         std::thread::sleep(SETTLE);
         eprintln!("  {}: measuring for {window:?}", level.name);
         // What the agent's event subscription delivers during the window
-        // (the same filter: its containers), by action.
+        // (its own filter: its containers, the actions it uses), by action.
         let events = {
             let _enter = ctx.rt.enter();
             let docker = ctx.rt.block_on(dockerapi::connect())?;
-            EventLog::start(&docker, &format!("berth.instance-id={instance}"))
+            EventLog::as_agent(&docker, &instance)
         };
         let mut pids = vec![pid];
         pids.extend(dockerd);
