@@ -288,13 +288,10 @@ async fn dynamic_host_port_is_reported() {
     assert_eq!(fx.runtime.inspect(&id).await.expect("inspect"), None);
 }
 
-#[tokio::test]
-async fn health_check_reports_healthy() {
-    let fx = Fixture::new().await;
-    let mut events = fx.events().await;
-
-    let mut def = fx.definition("checked", &["sleep", "1000"]);
-    // Below ECS' 5 s minimum interval: the runtime passes what it is given.
+/// A long-running container whose health probe (`true`) runs every second,
+/// below ECS' 5 s minimum interval: the runtime passes what it is given.
+fn health_checked(fx: &Fixture, name: &str) -> ContainerDefinition {
+    let mut def = fx.definition(name, &["sleep", "1000"]);
     def.health_check = Some(HealthCheck {
         command: vec!["CMD-SHELL".to_owned(), "true".to_owned()],
         interval: Some(1),
@@ -302,6 +299,15 @@ async fn health_check_reports_healthy() {
         retries: Some(1),
         start_period: None,
     });
+    def
+}
+
+#[tokio::test]
+async fn health_check_reports_healthy() {
+    let fx = Fixture::new().await;
+    let mut events = fx.events().await;
+
+    let def = health_checked(&fx, "checked");
     let id = fx.runtime.create(&fx.spec(def)).await.expect("create");
     fx.runtime.start(&id).await.expect("start");
     wait_for(&mut events, "Health Healthy", |e| {
@@ -386,14 +392,7 @@ async fn health_events_arrive_and_exec_events_are_not_sent() {
     let unfiltered = engine_actions_until_die(&engine, since, without_event_filter);
     let mut events = fx.events().await;
 
-    let mut def = fx.definition("probed", &["sleep", "1000"]);
-    def.health_check = Some(HealthCheck {
-        command: vec!["CMD-SHELL".to_owned(), "true".to_owned()],
-        interval: Some(1),
-        timeout: Some(2),
-        retries: Some(1),
-        start_period: None,
-    });
+    let def = health_checked(&fx, "probed");
     let id = fx.runtime.create(&fx.spec(def)).await.expect("create");
     fx.runtime.start(&id).await.expect("start");
     assert_eq!(
