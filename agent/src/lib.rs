@@ -86,6 +86,17 @@ pub struct Running {
 }
 
 impl Running {
+    /// Waits until the agent's session with the control plane is up (the
+    /// server has registered it and sent its Welcome); `false` after
+    /// `timeout`.
+    pub async fn wait_connected(&self, timeout: std::time::Duration) -> bool {
+        let mut view = self.manager.view();
+        matches!(
+            tokio::time::timeout(timeout, view.wait_for(|v| v.connected)).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// A one-line summary for systemd's `STATUS=`, or `None` when the
     /// manager does not answer within `timeout` (then the watchdog must not
     /// be fed).

@@ -104,12 +104,8 @@ pub async fn run(
     let agent = berth_agent::start(&agent_cfg, Arc::new(docker)).await?;
     let instance_id = agent.instance_id.clone();
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !server.is_connected(&instance_id) {
-        if tokio::time::Instant::now() > deadline {
-            bail!("the embedded agent {instance_id} did not connect within 30s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if !agent.wait_connected(Duration::from_secs(30)).await {
+        bail!("the embedded agent {instance_id} did not connect within 30s");
     }
 
     let admin = server.admin_addr();
