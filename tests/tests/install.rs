@@ -1,6 +1,7 @@
 //! A real install, the way an operator does it: a Debian host with systemd as
 //! PID 1, `packaging/enroll.sh --package` with the freshly built `.deb`
-//! against a `berth server`, then restart, a second run and `--uninstall`.
+//! against a `berth server`, then restart, a second run, an upgrade and
+//! `--uninstall`.
 //!
 //! # Design
 //! - The host is a container: a Debian root file system made with
@@ -493,6 +494,31 @@ fn enroll_sh_installs_the_deb_under_systemd_and_runs_tasks() {
         "a second enroll.sh run restarted the agent"
     );
     assert_eq!(containers_started(&instance_id), before);
+
+    // --- an upgrade (the package again) keeps identity and containers ------
+    let said = host.sh(&format!("dpkg -i {package} 2>&1"));
+    assert!(
+        !said.contains("warning"),
+        "the upgrade warned:\n{said}\n{}",
+        host.journal()
+    );
+    assert_eq!(host.unit("ActiveState"), "active", "{}", host.journal());
+    let pid_upgraded = host.unit("MainPID");
+    assert_ne!(
+        pid_upgraded, pid_after,
+        "the upgrade must restart the running agent (try-restart)"
+    );
+    assert_eq!(
+        host.sh("sha256sum /var/lib/berth/identity.json /etc/berth/agent.toml"),
+        identity_before,
+        "the upgrade changed the identity or the config"
+    );
+    server.wait_connected(&instance_id);
+    assert_eq!(
+        containers_started(&instance_id),
+        before,
+        "the upgrade must not restart or replace a container"
+    );
 
     // --- --uninstall keeps the containers and their data --------------------
     let said = host.enroll_sh(&["--uninstall"]);
