@@ -14,8 +14,9 @@ use berth_agent::cli_docs::{self, ManSections, Shell};
 use berth_proto::json::{format_time_ms, instance_json, task_json};
 use berth_proto::v1::admin_client::AdminClient;
 use berth_proto::v1::{
-    CreateAdminCertificateRequest, CreateTokenRequest, InstanceRef, ListInstancesRequest,
-    ListTasksRequest, RunTaskRequest, StopTaskRequest, Task, TaskRef, Token,
+    AdminCertificateRecord, CreateAdminCertificateRequest, CreateTokenRequest, InstanceRef,
+    ListAdminCertificatesRequest, ListInstancesRequest, ListTasksRequest,
+    RevokeAdminCertificateRequest, RunTaskRequest, StopTaskRequest, Task, TaskRef, Token,
 };
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::{Value, json};
@@ -143,6 +144,25 @@ pub enum AdminCertCommand {
         /// Replace an admin certificate already in --out
         #[arg(long)]
         force: bool,
+    },
+    /// List the admin certificates the control plane issued (serial number,
+    /// name, dates, revocation; never a key)
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one admin certificate: the admin API refuses it from its next
+    /// call on
+    Revoke {
+        /// Serial number, hex (as `berth admin-cert ls` shows it; ':'
+        /// separators and upper case are accepted)
+        #[arg(value_name = "SERIAL", value_parser = parse_serial)]
+        serial: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -286,6 +306,14 @@ pub struct TaskRunArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_serial(s: &str) -> Result<String, String> {
+    crate::server::ca::normalize_serial(s).ok_or_else(|| {
+        format!(
+            "{s:?} is not a serial number: expected hex digits, as `berth admin-cert ls` shows them"
+        )
+    })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -555,20 +583,113 @@ impl AdminCertFiles {
     }
 }
 
-/// `berth admin-cert create`: a key and CSR made here, signed by the fleet
-/// CA, written to `--out`.
+/// `berth admin-cert create|ls|revoke`.
 async fn admin_cert(
     server: &str,
     admin_cert: Option<&Path>,
     cmd: AdminCertCommand,
 ) -> anyhow::Result<()> {
-    let AdminCertCommand::Create {
+    match cmd {
+        AdminCertCommand::Create {
+            out,
+            name,
+            lifetime,
+            data_dir,
+            force,
+        } => {
+            let create = AdminCertCreate {
+                out,
+                name,
+                lifetime,
+                data_dir,
+                force,
+            };
+            admin_cert_create(server, admin_cert, create).await
+        }
+        AdminCertCommand::Ls { json } => {
+            let mut admin = Admin::connect(server, admin_cert).await?;
+            let r = admin
+                .client
+                .list_admin_certificates(ListAdminCertificatesRequest {})
+                .await;
+            let list = r.map_err(|s| admin.status(s))?.into_inner().certificates;
+            let now = berth_proto::now_ms();
+            if json {
+                print_json(&Value::Array(
+                    list.iter().map(|c| admin_cert_json(c, now)).collect(),
+                ))
+            } else {
+                print!("{}", view::admin_certs_table(&list, now));
+                Ok(())
+            }
+        }
+        AdminCertCommand::Revoke { serial, json } => {
+            let mut admin = Admin::connect(server, admin_cert).await?;
+            let r = admin
+                .client
+                .revoke_admin_certificate(RevokeAdminCertificateRequest {
+                    serial_number: serial,
+                })
+                .await;
+            let r = r.map_err(|s| admin.status(s))?.into_inner();
+            let c = r
+                .certificate
+                .ok_or_else(|| anyhow!("the control plane answered without the certificate"))?;
+            if json {
+                return print_json(&admin_cert_json(&c, berth_proto::now_ms()));
+            }
+            let at = format_time_ms(c.revoked_at_ms).unwrap_or_else(|| "-".into());
+            if r.already_revoked {
+                println!(
+                    "admin certificate {} of {} is already revoked (since {at})",
+                    c.serial_number, c.name
+                );
+            } else {
+                println!(
+                    "admin certificate {} of {} revoked at {at}",
+                    c.serial_number, c.name
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `berth admin-cert ls --json`: one object per certificate, no key material.
+pub fn admin_cert_json(c: &AdminCertificateRecord, now_ms: i64) -> Value {
+    json!({
+        "serialNumber": c.serial_number,
+        "name": c.name,
+        "issuedAt": berth_proto::json::time_json(c.issued_at_ms),
+        "notAfter": berth_proto::json::time_json(c.not_after_ms),
+        "revokedAt": berth_proto::json::time_json(c.revoked_at_ms),
+        "status": view::admin_cert_status(c, now_ms),
+    })
+}
+
+/// The arguments of `berth admin-cert create`.
+struct AdminCertCreate {
+    out: PathBuf,
+    name: String,
+    lifetime: Duration,
+    data_dir: Option<PathBuf>,
+    force: bool,
+}
+
+/// `berth admin-cert create`: a key and CSR made here, signed by the fleet
+/// CA (and recorded by the control plane), written to `--out`.
+async fn admin_cert_create(
+    server: &str,
+    admin_cert: Option<&Path>,
+    create: AdminCertCreate,
+) -> anyhow::Result<()> {
+    let AdminCertCreate {
         out,
         name,
         lifetime,
         data_dir,
         force,
-    } = cmd;
+    } = create;
     let name = name.trim().to_owned();
     if !crate::server::ca::valid_admin_name(&name) {
         bail!("invalid --name {name:?}: use 1 to 64 letters, digits, '.', '_', '@' or '-'");
@@ -596,20 +717,18 @@ async fn admin_cert(
         .serialize_request(&key)
         .and_then(|c| c.pem())
         .map_err(|e| anyhow!("cannot create a certificate signing request: {e}"))?;
-    let (cert_pem, ca_pem, not_after_ms) = match data_dir {
+    let (cert_pem, ca_pem, not_after_ms, serial) = match data_dir {
         Some(dir) => {
-            let ca =
-                tokio::task::spawn_blocking(move || crate::server::ca::Ca::load_existing(&dir))
-                    .await
-                    .map_err(|e| anyhow!("cannot load the fleet CA: {e}"))??;
             let lifetime =
                 time::Duration::try_from(lifetime).map_err(|e| anyhow!("--lifetime: {e}"))?;
-            let issued = ca.issue_admin_cert(&csr_pem, &name, lifetime)?;
-            (
-                issued.pem.clone(),
-                ca.cert_pem().to_owned(),
-                issued.not_after_ms(),
-            )
+            let signer = name.clone();
+            let (issued, ca_pem) = tokio::task::spawn_blocking(move || {
+                crate::server::admin::issue_admin_cert_offline(&dir, &csr_pem, &signer, lifetime)
+            })
+            .await
+            .map_err(|e| anyhow!("cannot sign with the fleet CA: {e}"))??;
+            let not_after_ms = issued.not_after_ms();
+            (issued.pem, ca_pem, not_after_ms, issued.serial)
         }
         None => {
             let mut admin = Admin::connect(server, admin_cert).await?;
@@ -622,7 +741,7 @@ async fn admin_cert(
                 })
                 .await;
             let c = r.map_err(|s| admin.status(s))?.into_inner();
-            (c.certificate_pem, c.ca_pem, c.not_after_ms)
+            (c.certificate_pem, c.ca_pem, c.not_after_ms, c.serial_number)
         }
     };
     let write = |file: &str, data: &[u8], mode: u32| {
@@ -643,7 +762,7 @@ async fn admin_cert(
     write(ADMIN_CA_FILE, ca_pem.as_bytes(), 0o644)?;
     let expires = format_time_ms(not_after_ms).unwrap_or_else(|| "-".into());
     println!(
-        "admin certificate for {name} written to {} (expires {expires})",
+        "admin certificate for {name} written to {} (serial number {serial}, expires {expires})",
         out.display()
     );
     println!(
@@ -1022,6 +1141,7 @@ mod tests {
             "admin-cert",
             "completions",
             "deregister",
+            "revoke",
             "task-definition",
             "wait-timeout",
         ];

@@ -43,8 +43,8 @@
 //! # Limitations
 //!
 //! - On loopback the admin API trusts every local user of the machine.
-//!   Admin certificates cannot be revoked one by one (there is no list of
-//!   issued ones); keep their lifetime short.
+//!   Admin certificates are revoked one by one (`berth admin-cert revoke`),
+//!   checked by this control plane only: there is no CRL for others.
 //! - Agent certificates live `--cert-lifetime` (30 days) and are renewed by
 //!   the agent over its session; an agent that stays away until its
 //!   certificate expired has to enroll again. Deregistration is enforced by

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use berth_proto::json::format_time_ms;
-use berth_proto::v1::{Instance, Task, TaskState};
+use berth_proto::v1::{AdminCertificateRecord, Instance, Task, TaskState};
 
 /// A table with left-aligned columns separated by two spaces.
 #[derive(Debug, Default)]
@@ -276,6 +276,33 @@ pub fn task_detail(task: &Task, now_ms: i64) -> String {
     out
 }
 
+/// The state of an admin certificate: `REVOKED`, `EXPIRED` or `VALID`.
+pub fn admin_cert_status(c: &AdminCertificateRecord, now_ms: i64) -> &'static str {
+    if c.revoked_at_ms > 0 {
+        "REVOKED"
+    } else if c.not_after_ms <= now_ms {
+        "EXPIRED"
+    } else {
+        "VALID"
+    }
+}
+
+/// `berth admin-cert ls`.
+pub fn admin_certs_table(certs: &[AdminCertificateRecord], now_ms: i64) -> String {
+    let mut t = Table::new(&["SERIAL", "NAME", "STATUS", "ISSUED", "EXPIRES", "REVOKED"]);
+    for c in certs {
+        t.row(vec![
+            c.serial_number.clone(),
+            or_dash(&c.name),
+            admin_cert_status(c, now_ms).to_owned(),
+            time(c.issued_at_ms),
+            time(c.not_after_ms),
+            time(c.revoked_at_ms),
+        ]);
+    }
+    t.render()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,5 +320,35 @@ mod tests {
         assert_eq!(ago(5_000, 10_000), "5s ago");
         assert_eq!(ago(1, 3_600_000), "59m ago");
         assert_eq!(ago(1, 3 * 86_400_000), "2d ago");
+    }
+
+    #[test]
+    fn admin_certificates_show_their_state() {
+        let valid = AdminCertificateRecord {
+            serial_number: "0a11ce".into(),
+            name: "alice".into(),
+            issued_at_ms: 1_000,
+            not_after_ms: 10_000,
+            revoked_at_ms: 0,
+        };
+        let revoked = AdminCertificateRecord {
+            serial_number: "0b0b".into(),
+            name: "bob".into(),
+            revoked_at_ms: 5_000,
+            ..valid.clone()
+        };
+        assert_eq!(admin_cert_status(&valid, 9_999), "VALID");
+        assert_eq!(admin_cert_status(&valid, 10_000), "EXPIRED");
+        assert_eq!(admin_cert_status(&revoked, 6_000), "REVOKED");
+        let table = admin_certs_table(&[valid, revoked], 6_000);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].starts_with("SERIAL  "), "{table}");
+        assert!(lines[1].starts_with("0a11ce  alice  VALID"), "{table}");
+        assert!(lines[1].ends_with('-'), "not revoked: {table}");
+        assert!(
+            lines[2].starts_with("0b0b    bob    REVOKED") && lines[2].ends_with("00:00:05.000Z"),
+            "{table}"
+        );
     }
 }

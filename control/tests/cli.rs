@@ -362,3 +362,84 @@ async fn server_command_logs_ready_and_stops_on_sigterm() -> Result {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_certificates_are_listed_and_revoked_by_serial() -> Result {
+    let (dir, server, _td) = setup().await?;
+    let out_dir = dir.path().join("alice");
+    let out_arg = out_dir.to_string_lossy().into_owned();
+    let out = finish(berth(
+        &server,
+        &["admin-cert", "create", "--name", "alice", "--out", &out_arg],
+    )?)
+    .await?;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let said = text(&out.stdout);
+
+    let out = finish(berth(&server, &["admin-cert", "ls", "--json"])?).await?;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let serial = listed[0]["serialNumber"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(serial.len(), 32, "{listed}");
+    assert!(said.contains(&serial), "create names the serial: {said}");
+    assert_eq!(listed[0]["name"], "alice");
+    assert_eq!(listed[0]["status"], "VALID");
+    assert!(listed[0]["revokedAt"].is_null(), "{listed}");
+    // Never key material.
+    let key = std::fs::read_to_string(out_dir.join("admin.key"))?;
+    let body = key.lines().nth(1).unwrap_or_default();
+    assert!(!body.is_empty());
+    assert!(!text(&out.stdout).contains(body));
+    assert!(!text(&out.stdout).contains("PRIVATE KEY"));
+
+    let out = finish(berth(&server, &["admin-cert", "revoke", &serial])?).await?;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with(&format!("admin certificate {serial} of alice revoked at ")),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = finish(berth(&server, &["admin-cert", "ls", "--json"])?).await?;
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(listed[0]["status"], "REVOKED", "{listed}");
+    assert!(listed[0]["revokedAt"].is_string(), "{listed}");
+    let out = finish(berth(&server, &["admin-cert", "ls"])?).await?;
+    let table = text(&out.stdout);
+    assert!(table.starts_with("SERIAL"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&serial) && l.contains("REVOKED")),
+        "{table}"
+    );
+
+    // Twice: says so, the desired state holds.
+    let out = finish(berth(&server, &["admin-cert", "revoke", &serial])?).await?;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("is already revoked"),
+        "{}",
+        text(&out.stdout)
+    );
+    // An unknown serial: exit 1 naming it; not a serial: usage, exit 2.
+    let out = finish(berth(&server, &["admin-cert", "revoke", "ABCDEF0123"])?).await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no admin certificate with serial number abcdef0123"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = finish(berth(&server, &["admin-cert", "revoke", "zz-top"])?).await?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("\"zz-top\" is not a serial number"),
+        "{}",
+        text(&out.stderr)
+    );
+    server.shutdown().await?;
+    Ok(())
+}

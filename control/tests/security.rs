@@ -1,8 +1,9 @@
 //! Issue 5 against the real server in-process: every refusal is clear and
 //! changes nothing stored. Activations (hostname binding, expiry, failed
 //! attempts per address), certificates (renewal, expiry, another CA, admin
-//! certificates), the admin API off loopback, and limits (message sizes,
-//! malformed messages, the per-stream message rate).
+//! certificates), the admin API off loopback and the revocation of admin
+//! certificates, and limits (message sizes, malformed messages, the
+//! per-stream message rate).
 
 mod common;
 
@@ -10,16 +11,17 @@ use common::*;
 
 use std::time::Duration;
 
-use berth_control::server::ca::Ca;
-use berth_control::{Server, ServerConfig};
+use berth_control::server::admin::issue_admin_cert_offline;
+use berth_control::{RunningServer, Server, ServerConfig};
 use berth_proto::v1::admin_client::AdminClient;
 use berth_proto::v1::agent_message::Msg as AgentMsg;
 use berth_proto::v1::enrollment_client::EnrollmentClient;
 use berth_proto::v1::fleet_client::FleetClient;
 use berth_proto::v1::server_message::Msg as ServerMsg;
 use berth_proto::v1::{
-    AgentMessage, CreateTokenRequest, Hello, InstanceRef, ListInstancesRequest, ListTasksRequest,
-    RenewRequest, Resources, RunTaskRequest,
+    AgentMessage, CreateAdminCertificateRequest, CreateTokenRequest, Hello, InstanceRef,
+    ListAdminCertificatesRequest, ListInstancesRequest, ListTasksRequest, RenewRequest, Resources,
+    RevokeAdminCertificateRequest, RunTaskRequest,
 };
 use rcgen::{CertificateParams, DistinguishedName, DnType, Issuer, KeyPair};
 use tokio::sync::mpsc;
@@ -400,13 +402,32 @@ async fn tls_admin(
     Ok(AdminClient::new(channel))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_api_off_loopback_takes_admin_certificates_only() -> Result {
-    let dir = tempfile::tempdir()?;
-    let mut cfg = ServerConfig::loopback(dir.path());
+/// A server in `dir` whose admin API listens off loopback (TLS, admin
+/// certificates only).
+async fn off_loopback_server(dir: &std::path::Path) -> Result<RunningServer> {
+    let mut cfg = ServerConfig::loopback(dir);
     cfg.admin_listen = "0.0.0.0:0".parse()?;
     let server = Server::start(cfg).await?;
     assert!(server.admin_tls());
+    Ok(server)
+}
+
+/// An admin certificate for `name` signed offline with the CA in the data
+/// dir (`berth admin-cert create --data-dir`): its identity and serial.
+fn offline_admin(data_dir: &std::path::Path, name: &str) -> Result<(Identity, String)> {
+    let (key, csr_pem) = csr()?;
+    let (issued, _ca_pem) =
+        issue_admin_cert_offline(data_dir, &csr_pem, name, time::Duration::hours(1))?;
+    Ok((
+        Identity::from_pem(&issued.pem, key.serialize_pem()),
+        issued.serial,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_off_loopback_takes_admin_certificates_only() -> Result {
+    let dir = tempfile::tempdir()?;
+    let server = off_loopback_server(dir.path()).await?;
     let addr = server.admin_addr();
     let ca_pem = server.ca_pem().to_owned();
 
@@ -447,16 +468,33 @@ async fn admin_api_off_loopback_takes_admin_certificates_only() -> Result {
         .expect_err("agent certificate");
     assert_eq!(denied.code(), Code::PermissionDenied);
 
-    // An admin certificate signed offline with the CA in the data dir.
-    let ca = Ca::load_existing(dir.path())?;
-    let (key, csr_pem) = csr()?;
-    let issued = ca.issue_admin_cert(&csr_pem, "alice", time::Duration::hours(1))?;
-    let mut admin = tls_admin(
-        addr,
-        &ca_pem,
-        Some(Identity::from_pem(&issued.pem, key.serialize_pem())),
-    )
-    .await?;
+    // An admin certificate with the CA's signature and the admin marker
+    // that the control plane has no record of (one issued before it kept
+    // records): refused, naming its serial.
+    let unrecorded = forged_with_server_ca(
+        dir.path(),
+        "mallory",
+        Some("admin"),
+        (time::Duration::hours(-1), time::Duration::hours(1)),
+    )?;
+    let mut as_unrecorded = tls_admin(addr, &ca_pem, Some(unrecorded)).await?;
+    let denied = as_unrecorded
+        .create_token(CreateTokenRequest::default())
+        .await
+        .expect_err("unrecorded admin certificate");
+    assert_eq!(denied.code(), Code::Unauthenticated, "{denied:?}");
+    assert!(
+        denied.message().contains("\"mallory\"")
+            && denied
+                .message()
+                .contains("not one this control plane issued"),
+        "{denied:?}"
+    );
+
+    // An admin certificate signed offline with the CA in the data dir, and
+    // recorded there.
+    let (alice, _) = offline_admin(dir.path(), "alice")?;
+    let mut admin = tls_admin(addr, &ca_pem, Some(alice)).await?;
     let listed = admin
         .list_instances(ListInstancesRequest {})
         .await?
@@ -467,6 +505,185 @@ async fn admin_api_off_loopback_takes_admin_certificates_only() -> Result {
         .await?
         .into_inner();
     assert!(!token.activation_code.is_empty());
+    server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_admin_certificate_is_refused_on_its_next_call() -> Result {
+    let dir = tempfile::tempdir()?;
+    let server = off_loopback_server(dir.path()).await?;
+    let addr = server.admin_addr();
+    let ca_pem = server.ca_pem().to_owned();
+
+    // Two admin certificates: alice's signed offline, bob's over the API.
+    let (alice_identity, alice_serial) = offline_admin(dir.path(), "alice")?;
+    let mut alice = tls_admin(addr, &ca_pem, Some(alice_identity)).await?;
+    let (bob_key, csr_pem) = csr()?;
+    let issued = alice
+        .create_admin_certificate(CreateAdminCertificateRequest {
+            csr_pem,
+            name: "bob".into(),
+            lifetime_seconds: 3600,
+        })
+        .await?
+        .into_inner();
+    let bob_serial = issued.serial_number.clone();
+    assert_eq!(bob_serial.len(), 32, "{bob_serial}");
+    assert_ne!(bob_serial, alice_serial);
+    let bob_identity = || Identity::from_pem(&issued.certificate_pem, bob_key.serialize_pem());
+    let mut bob = tls_admin(addr, &ca_pem, Some(bob_identity())).await?;
+    // Both work.
+    alice.list_instances(ListInstancesRequest {}).await?;
+    bob.list_instances(ListInstancesRequest {}).await?;
+    let listed = bob
+        .list_admin_certificates(ListAdminCertificatesRequest {})
+        .await?
+        .into_inner()
+        .certificates;
+    let seen: Vec<(&str, &str, i64)> = listed
+        .iter()
+        .map(|c| (c.serial_number.as_str(), c.name.as_str(), c.revoked_at_ms))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (alice_serial.as_str(), "alice", 0),
+            (bob_serial.as_str(), "bob", 0)
+        ]
+    );
+    assert!(listed.iter().all(|c| c.not_after_ms > c.issued_at_ms));
+
+    // Alice revokes bob's certificate (typed in upper case, as openssl
+    // prints serial numbers).
+    let revoked = alice
+        .revoke_admin_certificate(RevokeAdminCertificateRequest {
+            serial_number: bob_serial.to_uppercase(),
+        })
+        .await?
+        .into_inner();
+    assert!(!revoked.already_revoked);
+    let record = revoked.certificate.unwrap_or_default();
+    assert_eq!(record.serial_number, bob_serial);
+    assert_eq!(record.name, "bob");
+    let revoked_at_ms = record.revoked_at_ms;
+    assert!(revoked_at_ms > 0);
+
+    // Bob's next call, on the connection he already has, is refused.
+    let refused = bob
+        .list_instances(ListInstancesRequest {})
+        .await
+        .expect_err("revoked certificate");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("revoked") && refused.message().contains(&bob_serial),
+        "{refused:?}"
+    );
+    // State-changing calls with it change nothing stored.
+    let refused = bob
+        .revoke_admin_certificate(RevokeAdminCertificateRequest {
+            serial_number: alice_serial.clone(),
+        })
+        .await
+        .expect_err("revoked certificate");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let refused = bob
+        .create_admin_certificate(CreateAdminCertificateRequest {
+            csr_pem: csr()?.1,
+            name: "bob2".into(),
+            lifetime_seconds: 3600,
+        })
+        .await
+        .expect_err("revoked certificate");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let host = enroll(&server).await?;
+    let refused = bob
+        .run_task(RunTaskRequest {
+            task_definition_json: TASK_DEFINITION.into(),
+            instance_id: host.instance_id.clone(),
+        })
+        .await
+        .expect_err("revoked certificate");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    // A new connection with it is refused too.
+    let mut bob_again = tls_admin(addr, &ca_pem, Some(bob_identity())).await?;
+    let refused = bob_again
+        .list_tasks(ListTasksRequest::default())
+        .await
+        .expect_err("revoked certificate");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    // Alice still works, and sees that bob's attempts changed nothing.
+    let tasks = alice
+        .list_tasks(ListTasksRequest::default())
+        .await?
+        .into_inner()
+        .tasks;
+    assert!(tasks.is_empty(), "{tasks:?}");
+    let listed = alice
+        .list_admin_certificates(ListAdminCertificatesRequest {})
+        .await?
+        .into_inner()
+        .certificates;
+    let seen: Vec<(&str, i64)> = listed
+        .iter()
+        .map(|c| (c.name.as_str(), c.revoked_at_ms))
+        .collect();
+    assert_eq!(seen, [("alice", 0), ("bob", revoked_at_ms)]);
+
+    // Twice: already revoked, the first revocation time stays.
+    let again = alice
+        .revoke_admin_certificate(RevokeAdminCertificateRequest {
+            serial_number: bob_serial.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(again.already_revoked);
+    assert_eq!(
+        again.certificate.map(|c| c.revoked_at_ms),
+        Some(revoked_at_ms)
+    );
+    // An unknown serial: NOT_FOUND naming it; not hex: INVALID_ARGUMENT.
+    let unknown = alice
+        .revoke_admin_certificate(RevokeAdminCertificateRequest {
+            serial_number: "0123456789abcdef".into(),
+        })
+        .await
+        .expect_err("unknown serial");
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    assert!(
+        unknown.message().contains("0123456789abcdef"),
+        "{unknown:?}"
+    );
+    let malformed = alice
+        .revoke_admin_certificate(RevokeAdminCertificateRequest {
+            serial_number: "not-hex".into(),
+        })
+        .await
+        .expect_err("malformed serial");
+    assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
+    assert!(malformed.message().contains("\"not-hex\""), "{malformed:?}");
+    let count = alice
+        .list_admin_certificates(ListAdminCertificatesRequest {})
+        .await?
+        .into_inner()
+        .certificates
+        .len();
+    assert_eq!(count, 2);
+    server.shutdown().await?;
+
+    // The revocation is stored: after a restart on the same data dir bob
+    // stays refused, and alice is accepted.
+    let server = off_loopback_server(dir.path()).await?;
+    let addr = server.admin_addr();
+    let mut bob = tls_admin(addr, &ca_pem, Some(bob_identity())).await?;
+    let refused = bob
+        .list_instances(ListInstancesRequest {})
+        .await
+        .expect_err("revoked certificate after a restart");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let mut alice = tls_admin(addr, &ca_pem, Some(offline_admin(dir.path(), "alice")?.0)).await?;
+    alice.list_instances(ListInstancesRequest {}).await?;
     server.shutdown().await?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Issue 5 end to end, with the real binaries: the pinned CA, activations
 //! bound to a host, certificate renewal and expiry, revocation, cloned
-//! hosts, the admin API off loopback, secret files, and a scan of every log
-//! and output for secrets.
+//! hosts, the admin API off loopback and revoked admin certificates, secret
+//! files, and a scan of every log and output for secrets.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -584,6 +584,72 @@ fn the_admin_api_off_loopback_takes_admin_certificates_only() {
     );
     assert_ok("admin-cert create over the admin API", &out);
     assert_ok("instance ls as bob", &with_cert(&bob, &["instance", "ls"]));
+
+    // Both are recorded; the list shows serial numbers, never a key.
+    let ls = |dir: &Path| {
+        let out = with_cert(dir, &["admin-cert", "ls", "--json"]);
+        assert_ok("admin-cert ls --json", &out);
+        stdout_json("berth admin-cert ls --json", &out)
+    };
+    let listed = ls(&admin_dir);
+    let by_name = |listed: &Value, name: &str| -> Value {
+        listed
+            .as_array()
+            .and_then(|l| l.iter().find(|c| str_field(c, "name") == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no admin certificate of {name} in {listed}"))
+    };
+    let alice_serial = str_field(&by_name(&listed, "alice"), "serialNumber").to_string();
+    let bob_serial = str_field(&by_name(&listed, "bob"), "serialNumber").to_string();
+    assert!(
+        !alice_serial.is_empty() && alice_serial != bob_serial,
+        "{listed}"
+    );
+    assert_eq!(by_name(&listed, "bob")["status"], "VALID", "{listed}");
+    assert!(!listed.to_string().contains("PRIVATE KEY"), "{listed}");
+
+    // Revoke bob's certificate: its next call is refused, alice's still
+    // works, and what bob tries changes nothing stored.
+    let out = with_cert(&admin_dir, &["admin-cert", "revoke", &bob_serial]);
+    assert_ok("admin-cert revoke bob", &out);
+    let out = with_cert(&bob, &["instance", "ls"]);
+    assert_fails("instance ls with a revoked certificate", &out);
+    assert!(
+        said(&out).contains("revoked") && said(&out).contains(&bob_serial),
+        "{}",
+        describe_output(&out)
+    );
+    let out = with_cert(&bob, &["admin-cert", "revoke", &alice_serial]);
+    assert_fails("admin-cert revoke with a revoked certificate", &out);
+    let listed = ls(&admin_dir);
+    assert_eq!(by_name(&listed, "bob")["status"], "REVOKED", "{listed}");
+    assert!(by_name(&listed, "bob")["revokedAt"].is_string(), "{listed}");
+    assert_eq!(by_name(&listed, "alice")["status"], "VALID", "{listed}");
+    assert!(by_name(&listed, "alice")["revokedAt"].is_null(), "{listed}");
+    let log = server.log_text();
+    let refusals = lines_with(
+        &log,
+        &["revoked admin certificate", &bob_serial, "peer=127.0.0.1:"],
+    );
+    assert!(
+        !refusals.is_empty(),
+        "the server logs the refusal with the peer address:\n{log}"
+    );
+    // Twice: already revoked; an unknown serial: exit 1 naming it.
+    let out = with_cert(&admin_dir, &["admin-cert", "revoke", &bob_serial]);
+    assert_ok("admin-cert revoke bob again", &out);
+    assert!(
+        said(&out).contains("already revoked"),
+        "{}",
+        describe_output(&out)
+    );
+    let out = with_cert(&admin_dir, &["admin-cert", "revoke", "0123456789abcdef"]);
+    assert_fails("admin-cert revoke of an unknown serial", &out);
+    assert!(
+        said(&out).contains("no admin certificate with serial number 0123456789abcdef"),
+        "{}",
+        describe_output(&out)
+    );
 
     // An agent's certificate is not an admin's.
     let agent = Agent::new(&run);

@@ -1,8 +1,13 @@
 //! The `Admin` service: what the `berth` CLI calls. On loopback it is
-//! plaintext; anywhere else the listener speaks TLS and
-//! [`require_admin_certificate`] runs before every call: the client
-//! certificate (already checked by TLS against the fleet CA) must carry the
-//! admin marker, so an agent's certificate is refused.
+//! plaintext; anywhere else the listener speaks TLS and `AdminGate` runs
+//! `require_admin_certificate` before every call: the client certificate
+//! (already checked by TLS against the fleet CA) must carry the admin
+//! marker, so an agent's certificate is refused, and its serial number must
+//! be recorded in the store as issued by this control plane and not
+//! revoked. That is one primary-key lookup per call, so a revocation takes
+//! effect on the certificate's next call, also on a connection already open,
+//! and a certificate signed offline (`berth admin-cert create --data-dir`,
+//! another process writing the same database) is known at once.
 //!
 //! Reads combine the store with the session registry: `agentConnected`
 //! comes from the registry, and a task on an instance without a live
@@ -10,24 +15,40 @@
 //! kept; the agent's replayed events bring it up to date on reconnect).
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use berth_proto::json::format_time_ms;
 use berth_proto::v1::admin_server::Admin;
 use berth_proto::v1::{
-    AdminCertificate, CreateAdminCertificateRequest, CreateTokenRequest, Instance, InstanceRef,
+    AdminCertificate, AdminCertificateRecord, CreateAdminCertificateRequest, CreateTokenRequest,
+    Instance, InstanceRef, ListAdminCertificatesRequest, ListAdminCertificatesResponse,
     ListInstancesRequest, ListInstancesResponse, ListTasksRequest, ListTasksResponse, Resources,
-    RunTaskRequest, StopTaskRequest, Task, TaskRef, Token,
+    RevokeAdminCertificateRequest, RevokeAdminCertificateResponse, RunTaskRequest, StopTaskRequest,
+    Task, TaskRef, Token,
 };
+use rustls_pki_types::CertificateDer;
+use tonic::codegen::{Service, http};
+use tonic::server::NamedService;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, warn};
 
-use super::ca::{CaError, subject_of};
+use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of};
 use super::placement::{Candidate, Need, PlacementError, place};
 use super::store::{
-    ACTIVE, InstanceRecord, PENDING, RUNNING, STOPPED, StoreError, TaskRecord, Usage,
+    ACTIVE, AdminCertRecord, InstanceRecord, PENDING, RUNNING, STOPPED, SqliteStore, Store,
+    StoreError, TaskRecord, Usage,
 };
-use super::{Core, DEFAULT_ADMIN_CERT_LIFETIME, MAX_CERT_LIFETIME, TokenError, store_status};
+use super::{
+    Core, DB_FILE, DEFAULT_ADMIN_CERT_LIFETIME, MAX_CERT_LIFETIME, TokenError, peer_text,
+    store_status,
+};
 
 /// Stop code and reason of `StopTask` without a reason.
 pub const USER_STOP_CODE: &str = "UserInitiated";
@@ -89,11 +110,41 @@ pub(crate) fn task_message(t: &TaskRecord, connected: bool) -> Task {
     }
 }
 
-/// The interceptor of the admin API off loopback: the caller's client
-/// certificate must be an admin certificate of the fleet CA.
-pub fn require_admin_certificate(request: Request<()>) -> Result<Request<()>, Status> {
-    let certs = request.peer_certs();
-    let leaf = certs.as_deref().and_then(|c| c.first()).ok_or_else(|| {
+/// Who made an admin call off loopback: put into the request's extensions
+/// by `AdminGate` once `require_admin_certificate` accepted the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminCaller {
+    /// The certificate's common name.
+    pub name: String,
+    /// Its serial number, lowercase hex.
+    pub serial: String,
+}
+
+/// Who made a call, for logs: the admin certificate's name and serial, or
+/// the loopback listener (which takes no certificate).
+fn caller_text<T>(request: &Request<T>) -> String {
+    match request.extensions().get::<AdminCaller>() {
+        Some(c) => format!("{} ({})", c.name, c.serial),
+        None => "the loopback admin API".to_owned(),
+    }
+}
+
+/// The check of the admin API off loopback, before every call: the
+/// caller's client certificate (TLS already checked that the fleet CA
+/// signed it and that it is in its validity period) must be an admin
+/// certificate (`OU=admin`) that this control plane recorded when it issued
+/// it, under the same name, and that is not revoked. Refusals of admin
+/// certificates are logged as warnings with the peer address.
+///
+/// A certificate signed by the fleet CA but not recorded (issued before the
+/// control plane kept a record of admin certificates) is refused: nobody
+/// could revoke it.
+pub(crate) async fn require_admin_certificate(
+    core: &Core,
+    peer_certs: Option<&[CertificateDer<'static>]>,
+    peer: Option<SocketAddr>,
+) -> Result<AdminCaller, Status> {
+    let leaf = peer_certs.and_then(|c| c.first()).ok_or_else(|| {
         Status::unauthenticated(
             "the admin API needs an admin certificate: create one with `berth admin-cert create --out DIR` on the control plane host and pass --admin-cert DIR",
         )
@@ -101,9 +152,9 @@ pub fn require_admin_certificate(request: Request<()>) -> Result<Request<()>, St
     let subject = subject_of(leaf)
         .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
     if !subject.admin {
-        tracing::warn!(
+        warn!(
             common_name = %subject.common_name,
-            peer = %super::peer_text(request.remote_addr()),
+            peer = %peer_text(peer),
             "admin call refused: not an admin certificate"
         );
         return Err(Status::permission_denied(format!(
@@ -111,7 +162,160 @@ pub fn require_admin_certificate(request: Request<()>) -> Result<Request<()>, St
             subject.common_name
         )));
     }
-    Ok(request)
+    let serial = subject.serial.clone();
+    let record = core
+        .db(move |s| s.admin_cert(&serial))
+        .await
+        .map_err(store_status)?;
+    let record = match record {
+        Some(r) if r.name == subject.common_name => r,
+        _ => {
+            warn!(
+                serial = %subject.serial,
+                common_name = %subject.common_name,
+                peer = %peer_text(peer),
+                "admin call refused: an admin certificate this control plane has no record of"
+            );
+            return Err(Status::unauthenticated(format!(
+                "admin certificate {} of {:?} is not one this control plane issued and recorded (it may predate revocation support): create a new one with `berth admin-cert create`",
+                subject.serial, subject.common_name
+            )));
+        }
+    };
+    if let Some(revoked_at_ms) = record.revoked_at_ms {
+        let revoked_at = format_time_ms(revoked_at_ms).unwrap_or_else(|| "-".to_owned());
+        warn!(
+            serial = %record.serial,
+            common_name = %record.name,
+            revoked_at = %revoked_at,
+            peer = %peer_text(peer),
+            "admin call refused: revoked admin certificate"
+        );
+        return Err(Status::unauthenticated(format!(
+            "admin certificate {} of {:?} was revoked at {revoked_at}; ask an admin for a new one (`berth admin-cert create`)",
+            record.serial, record.name
+        )));
+    }
+    Ok(AdminCaller {
+        name: record.name,
+        serial: record.serial,
+    })
+}
+
+/// The `Admin` service off loopback: a tower service around it that runs
+/// [`require_admin_certificate`] before every call (tonic's interceptors
+/// cannot wait for the store) and answers a refusal with its status.
+#[derive(Clone)]
+pub(crate) struct AdminGate<S> {
+    inner: S,
+    core: Arc<Core>,
+}
+
+impl<S> AdminGate<S> {
+    pub(crate) fn new(inner: S, core: Arc<Core>) -> Self {
+        AdminGate { inner, core }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for AdminGate<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        // The service polled ready serves this call; a clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let core = Arc::clone(&self.core);
+        Box::pin(async move {
+            let tls = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
+            let certs = tls.and_then(TlsConnectInfo::peer_certs);
+            let peer = tls.and_then(|t| t.get_ref().remote_addr());
+            match require_admin_certificate(&core, certs.as_deref().map(Vec::as_slice), peer).await
+            {
+                Ok(caller) => {
+                    request.extensions_mut().insert(caller);
+                    inner.call(request).await
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+impl<S: NamedService> NamedService for AdminGate<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// What the store records for an admin certificate just issued.
+fn admin_cert_record(issued: &Issued, name: &str, now_ms: i64) -> AdminCertRecord {
+    AdminCertRecord {
+        serial: issued.serial.clone(),
+        name: name.to_owned(),
+        issued_at_ms: now_ms,
+        not_after_ms: issued.not_after_ms(),
+        revoked_at_ms: None,
+    }
+}
+
+/// The API's view of a recorded admin certificate.
+pub(crate) fn admin_cert_message(r: &AdminCertRecord) -> AdminCertificateRecord {
+    AdminCertificateRecord {
+        serial_number: r.serial.clone(),
+        name: r.name.clone(),
+        issued_at_ms: r.issued_at_ms,
+        not_after_ms: r.not_after_ms,
+        revoked_at_ms: r.revoked_at_ms.unwrap_or_default(),
+    }
+}
+
+/// Why an admin certificate could not be signed offline.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineIssueError {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(
+        "no {} in {}: start `berth server --data-dir` there once so that it can record the certificates it issues",
+        DB_FILE,
+        .0.display()
+    )]
+    NoStore(PathBuf),
+    #[error("cannot record the admin certificate: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// `berth admin-cert create --data-dir`: signs `csr_pem` as an admin
+/// certificate with the CA in the server's data dir and records it in the
+/// server's store (a server running on it sees it on the next call), so
+/// that it can be listed and revoked like one issued over the admin API.
+/// Returns the certificate and the CA certificate (PEM). Blocking.
+pub fn issue_admin_cert_offline(
+    data_dir: &Path,
+    csr_pem: &str,
+    name: &str,
+    lifetime: time::Duration,
+) -> Result<(Issued, String), OfflineIssueError> {
+    let ca = Ca::load_existing(data_dir)?;
+    let db = data_dir.join(DB_FILE);
+    if !db.exists() {
+        return Err(OfflineIssueError::NoStore(data_dir.to_owned()));
+    }
+    let mut store = SqliteStore::open(&db)?;
+    let issued = ca.issue_admin_cert(csr_pem, name, lifetime)?;
+    store.record_admin_cert(&admin_cert_record(&issued, name, berth_proto::now_ms()))?;
+    info!(admin = %name, serial = %issued.serial, not_after = %issued.not_after, "admin certificate issued offline");
+    Ok((issued, ca.cert_pem().to_owned()))
 }
 
 fn placement_status(e: PlacementError) -> Status {
@@ -167,6 +371,7 @@ impl Admin for AdminService {
         &self,
         request: Request<CreateAdminCertificateRequest>,
     ) -> Result<Response<AdminCertificate>, Status> {
+        let caller = caller_text(&request);
         let req = request.into_inner();
         let name = req.name.trim().to_owned();
         let lifetime = match req.lifetime_seconds {
@@ -194,12 +399,66 @@ impl Admin for AdminService {
                     Status::internal(other.to_string())
                 }
             })?;
-        info!(admin = %name, not_after = %issued.not_after, "admin certificate issued");
+        // Recorded before it is handed out: a certificate the store does not
+        // know is refused off loopback, and could not be revoked.
+        let record = admin_cert_record(&issued, &name, berth_proto::now_ms());
+        self.core
+            .db(move |s| s.record_admin_cert(&record))
+            .await
+            .map_err(store_status)?;
+        info!(admin = %name, serial = %issued.serial, not_after = %issued.not_after, by = %caller, "admin certificate issued");
         Ok(Response::new(AdminCertificate {
             not_after_ms: issued.not_after_ms(),
             certificate_pem: issued.pem,
             ca_pem: self.core.ca.cert_pem().to_owned(),
             name,
+            serial_number: issued.serial,
+        }))
+    }
+
+    async fn list_admin_certificates(
+        &self,
+        _request: Request<ListAdminCertificatesRequest>,
+    ) -> Result<Response<ListAdminCertificatesResponse>, Status> {
+        let certs = self
+            .core
+            .db(|s| s.admin_certs())
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(ListAdminCertificatesResponse {
+            certificates: certs.iter().map(admin_cert_message).collect(),
+        }))
+    }
+
+    async fn revoke_admin_certificate(
+        &self,
+        request: Request<RevokeAdminCertificateRequest>,
+    ) -> Result<Response<RevokeAdminCertificateResponse>, Status> {
+        let caller = caller_text(&request);
+        let typed = request.into_inner().serial_number;
+        let serial = normalize_serial(&typed).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "invalid serial number {typed:?}: expected hex digits, as `berth admin-cert ls` shows them"
+            ))
+        })?;
+        let lookup = serial.clone();
+        let now = berth_proto::now_ms();
+        let (cert, changed) = self
+            .core
+            .db(move |s| s.revoke_admin_cert(&lookup, now))
+            .await
+            .map_err(|e| match e {
+                StoreError::NoAdminCertificate(_) => Status::not_found(format!(
+                    "no admin certificate with serial number {serial}: `berth admin-cert ls` lists those this control plane issued"
+                )),
+                other => store_status(other),
+            })?;
+        if changed {
+            info!(serial = %cert.serial, admin = %cert.name, by = %caller, "admin certificate revoked");
+        }
+        Ok(Response::new(RevokeAdminCertificateResponse {
+            certificate: Some(admin_cert_message(&cert)),
+            already_revoked: !changed,
         }))
     }
 

@@ -14,7 +14,10 @@
 //!   asked for), so an agent's certificate is never an admin's and an
 //!   admin's is never accepted as an agent's;
 //! - `ca.key` readable by group or others is refused at start, naming the
-//!   file and the fix.
+//!   file and the fix;
+//! - every certificate gets a random 128-bit serial number (top bit clear,
+//!   never zero); [`Issued::serial`] and [`Subject::serial`] give it as
+//!   lowercase hex, the form the store records admin certificates under.
 
 use std::fs;
 use std::io;
@@ -80,11 +83,13 @@ pub enum CaError {
     AdminName(String),
 }
 
-/// A certificate the CA issued: PEM and expiry.
+/// A certificate the CA issued: PEM, expiry and serial number.
 #[derive(Debug, Clone)]
 pub struct Issued {
     pub pem: String,
     pub not_after: OffsetDateTime,
+    /// Serial number, lowercase hex.
+    pub serial: String,
 }
 
 impl Issued {
@@ -102,9 +107,11 @@ pub struct Subject {
     pub common_name: String,
     /// `OU=admin` is in the subject.
     pub admin: bool,
+    /// Serial number, lowercase hex.
+    pub serial: String,
 }
 
-/// Reads the subject of a client certificate (DER).
+/// Reads the subject and serial number of a client certificate (DER).
 pub fn subject_of(der: &[u8]) -> Result<Subject, String> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| format!("unreadable: {e}"))?;
@@ -119,7 +126,20 @@ pub fn subject_of(der: &[u8]) -> Result<Subject, String> {
         .subject()
         .iter_organizational_unit()
         .any(|ou| ou.as_str().is_ok_and(|ou| ou == ADMIN_OU));
-    Ok(Subject { common_name, admin })
+    Ok(Subject {
+        common_name,
+        admin,
+        serial: hex::encode(cert.raw_serial()),
+    })
+}
+
+/// A serial number as an operator may type it (hex, any case, optionally
+/// with `:` separators as `openssl` prints it) in the form the store keeps:
+/// lowercase hex without separators. `None` when it is not hex.
+pub fn normalize_serial(s: &str) -> Option<String> {
+    let hex: String = s.trim().chars().filter(|c| *c != ':').collect();
+    let valid = (1..=64).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit());
+    valid.then(|| hex.to_ascii_lowercase())
 }
 
 /// When a certificate (DER) expires, in ms since the Unix epoch.
@@ -371,7 +391,9 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE.min(lifetime / 4);
         params.not_after = (now + lifetime).min(self.not_after);
-        params.serial_number = Some(random_serial());
+        let serial = random_serial();
+        let serial_hex = hex::encode(serial.as_ref());
+        params.serial_number = Some(serial);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
@@ -381,6 +403,7 @@ impl Ca {
         Ok(Issued {
             pem: cert.pem(),
             not_after,
+            serial: serial_hex,
         })
     }
 }
@@ -600,7 +623,8 @@ mod tests {
             subject,
             Subject {
                 common_name: "i-1".into(),
-                admin: false
+                admin: false,
+                serial: agent.serial.clone(),
             }
         );
         let admin = ca
@@ -611,13 +635,27 @@ mod tests {
             subject,
             Subject {
                 common_name: "alice".into(),
-                admin: true
+                admin: true,
+                serial: admin.serial.clone(),
             }
         );
+        // 16 random bytes, a different serial number for each certificate.
+        assert_eq!(admin.serial.len(), 32, "{}", admin.serial);
+        assert_ne!(admin.serial, agent.serial);
         let err = ca
             .issue_admin_cert(&sneaky, "no spaces", ADMIN_CERT_VALIDITY)
             .expect_err("bad name");
         assert!(err.to_string().contains("\"no spaces\""), "{err}");
+    }
+
+    #[test]
+    fn serial_numbers_are_normalized_as_operators_type_them() {
+        assert_eq!(normalize_serial(" 3F:a2:01 ").as_deref(), Some("3fa201"));
+        assert_eq!(normalize_serial("3FA201").as_deref(), Some("3fa201"));
+        assert_eq!(normalize_serial(""), None);
+        assert_eq!(normalize_serial(":"), None);
+        assert_eq!(normalize_serial("xyz"), None);
+        assert_eq!(normalize_serial(&"a".repeat(65)), None);
     }
 
     #[test]

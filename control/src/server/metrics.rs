@@ -31,8 +31,8 @@ use tokio::sync::watch;
 
 use super::Core;
 use super::store::{
-    ACTIVE, ActivationRecord, EventOutcome, HelloOutcome, HelloRecord, INACTIVE, InstanceRecord,
-    NewInstance, Store, StoreError, TaskRecord, Usage,
+    ACTIVE, ActivationRecord, AdminCertRecord, EventOutcome, HelloOutcome, HelloRecord, INACTIVE,
+    InstanceRecord, NewInstance, Store, StoreError, TaskRecord, Usage,
 };
 
 /// The [`Store`] methods, as the `operation` label names them.
@@ -54,10 +54,14 @@ pub enum StoreOp {
     Task,
     Tasks,
     StopTask,
+    RecordAdminCert,
+    AdminCert,
+    AdminCerts,
+    RevokeAdminCert,
 }
 
 impl StoreOp {
-    pub const ALL: [StoreOp; 16] = [
+    pub const ALL: [StoreOp; 20] = [
         StoreOp::CreateActivation,
         StoreOp::Activation,
         StoreOp::Enroll,
@@ -74,6 +78,10 @@ impl StoreOp {
         StoreOp::Task,
         StoreOp::Tasks,
         StoreOp::StopTask,
+        StoreOp::RecordAdminCert,
+        StoreOp::AdminCert,
+        StoreOp::AdminCerts,
+        StoreOp::RevokeAdminCert,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +102,10 @@ impl StoreOp {
             StoreOp::Task => "task",
             StoreOp::Tasks => "tasks",
             StoreOp::StopTask => "stop_task",
+            StoreOp::RecordAdminCert => "record_admin_cert",
+            StoreOp::AdminCert => "admin_cert",
+            StoreOp::AdminCerts => "admin_certs",
+            StoreOp::RevokeAdminCert => "revoke_admin_cert",
         }
     }
 }
@@ -469,6 +481,28 @@ impl Store for TimedStore {
         reason: &str,
     ) -> Result<(TaskRecord, bool), StoreError> {
         self.timed(StoreOp::StopTask, |s| s.stop_task(id, stop_code, reason))
+    }
+
+    fn record_admin_cert(&mut self, cert: &AdminCertRecord) -> Result<(), StoreError> {
+        self.timed(StoreOp::RecordAdminCert, |s| s.record_admin_cert(cert))
+    }
+
+    fn admin_cert(&self, serial: &str) -> Result<Option<AdminCertRecord>, StoreError> {
+        self.timed_ref(StoreOp::AdminCert, |s| s.admin_cert(serial))
+    }
+
+    fn admin_certs(&self) -> Result<Vec<AdminCertRecord>, StoreError> {
+        self.timed_ref(StoreOp::AdminCerts, |s| s.admin_certs())
+    }
+
+    fn revoke_admin_cert(
+        &mut self,
+        serial: &str,
+        now_ms: i64,
+    ) -> Result<(AdminCertRecord, bool), StoreError> {
+        self.timed(StoreOp::RevokeAdminCert, |s| {
+            s.revoke_admin_cert(serial, now_ms)
+        })
     }
 }
 

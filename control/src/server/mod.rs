@@ -9,8 +9,9 @@
 //!   agents, which must present one;
 //! - the admin address: `Admin`, for the CLI. On a loopback address it is
 //!   plaintext; on any other address it is TLS and every call must present
-//!   an admin certificate of the fleet CA (`OU=admin`, see [`ca::ADMIN_OU`]):
-//!   an agent's certificate is refused.
+//!   an admin certificate of the fleet CA (`OU=admin`, see [`ca::ADMIN_OU`])
+//!   that the store records as issued and not revoked
+//!   (`admin::AdminGate`): an agent's certificate is refused.
 //!
 //! Limits (see [`limits`]): gRPC messages are bounded per service
 //! ([`ENROLL_MAX_MESSAGE`], [`FLEET_MAX_MESSAGE`], [`ADMIN_MAX_MESSAGE`]);
@@ -48,7 +49,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::Status;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
@@ -625,10 +625,7 @@ impl Server {
                     what: "admin",
                     source,
                 })?
-                .add_service(InterceptedService::new(
-                    admin_service,
-                    admin::require_admin_certificate,
-                ))
+                .add_service(admin::AdminGate::new(admin_service, Arc::clone(&core)))
         } else {
             tonic::transport::Server::builder().add_service(admin_service)
         };

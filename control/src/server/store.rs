@@ -1,4 +1,5 @@
-//! The control plane's durable state: activations, instances, tasks.
+//! The control plane's durable state: activations, instances, tasks, and
+//! the admin certificates it issued.
 //!
 //! [`Store`] is the boundary; [`SqliteStore`] implements it on one SQLite
 //! file (`<data-dir>/berth.db`, WAL, foreign keys, `synchronous=FULL` so that
@@ -11,11 +12,14 @@
 //!   change of its desired task set (see [`TaskRecord::in_desired_set`]);
 //! - an event is applied at most once: `instances.last_event_seq` only grows
 //!   and events at or below it are ignored;
-//! - only the SHA-256 of an activation code is stored.
+//! - only the SHA-256 of an activation code is stored;
+//! - an admin certificate is recorded by serial number, name and dates,
+//!   never with key material; its revocation time, once set, never changes.
 //!
 //! Schema versions: 1 is the first; 2 adds `activations.hostname` (an
-//! activation bound to one host). Older databases are migrated when opened,
-//! in the same transaction that records the new version.
+//! activation bound to one host); 3 adds `admin_certificates`. Older
+//! databases are migrated when opened, in the same transaction that records
+//! the new version.
 //!
 //! The schema uses TEXT, BIGINT and INTEGER only, so that it carries over to
 //! PostgreSQL unchanged.
@@ -31,7 +35,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 pub const RUNNING: &str = "RUNNING";
 pub const PENDING: &str = "PENDING";
@@ -93,7 +97,16 @@ CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at_ms);
 
 /// Migrations: `MIGRATIONS[i]` takes a database from version `i + 1` to
 /// `i + 2`. [`SCHEMA`] creates version 1 tables.
-const MIGRATIONS: &[&str] = &["ALTER TABLE activations ADD COLUMN hostname TEXT"];
+const MIGRATIONS: &[&str] = &[
+    "ALTER TABLE activations ADD COLUMN hostname TEXT",
+    "CREATE TABLE admin_certificates (
+        serial TEXT NOT NULL PRIMARY KEY,
+        name TEXT NOT NULL,
+        issued_at_ms BIGINT NOT NULL,
+        not_after_ms BIGINT NOT NULL,
+        revoked_at_ms BIGINT
+    )",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -122,6 +135,10 @@ pub enum StoreError {
     NoTask(String),
     #[error("task {0} already exists")]
     TaskExists(String),
+    #[error("no admin certificate with serial number {0}")]
+    NoAdminCertificate(String),
+    #[error("an admin certificate with serial number {0} is already recorded")]
+    AdminCertificateExists(String),
     #[error("a store operation failed: {0}")]
     Join(String),
 }
@@ -138,6 +155,19 @@ pub struct ActivationRecord {
     pub instance_id: Option<String>,
     /// Only a host reporting this hostname may enroll with it.
     pub hostname: Option<String>,
+}
+
+/// An admin certificate the control plane issued. No key material: the key
+/// never leaves the operator, and the certificate itself is not kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminCertRecord {
+    /// Serial number, lowercase hex (see `ca::normalize_serial`).
+    pub serial: String,
+    /// Its common name: who it was issued for.
+    pub name: String,
+    pub issued_at_ms: i64,
+    pub not_after_ms: i64,
+    pub revoked_at_ms: Option<i64>,
 }
 
 /// What enrollment knows about a new instance.
@@ -348,6 +378,22 @@ pub trait Store: Send {
         stop_code: &str,
         reason: &str,
     ) -> Result<(TaskRecord, bool), StoreError>;
+
+    /// Records a newly issued admin certificate.
+    /// [`StoreError::AdminCertificateExists`] for a serial already recorded.
+    fn record_admin_cert(&mut self, cert: &AdminCertRecord) -> Result<(), StoreError>;
+    /// The admin certificate with this serial number (lowercase hex).
+    fn admin_cert(&self, serial: &str) -> Result<Option<AdminCertRecord>, StoreError>;
+    /// Every recorded admin certificate, oldest first.
+    fn admin_certs(&self) -> Result<Vec<AdminCertRecord>, StoreError>;
+    /// Revokes an admin certificate at `now_ms`. Returns it and whether
+    /// anything changed (one already revoked keeps its first revocation
+    /// time). [`StoreError::NoAdminCertificate`] for an unknown serial.
+    fn revoke_admin_cert(
+        &mut self,
+        serial: &str,
+        now_ms: i64,
+    ) -> Result<(AdminCertRecord, bool), StoreError>;
 }
 
 /// [`Store`] on SQLite.
@@ -616,6 +662,28 @@ fn to_db(v: u64) -> i64 {
 
 fn from_db(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
+}
+
+const ADMIN_CERT_COLUMNS: &str = "serial, name, issued_at_ms, not_after_ms, revoked_at_ms";
+
+fn admin_cert_from_row(r: &Row<'_>) -> rusqlite::Result<AdminCertRecord> {
+    Ok(AdminCertRecord {
+        serial: r.get(0)?,
+        name: r.get(1)?,
+        issued_at_ms: r.get(2)?,
+        not_after_ms: r.get(3)?,
+        revoked_at_ms: r.get(4)?,
+    })
+}
+
+fn get_admin_cert(conn: &Connection, serial: &str) -> Result<Option<AdminCertRecord>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {ADMIN_CERT_COLUMNS} FROM admin_certificates WHERE serial = ?1"),
+            params![serial],
+            admin_cert_from_row,
+        )
+        .optional()?)
 }
 
 fn get_instance(conn: &Connection, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
@@ -1092,6 +1160,59 @@ impl Store for SqliteStore {
         tx.commit()?;
         Ok((t, true))
     }
+
+    fn record_admin_cert(&mut self, c: &AdminCertRecord) -> Result<(), StoreError> {
+        let inserted = self.conn.execute(
+            &format!(
+                "INSERT INTO admin_certificates ({ADMIN_CERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
+            ),
+            params![
+                c.serial,
+                c.name,
+                c.issued_at_ms,
+                c.not_after_ms,
+                c.revoked_at_ms
+            ],
+        );
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+            {
+                Err(StoreError::AdminCertificateExists(c.serial.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn admin_cert(&self, serial: &str) -> Result<Option<AdminCertRecord>, StoreError> {
+        get_admin_cert(&self.conn, serial)
+    }
+
+    fn admin_certs(&self) -> Result<Vec<AdminCertRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {ADMIN_CERT_COLUMNS} FROM admin_certificates ORDER BY issued_at_ms, serial"
+        ))?;
+        let rows = stmt.query_map([], admin_cert_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn revoke_admin_cert(
+        &mut self,
+        serial: &str,
+        now_ms: i64,
+    ) -> Result<(AdminCertRecord, bool), StoreError> {
+        let tx = self.conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE admin_certificates SET revoked_at_ms = ?2 \
+             WHERE serial = ?1 AND revoked_at_ms IS NULL",
+            params![serial, now_ms],
+        )? == 1;
+        let cert = get_admin_cert(&tx, serial)?
+            .ok_or_else(|| StoreError::NoAdminCertificate(serial.to_owned()))?;
+        tx.commit()?;
+        Ok((cert, changed))
+    }
 }
 
 #[cfg(test)]
@@ -1481,9 +1602,114 @@ mod tests {
         };
         s.create_activation(&bound).expect("create");
         assert_eq!(s.activation("a2").expect("get"), Some(bound));
+        // Version 3: the table of admin certificates exists, empty.
+        assert!(s.admin_certs().expect("list").is_empty());
+        s.record_admin_cert(&admin_cert("01", "alice", 1))
+            .expect("record");
         drop(s);
-        // Opening again does not migrate twice.
-        SqliteStore::open(&path).expect("reopen");
+        // Opening again does not migrate twice, and keeps the record.
+        let s = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(s.admin_certs().expect("list").len(), 1);
+    }
+
+    #[test]
+    fn a_version_2_database_gains_the_admin_certificates_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(SCHEMA).expect("v1 schema");
+            conn.execute_batch(MIGRATIONS[0]).expect("v2");
+            conn.execute_batch(
+                "INSERT INTO schema_version (version) VALUES (2); \
+                 INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, hostname) \
+                 VALUES ('a1', 'ff', 1, 2, 'web-1');",
+            )
+            .expect("v2 rows");
+        }
+        let mut s = SqliteStore::open(&path).expect("migrate");
+        let a = s.activation("a1").expect("get").expect("kept");
+        assert_eq!(a.hostname.as_deref(), Some("web-1"));
+        let version: i64 = s
+            .conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, 3);
+        s.record_admin_cert(&admin_cert("01", "alice", 1))
+            .expect("record");
+        assert_eq!(s.admin_certs().expect("list").len(), 1);
+    }
+
+    fn admin_cert(serial: &str, name: &str, issued_at_ms: i64) -> AdminCertRecord {
+        AdminCertRecord {
+            serial: serial.into(),
+            name: name.into(),
+            issued_at_ms,
+            not_after_ms: issued_at_ms + 3_600_000,
+            revoked_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn admin_certificates_are_recorded_listed_and_looked_up() {
+        let (_d, mut s) = store();
+        assert!(s.admin_certs().expect("list").is_empty());
+        let bob = admin_cert("0b0b", "bob", 20);
+        let alice = admin_cert("0a11ce", "alice", 10);
+        s.record_admin_cert(&bob).expect("bob");
+        s.record_admin_cert(&alice).expect("alice");
+        // Oldest first.
+        assert_eq!(
+            s.admin_certs().expect("list"),
+            vec![alice.clone(), bob.clone()]
+        );
+        assert_eq!(s.admin_cert("0b0b").expect("get"), Some(bob));
+        assert_eq!(s.admin_cert("ffff").expect("get"), None);
+        // A serial is recorded once; the first record stays.
+        let err = s
+            .record_admin_cert(&admin_cert("0a11ce", "mallory", 30))
+            .expect_err("duplicate serial");
+        assert!(
+            matches!(err, StoreError::AdminCertificateExists(ref serial) if serial == "0a11ce"),
+            "{err}"
+        );
+        assert_eq!(s.admin_cert("0a11ce").expect("get"), Some(alice));
+    }
+
+    #[test]
+    fn revoking_an_admin_certificate_is_once_and_names_unknown_serials() {
+        let (_d, mut s) = store();
+        s.record_admin_cert(&admin_cert("0a11ce", "alice", 10))
+            .expect("alice");
+        s.record_admin_cert(&admin_cert("0b0b", "bob", 20))
+            .expect("bob");
+        let (cert, changed) = s.revoke_admin_cert("0b0b", 500).expect("revoke");
+        assert!(changed);
+        assert_eq!(cert.revoked_at_ms, Some(500));
+        // Twice: unchanged, the first revocation time stays.
+        let (cert, changed) = s.revoke_admin_cert("0b0b", 900).expect("again");
+        assert!(!changed);
+        assert_eq!(cert.revoked_at_ms, Some(500));
+        assert_eq!(
+            s.admin_cert("0b0b")
+                .expect("get")
+                .and_then(|c| c.revoked_at_ms),
+            Some(500)
+        );
+        // The other one is untouched.
+        assert_eq!(
+            s.admin_cert("0a11ce")
+                .expect("get")
+                .map(|c| c.revoked_at_ms),
+            Some(None)
+        );
+        let err = s.revoke_admin_cert("dead", 1).expect_err("unknown");
+        assert_eq!(
+            err.to_string(),
+            "no admin certificate with serial number dead"
+        );
+        // Nothing was recorded for the unknown serial.
+        assert_eq!(s.admin_certs().expect("list").len(), 2);
     }
 
     #[test]
