@@ -123,6 +123,59 @@ pub fn check_completions(cmd: Command, words: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks the man pages of `cmd` (for the binaries' tests): written into
+/// `dir`, there is one page per visible command and subcommand (found by
+/// walking `cmd` itself, not by the generator's own list), and each starts
+/// with `.TH <page> 1 <date>` and has the NAME, SYNOPSIS, OPTIONS, EXIT
+/// STATUS and SEE ALSO sections. Returns the top page's text, for the
+/// caller's own checks.
+pub fn check_man_pages(cmd: Command, dir: &Path, sections: &ManSections) -> Result<String, String> {
+    fn walk(cmd: &Command, name: &str, out: &mut Vec<String>) {
+        out.push(format!("{name}.1"));
+        for sub in cmd.get_subcommands() {
+            if !sub.is_hide_set() && sub.get_name() != "help" {
+                walk(sub, &format!("{name}-{}", sub.get_name()), out);
+            }
+        }
+    }
+    const DATE: &str = "2026-01-02";
+    let name = cmd.get_name().to_owned();
+    let mut want = Vec::new();
+    walk(&cmd, &name, &mut want);
+    want.sort();
+    let written = write_man_pages(cmd, dir, DATE, sections).map_err(|e| e.to_string())?;
+    let mut got: Vec<String> = written
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    got.sort();
+    if got != want {
+        return Err(format!("man pages written: {got:?}; expected: {want:?}"));
+    }
+    for page in &written {
+        let text = std::fs::read_to_string(page)
+            .map_err(|e| format!("cannot read {}: {e}", page.display()))?;
+        let first_macro = text
+            .lines()
+            .find(|l| !l.starts_with(".ie ") && !l.starts_with(".el "))
+            .unwrap_or_default();
+        let stem = page
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !first_macro.starts_with(&format!(".TH {stem} 1 {DATE} ")) {
+            return Err(format!("{}: starts with {first_macro:?}", page.display()));
+        }
+        for section in ["NAME", "SYNOPSIS", "OPTIONS", "EXIT STATUS", "SEE ALSO"] {
+            if !text.contains(section) {
+                return Err(format!("{} lacks {section}", page.display()));
+            }
+        }
+    }
+    let top = dir.join(format!("{name}.1"));
+    std::fs::read_to_string(&top).map_err(|e| format!("cannot read {}: {e}", top.display()))
+}
+
 /// Prints the completion script of `cmd` for `shell` on stdout.
 pub fn print_completions(cmd: Command, shell: Shell) -> Result<(), DocsError> {
     let script = completion_script(cmd, shell);

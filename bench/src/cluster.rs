@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use berth_e2e::{
-    Agent, Cli, DEADLINE, Proc, RunId, agent_bin, berth_bin, clean_command, describe_output,
-    output_of, str_field, wait_for,
+    Agent, Cli, DEADLINE, Proc, RunId, berth_bin, clean_command, describe_output, read_server_json,
+    wait_for,
 };
 use berth_proto::v1::admin_client::AdminClient;
 use berth_proto::v1::{ListTasksRequest, RunTaskRequest, StopTaskRequest, TaskState};
@@ -171,37 +171,13 @@ fn spawn(
     Ok((proc, fleet, admin))
 }
 
-fn read_server_json(path: &std::path::Path) -> Result<(String, String), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let json: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text:?}"))?;
-    let (fleet, admin) = (str_field(&json, "fleetAddr"), str_field(&json, "adminAddr"));
-    if fleet.is_empty() || admin.is_empty() {
-        return Err(format!("incomplete: {text}"));
-    }
-    Ok((fleet.to_string(), admin.to_string()))
-}
-
 /// A new agent host enrolled into `server` with `berth-agent enroll`, its
 /// config extended by `extra` (TOML lines) and [`AGENT_CONFIG`], started,
 /// and connected (its local API says so).
 pub fn enrolled_agent(server: &BenchServer, run: &RunId, extra: &str) -> anyhow::Result<Agent> {
     let mut agent = Agent::new(run);
     let activation = server.cli().token();
-    let mut cmd = clean_command(&agent_bin());
-    cmd.args([
-        "enroll",
-        "--server",
-        &server.fleet_url(),
-        "--activation-id",
-        &activation.id,
-        "--activation-code",
-        &activation.code,
-        "--ca-hash",
-        &activation.ca_hash_arg(),
-    ])
-    .arg("--config")
-    .arg(agent.config_path());
-    let out = output_of(&mut cmd);
+    let out = agent.enroll_at(&server.fleet_url(), &activation, &[]);
     ensure!(
         out.status.success(),
         "berth-agent enroll failed\n{}",

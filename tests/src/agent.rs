@@ -99,12 +99,22 @@ impl Agent {
         activation: &Activation,
         extra: &[&str],
     ) -> Output {
+        self.enroll_at(&server.fleet_url(), activation, extra)
+    }
+
+    /// [`Agent::enroll_with`] against the fleet URL of any control plane.
+    pub fn enroll_at(
+        &mut self,
+        fleet_url: &str,
+        activation: &Activation,
+        extra: &[&str],
+    ) -> Output {
         let ca_hash = activation.ca_hash_arg();
         let mut cmd = clean_command(&agent_bin());
         cmd.args([
             "enroll",
             "--server",
-            &server.fleet_url(),
+            fleet_url,
             "--activation-id",
             &activation.id,
             "--activation-code",
@@ -381,19 +391,7 @@ impl Drop for Agent {
 
 /// `<data_dir>/agent-api.json`: `(apiAddr, instanceId)`.
 pub(crate) fn read_agent_api_json(path: &Path) -> Result<(String, String), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{} not readable yet: {e}", path.display()))?;
-    let json: Value = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not JSON (yet?): {e}: {text:?}", path.display()))?;
-    let addr = str_field(&json, "apiAddr");
-    let id = str_field(&json, "instanceId");
-    if addr.is_empty() || id.is_empty() {
-        return Err(format!(
-            "{} lacks apiAddr or instanceId: {text}",
-            path.display()
-        ));
-    }
-    Ok((addr.to_string(), id.to_string()))
+    crate::server::read_ready_json(path, "apiAddr", "instanceId")
 }
 
 /// A TOML basic string.

@@ -29,11 +29,18 @@ impl Fleet {
     }
 
     pub fn start_with(run: RunId) -> Fleet {
+        Fleet::start_custom(run, |server, agent| agent.start_connected(server))
+    }
+
+    /// A fleet whose agent, once enrolled, is set up and started by `start`
+    /// (its config, data dir, server address or environment changed first);
+    /// `start` returns once the agent is connected.
+    pub fn start_custom(run: RunId, start: impl FnOnce(&Server, &mut Agent)) -> Fleet {
         let files = Scratch::new(&run);
         let image = TestImage::build(&run);
         let server = Server::start(&run);
         let mut agent = Agent::enroll(&server, &run);
-        agent.start_connected(&server);
+        start(&server, &mut agent);
         Fleet {
             agent,
             server,

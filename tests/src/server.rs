@@ -16,20 +16,29 @@ const READY: Duration = Duration::from_secs(30);
 
 /// The addresses a control plane writes to `<data-dir>/server.json` once it
 /// serves: `{"fleetAddr": "127.0.0.1:PORT", "adminAddr": "127.0.0.1:PORT"}`.
-pub(crate) fn read_server_json(path: &Path) -> Result<(String, String), String> {
+pub fn read_server_json(path: &Path) -> Result<(String, String), String> {
+    read_ready_json(path, "fleetAddr", "adminAddr")
+}
+
+/// Two non-empty string fields of a JSON file a process writes once it is
+/// ready; `Err` says what is missing so far (the file, its JSON, a field).
+pub(crate) fn read_ready_json(
+    path: &Path,
+    first: &str,
+    second: &str,
+) -> Result<(String, String), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{} not readable yet: {e}", path.display()))?;
     let json: Value = serde_json::from_str(&text)
         .map_err(|e| format!("{} is not JSON (yet?): {e}: {text:?}", path.display()))?;
-    let fleet = str_field(&json, "fleetAddr");
-    let admin = str_field(&json, "adminAddr");
-    if fleet.is_empty() || admin.is_empty() {
+    let (a, b) = (str_field(&json, first), str_field(&json, second));
+    if a.is_empty() || b.is_empty() {
         return Err(format!(
-            "{} lacks fleetAddr or adminAddr: {text}",
+            "{} lacks {first} or {second}: {text}",
             path.display()
         ));
     }
-    Ok((fleet.to_string(), admin.to_string()))
+    Ok((a.to_string(), b.to_string()))
 }
 
 /// The metrics address in `server.json`: `{"metricsAddr": "127.0.0.1:PORT"}`.

@@ -168,6 +168,13 @@ fn container_status<'a>(task: &'a Value, name: &str) -> &'a str {
     str_field(container_of(task, name), "lastStatus")
 }
 
+/// The task and its container `app` RUNNING after exactly one restart.
+fn restarted_once_and_running(t: &Value) -> bool {
+    restart_count(t, "app") == 1
+        && container_status(t, "app") == "RUNNING"
+        && str_field(t, "lastStatus") == "RUNNING"
+}
+
 /// Waits until `done` accepts the control plane's view of a task that
 /// should (go on) running; fails at once if the task is STOPPED instead (a
 /// stopped task never runs again).
@@ -309,11 +316,7 @@ fn a_control_plane_crash_loses_no_change_made_on_the_host_meanwhile() {
         &fleet.server,
         &crashy,
         "app restarted once and RUNNING",
-        |t| {
-            restart_count(t, "app") == 1
-                && container_status(t, "app") == "RUNNING"
-                && str_field(t, "lastStatus") == "RUNNING"
-        },
+        restarted_once_and_running,
     );
     assert_eq!(container_of(&c, "app")["exitCode"], 1, "{c}");
     assert_eq!(container_of(&c, "app")["runtimeId"], crashy_app.id.as_str());
@@ -355,23 +358,16 @@ fn a_control_plane_crash_loses_no_change_made_on_the_host_meanwhile() {
 
 #[test]
 fn a_blackholed_link_is_noticed_on_both_sides_and_heals() {
-    let run = RunId::new();
-    let files = Scratch::new(&run);
-    let image = TestImage::build(&run);
-    let server = Server::start(&run);
     // Enrolled with the server's own address (the certificate's names are
-    // 127.0.0.1), then pointed at the proxy.
-    let mut agent = Agent::enroll(&server, &run);
-    let proxy = Proxy::start(server.fleet_addr());
-    agent.set_server(&proxy.url());
-    agent.start_connected(&server);
-    let mut fleet = Fleet {
-        agent,
-        server,
-        image,
-        files,
-        run,
-    };
+    // 127.0.0.1), then pointed at the proxy. The proxy outlives the fleet.
+    let mut proxy = None;
+    let mut fleet = Fleet::start_custom(RunId::new(), |server, agent| {
+        let started = Proxy::start(server.fleet_addr());
+        agent.set_server(&started.url());
+        agent.start_connected(server);
+        proxy = Some(started);
+    });
+    let proxy = proxy.expect("start_custom ran the start closure");
     let instance = fleet.agent.instance_id().to_string();
     let meta = fleet.agent.api_get("/v1/metadata");
     assert_eq!(meta["server"], proxy.url().as_str(), "{meta}");
@@ -443,20 +439,10 @@ fn a_blackholed_link_is_noticed_on_both_sides_and_heals() {
 
 /// A fleet whose agent runs with `BERTH_FAILPOINTS=<point>`.
 fn fleet_with_failpoint(point: &str) -> Fleet {
-    let run = RunId::new();
-    let files = Scratch::new(&run);
-    let image = TestImage::build(&run);
-    let server = Server::start(&run);
-    let mut agent = Agent::enroll(&server, &run);
-    agent.start_with_env(&[("BERTH_FAILPOINTS", point)]);
-    server.wait_connected(agent.instance_id());
-    Fleet {
-        agent,
-        server,
-        image,
-        files,
-        run,
-    }
+    Fleet::start_custom(RunId::new(), |server, agent| {
+        agent.start_with_env(&[("BERTH_FAILPOINTS", point)]);
+        server.wait_connected(agent.instance_id());
+    })
 }
 
 /// Waits for the agent to abort at failpoint `point`; panics if it does not
@@ -802,11 +788,7 @@ fn a_docker_engine_restart_restarts_a_container_with_a_restart_policy_in_place()
         &fleet.server,
         &task_id,
         "app restarted in place once, RUNNING",
-        |t| {
-            restart_count(t, "app") == 1
-                && container_status(t, "app") == "RUNNING"
-                && str_field(t, "lastStatus") == "RUNNING"
-        },
+        restarted_once_and_running,
     );
     assert_eq!(container_of(&task, "app")["runtimeId"], before.id.as_str());
     let all = fleet.containers();
@@ -915,22 +897,13 @@ fn rewrite_boot_id(state_path: &Path) {
 #[test]
 fn a_full_store_is_reported_keeps_containers_running_and_catches_up() {
     let run = RunId::new();
-    let files = Scratch::new(&run);
-    let image = TestImage::build(&run);
-    let server = Server::start(&run);
     let small_dir = run.temp_dir("small");
     let small = Tmpfs::mount(small_dir.path(), "2m");
-    let mut agent = Agent::enroll(&server, &run);
-    agent.set_data_dir(small.path());
-    agent.start_connected(&server);
     // The agent drops (stops) before the tmpfs is unmounted.
-    let fleet = Fleet {
-        agent,
-        server,
-        image,
-        files,
-        run,
-    };
+    let fleet = Fleet::start_custom(run, |server, agent| {
+        agent.set_data_dir(small.path());
+        agent.start_connected(server);
+    });
     let instance = fleet.agent.instance_id().to_string();
     let state_path = small.path().join("state.json");
 

@@ -5,12 +5,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use berth_e2e::{
     Activation, Agent, Cli, DEADLINE, LONG_RUNNING, Proc, RunId, Scratch, Server, TestImage,
-    agent_bin, berth_bin, clean_command, describe_output, http_get, output_of, said, stdout_json,
-    str_field, task_def, wait_for,
+    agent_bin, berth_bin, clean_command, describe_output, http_get, output_of, read_server_json,
+    said, stdout_json, str_field, task_def, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -87,23 +87,6 @@ impl CustomServer {
     }
 }
 
-/// `(fleetAddr, adminAddr)` from `server.json`.
-fn read_server_json(path: &Path) -> Result<(String, String), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{} not readable yet: {e}", path.display()))?;
-    let json: Value = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not JSON (yet?): {e}", path.display()))?;
-    let fleet = str_field(&json, "fleetAddr");
-    let admin = str_field(&json, "adminAddr");
-    if fleet.is_empty() || admin.is_empty() {
-        return Err(format!(
-            "{} lacks fleetAddr or adminAddr: {text}",
-            path.display()
-        ));
-    }
-    Ok((fleet.to_string(), admin.to_string()))
-}
-
 /// `berth-agent enroll` of `agent` against `fleet_url` (any server).
 fn enroll_agent(agent: &Agent, fleet_url: &str, activation: &Activation) -> Output {
     let ca_hash = activation.ca_hash_arg();
@@ -154,24 +137,8 @@ fn chmod(path: &Path, mode: u32) {
 
 /// `YYYY-MM-DDTHH:MM:SS[.mmm]Z` (what `--json` prints) as a time.
 fn parse_utc(s: &str) -> SystemTime {
-    let bad = || -> ! { panic!("not an RFC 3339 UTC time: {s:?}") };
-    let num = |r: std::ops::Range<usize>| -> i64 {
-        s.get(r)
-            .and_then(|p| p.parse::<i64>().ok())
-            .unwrap_or_else(|| bad())
-    };
-    let (y, mo, d) = (num(0..4), num(5..7), num(8..10));
-    let (h, mi, sec) = (num(11..13), num(14..16), num(17..19));
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
-    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or_else(|_| bad()))
+    humantime::parse_rfc3339_weak(s)
+        .unwrap_or_else(|e| panic!("not an RFC 3339 UTC time: {s:?}: {e}"))
 }
 
 /// `certificate.notAfter` of `berth-agent status --json`.

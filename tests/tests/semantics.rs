@@ -19,8 +19,8 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use berth_e2e::{
-    Agent, DEADLINE, Fleet, RunId, Scratch, Server, TestImage, container_of, containers_of,
-    describe_output, docker, http_get, stdout_json, str_field, task_def, wait_for,
+    Agent, DEADLINE, Fleet, RunId, container_of, containers_of, describe_output, docker, http_get,
+    stdout_json, str_field, task_def, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -61,23 +61,13 @@ fn fleet() -> Fleet {
 
 /// [`fleet`], with `extra` (TOML lines) added to the agent's config.
 fn fleet_with_config(extra: &str) -> Fleet {
-    let run = RunId::new();
-    let files = Scratch::new(&run);
-    let image = TestImage::build(&run);
-    let server = Server::start(&run);
-    let mut agent = Agent::enroll(&server, &run);
-    keep_stopped_containers(&agent);
-    if !extra.is_empty() {
-        agent.configure(extra);
-    }
-    agent.start_connected(&server);
-    Fleet {
-        agent,
-        server,
-        image,
-        files,
-        run,
-    }
+    Fleet::start_custom(RunId::new(), |server, agent| {
+        keep_stopped_containers(agent);
+        if !extra.is_empty() {
+            agent.configure(extra);
+        }
+        agent.start_connected(server);
+    })
 }
 
 /// Replaces the harness' `container_cleanup_delay = "0s"` in the agent's

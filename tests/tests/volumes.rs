@@ -86,8 +86,7 @@ fn a_host_path_outside_the_allow_list_is_refused_naming_the_rule() {
     assert!(out.status.success(), "{}", berth_e2e::describe_output(&out));
     let task: Value = serde_json::from_slice(&out.stdout).expect("task JSON");
     let task_id = str_field(&task, "taskId").to_string();
-    let task = fleet.server.wait_task_status(&task_id, "STOPPED");
-    assert_eq!(str_field(&task, "stopCode"), "TaskFailedToStart", "{task}");
+    let (task, _) = fleet.server.wait_failed_to_start(&task_id);
     let reason = str_field(&task, "stoppedReason");
     assert!(
         reason.contains("allowed_host_paths") && reason.contains("/etc"),
@@ -177,8 +176,7 @@ fn a_host_port_already_taken_is_refused_before_any_container_is_created() {
     assert!(out.status.success(), "{}", berth_e2e::describe_output(&out));
     let task: Value = serde_json::from_slice(&out.stdout).expect("task JSON");
     let task_id = str_field(&task, "taskId").to_string();
-    let task = fleet.server.wait_task_status(&task_id, "STOPPED");
-    assert_eq!(str_field(&task, "stopCode"), "TaskFailedToStart", "{task}");
+    let (task, _) = fleet.server.wait_failed_to_start(&task_id);
     let reason = str_field(&task, "stoppedReason");
     assert!(
         reason.contains(&format!("{port}/tcp")) && reason.contains("already in use"),

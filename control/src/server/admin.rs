@@ -390,15 +390,7 @@ impl Admin for AdminService {
             .core
             .ca
             .issue_admin_cert(&req.csr_pem, &name, lifetime)
-            .map_err(|e| match e {
-                CaError::BadCsr(_) | CaError::AdminName(_) => {
-                    Status::invalid_argument(e.to_string())
-                }
-                other => {
-                    tracing::error!(error = %other, "cannot sign an admin certificate");
-                    Status::internal(other.to_string())
-                }
-            })?;
+            .map_err(|e| e.into_signing_status("an admin certificate"))?;
         // Recorded before it is handed out: a certificate the store does not
         // know is refused off loopback, and could not be revoked.
         let record = admin_cert_record(&issued, &name, berth_proto::now_ms());

@@ -83,6 +83,23 @@ pub enum CaError {
     AdminName(String),
 }
 
+impl CaError {
+    /// The gRPC status for a failed signing of `what` (a client or admin
+    /// certificate): the caller's request is at fault for a bad CSR or name,
+    /// the server (logged here) for anything else.
+    pub fn into_signing_status(self, what: &str) -> tonic::Status {
+        match self {
+            CaError::BadCsr(_) | CaError::AdminName(_) => {
+                tonic::Status::invalid_argument(self.to_string())
+            }
+            other => {
+                tracing::error!(error = %other, "cannot sign {what}");
+                tonic::Status::internal(other.to_string())
+            }
+        }
+    }
+}
+
 /// A certificate the CA issued: PEM, expiry and serial number.
 #[derive(Debug, Clone)]
 pub struct Issued {

@@ -162,13 +162,7 @@ impl Enrollment for EnrollmentService {
                 .ca
                 .issue_client_cert(&req.csr_pem, &instance_id, self.core.cert_lifetime)
                 .map(|issued| issued.pem)
-                .map_err(|e| match e {
-                    super::ca::CaError::BadCsr(_) => Status::invalid_argument(e.to_string()),
-                    other => {
-                        tracing::error!(error = %other, "cannot sign a client certificate");
-                        Status::internal(other.to_string())
-                    }
-                })?;
+                .map_err(|e| e.into_signing_status("a client certificate"))?;
             let host = req.host.unwrap_or_default();
             let new = NewInstance {
                 instance_id: instance_id.clone(),

@@ -176,13 +176,7 @@ impl Fleet for FleetService {
                 .core
                 .ca
                 .issue_client_cert(&req.csr_pem, &instance_id, self.core.cert_lifetime)
-                .map_err(|e| match e {
-                    super::ca::CaError::BadCsr(_) => Status::invalid_argument(e.to_string()),
-                    other => {
-                        tracing::error!(error = %other, "cannot sign a client certificate");
-                        Status::internal(other.to_string())
-                    }
-                })?;
+                .map_err(|e| e.into_signing_status("a client certificate"))?;
             let not_after_ms = issued.not_after_ms();
             info!(
                 not_after = %berth_proto::json::format_time_ms(not_after_ms).unwrap_or_default(),
