@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: prepares the machine, builds every binary, runs every
+# The test command: prepares the machine, checks formatting and lints
+# (cargo fmt --check, clippy -D warnings), builds every binary, runs every
 # unit, integration and end-to-end test.
 #
 #   scripts/test.sh [CARGO TEST ARGS…]
@@ -29,6 +30,13 @@ done
 
 echo "==> test: scripts/setup.sh"
 scripts/setup.sh
+
+# Style gates first: a formatting slip or a lint fails the run before the
+# long suites start.
+echo "==> test: cargo fmt --all --check"
+cargo fmt --all --check
+echo "==> test: cargo clippy --workspace --all-targets --locked -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> test: cargo build --workspace --bins --locked"
 cargo build --workspace --bins --locked
