@@ -550,3 +550,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fake_fleet;
