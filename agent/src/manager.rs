@@ -530,6 +530,166 @@ mod tests {
         }
     }
 
+    mod running {
+        //! The manager itself, on the in-memory runtime and a temporary
+        //! data dir.
+        use super::super::*;
+        use crate::runtime::fake::FakeRuntime;
+        use crate::supervisor::RUNNING;
+
+        const TASK: &str = "0123456789abcdef0123456789abcdef";
+        const DEADLINE: Duration = Duration::from_secs(30);
+
+        fn settings() -> Settings {
+            Settings {
+                instance_id: "i-test".into(),
+                pull_policy: crate::runtime::PullPolicy::Default,
+                default_stop_timeout: Duration::from_secs(1),
+                cleanup_delay: Duration::from_secs(3600),
+                policy: crate::policy::Policy::default(),
+                check_host_ports: false,
+            }
+        }
+
+        async fn start(rt: &FakeRuntime, dir: &Path) -> ManagerHandle {
+            Manager::start(
+                Arc::new(rt.clone()),
+                settings(),
+                dir,
+                true,
+                "boot-1",
+                Arc::new(AgentMetrics::default()),
+            )
+            .await
+            .expect("manager starts")
+        }
+
+        fn assignment(generation: u64) -> Assignment {
+            Assignment {
+                generation,
+                tasks: vec![DesiredTask {
+                    task_id: TASK.into(),
+                    task_definition_json: r#"{"family":"web","containerDefinitions":[
+                        {"name":"app","image":"img/app","memory":64}]}"#
+                        .into(),
+                    desired_status: RUNNING.into(),
+                    created_at_ms: 1,
+                    ..Default::default()
+                }],
+            }
+        }
+
+        fn on_disk(dir: &Path) -> PersistedState {
+            let bytes = std::fs::read(dir.join("state.json")).expect("state.json");
+            serde_json::from_slice(&bytes).expect("state.json parses")
+        }
+
+        async fn until(view: &mut watch::Receiver<View>, what: &str, f: impl FnMut(&View) -> bool) {
+            tokio::time::timeout(DEADLINE, view.wait_for(f))
+                .await
+                .unwrap_or_else(|_| panic!("{what} not within {DEADLINE:?}"))
+                .expect("manager alive");
+        }
+
+        fn running(v: &View) -> bool {
+            v.tasks
+                .iter()
+                .any(|t| t.task_id == TASK && t.last_status == RUNNING)
+        }
+
+        #[tokio::test]
+        async fn every_event_is_on_disk_before_anyone_can_see_it() {
+            let rt = FakeRuntime::new();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let handle = start(&rt, dir.path()).await;
+            let mut view = handle.view();
+            assert_eq!(handle.assign(assignment(3)).await, Some(3));
+            assert_eq!(
+                on_disk(dir.path()).generation,
+                3,
+                "persisted before the ack"
+            );
+            let mut seen = Vec::new();
+            loop {
+                tokio::time::timeout(DEADLINE, view.changed())
+                    .await
+                    .expect("a change within the deadline")
+                    .expect("manager alive");
+                let v = view.borrow_and_update().clone();
+                let disk = on_disk(dir.path());
+                assert!(
+                    disk.last_seq >= v.last_seq,
+                    "event {} visible before it was written (disk has {})",
+                    v.last_seq,
+                    disk.last_seq
+                );
+                for e in &v.outbox {
+                    assert!(
+                        disk.outbox.iter().any(|d| d.sequence == e.sequence),
+                        "outbox event {} not on disk",
+                        e.sequence
+                    );
+                }
+                seen.extend(v.outbox.iter().map(|e| e.sequence));
+                if running(&v) {
+                    break;
+                }
+            }
+            seen.dedup();
+            assert!(
+                seen.windows(2).all(|w| w[0] < w[1]),
+                "sequences increase: {seen:?}"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_restarted_manager_keeps_counting_and_adopts_instead_of_creating() {
+            let rt = FakeRuntime::new();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let handle = start(&rt, dir.path()).await;
+            let mut view = handle.view();
+            handle.assign(assignment(1)).await;
+            until(&mut view, "the task RUNNING", running).await;
+            let last = view.borrow().last_seq;
+            let creates = |rt: &FakeRuntime| {
+                rt.calls()
+                    .iter()
+                    .filter(|c| c.starts_with("create"))
+                    .count()
+            };
+            assert_eq!(creates(&rt), 1);
+
+            // The agent stops: the manager ends once nobody holds its handle.
+            drop(handle);
+            let ended =
+                tokio::time::timeout(DEADLINE, async { while view.changed().await.is_ok() {} })
+                    .await;
+            assert!(ended.is_ok(), "the manager did not end");
+
+            // And starts again on the same data dir and engine.
+            let handle = start(&rt, dir.path()).await;
+            let mut view = handle.view();
+            assert!(
+                view.borrow().last_seq >= last,
+                "the counter survived the restart"
+            );
+            assert_eq!(view.borrow().generation, 1);
+            until(&mut view, "the task RUNNING again", running).await;
+            let before = view.borrow().last_seq;
+            rt.exit(&rt.id_of("app").expect("the task's container"), 0);
+            until(&mut view, "the exit reported", |v| v.last_seq > before).await;
+            // Numbered after everything the first run sent.
+            let newest = view.borrow().outbox.last().map(|e| e.sequence);
+            assert!(newest.is_some_and(|s| s > last), "{newest:?} after {last}");
+            assert_eq!(
+                creates(&rt),
+                1,
+                "adopted, not created again: {:?}",
+                rt.calls()
+            );
+        }
+    }
+
     #[test]
     fn restarts_count_only_the_growth_of_restart_counts() {
         let task = |counts: &[(&str, u32)]| TaskState {
