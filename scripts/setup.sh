@@ -14,6 +14,10 @@
 #   their own instances of it on loopback ports. When this script installs the
 #   package it disables the system service the package may start on port
 #   5000: the tests never use it.
+# - postgresql: Debian's server binaries (/usr/lib/postgresql/*/bin); the
+#   tests run throwaway clusters of their own on loopback ports
+#   (tests/src/postgres.rs). When this script installs the package it stops
+#   and disables the cluster the package may start on port 5432.
 #
 # Runs as root, or through sudo when it must install or start something.
 # Exits non-zero naming the step that failed.
@@ -127,5 +131,21 @@ if [ ! -x "$REGISTRY_BIN" ]; then
     fi
 fi
 "$REGISTRY_BIN" --version >/dev/null 2>&1 || fail "check docker-registry" "$REGISTRY_BIN --version failed"
+
+# --- PostgreSQL -------------------------------------------------------------
+step "check PostgreSQL"
+have_initdb() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
+if ! have_initdb; then
+    apt_install postgresql || fail "install postgresql"
+    have_initdb || fail "install postgresql" "no /usr/lib/postgresql/*/bin/initdb after install"
+    # The package may start a system cluster on :5432; the tests run their
+    # own, so the one we just installed stays off.
+    if have_systemd; then
+        as_root systemctl disable --now postgresql >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/postgresql ]; then
+        as_root /etc/init.d/postgresql stop >/dev/null 2>&1 || true
+    fi
+fi
+id postgres >/dev/null 2>&1 || fail "check PostgreSQL" "no postgres system user (the package creates it)"
 
 step "done"

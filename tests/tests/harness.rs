@@ -92,3 +92,28 @@ fn wait_for_reports_the_last_state_on_timeout() {
         7
     );
 }
+
+#[test]
+fn a_throwaway_postgres_serves_its_own_databases_and_is_gone_on_drop() {
+    let run = RunId::new();
+    let (pid, port) = {
+        let pg = berth_e2e::Postgres::start(&run);
+        let name = format!("harness_{run}");
+        let url = pg.create_database(&name);
+        assert_eq!(
+            url,
+            format!("postgres://berth@127.0.0.1:{}/{name}", pg.port())
+        );
+        assert_eq!(pg.psql(&name, "SELECT 40 + 2"), "42");
+        (pg.pid(), pg.port())
+    };
+    wait_for(
+        "postgres to be gone after drop",
+        Duration::from_secs(60),
+        || (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(()),
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing listens on {port} any more"
+    );
+}
