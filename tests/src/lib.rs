@@ -88,7 +88,7 @@ pub use packages::{Packages, packages, target_dir};
 pub use process::Proc;
 pub use proxy::Proxy;
 pub use registry::{PushedImage, Registry, RegistryLogin};
-pub use server::{Activation, Cli, Server, read_server_json};
+pub use server::{Activation, Cli, Server, ServerOptions, read_server_json};
 pub use taskdef::{EXITS_ZERO, LONG_RUNNING, Scratch, container_of, task_def};
 pub use tmpfs::Tmpfs;
 pub use wait::{DEADLINE, Observe, wait_for};
