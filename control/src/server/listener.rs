@@ -552,7 +552,12 @@ impl Connected for Conn {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.io.connect_info()
+        // The peer as accepted: the key [`TrackStreams`] finds this
+        // connection by, even if the socket can no longer say it.
+        TcpConnectInfo {
+            local_addr: self.io.local_addr().ok(),
+            remote_addr: Some(self.entry.peer),
+        }
     }
 }
 
