@@ -56,7 +56,9 @@
 //! --bins` first (`scripts/test.sh` does). The registry is Debian's
 //! `docker-registry` (`scripts/setup.sh` installs it). The fault tests run
 //! as root: [`Dockerd`] needs `dockerd` and `unshare` (util-linux),
-//! [`Tmpfs`] needs `mount`.
+//! [`Tmpfs`] needs `mount`. A server under an open-file limit
+//! ([`ServerOptions::open_file_limit`]) is started through util-linux
+//! `prlimit`.
 
 mod agent;
 mod applied;

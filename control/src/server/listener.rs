@@ -721,7 +721,7 @@ where
 pub struct Budget {
     /// The open-file (soft) limit in force; `None`: unknown.
     pub open_file_limit: Option<u64>,
-    /// Connections each listener may hold, in the order asked.
+    /// Connections the fleet and the admin API may hold.
     pub fleet: usize,
     pub admin: usize,
 }
