@@ -24,6 +24,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tracing::info;
 
 use crate::addr::{AdminAddr, DEFAULT_ADMIN_ADDR};
+use crate::server::listener::ConnectionLimits;
 use crate::server::{
     DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, Server,
     ServerConfig,
@@ -202,6 +203,18 @@ pub struct ServerArgs {
     /// Log lines on stderr: text or json
     #[arg(long, env = "BERTH_SERVER_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Most connections the fleet API holds at once, from all addresses; one
+    /// more is closed at once (lowered to fit the open-file limit, with a warning)
+    #[arg(long, env = "BERTH_SERVER_MAX_CONNECTIONS", value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Most connections to the fleet API from one address (an IPv6 address
+    /// counts by its /64); agents behind one NAT share it
+    #[arg(long, env = "BERTH_SERVER_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: u32,
+    /// A fleet or admin connection without any call in progress for this long
+    /// is closed (an agent's session is a call; 1s to 24h)
+    #[arg(long, env = "BERTH_SERVER_IDLE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -382,6 +395,12 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect(),
+        connections: ConnectionLimits {
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            max_per_address: usize::try_from(args.max_connections_per_address)
+                .unwrap_or(usize::MAX),
+            idle_timeout: args.idle_timeout,
+        },
         ..ServerConfig::new(DEFAULT_DATA_DIR)
     };
     let signal = shutdown_signal()?;
@@ -1098,6 +1117,14 @@ mod tests {
                 assert_eq!(a.cert_lifetime, crate::server::DEFAULT_CERT_LIFETIME);
                 assert_eq!(a.admin_listen.to_string(), "127.0.0.1:7421");
                 assert_eq!(a.metrics_listen.to_string(), "127.0.0.1:7422");
+                // The flags' defaults are the library's.
+                let limits = ConnectionLimits::default();
+                assert_eq!(a.max_connections as usize, limits.max_connections);
+                assert_eq!(
+                    a.max_connections_per_address as usize,
+                    limits.max_per_address
+                );
+                assert_eq!(a.idle_timeout, limits.idle_timeout);
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -56,7 +56,9 @@
 //! --bins` first (`scripts/test.sh` does). The registry is Debian's
 //! `docker-registry` (`scripts/setup.sh` installs it). The fault tests run
 //! as root: [`Dockerd`] needs `dockerd` and `unshare` (util-linux),
-//! [`Tmpfs`] needs `mount`.
+//! [`Tmpfs`] needs `mount`. A server under an open-file limit
+//! ([`ServerOptions::open_file_limit`]) is started through util-linux
+//! `prlimit`.
 
 mod agent;
 mod applied;
@@ -90,7 +92,7 @@ pub use postgres::Postgres;
 pub use process::Proc;
 pub use proxy::Proxy;
 pub use registry::{PushedImage, Registry, RegistryLogin};
-pub use server::{Activation, Cli, Server, read_server_json};
+pub use server::{Activation, Cli, Server, ServerOptions, read_server_json};
 pub use taskdef::{EXITS_ZERO, LONG_RUNNING, Scratch, container_of, task_def};
 pub use tmpfs::Tmpfs;
 pub use wait::{DEADLINE, Observe, wait_for};

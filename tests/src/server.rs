@@ -234,17 +234,54 @@ pub struct Server {
     dir: tempfile::TempDir,
 }
 
+/// What [`Server::start_with`] adds to the harness's fixed command line.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Extra `berth server` arguments, after the harness's own.
+    pub args: Vec<String>,
+    /// Run the server under this open-file limit (soft and hard), through
+    /// util-linux `prlimit`.
+    pub open_file_limit: Option<u64>,
+}
+
+impl ServerOptions {
+    /// Options with these extra arguments.
+    pub fn args(args: &[&str]) -> ServerOptions {
+        ServerOptions {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            open_file_limit: None,
+        }
+    }
+}
+
 impl Server {
     /// Starts `berth server --data-dir <tmp> --listen 127.0.0.1:0
     /// --admin-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
     /// --heartbeat-interval 1s` and waits for its `server.json`.
     pub fn start(run: &RunId) -> Server {
+        Server::start_with(run, &ServerOptions::default())
+    }
+
+    /// [`Server::start`] with extra arguments and limits. A restart
+    /// ([`Server::restart`]) runs without them.
+    pub fn start_with(run: &RunId, options: &ServerOptions) -> Server {
         let dir = run.temp_dir("server");
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", data_dir.display()));
         let log = dir.path().join("server.log");
-        let mut cmd = clean_command(&berth_bin());
+        let mut cmd = match options.open_file_limit {
+            // prlimit sets its own limits, then executes the server: the pid
+            // is the server's.
+            Some(n) => {
+                let mut cmd = clean_command(Path::new("prlimit"));
+                cmd.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(berth_bin());
+                cmd
+            }
+            None => clean_command(&berth_bin()),
+        };
         cmd.arg("server").arg("--data-dir").arg(&data_dir).args([
             "--listen",
             "127.0.0.1:0",
@@ -255,6 +292,7 @@ impl Server {
             "--heartbeat-interval",
             "1s",
         ]);
+        cmd.args(&options.args);
         let mut proc = Proc::spawn("berth server", &mut cmd, &log);
         let ready = data_dir.join("server.json");
         let (fleet_addr, admin_addr) = wait_for(
@@ -313,6 +351,11 @@ impl Server {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The server process's pid (for /proc/PID).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
     }
 
     pub fn dir(&self) -> &Path {

@@ -18,16 +18,28 @@
 //! failed enrollments are counted per source address; every agent stream
 //! has a token bucket for its messages.
 //!
+//! Connections (see [`listener`] and [`admission`]): both gRPC listeners
+//! accept through [`listener::incoming`], which caps connections per source
+//! and in total (fitted into the open-file limit) and closes a connection
+//! without a call in progress after an idle timeout. HTTP/2 is bounded per
+//! connection ([`MAX_CONCURRENT_STREAMS`], [`MAX_HEADER_LIST_SIZE`],
+//! keepalive pings) and every unary call has a deadline
+//! ([`FLEET_REQUEST_TIMEOUT`], [`ADMIN_REQUEST_TIMEOUT`]); `Enrollment`
+//! calls in progress are capped per source and `Fleet` calls without a
+//! client certificate are refused before their body is read.
+//!
 //! State ownership: the store is the single source of truth for
 //! everything durable; [`Core`] adds the one piece of state that lives in
 //! memory only, the session registry (which agents are connected right now).
 
 pub mod admin;
+pub mod admission;
 pub mod ca;
 pub mod enroll;
 pub mod fleet;
 pub(crate) mod fsutil;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod placement;
 pub mod protocol;
@@ -49,7 +61,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::Status;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
@@ -97,6 +108,24 @@ pub const ADMIN_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an agent has to send Hello after opening its stream.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 streams one connection may have open at once (fleet and admin).
+pub const MAX_CONCURRENT_STREAMS: u32 = 64;
+/// Largest header block of a request (gRPC metadata is small).
+pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// HTTP/2 pings: how often, and how long an answer may take before the
+/// connection is closed.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of a fleet API call until its response starts: a unary call
+/// (Enroll, Renew) must have sent its whole request and been answered by
+/// then; a session (Connect) is answered at once and then bounded by
+/// [`HELLO_TIMEOUT`] and its heartbeats.
+pub const FLEET_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Deadline of an admin API call (all unary).
+pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections the admin API holds at once (per source and in all); its
+/// clients are operators' CLIs.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// How long shutdown waits for connections to drain.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The file the running server describes itself in.
@@ -139,6 +168,9 @@ pub struct ServerConfig {
     pub stream_rate: u32,
     /// Messages one agent stream may send at once.
     pub stream_burst: u32,
+    /// Connection caps and idle timeout of the fleet API; the idle timeout
+    /// also applies to the admin API.
+    pub connections: listener::ConnectionLimits,
 }
 
 impl ServerConfig {
@@ -157,6 +189,7 @@ impl ServerConfig {
             enroll_failures_per_minute: DEFAULT_ENROLL_FAILURES,
             stream_rate: DEFAULT_STREAM_RATE,
             stream_burst: DEFAULT_STREAM_BURST,
+            connections: listener::ConnectionLimits::default(),
         }
     }
 
@@ -518,6 +551,31 @@ impl Server {
         if let Some(adv) = &cfg.advertise {
             validate_advertise(adv)?;
         }
+        cfg.connections.validate().map_err(ServerError::Config)?;
+        let budget = listener::open_file_budget(
+            listener::raise_open_file_limit(),
+            cfg.connections.max_connections,
+            ADMIN_MAX_CONNECTIONS,
+        )
+        .map_err(ServerError::Config)?;
+        if budget.fleet < cfg.connections.max_connections {
+            warn!(
+                open_file_limit = budget.open_file_limit,
+                configured = cfg.connections.max_connections,
+                allowed = budget.fleet,
+                "the fleet API holds fewer connections than --max-connections asks: that many do not fit in the open-file limit; raise it (LimitNOFILE=, ulimit -n)"
+            );
+        }
+        let fleet_limits = listener::ConnectionLimits {
+            max_connections: budget.fleet,
+            max_per_address: cfg.connections.max_per_address.min(budget.fleet),
+            idle_timeout: cfg.connections.idle_timeout,
+        };
+        let admin_limits = listener::ConnectionLimits {
+            max_connections: budget.admin,
+            max_per_address: budget.admin,
+            idle_timeout: cfg.connections.idle_timeout,
+        };
         // tonic builds its rustls configs from the process default; there
         // must be exactly one, and berth uses ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -596,30 +654,45 @@ impl Server {
         let core = Arc::new(Core::new(store, ca, advertise, &cfg));
         let (stop_tx, stop_rx) = watch::channel(false);
 
-        let fleet_router = tonic::transport::Server::builder()
+        let fleet_conns = listener::Connections::new(
+            "fleet API",
+            fleet_limits,
+            "raise --max-connections-per-address or --max-connections (BERTH_SERVER_MAX_CONNECTIONS_PER_ADDRESS, BERTH_SERVER_MAX_CONNECTIONS) if these are legitimate peers",
+        );
+        let admin_conns = listener::Connections::new(
+            "admin API",
+            admin_limits,
+            "close idle CLI connections (the admin API's cap is fixed)",
+        );
+        let fleet_router = grpc_server(&fleet_conns, FLEET_REQUEST_TIMEOUT)
             .tls_config(tls)
             .map_err(|source| ServerError::Tls {
                 what: "fleet",
                 source,
             })?
-            .tcp_nodelay(true)
-            .add_service(
+            .add_service(admission::Admit::new(
                 EnrollmentServer::new(enroll::EnrollmentService::new(Arc::clone(&core)))
                     .max_decoding_message_size(ENROLL_MAX_MESSAGE),
-            )
-            .add_service(
+                admission::InFlightLimit::new(
+                    "enrollments",
+                    admission::ENROLL_IN_FLIGHT_PER_SOURCE,
+                    admission::ENROLL_IN_FLIGHT_TOTAL,
+                ),
+            ))
+            .add_service(admission::Admit::new(
                 FleetServer::new(fleet::FleetService::new(Arc::clone(&core)))
                     .max_decoding_message_size(FLEET_MAX_MESSAGE)
                     .max_encoding_message_size(FLEET_MAX_SEND),
-            );
+                admission::RequireClientCert,
+            ));
         let fleet_task = tokio::spawn(fleet_router.serve_with_incoming_shutdown(
-            TcpIncoming::from(fleet_listener),
+            listener::incoming(fleet_listener, fleet_conns),
             stopped(stop_rx.clone()),
         ));
         let admin_service = AdminServer::new(admin::AdminService::new(Arc::clone(&core)))
             .max_decoding_message_size(ADMIN_MAX_MESSAGE);
         let admin_router = if admin_tls {
-            tonic::transport::Server::builder()
+            grpc_server(&admin_conns, ADMIN_REQUEST_TIMEOUT)
                 .tls_config(admin_tls_config)
                 .map_err(|source| ServerError::Tls {
                     what: "admin",
@@ -627,12 +700,12 @@ impl Server {
                 })?
                 .add_service(admin::AdminGate::new(admin_service, Arc::clone(&core)))
         } else {
-            tonic::transport::Server::builder().add_service(admin_service)
+            grpc_server(&admin_conns, ADMIN_REQUEST_TIMEOUT).add_service(admin_service)
         };
-        let admin_task = tokio::spawn(
-            admin_router
-                .serve_with_incoming_shutdown(TcpIncoming::from(admin_listener), stopped(stop_rx)),
-        );
+        let admin_task = tokio::spawn(admin_router.serve_with_incoming_shutdown(
+            listener::incoming(admin_listener, admin_conns),
+            stopped(stop_rx),
+        ));
         if admin_tls {
             info!(admin = %admin_addr, "the admin API is not on loopback: it speaks TLS and accepts admin certificates only");
         }
@@ -852,6 +925,24 @@ impl Drop for RunningServer {
             task.abort();
         }
     }
+}
+
+/// A gRPC server builder with the bounds every listener shares: HTTP/2
+/// streams and headers per connection, keepalive pings, a deadline per
+/// call, and each call counted on its connection for the idle timeout.
+fn grpc_server(
+    conns: &Arc<listener::Connections>,
+    request_timeout: Duration,
+) -> tonic::transport::Server<
+    tower::layer::util::Stack<listener::TrackStreams, tower::layer::util::Identity>,
+> {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .timeout(request_timeout)
+        .layer(listener::TrackStreams::new(Arc::clone(conns)))
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
