@@ -28,7 +28,11 @@
 //! - Every way a task can bind a host path is a host path here: a volume's
 //!   `host.sourcePath`, and the `device` of a `local` Docker volume whose
 //!   `driverOpts` `o` holds `bind` or `rbind` ([`host_binds`]). A `device`
-//!   of any other local volume is a host block device (`allow_devices`).
+//!   of any other local volume is a host device (`allow_devices`) unless it
+//!   names a remote share (`host:/export`, `//server/share`); file system
+//!   types that show host paths or the host kernel (`overlay`, `proc`,
+//!   `sysfs`, `devtmpfs`, …) and mount options naming a host path are
+//!   refused whatever the policy.
 //! - A bind that overlaps the agent's data dir (inside it, or a directory
 //!   above it) is refused whatever `allowed_host_paths` says: the data dir
 //!   holds the agent's private key, and an operator who allows `/srv` may
@@ -615,12 +619,9 @@ fn check_local_driver_opts(
         );
     }
     match fs_type.as_deref() {
-        Some("overlay" | "aufs" | "bind" | "rbind") => {
+        Some(t) if HOST_VIEW_TYPES.contains(&t) => {
             return refuse(
-                format!(
-                    "mounts file system type {} over host paths",
-                    fs_type.as_deref().unwrap_or("")
-                ),
+                format!("mounts file system type {t}, a view of host paths or of the host kernel"),
                 "type",
             );
         }
@@ -635,8 +636,11 @@ fn check_local_driver_opts(
         }
         _ => {}
     }
+    // `server:/export` (nfs) and `//server/share` (cifs) are remote; any
+    // other device is a path on the host, relative ones to dockerd's `/`.
+    let remote = |d: &str| d.contains(':') || d.starts_with("//");
     if let Some(d) = device
-        && d.starts_with('/')
+        && !remote(d)
         && !policy.allow_devices
     {
         return Err(PolicyViolation::new(
@@ -652,6 +656,32 @@ fn check_local_driver_opts(
     }
     Ok(())
 }
+
+/// File system types whose mount shows host paths or the host kernel's
+/// objects (`proc` mounted by dockerd is the host's `/proc`): refused in
+/// driver options whatever the policy.
+const HOST_VIEW_TYPES: &[&str] = &[
+    "overlay",
+    "aufs",
+    "bind",
+    "rbind",
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "cgroup",
+    "cgroup2",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "bpf",
+    "configfs",
+    "efivarfs",
+    "pstore",
+    "binfmt_misc",
+    "fusectl",
+    "nsfs",
+];
 
 // ---------------------------------------------------------------------------
 // Host paths (`allowed_host_paths` and the data dir).
@@ -767,19 +797,40 @@ fn check_host_paths(def: &TaskDefinition, policy: &Policy) -> Result<(), PolicyV
 }
 
 /// Checks the host binds of container `container` of `def` right before it
-/// is (re)started: Docker resolves them again at every start.
+/// is (re)started: Docker resolves them again at every start. They are its
+/// own mount points' and those it takes through `volumesFrom` (from
+/// containers of the task, transitively).
 pub fn check_container_binds(
     def: &TaskDefinition,
     container: usize,
     policy: &Policy,
 ) -> Result<(), PolicyViolation> {
-    let Some(c) = def.container_definitions.get(container) else {
-        return Ok(());
+    let containers = &def.container_definitions;
+    let mut reached = vec![false; containers.len()];
+    let mut todo = vec![container];
+    while let Some(i) = todo.pop() {
+        if i >= containers.len() || std::mem::replace(&mut reached[i], true) {
+            continue;
+        }
+        for from in &containers[i].volumes_from {
+            if let Some(j) = containers
+                .iter()
+                .position(|c| c.name == from.source_container)
+            {
+                todo.push(j);
+            }
+        }
+    }
+    let mounted = |volume: &str| {
+        containers
+            .iter()
+            .zip(&reached)
+            .filter(|(_, r)| **r)
+            .any(|(c, _)| c.mount_points.iter().any(|m| m.source_volume == volume))
     };
     let roots = Roots::of(policy);
     for bind in host_binds(def) {
-        let name = &def.volumes[bind.volume].name;
-        if c.mount_points.iter().any(|m| &m.source_volume == name) {
+        if mounted(&def.volumes[bind.volume].name) {
             check_bind(def, &bind, policy, &roots).map_err(|mut v| {
                 v.container = container;
                 v
@@ -1399,6 +1450,39 @@ mod tests {
     }
 
     #[test]
+    fn binds_taken_through_volumes_from_are_checked_at_the_taker_start() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let policy = allowing(dir.path())?;
+        let allowed = dir.path().join("allowed");
+        std::fs::create_dir(allowed.join("flip"))?;
+        let mut def = bind_task(&format!("{}/flip", allowed.display()));
+        // init takes app's volumes, and a third container takes init's.
+        def.container_definitions[0].volumes_from = vec![berth_taskdef::VolumeFrom {
+            source_container: "app".to_owned(),
+            read_only: Some(true),
+        }];
+        let mut third = container("third");
+        third.volumes_from = vec![berth_taskdef::VolumeFrom {
+            source_container: "init".to_owned(),
+            read_only: None,
+        }];
+        def.container_definitions.push(third);
+        assert_eq!(check(&def, &policy), Ok(()));
+        std::fs::remove_dir(allowed.join("flip"))?;
+        std::os::unix::fs::symlink(allowed.join("data"), allowed.join("flip"))?;
+        for taker in [0, 1, 2] {
+            let v = check_container_binds(&def, taker, &policy).err();
+            assert!(
+                v.as_ref().is_some_and(
+                    |v| v.container == taker && v.to_string().contains("symbolic link")
+                ),
+                "container {taker}: {v:?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
     fn a_bind_inside_another_bind_of_the_task_is_refused() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         let policy = allowing(dir.path())?;
@@ -1659,6 +1743,19 @@ mod tests {
         assert!(v.to_string().contains("lowerdir"), "{v}");
         let def = opts_task(None, &[("type", "overlay"), ("o", "lowerdir=etc")], "task");
         assert_eq!(violation(&def, &devices).rule, Rule::AllowVolumeDriverOpts);
+        // A relative device is a host path too (dockerd's cwd is `/`), and
+        // kernel views are refused whatever the policy.
+        let def = opts_task(None, &[("type", "ext4"), ("device", "dev/sda1")], "task");
+        assert_eq!(violation(&def, &policy).rule, Rule::AllowDevices);
+        for fs in ["proc", "sysfs", "devtmpfs", "cgroup2"] {
+            let def = opts_task(None, &[("type", fs), ("device", fs)], "task");
+            let v = violation(&def, &devices);
+            assert_eq!(v.rule, Rule::AllowVolumeDriverOpts, "{fs}");
+            assert_eq!(
+                v.path,
+                "volumes[0].dockerVolumeConfiguration.driverOpts.type"
+            );
+        }
         // A network file system: the operator opened options.
         let def = opts_task(
             None,
