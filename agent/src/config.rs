@@ -123,9 +123,11 @@ pub struct Config {
     /// Allow `dockerVolumeConfiguration.driverOpts`. Default false: with the
     /// `local` driver they mount any host path (`type=none,o=bind,device=…`)
     /// or block device. When true, a bind `device` is still checked against
-    /// `allowed_host_paths` and the data dir, any other absolute `device`
-    /// needs `allow_devices`, a tmpfs takes no device, and no mount option
-    /// may name a host path.
+    /// `allowed_host_paths` and the data dir, any other local `device`
+    /// (not `host:/export` or `//server/share`) needs `allow_devices`, a
+    /// tmpfs takes no device, and file system types that show the host
+    /// (`overlay`, `proc`, `sysfs`, …) or mount options naming a host path
+    /// are refused.
     pub allow_volume_driver_opts: bool,
     /// Existing Docker volumes that `scope: shared` volumes may mount
     /// although berth did not create them (berth labels the shared volumes
