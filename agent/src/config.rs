@@ -106,7 +106,8 @@ pub struct Config {
     /// source must exist, and no component below the allowed path may be a
     /// symbolic link (checked before every container start); `..` is
     /// refused. A path that overlaps `data_dir` is refused whatever this
-    /// list says. An allowed path itself may be a symbolic link.
+    /// list says. An allowed path itself may be a symbolic link, unless it
+    /// lies under another allowed path (the outermost one is walked).
     ///
     /// Default `["/srv", "/var/lib/berth-volumes"]`: ECS task definitions
     /// with host volumes work out of the box when their data lives where

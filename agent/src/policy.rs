@@ -24,7 +24,9 @@
 //!   any symbolic link (`openat(O_PATH|O_NOFOLLOW)` from the root's
 //!   directory): a missing component, a symbolic link or `..` anywhere below
 //!   the root refuses the bind. The root itself (the operator's) may be a
-//!   link. `/srv2` is not under `/srv`.
+//!   link; of nested roots the outermost is walked, so an inner root that a
+//!   task replaced through a bind of the outer one is seen. `/srv2` is not
+//!   under `/srv`.
 //! - Every way a task can bind a host path is a host path here: a volume's
 //!   `host.sourcePath`, and the `device` of a `local` Docker volume whose
 //!   `driverOpts` `o` holds `bind` or `rbind` ([`host_binds`]). A `device`
@@ -883,6 +885,9 @@ fn check_bind(
     if let Some(dir) = roots.protected_overlap(&lexical) {
         return Err(data_dir(dir));
     }
+    // The outermost allowed root the path is under: were an inner one a
+    // symbolic link a task swapped in through a bind of the outer one, the
+    // walk from the outer one sees it.
     let root = path
         .is_absolute()
         .then(|| {
@@ -896,7 +901,7 @@ fn check_bind(
                         .find_map(|r| lexical.strip_prefix(r).ok())?;
                     Some((lex.components().count(), below, real, configured))
                 })
-                .max_by_key(|(depth, ..)| *depth)
+                .min_by_key(|(depth, ..)| *depth)
         })
         .flatten();
     let Some((_, below, real_root, configured)) = root else {
@@ -1406,6 +1411,15 @@ mod tests {
         };
         assert_eq!(check(&bind_task(&path("root-link/real")), &linked), Ok(()));
         assert_eq!(check(&bind_task(&path("allowed/real")), &linked), Ok(()));
+        // Nested roots: the outer one is walked, so an inner root that a
+        // task replaced by a link (through a bind of the outer) is seen.
+        std::os::unix::fs::symlink(dir.path().join("secret"), allowed.join("inner"))?;
+        let nested = Policy {
+            allowed_host_paths: vec![allowed.clone(), allowed.join("inner")],
+            ..policy.clone()
+        };
+        let v = violation(&bind_task(&path("allowed/inner")), &nested);
+        assert!(v.to_string().contains("symbolic link"), "{v}");
         // A missing root is named.
         let missing = Policy {
             allowed_host_paths: vec![dir.path().join("nowhere")],
