@@ -1447,15 +1447,16 @@ mod tests {
             );
             mine.finished().await;
         }
+        // No start, stop or removal of anything: this agent's own containers
+        // were never created (the names are taken).
         let touched: Vec<String> = rt.calls()[calls_before..]
             .iter()
-            .filter(|c| c.contains(&app))
+            .filter(|c| {
+                c.starts_with("start ") || c.starts_with("stop ") || c.starts_with("remove ")
+            })
             .cloned()
             .collect();
-        assert!(
-            touched.iter().all(|c| c.starts_with("inspect")),
-            "{touched:?}"
-        );
+        assert!(touched.is_empty(), "{touched:?}");
         let info = rt.container(&app).expect("still there");
         assert_eq!(info.state, RunState::Running);
         assert_eq!(
