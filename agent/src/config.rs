@@ -28,7 +28,10 @@ use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{DEFAULT_ALLOWED_HOST_PATHS, Policy};
+use crate::policy::{
+    DEFAULT_ALLOWED_HOST_PATHS, DEFAULT_ALLOWED_LOG_DRIVERS, DEFAULT_ALLOWED_VOLUME_DRIVERS,
+    Policy, owned,
+};
 use crate::runtime::PullPolicy;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/agent.toml";
@@ -84,10 +87,9 @@ pub struct Config {
     // Agent policy (see `crate::policy`): what a task may ask of the host.
     /// Allow `privileged: true` containers (root on the host). Default false.
     pub allow_privileged: bool,
-    /// Allow `networkMode: host`. Default true: bridge, host and none are all
-    /// standard ECS network modes, and a container on the host network gets
-    /// no privilege over the host beyond its ports; set false on hosts where
-    /// tasks must not see the host's interfaces.
+    /// Allow `networkMode: host`. Default false: a container on the host
+    /// network sees the host's interfaces and every service bound to its
+    /// loopback (the agent's local API among them).
     pub allow_host_network: bool,
     /// Allow `pidMode: host` and `ipcMode: host`. Default false.
     pub allow_host_pid_ipc: bool,
@@ -99,9 +101,13 @@ pub struct Config {
     /// Allow `dockerSecurityOptions` other than `no-new-privileges` (which is
     /// always allowed, since it only takes privileges away). Default false.
     pub allow_security_options: bool,
-    /// Absolute host paths under which `host.sourcePath` bind mounts are
-    /// allowed (symbolic links and `..` are resolved before comparing). A
-    /// path that overlaps `data_dir` is refused whatever this list says.
+    /// Absolute host paths under which host bind mounts (`host.sourcePath`,
+    /// and the `device` of a `local` volume with `o=bind`) are allowed. A
+    /// source must exist, and no component below the allowed path may be a
+    /// symbolic link (checked before every container start); `..` is
+    /// refused. A path that overlaps `data_dir` is refused whatever this
+    /// list says. An allowed path itself may be a symbolic link, unless it
+    /// lies under another allowed path (the outermost one is walked).
     ///
     /// Default `["/srv", "/var/lib/berth-volumes"]`: ECS task definitions
     /// with host volumes work out of the box when their data lives where
@@ -112,6 +118,31 @@ pub struct Config {
     /// other users' sockets (ssh-agent, X11) and is shared with everything
     /// on the host. An empty list refuses every host path.
     pub allowed_host_paths: Vec<PathBuf>,
+    /// Docker volume drivers a `dockerVolumeConfiguration.driver` may name
+    /// (no driver is `local`). Default `["local"]`.
+    pub allowed_volume_drivers: Vec<String>,
+    /// Allow `dockerVolumeConfiguration.driverOpts`. Default false: with the
+    /// `local` driver they mount any host path (`type=none,o=bind,device=…`)
+    /// or block device. When true, a bind `device` is still checked against
+    /// `allowed_host_paths` and the data dir, any other local `device`
+    /// (not `host:/export` or `//server/share`) needs `allow_devices`, a
+    /// tmpfs takes no device, and file system types that show the host
+    /// (`overlay`, `proc`, `sysfs`, …) or mount options naming a host path
+    /// are refused.
+    pub allow_volume_driver_opts: bool,
+    /// Existing Docker volumes that `scope: shared` volumes may mount
+    /// although berth did not create them (berth labels the shared volumes
+    /// it creates `berth.shared=1`). Default empty.
+    pub allowed_shared_volumes: Vec<String>,
+    /// Log drivers a `logConfiguration.logDriver` may name. Default
+    /// `["json-file", "local", "journald", "none"]`: the drivers that write
+    /// on the host; the others make the Docker daemon send container output
+    /// over the network from the host.
+    pub allowed_log_drivers: Vec<String>,
+    /// Allow log options (`*-address`, `*-url`, …) that point at a unix
+    /// socket or a loopback, link-local or unspecified address of the host.
+    /// Default false.
+    pub allow_log_driver_addresses: bool,
 
     // Registry credentials (see the module docs).
     /// Docker CLI config whose `auths` give credentials for registries
@@ -190,10 +221,12 @@ impl Default for Config {
             allowed_capabilities: Vec::new(),
             allow_devices: false,
             allow_security_options: false,
-            allowed_host_paths: DEFAULT_ALLOWED_HOST_PATHS
-                .iter()
-                .map(PathBuf::from)
-                .collect(),
+            allowed_host_paths: owned(DEFAULT_ALLOWED_HOST_PATHS),
+            allowed_volume_drivers: owned(DEFAULT_ALLOWED_VOLUME_DRIVERS),
+            allow_volume_driver_opts: false,
+            allowed_shared_volumes: Vec::new(),
+            allowed_log_drivers: owned(DEFAULT_ALLOWED_LOG_DRIVERS),
+            allow_log_driver_addresses: false,
             docker_config: None,
             registries: BTreeMap::new(),
         }
@@ -219,6 +252,11 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("allow_devices", Kind::Bool),
     ("allow_security_options", Kind::Bool),
     ("allowed_host_paths", Kind::List),
+    ("allowed_volume_drivers", Kind::List),
+    ("allow_volume_driver_opts", Kind::Bool),
+    ("allowed_shared_volumes", Kind::List),
+    ("allowed_log_drivers", Kind::List),
+    ("allow_log_driver_addresses", Kind::Bool),
     ("docker_config", Kind::Str),
 ];
 
@@ -338,6 +376,17 @@ impl Config {
             {
                 return Err(format!(
                     "allowed_capabilities {cap:?}: expected a capability name such as NET_ADMIN, or ALL"
+                ));
+            }
+        }
+        for (key, list) in [
+            ("allowed_volume_drivers", &self.allowed_volume_drivers),
+            ("allowed_shared_volumes", &self.allowed_shared_volumes),
+            ("allowed_log_drivers", &self.allowed_log_drivers),
+        ] {
+            if let Some(bad) = list.iter().find(|item| !is_plain_name(item.trim())) {
+                return Err(format!(
+                    "{key} {bad:?}: expected a name of letters, digits, '.', '_', '-', ':' or '/'"
                 ));
             }
         }
@@ -465,6 +514,11 @@ impl Config {
             allow_security_options: self.allow_security_options,
             allowed_host_paths: self.allowed_host_paths.clone(),
             protected_host_paths: vec![self.data_dir.clone()],
+            allowed_volume_drivers: trimmed(&self.allowed_volume_drivers),
+            allow_volume_driver_opts: self.allow_volume_driver_opts,
+            allowed_shared_volumes: trimmed(&self.allowed_shared_volumes),
+            allowed_log_drivers: trimmed(&self.allowed_log_drivers),
+            allow_log_driver_addresses: self.allow_log_driver_addresses,
         }
     }
 
@@ -716,6 +770,20 @@ fn parse_docker_config(text: &str) -> Result<(Vec<(String, DockerCredentials)>, 
 }
 
 /// A TOML key as written in a file: bare when it can be, else quoted.
+/// The items of a policy name list, trimmed.
+fn trimmed(items: &[String]) -> Vec<String> {
+    items.iter().map(|i| i.trim().to_owned()).collect()
+}
+
+/// A driver or volume name: `local`, `vieux/sshfs:latest`, `db-data`.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'))
+}
+
 fn toml_key(key: &str) -> String {
     let bare = !key.is_empty()
         && key
@@ -900,6 +968,37 @@ mod tests {
         );
         let cfg = parse("", &[("BERTH_ALLOWED_HOST_PATHS", "")]).expect("valid");
         assert!(cfg.allowed_host_paths.is_empty(), "empty = no host paths");
+    }
+
+    #[test]
+    fn volume_and_log_policy_keys_come_from_file_and_env() {
+        let cfg = parse("", &[]).expect("defaults");
+        let policy = cfg.policy();
+        assert_eq!(policy.allowed_volume_drivers, vec!["local".to_owned()]);
+        assert!(!policy.allow_volume_driver_opts && !policy.allow_log_driver_addresses);
+        assert!(policy.allowed_shared_volumes.is_empty());
+        assert_eq!(
+            policy.allowed_log_drivers,
+            vec!["json-file", "local", "journald", "none"]
+        );
+        let cfg = parse(
+            "allowed_volume_drivers = [\"local\", \"vieux/sshfs:latest\"]\nallow_volume_driver_opts = true\nallowed_log_drivers = [\"syslog\"]\n",
+            &[
+                ("BERTH_ALLOWED_SHARED_VOLUMES", "pgdata, cache"),
+                ("BERTH_ALLOW_LOG_DRIVER_ADDRESSES", "true"),
+            ],
+        )
+        .expect("valid");
+        let policy = cfg.policy();
+        assert_eq!(
+            policy.allowed_volume_drivers,
+            vec!["local".to_owned(), "vieux/sshfs:latest".to_owned()]
+        );
+        assert!(policy.allow_volume_driver_opts && policy.allow_log_driver_addresses);
+        assert_eq!(policy.allowed_shared_volumes, vec!["pgdata", "cache"]);
+        assert_eq!(policy.allowed_log_drivers, vec!["syslog"]);
+        let err = parse("allowed_log_drivers = [\"json file\"]\n", &[]).expect_err("space");
+        assert!(err.to_string().contains("allowed_log_drivers"), "{err}");
     }
 
     #[test]

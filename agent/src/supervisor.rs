@@ -401,7 +401,17 @@ impl Supervisor {
         }
     }
 
-    /// Finds containers that already exist: by recorded id, else by name.
+    /// Whether `info` is a container of this task made by this agent: both
+    /// `berth.task-id` and `berth.instance-id` are ours (another agent on a
+    /// shared engine may run a task of the same id, SPEC §2).
+    fn is_own(&self, info: &ContainerInfo) -> bool {
+        info.labels.get(LABEL_TASK_ID).map(String::as_str) == Some(self.task_id())
+            && info.labels.get(LABEL_INSTANCE_ID).map(String::as_str)
+                == Some(self.settings.instance_id.as_str())
+    }
+
+    /// Finds containers that already exist: by recorded id, else by name;
+    /// either only when it carries this task's and this agent's labels.
     async fn adopt(&mut self) {
         for i in 0..self.containers.len() {
             let name = self.spec(&self.containers[i].def).name;
@@ -411,11 +421,17 @@ impl Supervisor {
                 found = self.rt.inspect(&recorded).await.ok().flatten();
             }
             if found.is_none() {
-                found = self.rt.inspect(&name).await.ok().flatten().filter(|info| {
-                    info.labels.get(LABEL_TASK_ID).map(String::as_str) == Some(self.task_id())
-                });
+                found = self.rt.inspect(&name).await.ok().flatten();
+            }
+            let foreign = found.take_if(|info| !self.is_own(info));
+            if let Some(info) = &foreign {
+                warn!(container = %self.containers[i].def.name, id = %info.id, "a container of this name or id belongs to another task or agent; not adopted");
             }
             match found {
+                None if foreign.is_some() => {
+                    // Never ours: forget the id, so nothing here touches it.
+                    self.containers[i].state.runtime_id.clear();
+                }
                 Some(info) => {
                     debug!(container = %self.containers[i].def.name, id = %info.id, "adopted existing container");
                     // Whether it still has to be started is the prior
@@ -518,7 +534,12 @@ impl Supervisor {
             &self.state.task_id,
             &self.settings.instance_id,
         );
-        for (i, volume) in volumes {
+        for (i, mut volume) in volumes {
+            volume.foreign_allowed = self
+                .settings
+                .policy
+                .allowed_shared_volumes
+                .contains(&volume.name);
             if let Err(e) = self.rt.ensure_volume(&volume).await {
                 self.fail_to_start(i, format!("CannotCreateVolumeError: {e}"))
                     .await;
@@ -547,6 +568,23 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// The host binds of container `idx`, checked on the host right before
+    /// the engine (re)starts it (off the async threads: it walks paths).
+    async fn check_binds(&self, idx: usize) -> Result<(), crate::policy::PolicyViolation> {
+        let (def, policy) = (self.definition.clone(), self.settings.policy.clone());
+        if crate::policy::host_binds(&def).is_empty() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || {
+            crate::policy::check_container_binds(&def, idx, &policy)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "host path check did not complete");
+            crate::policy::check_container_binds(&self.definition, idx, &self.settings.policy)
+        })
     }
 
     async fn fail_to_start(&mut self, idx: usize, reason: String) {
@@ -720,6 +758,9 @@ impl Supervisor {
         // Already running (adopted after a crash between start and record).
         if running {
             debug!(container = %name, "container already running");
+        } else if let Err(violation) = self.check_binds(i).await {
+            self.fail_to_start(i, violation.to_string()).await;
+            return;
         } else if let Err(e) = self.rt.start(&id).await {
             self.fail_to_start(i, format!("CannotStartContainerError: {e}"))
                 .await;
@@ -948,6 +989,19 @@ impl Supervisor {
             let ran_ms = berth_proto::now_ms() - self.containers[idx].last_start_ms;
             if ran_ms < 1000 {
                 tokio::time::sleep(Duration::from_millis((1000 - ran_ms).max(0) as u64)).await;
+            }
+            if let Err(violation) = self.check_binds(idx).await {
+                // Docker would resolve the host paths again: a path that
+                // changed under the task is never mounted.
+                let reason = format!("{name}: not restarted: {violation}");
+                warn!(container = %name, %reason, "restart refused by the agent policy");
+                let c = &mut self.containers[idx].state;
+                c.last_status = STOPPED.into();
+                c.exit_code = exit_code.map(|c| c as i32);
+                c.reason = violation.to_string();
+                self.publish().await;
+                self.stop_all(ESSENTIAL_CONTAINER_EXITED, &reason).await;
+                return;
             }
             match self.rt.start(&id).await {
                 Ok(()) => {
@@ -1372,6 +1426,45 @@ mod tests {
         assert_eq!(rt.count(), 2);
     }
 
+    #[tokio::test]
+    async fn adoption_ignores_a_container_of_another_instance() {
+        // Another agent on the same engine runs a task of the same id.
+        let rt = FakeRuntime::new();
+        let mut other_settings = settings(false);
+        other_settings.instance_id = "i-other".into();
+        let mut other = Harness::start(&rt, other_settings, def(), None);
+        let running = other.until("RUNNING", |s| s.last_status == RUNNING).await;
+        let app = rt.id_of("app").expect("app");
+        let calls_before = rt.calls().len();
+
+        // This agent is handed the same task id, by name and by recorded id.
+        for prior in [None, Some(running)] {
+            let mut mine = Harness::start(&rt, settings(false), def(), prior);
+            let st = mine.until_status(STOPPED).await;
+            assert!(
+                st.containers.iter().all(|c| c.runtime_id != app),
+                "the other agent's container must not be recorded: {st:?}"
+            );
+            mine.finished().await;
+        }
+        // No start, stop or removal of anything: this agent's own containers
+        // were never created (the names are taken).
+        let touched: Vec<String> = rt.calls()[calls_before..]
+            .iter()
+            .filter(|c| {
+                c.starts_with("start ") || c.starts_with("stop ") || c.starts_with("remove ")
+            })
+            .cloned()
+            .collect();
+        assert!(touched.is_empty(), "{touched:?}");
+        let info = rt.container(&app).expect("still there");
+        assert_eq!(info.state, RunState::Running);
+        assert_eq!(
+            info.labels.get(LABEL_INSTANCE_ID).map(String::as_str),
+            Some("i-other")
+        );
+    }
+
     #[test]
     fn task_health_rules() {
         assert_eq!(
@@ -1522,7 +1615,9 @@ mod prepare_tests {
         });
         let rt = FakeRuntime::new();
         rt.set_log_drivers(&["json-file", "none"]);
-        let mut r = run(&rt, settings(false), task(vec![app]));
+        let mut s = settings(false);
+        s.policy.allowed_log_drivers.push("fluentd".into());
+        let mut r = run(&rt, s, task(vec![app]));
         let st = r.until_status(STOPPED).await;
         assert_eq!(st.stop_code, TASK_FAILED_TO_START);
         assert!(
@@ -1572,6 +1667,22 @@ mod prepare_tests {
         Ok(())
     }
 
+    /// Settings whose policy allows host paths under `dir` (an existing
+    /// `dir/site` included).
+    fn allowing(dir: &std::path::Path) -> Settings {
+        let mut s = settings(false);
+        s.policy.allowed_host_paths = vec![dir.to_path_buf()];
+        s
+    }
+
+    fn volume_task_in(dir: &std::path::Path) -> TaskDefinition {
+        let mut def = volume_task();
+        def.volumes[1].host = Some(HostVolume {
+            source_path: Some(format!("{}/site", dir.display())),
+        });
+        def
+    }
+
     fn volume_task() -> TaskDefinition {
         let mount = |volume: &str, path: &str, read_only: bool| MountPoint {
             source_volume: volume.into(),
@@ -1617,11 +1728,15 @@ mod prepare_tests {
     }
 
     #[tokio::test]
-    async fn volumes_are_created_before_containers_and_task_ones_removed_after() {
+    async fn volumes_are_created_before_containers_and_task_ones_removed_after()
+    -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("site"))?;
+        let site = format!("{}/site", dir.path().display());
         let rt = FakeRuntime::new();
-        let mut s = settings(false);
+        let mut s = allowing(dir.path());
         s.policy.allow_host_pid_ipc = true;
-        let mut r = run(&rt, s, volume_task());
+        let mut r = run(&rt, s, volume_task_in(dir.path()));
         r.until_status(RUNNING).await;
 
         let scratch = "berth-web-scratch-0123456789ab";
@@ -1649,7 +1764,7 @@ mod prepare_tests {
                     read_only: false,
                 },
                 Mount {
-                    source: MountSource::Bind("/srv/site".into()),
+                    source: MountSource::Bind(site.clone()),
                     target: "/site".into(),
                     read_only: true,
                 },
@@ -1679,35 +1794,155 @@ mod prepare_tests {
             .iter()
             .rposition(|c| c.starts_with("remove ") && !c.starts_with("remove volume"));
         assert!(removed_volume > last_container_removal, "{calls:?}");
+        let db = rt.volumes().get("db").map(|v| v.labels.clone());
+        assert_eq!(
+            db.and_then(|l| l.get(crate::runtime::LABEL_SHARED).cloned())
+                .as_deref(),
+            Some("1"),
+            "an autoprovisioned shared volume is marked as berth's"
+        );
+        Ok(())
     }
 
     #[tokio::test]
-    async fn a_missing_shared_volume_without_autoprovision_fails_the_task() {
-        let mut def = volume_task();
+    async fn a_missing_shared_volume_without_autoprovision_fails_the_task() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("site"))?;
+        let settings = |_| allowing(dir.path());
+        let mut def = volume_task_in(dir.path());
         def.pid_mode = None;
         if let Some(config) = def.volumes[2].docker_volume_configuration.as_mut() {
             config.autoprovision = Some(false);
         }
+        // Fails to start with a reason holding `needles`; nothing created.
+        async fn refused(rt: &FakeRuntime, s: Settings, def: TaskDefinition, needles: &[&str]) {
+            let mut r = run(rt, s, def);
+            let st = r.until_status(STOPPED).await;
+            assert_eq!(st.stop_code, TASK_FAILED_TO_START);
+            for needle in needles {
+                assert!(st.stopped_reason.contains(needle), "{}", st.stopped_reason);
+            }
+            assert!(!rt.calls().iter().any(|c| c.starts_with("create")));
+        }
+        /// An engine where the shared volume `db` exists with `labels`.
+        fn with_db(labels: &[(&str, &str)]) -> FakeRuntime {
+            let rt = FakeRuntime::new();
+            rt.add_volume(VolumeSpec {
+                name: "db".into(),
+                scope: VolumeScope::Shared,
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ..Default::default()
+            });
+            rt
+        }
+        let missing = "writer: CannotCreateVolumeError: shared volume db does not exist";
+        refused(
+            &FakeRuntime::new(),
+            settings(false),
+            def.clone(),
+            &[missing],
+        )
+        .await;
+
+        // Once the operator has created it, it is still not berth's: refused
+        // until the policy names it.
+        let foreign = ["berth did not create it", "allowed_shared_volumes"];
+        refused(&with_db(&[]), settings(false), def.clone(), &foreign).await;
+        let mut s = settings(false);
+        s.policy.allowed_shared_volumes = vec!["db".into()];
+        run(&with_db(&[]), s, def.clone())
+            .until_status(RUNNING)
+            .await;
+
+        // One berth created (labelled) is used as it is.
+        let rt = with_db(&[(crate::runtime::LABEL_SHARED, "1")]);
+        run(&rt, settings(false), def).until_status(RUNNING).await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_link_swapped_in_before_a_restart_stops_the_task_unrestarted() -> std::io::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        let (allowed, data) = (dir.path().join("allowed"), dir.path().join("data"));
+        std::fs::create_dir_all(allowed.join("flip"))?;
+        std::fs::create_dir(&data)?;
+        let mut s = allowing(&allowed);
+        s.policy.protected_host_paths = vec![data.clone()];
+        let mut app = container("app");
+        app.restart_policy = Some(berth_taskdef::RestartPolicy {
+            enabled: true,
+            ignored_exit_codes: Vec::new(),
+            restart_attempt_period: Some(0),
+        });
+        app.mount_points = vec![MountPoint {
+            source_volume: "flip".into(),
+            container_path: "/h".into(),
+            read_only: Some(true),
+        }];
+        let mut def = task(vec![app]);
+        def.volumes = vec![Volume {
+            name: "flip".into(),
+            host: Some(HostVolume {
+                source_path: Some(format!("{}/flip", allowed.display())),
+            }),
+            ..Default::default()
+        }];
         let rt = FakeRuntime::new();
-        let mut r = run(&rt, settings(false), def.clone());
+        let mut r = run(&rt, s, def);
+        r.until_status(RUNNING).await;
+        let id = rt.id_of("app").expect("app");
+        // The checked start, then one restart while the link is a directory.
+        rt.exit(&id, 1);
+        r.until("a restart", |s| s.containers[0].restart_count == 1)
+            .await;
+
+        std::fs::remove_dir(allowed.join("flip"))?;
+        std::os::unix::fs::symlink(&data, allowed.join("flip"))?;
+        rt.exit(&id, 1);
+        let st = r.until_status(STOPPED).await;
+        assert_eq!(st.stop_code, ESSENTIAL_CONTAINER_EXITED);
+        for part in [
+            "not restarted",
+            "allowed_host_paths",
+            "symbolic link",
+            "/flip",
+        ] {
+            assert!(
+                st.stopped_reason.contains(part),
+                "{part}: {}",
+                st.stopped_reason
+            );
+        }
+        let starts = rt
+            .calls()
+            .iter()
+            .filter(|c| c.as_str() == "start app")
+            .count();
+        assert_eq!(starts, 2, "not started again: {:?}", rt.calls());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_bind_missing_at_the_first_start_fails_the_task() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut def = volume_task_in(dir.path());
+        def.pid_mode = None;
+        let rt = FakeRuntime::new();
+        let mut r = run(&rt, allowing(dir.path()), def);
         let st = r.until_status(STOPPED).await;
         assert_eq!(st.stop_code, TASK_FAILED_TO_START);
         assert!(
-            st.stopped_reason
-                .starts_with("writer: CannotCreateVolumeError: shared volume db does not exist"),
+            st.stopped_reason.contains("does not exist")
+                && st.stopped_reason.contains("allowed_host_paths"),
             "{}",
             st.stopped_reason
         );
-        assert!(!rt.calls().iter().any(|c| c.starts_with("create")));
-
-        // Once the operator has created it, the task runs.
-        let rt = FakeRuntime::new();
-        rt.add_volume(VolumeSpec {
-            name: "db".into(),
-            scope: VolumeScope::Shared,
-            ..Default::default()
-        });
-        let mut r = run(&rt, settings(false), def);
-        r.until_status(RUNNING).await;
+        assert!(!dir.path().join("site").exists(), "never created");
+        nothing_pulled_or_created(&rt);
+        Ok(())
     }
 }

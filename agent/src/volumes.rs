@@ -17,9 +17,13 @@
 //!   id>` (like containers) and labelled `berth.task-id`, `berth.instance-id`
 //!   and `berth.volume-name`, next to the definition's own labels (berth's
 //!   win on a clash).
-//! - Shared volumes use the definition's volume name as the Docker volume name
-//!   and carry only the definition's labels, as in ECS: several tasks (and
-//!   agents) may use the same one.
+//! - Shared volumes use the definition's volume name as the Docker volume name,
+//!   as in ECS: several tasks (and agents) may use the same one. One that
+//!   berth creates (`autoprovision`) is labelled `berth.shared=1` and
+//!   `berth.shared-by=<instance id>` next to the definition's labels
+//!   (berth's win); an existing volume without `berth.shared` is mounted only
+//!   when the policy's `allowed_shared_volumes` names it, so a task cannot
+//!   reach another workload's volume by its name.
 //!
 //! # Limitations
 //! - Everything here is pure: whether a volume exists is for the runtime to
@@ -31,8 +35,8 @@ use berth_taskdef::{ContainerDefinition, TaskDefinition, Volume};
 use tracing::warn;
 
 use crate::runtime::{
-    LABEL_INSTANCE_ID, LABEL_TASK_ID, LABEL_VOLUME_NAME, Mount, MountSource, VolumeScope,
-    VolumeSpec,
+    LABEL_INSTANCE_ID, LABEL_SHARED, LABEL_SHARED_BY, LABEL_TASK_ID, LABEL_VOLUME_NAME, Mount,
+    MountSource, VolumeScope, VolumeSpec,
 };
 use crate::supervisor::{container_name, short_id};
 
@@ -64,13 +68,17 @@ pub fn resolve(
     let shared = config.and_then(|c| c.scope.as_deref()) == Some("shared");
     if shared {
         let config = config.cloned().unwrap_or_default();
+        let mut labels = config.labels;
+        labels.insert(LABEL_SHARED.to_owned(), "1".to_owned());
+        labels.insert(LABEL_SHARED_BY.to_owned(), instance_id.to_owned());
         return Resolved::Volume(VolumeSpec {
             name: volume.name.clone(),
             scope: VolumeScope::Shared,
             driver: config.driver,
             driver_opts: config.driver_opts,
-            labels: config.labels,
+            labels,
             autoprovision: config.autoprovision.unwrap_or(false),
+            foreign_allowed: false,
         });
     }
     let mut labels: BTreeMap<String, String> = config.map(|c| c.labels.clone()).unwrap_or_default();
@@ -84,6 +92,7 @@ pub fn resolve(
         driver_opts: config.map(|c| c.driver_opts.clone()).unwrap_or_default(),
         labels,
         autoprovision: true,
+        foreign_allowed: false,
     })
 }
 
@@ -289,8 +298,12 @@ mod tests {
         assert!(shared.autoprovision);
         assert_eq!(
             shared.labels,
-            BTreeMap::from([("team".to_owned(), "a".to_owned())]),
-            "shared volumes carry only the definition's labels"
+            BTreeMap::from([
+                ("team".to_owned(), "a".to_owned()),
+                (LABEL_SHARED.to_owned(), "1".to_owned()),
+                (LABEL_SHARED_BY.to_owned(), "i-1".to_owned()),
+            ]),
+            "shared volumes carry the definition's labels and berth's mark"
         );
     }
 

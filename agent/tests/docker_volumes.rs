@@ -13,8 +13,8 @@ use std::process::Command;
 
 use berth_agent::ports::{self, Protocol};
 use berth_agent::runtime::{
-    ContainerSpec, LABEL_INSTANCE_ID, LABEL_VOLUME_NAME, Mount, MountSource, Runtime, RuntimeError,
-    RuntimeEvent, VolumeScope, VolumeSpec,
+    ContainerSpec, LABEL_INSTANCE_ID, LABEL_SHARED, LABEL_VOLUME_NAME, Mount, MountSource, Runtime,
+    RuntimeError, RuntimeEvent, VolumeScope, VolumeSpec,
 };
 use berth_taskdef::{ContainerDefinition, PortMapping, TaskDefinition};
 use common::{DEADLINE, Fixture, LABEL_TEST_RUN};
@@ -48,6 +48,7 @@ impl Fixture {
                 (LABEL_VOLUME_NAME.to_owned(), name.to_owned()),
             ]),
             autoprovision,
+            foreign_allowed: false,
         }
     }
 
@@ -187,10 +188,31 @@ async fn host_binds_are_writable_or_read_only() {
     );
     assert!(!dir.path().join("ro.txt").exists());
     let raw = docker_json(&["inspect", "--type", "container", &ro.name]).expect("inspect");
-    assert_eq!(
-        raw["HostConfig"]["Binds"],
-        serde_json::json!([format!("{host}:/host:ro")])
+    assert!(
+        raw["HostConfig"]["Binds"].is_null(),
+        "{}",
+        raw["HostConfig"]
     );
+    assert_eq!(raw["HostConfig"]["Mounts"][0]["Type"], "bind");
+    assert_eq!(raw["HostConfig"]["Mounts"][0]["Source"], host.as_str());
+    assert_eq!(raw["HostConfig"]["Mounts"][0]["ReadOnly"], true);
+
+    // A missing host path is refused by the engine, never created.
+    let missing = dir.path().join("missing").to_string_lossy().into_owned();
+    let spec = fx.shell_spec(
+        "missing",
+        "true",
+        vec![Mount {
+            source: MountSource::Bind(missing.clone()),
+            target: "/host".to_owned(),
+            read_only: false,
+        }],
+    );
+    match fx.runtime.create(&spec).await {
+        Err(e) => assert!(e.to_string().contains(&missing), "{e}"),
+        Ok(id) => panic!("a bind of a missing path was created: {id}"),
+    }
+    assert!(!dir.path().join("missing").exists(), "never created");
 }
 
 #[tokio::test]
@@ -210,11 +232,23 @@ async fn shared_volumes_are_used_created_or_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Not berth's (no berth.shared label): refused unless the policy names it.
     let mut spec = fx.volume(&existing, VolumeScope::Shared, false);
+    match fx.runtime.ensure_volume(&spec).await {
+        Err(e @ RuntimeError::ForeignSharedVolume(_)) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(&existing) && text.contains("allowed_shared_volumes"),
+                "{text}"
+            );
+        }
+        other => panic!("a foreign shared volume: {other:?}"),
+    }
+    spec.foreign_allowed = true;
     fx.runtime
         .ensure_volume(&spec)
         .await
-        .expect("existing shared volume");
+        .expect("existing shared volume the policy names");
     spec.driver = Some("local".to_owned());
     fx.runtime.ensure_volume(&spec).await.expect("same driver");
     spec.driver = Some("berth-test-no-such-driver".to_owned());
@@ -246,12 +280,18 @@ async fn shared_volumes_are_used_created_or_refused() {
     let provisioned = fx.name("provisioned");
     let mut spec = fx.volume(&provisioned, VolumeScope::Shared, true);
     spec.labels.insert("team".to_owned(), "a".to_owned());
+    spec.labels.insert(LABEL_SHARED.to_owned(), "1".to_owned());
     fx.runtime
         .ensure_volume(&spec)
         .await
         .expect("autoprovision");
     let inspected = docker_json(&["volume", "inspect", &provisioned]).expect("provisioned");
     assert_eq!(inspected["Labels"]["team"], "a");
+    // Labelled as berth's: the next task uses it as it is.
+    fx.runtime
+        .ensure_volume(&spec)
+        .await
+        .expect("a shared volume berth created");
 }
 
 #[tokio::test]

@@ -137,8 +137,16 @@ pub fn agent_runs(def: &TaskDefinition, task_id: &str) {
         allow_security_options: true,
         allowed_host_paths: vec![PathBuf::from("/")],
         protected_host_paths: vec![PathBuf::from("/var/lib/berth")],
+        allowed_volume_drivers: vec!["local".to_owned()],
+        allow_volume_driver_opts: true,
+        allowed_shared_volumes: Vec::new(),
+        allowed_log_drivers: vec!["syslog".to_owned(), "fluentd".to_owned()],
+        allow_log_driver_addresses: false,
     };
     let _ = policy::check(def, &open).map_err(|e| e.to_string());
+    for i in 0..def.container_definitions.len() {
+        let _ = policy::check_container_binds(def, i, &open).map_err(|e| e.to_string());
+    }
 
     // Start order: a permutation in which every container comes after what
     // it depends on (validation refuses unknown targets and cycles).

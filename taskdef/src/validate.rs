@@ -486,6 +486,18 @@ fn check_volumes<'a>(def: &'a TaskDefinition, r: &mut Report) -> HashSet<&'a str
             if d.driver.as_deref() == Some("") {
                 r.err(key(&dp, "driver"), "must not be empty");
             }
+            if scope == "shared" && v.name.starts_with("berth-") {
+                r.err(
+                    key(&p, "name"),
+                    "a shared volume is the Docker volume of that name, and berth- names are berth's own task volumes; pick a name without the berth- prefix",
+                );
+            }
+            for k in d.labels.keys().filter(|k| k.starts_with("berth.")) {
+                r.err(
+                    key(&key(&dp, "labels"), k),
+                    "label names starting with `berth.` are reserved for the labels the agent sets",
+                );
+            }
         }
         r.refuse(
             key(&p, "efsVolumeConfiguration"),

@@ -276,7 +276,7 @@ fn enroll_sh_installs_the_deb_under_systemd_and_runs_tasks() {
     let host = Host::boot(&run, &rootfs(), packages().dir());
     let mut leftovers = Leftovers {
         instance_id: None,
-        volume: format!("berth-e2e-install-{run}"),
+        volume: format!("e2e-install-{run}"),
     };
 
     // --- enroll ---------------------------------------------------------

@@ -99,7 +99,7 @@ fn a_host_path_outside_the_allow_list_is_refused_naming_the_rule() {
 fn a_shared_volume_outlives_its_task_and_a_task_volume_does_not() {
     let fleet = Fleet::start();
     let family = fleet.family("vols");
-    let shared = format!("berth-e2e-shared-{}", fleet.run);
+    let shared = format!("e2e-shared-{}", fleet.run);
     let _cleanup = VolumeGuard(shared.clone());
     let file = with_volumes(
         &fleet,

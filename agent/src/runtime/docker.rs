@@ -24,10 +24,10 @@
 //!
 //! # Limitations
 //! - Only unix sockets (`unix://` in `DOCKER_HOST`).
-//! - Host paths are bind-mounted through `Binds` (so Docker creates a missing
-//!   host directory, as it does for ECS), Docker volumes through `Mounts`; a
-//!   host or container path containing `:` cannot be expressed in `Binds` and
-//!   is refused at create.
+//! - Host paths and Docker volumes are both mounted through `Mounts`
+//!   (`type=bind`, `type=volume`): unlike `Binds`, a bind mount there never
+//!   makes the Engine create a missing host directory, it refuses it. The
+//!   agent's policy checks each host path right before every start.
 //! - The Engine keeps a bounded buffer of past events (256 in moby); an event
 //!   outage long and busy enough to overflow it loses events, which the
 //!   caller's re-inspection after `Resync` covers.
@@ -57,7 +57,7 @@ use futures_util::stream::{BoxStream, StreamExt};
 use tracing::{debug, info, warn};
 
 use super::{
-    ContainerInfo, ContainerSpec, Health, LABEL_CONTAINER_NAME, LABEL_INSTANCE_ID,
+    ContainerInfo, ContainerSpec, Health, LABEL_CONTAINER_NAME, LABEL_INSTANCE_ID, LABEL_SHARED,
     LABEL_TASK_FAMILY, MountSource, PortBinding, PullPolicy, RunState, Runtime, RuntimeError,
     RuntimeEvent, VolumeScope, VolumeSpec,
 };
@@ -473,6 +473,12 @@ impl Runtime for DockerRuntime {
             return self.create_volume(spec).await;
         }
         match self.docker.inspect_volume(&spec.name).await {
+            Ok(existing)
+                if !spec.foreign_allowed
+                    && existing.labels.get(LABEL_SHARED).map(String::as_str) != Some("1") =>
+            {
+                Err(RuntimeError::ForeignSharedVolume(spec.name.clone()))
+            }
             Ok(existing) => match &spec.driver {
                 Some(wanted) if *wanted != existing.driver => {
                     Err(RuntimeError::VolumeDriverMismatch {
@@ -809,7 +815,7 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, S
     let (memory_swap, memory_swappiness) = swap_settings(def, memory)?;
 
     let (exposed_ports, port_bindings) = ports(def, network_mode)?;
-    let (binds, mounts) = mounts(spec)?;
+    let mounts = mounts(spec);
 
     let stop_timeout = def
         .stop_timeout
@@ -900,7 +906,6 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, S
         }),
         security_opt: non_empty(def.docker_security_options.clone()),
         links: non_empty(def.links.iter().map(|l| docker_link(spec, l)).collect()),
-        binds,
         mounts,
         volumes_from: non_empty(
             spec.volumes_from
@@ -1061,37 +1066,25 @@ fn ports(
     ))
 }
 
-/// `HostConfig.Binds` and `HostConfig.Mounts`.
-type BindsAndMounts = (Option<Vec<String>>, Option<Vec<DockerMount>>);
-
-/// `Binds` for host paths (`/host:/container[:ro]`; Docker creates a missing
-/// host directory, as ECS users expect) and `Mounts` for Docker volumes.
-fn mounts(spec: &ContainerSpec) -> Result<BindsAndMounts, String> {
-    let mut binds = Vec::new();
-    let mut volumes = Vec::new();
+/// `HostConfig.Mounts` for host paths (`type=bind`: the Engine refuses a
+/// missing host path instead of creating it, as `Binds` would) and Docker
+/// volumes.
+fn mounts(spec: &ContainerSpec) -> Option<Vec<DockerMount>> {
+    let mut mounts = Vec::new();
     for mount in &spec.mounts {
-        match &mount.source {
-            MountSource::Bind(host_path) => {
-                for path in [host_path, &mount.target] {
-                    if path.contains(':') {
-                        return Err(format!(
-                            "mount path {path:?} contains ':', which docker cannot bind-mount"
-                        ));
-                    }
-                }
-                let mode = if mount.read_only { ":ro" } else { "" };
-                binds.push(format!("{host_path}:{}{mode}", mount.target));
-            }
-            MountSource::Volume(name) => volumes.push(DockerMount {
-                target: Some(mount.target.clone()),
-                source: Some(name.clone()),
-                typ: Some(MountType::VOLUME),
-                read_only: Some(mount.read_only),
-                ..Default::default()
-            }),
-        }
+        let (typ, source) = match &mount.source {
+            MountSource::Bind(host_path) => (MountType::BIND, host_path),
+            MountSource::Volume(name) => (MountType::VOLUME, name),
+        };
+        mounts.push(DockerMount {
+            target: Some(mount.target.clone()),
+            source: Some(source.clone()),
+            typ: Some(typ),
+            read_only: Some(mount.read_only),
+            ..Default::default()
+        });
     }
-    Ok((non_empty(binds), non_empty(volumes)))
+    non_empty(mounts)
 }
 
 fn parse_port_range(range: &str) -> Option<(u16, u16)> {
@@ -1558,22 +1551,28 @@ mod tests {
         s.pid_mode = Some("host".to_owned());
         s.ipc_mode = Some("none".to_owned());
         let host = create_body(&s)?.host_config.unwrap_or_default();
-        assert_eq!(
-            host.binds,
-            Some(vec![
-                "/srv/data:/data:ro".to_owned(),
-                "/srv/logs:/logs".to_owned()
-            ])
-        );
+        assert_eq!(host.binds, None, "binds go through Mounts, never Binds");
         let mounts = host.mounts.unwrap_or_default();
-        assert_eq!(mounts.len(), 1);
-        assert_eq!(mounts[0].typ, Some(MountType::VOLUME));
+        let seen: Vec<String> = mounts
+            .iter()
+            .map(|m| {
+                format!(
+                    "{:?} {} {} ro={}",
+                    m.typ,
+                    m.source.as_deref().unwrap_or(""),
+                    m.target.as_deref().unwrap_or(""),
+                    m.read_only.unwrap_or(false)
+                )
+            })
+            .collect();
         assert_eq!(
-            mounts[0].source.as_deref(),
-            Some("berth-web-scratch-1a2b3c4d")
+            seen,
+            vec![
+                "Some(BIND) /srv/data /data ro=true",
+                "Some(BIND) /srv/logs /logs ro=false",
+                "Some(VOLUME) berth-web-scratch-1a2b3c4d /scratch ro=false",
+            ]
         );
-        assert_eq!(mounts[0].target.as_deref(), Some("/scratch"));
-        assert_eq!(mounts[0].read_only, Some(false));
         assert_eq!(
             host.volumes_from,
             Some(vec![
@@ -1592,15 +1591,16 @@ mod tests {
         );
         assert_eq!((host.pid_mode, host.ipc_mode), (None, None));
 
-        // `Binds` cannot carry a colon in a path.
+        // `Mounts` carries any path, a colon included.
         let mut s = spec(def());
         s.mounts = vec![Mount {
             source: MountSource::Bind("/srv/a:b".to_owned()),
             target: "/data".to_owned(),
             read_only: false,
         }];
-        let err = create_body(&s).err().unwrap_or_default();
-        assert!(err.contains("/srv/a:b"), "{err}");
+        let host = create_body(&s)?.host_config.unwrap_or_default();
+        let mounts = host.mounts.unwrap_or_default();
+        assert_eq!(mounts[0].source.as_deref(), Some("/srv/a:b"));
         Ok(())
     }
 

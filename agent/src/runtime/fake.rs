@@ -17,8 +17,8 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::{
-    ContainerInfo, ContainerSpec, LABEL_INSTANCE_ID, PullPolicy, RunState, Runtime, RuntimeError,
-    RuntimeEvent, VolumeScope, VolumeSpec,
+    ContainerInfo, ContainerSpec, LABEL_INSTANCE_ID, LABEL_SHARED, PullPolicy, RunState, Runtime,
+    RuntimeError, RuntimeEvent, VolumeScope, VolumeSpec,
 };
 
 /// What the fake engine offers as log drivers until told otherwise.
@@ -275,6 +275,13 @@ impl Runtime for FakeRuntime {
         let mut inner = self.lock();
         inner.calls.push(format!("volume {}", spec.name));
         match inner.volumes.get(&spec.name) {
+            Some(existing)
+                if spec.scope == VolumeScope::Shared
+                    && !spec.foreign_allowed
+                    && existing.labels.get(LABEL_SHARED).map(String::as_str) != Some("1") =>
+            {
+                Err(RuntimeError::ForeignSharedVolume(spec.name.clone()))
+            }
             Some(existing) => {
                 let existing_driver = existing.driver.as_deref().unwrap_or("local");
                 match spec.driver.as_deref() {

@@ -32,6 +32,11 @@ pub const LABEL_INSTANCE_ID: &str = "berth.instance-id";
 /// Labels berth puts on every task-scoped volume it creates, next to
 /// [`LABEL_TASK_ID`] and [`LABEL_INSTANCE_ID`]: the definition's volume name.
 pub const LABEL_VOLUME_NAME: &str = "berth.volume-name";
+/// Label of every shared volume berth creates (`1`): only such volumes, or
+/// those the policy's `allowed_shared_volumes` names, are mounted.
+pub const LABEL_SHARED: &str = "berth.shared";
+/// The instance id of the agent that created a shared volume.
+pub const LABEL_SHARED_BY: &str = "berth.shared-by";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -56,6 +61,12 @@ pub enum RuntimeError {
         "shared volume {0} does not exist on this host and its dockerVolumeConfiguration has autoprovision false; create it (docker volume create {0}) or set autoprovision to true"
     )]
     NoSuchVolume(String),
+    /// A shared volume exists but berth did not create it (no
+    /// [`LABEL_SHARED`]) and the policy does not name it.
+    #[error(
+        "shared volume {0} exists on this host but berth did not create it (it has no berth.shared label), so it may belong to another workload; to let tasks on this host mount it, add \"{0}\" to allowed_shared_volumes in the agent config (or BERTH_ALLOWED_SHARED_VOLUMES)"
+    )]
+    ForeignSharedVolume(String),
     /// A shared volume exists, but with another driver than the definition asks for.
     #[error(
         "shared volume {name} already exists with driver {existing}, but the task definition asks for driver {wanted}"
@@ -119,7 +130,8 @@ pub struct Mount {
 /// Where a mount comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountSource {
-    /// A host path (`host.sourcePath`), bind-mounted.
+    /// A host path (`host.sourcePath`), bind-mounted; it must exist (the
+    /// engine refuses a missing one rather than creating it).
     Bind(String),
     /// A Docker volume, by its Docker name.
     Volume(String),
@@ -148,6 +160,9 @@ pub struct VolumeSpec {
     /// Shared scope only: create the volume when it does not exist. Task
     /// scope always creates.
     pub autoprovision: bool,
+    /// Shared scope only: an existing volume without [`LABEL_SHARED`] may be
+    /// used (the policy's `allowed_shared_volumes` names it).
+    pub foreign_allowed: bool,
 }
 
 /// Coarse container state as the engine reports it.
@@ -243,7 +258,9 @@ pub trait Runtime: Send + Sync + 'static {
     fn events(&self, instance_id: &str) -> BoxStream<'static, RuntimeEvent>;
     /// Makes the volume `spec` describes available. Task scope: created
     /// (an existing one is reused, so an agent restart is harmless). Shared
-    /// scope: an existing volume is used as it is (a different driver is
+    /// scope: an existing volume is used as it is when it carries
+    /// [`LABEL_SHARED`] or `foreign_allowed` is set (else
+    /// [`RuntimeError::ForeignSharedVolume`]; a different driver is
     /// [`RuntimeError::VolumeDriverMismatch`]); a missing one is created
     /// when `autoprovision` is set, else [`RuntimeError::NoSuchVolume`].
     async fn ensure_volume(&self, spec: &VolumeSpec) -> Result<(), RuntimeError>;
