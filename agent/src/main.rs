@@ -39,10 +39,15 @@ enum Command {
         activation_id: String,
         #[arg(long)]
         activation_code: String,
-        /// SHA-256 of the fleet CA (from `berth token create`); the server
-        /// must present that CA or nothing is sent.
-        #[arg(long)]
+        /// SHA-256 of the fleet CA, sha256:<hex> (from the line `berth token
+        /// create` prints); the server must present that CA or nothing is
+        /// sent. Required unless --insecure-skip-ca-pin.
+        #[arg(long, value_name = "sha256:HEX")]
         ca_hash: Option<String>,
+        /// Enroll without --ca-hash: trust whatever CA the server presents
+        /// (the activation code goes to whoever answers at --server).
+        #[arg(long)]
+        insecure_skip_ca_pin: bool,
         #[arg(long, env = "BERTH_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Enroll again even if this host already is.
@@ -169,9 +174,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             activation_id,
             activation_code,
             ca_hash,
+            insecure_skip_ca_pin,
             config,
             force,
         } => {
+            // Checked before anything else: a line without the pin is wrong
+            // whether or not this host is enrolled.
+            let pin =
+                berth_agent::identity::CaPin::from_args(ca_hash.as_deref(), insecure_skip_ca_pin)
+                    .map_err(anyhow::Error::msg)?;
             let cfg = Config::load(&config)?;
             if let Some(existing) = berth_agent::identity::enrolled(&cfg.data_dir)?
                 && !force
@@ -182,25 +193,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            let pin = match ca_hash {
-                Some(h) => {
-                    let hex = h.strip_prefix("sha256:").unwrap_or(&h).to_lowercase();
-                    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                        bail!("--ca-hash {h:?}: expected sha256:<64 hex digits>");
-                    }
-                    Some(hex)
-                }
-                None => {
-                    eprintln!("warning: no --ca-hash given; trusting the server's CA on first use");
-                    None
-                }
-            };
+            if pin == berth_agent::identity::CaPin::SkipInsecure {
+                eprintln!(
+                    "warning: --insecure-skip-ca-pin: trusting whatever CA {server} presents; the activation code is sent to whoever answers there"
+                );
+            }
             let id = berth_agent::identity::enroll(
                 &cfg.data_dir,
                 &server,
                 &activation_id,
                 &activation_code,
-                pin,
+                &pin,
             )
             .await?;
             Config::write_server(&config, &server)?;
