@@ -61,6 +61,14 @@ pub fn write_atomic_owned(
     result
 }
 
+/// Sets the process umask to 0077: whatever this process creates without
+/// an explicit mode (SQLite's database files, logs) is private to its
+/// user. Returns the previous umask.
+pub fn private_umask() -> u32 {
+    use nix::sys::stat::{Mode, umask};
+    umask(Mode::from_bits_truncate(0o077)).bits()
+}
+
 /// Creates `dir` (and its parents) with mode 0700 when missing. Returns
 /// whether an existing directory is open to group or others.
 pub fn create_private_dir(dir: &Path) -> io::Result<bool> {
