@@ -2,22 +2,29 @@
 //! certificate out.
 //!
 //! Order matters: the source address is checked against its recent
-//! failures first (at most [`DEFAULT_ENROLL_FAILURES`] a minute, then
-//! RESOURCE_EXHAUSTED without looking at the request), then the activation
-//! (a wrong code learns nothing about the activation; the code's SHA-256 is
-//! compared in constant time), its use, expiry and hostname binding, then
-//! the CSR (a broken CSR does not burn the activation), then the activation
-//! is consumed and the instance created in one transaction (two hosts racing
-//! for one activation: one wins). Every attempt counts as a failure of its
-//! source address until it succeeds (so parallel attempts cannot slip past
-//! the limit together); a refusal changes nothing stored.
+//! failures first (at most [`DEFAULT_ENROLL_FAILURES`] a minute per IPv4
+//! address or IPv6 /64, then RESOURCE_EXHAUSTED without looking further),
+//! then the activation id against its own (after [`ACTIVATION_FAILURES`]
+//! failed attempts in [`ACTIVATION_FAILURE_WINDOW`] the activation is
+//! locked: the right code is refused too, whatever the source), then the
+//! activation (a wrong code learns nothing about the activation; the code's
+//! SHA-256 is compared in constant time), its use, expiry and hostname
+//! binding, then the CSR (a broken CSR does not burn the activation), then
+//! the activation is consumed and the instance created in one transaction
+//! (two hosts racing for one activation: one wins). Every attempt counts as
+//! a failure of its source address and of its activation id until it
+//! succeeds (so parallel attempts cannot slip past the limits together); a
+//! refusal changes nothing stored. Counting per activation as well is what
+//! lets the per-address limit be generous: hosts behind one NAT or load
+//! balancer share an address, and one of them typing a wrong code must not
+//! lock the others out.
 //! The activation code is never logged.
 //!
 //! [`DEFAULT_ENROLL_FAILURES`]: super::DEFAULT_ENROLL_FAILURES
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use berth_proto::v1::enrollment_server::Enrollment;
 use berth_proto::v1::{EnrollRequest, EnrollResponse};
@@ -25,20 +32,43 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, warn};
 
+use super::limits::{FailureLimiter, Limited, source_key, source_text};
 use super::store::{NewInstance, StoreError};
 use super::{Core, store_status};
 
 /// The message for an unknown activation id and for a wrong code alike.
 pub const UNKNOWN_ACTIVATION: &str = "unknown activation id or wrong code";
 
+/// Failed attempts one activation id allows in [`ACTIVATION_FAILURE_WINDOW`]
+/// before it is locked for the rest of the window.
+pub const ACTIVATION_FAILURES: u32 = 10;
+/// The window of [`ACTIVATION_FAILURES`]: the default activation lifetime.
+pub const ACTIVATION_FAILURE_WINDOW: Duration = super::DEFAULT_TOKEN_TTL;
+/// Characters of an activation id that are counted (and logged).
+const MAX_ID_CHARS: usize = 64;
+
 pub struct EnrollmentService {
     core: Arc<Core>,
+    /// Failed attempts per activation id (unknown ids too, so that a lock
+    /// does not tell which ids exist).
+    activation_failures: FailureLimiter<String>,
 }
 
 impl EnrollmentService {
     pub(crate) fn new(core: Arc<Core>) -> Self {
-        EnrollmentService { core }
+        EnrollmentService {
+            core,
+            activation_failures: FailureLimiter::new(
+                ACTIVATION_FAILURES,
+                ACTIVATION_FAILURE_WINDOW,
+            ),
+        }
     }
+}
+
+/// `limited` as a human duration: "50s", never "0s".
+fn retry_text(limited: &Limited) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(limited.retry_after.as_secs().max(1)))
 }
 
 /// `i-` and 16 random hex digits.
@@ -77,29 +107,44 @@ impl Enrollment for EnrollmentService {
         let peer = request.remote_addr();
         // Without a peer address (never over TCP) all such callers share
         // one counter.
-        let source = peer.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |p| p.ip());
+        let source = source_key(peer.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |p| p.ip()));
         let req = request.into_inner();
         let activation_id = req.activation_id.trim().to_owned();
-        // The id comes from outside: bounded in logs.
-        let logged_id: String = activation_id.chars().take(64).collect();
+        // The id comes from outside: bounded in logs and counters.
+        let logged_id: String = activation_id.chars().take(MAX_ID_CHARS).collect();
         let span = info_span!("enroll", activation_id = %logged_id, peer = ?peer);
         async move {
             // Counted as a failure until it succeeds.
-            let attempt = match self.core.enroll_failures.begin(source, Instant::now()) {
+            let attempt = match self.core.enroll_failures.begin(&source, Instant::now()) {
                 Ok(at) => at,
                 Err(limited) => {
                 warn!(
                     failures = limited.failures,
+                    source = %source_text(source),
                     "enrollment refused: too many failed attempts from this address"
                 );
                 return Err(Status::resource_exhausted(format!(
-                    "too many failed enrollment attempts from {source} ({} in the last {}); try again in {}",
+                    "too many failed enrollment attempts from {} ({} in the last {}); try again in {}",
+                    source_text(source),
                     limited.failures,
                     humantime::format_duration(limited.window),
-                    humantime::format_duration(std::time::Duration::from_secs(
-                        limited.retry_after.as_secs().max(1)
-                    ))
+                    retry_text(&limited)
                 )));
+                }
+            };
+            let id_attempt = match self.activation_failures.begin(&logged_id, Instant::now()) {
+                Ok(at) => at,
+                Err(limited) => {
+                    warn!(
+                        failures = limited.failures,
+                        "enrollment refused: the activation is locked after too many failed attempts"
+                    );
+                    return Err(Status::resource_exhausted(format!(
+                        "activation {logged_id} is locked: {} failed attempts in the last {}; it refuses every code, the right one too, for {}: create a new activation with `berth token create`",
+                        limited.failures,
+                        humantime::format_duration(limited.window),
+                        retry_text(&limited)
+                    )));
                 }
             };
             let found = {
@@ -180,7 +225,8 @@ impl Enrollment for EnrollmentService {
                     StoreError::ActivationUsed(_) => Status::permission_denied(e.to_string()),
                     other => store_status(other),
                 })?;
-            self.core.enroll_failures.forgive(source, attempt);
+            self.core.enroll_failures.forgive(&source, attempt);
+            self.activation_failures.forgive(&logged_id, id_attempt);
             self.core.metrics.enrollments.inc();
             info!(%instance_id, hostname = %host.hostname, "instance enrolled");
             Ok(Response::new(EnrollResponse {

@@ -77,8 +77,10 @@ pub const MIN_CERT_LIFETIME: Duration = Duration::from_secs(10);
 pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default lifetime of an admin certificate.
 pub const DEFAULT_ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
-/// Failed enrollments allowed per source address in [`ENROLL_FAILURE_WINDOW`].
-pub const DEFAULT_ENROLL_FAILURES: u32 = 5;
+/// Failed enrollments allowed per source address (IPv4, or IPv6 /64) in
+/// [`ENROLL_FAILURE_WINDOW`]; each activation id has its own, stricter limit
+/// (`enroll::ACTIVATION_FAILURES`).
+pub const DEFAULT_ENROLL_FAILURES: u32 = 20;
 pub const ENROLL_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Messages per second one agent stream may send on average, and at once.
 pub const DEFAULT_STREAM_RATE: u32 = 200;
@@ -131,8 +133,8 @@ pub struct ServerConfig {
     /// Lifetime of the client certificates issued to agents, at enrollment
     /// and at every renewal.
     pub cert_lifetime: Duration,
-    /// Failed enrollments allowed per source address and minute; 0: no
-    /// limit.
+    /// Failed enrollments allowed per source address (IPv6: per /64) and
+    /// minute; 0: no limit.
     pub enroll_failures_per_minute: u32,
     /// Messages per second one agent stream may send on average; 0: no
     /// limit.
