@@ -211,13 +211,26 @@ pub enum TokenCommand {
         /// How long the activation stays valid
         #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
-        /// Only a host with this hostname may enroll with it
+        /// Only a host reporting this hostname may enroll with it. A guard
+        /// against enrolling the wrong host by mistake, not against a leaked
+        /// code: the host reports its name itself (use --from for that)
         #[arg(long, value_name = "NAME")]
         hostname: Option<String>,
+        /// Only a host connecting from this network may enroll with it
+        /// (CIDR, IPv4 or IPv6, e.g. 10.0.3.0/24; a bare address is one
+        /// host); repeat for several. The control plane checks the source
+        /// address of the connection, so it must see the host's own address
+        /// (not a proxy's or a NAT's)
+        #[arg(long = "from", value_name = "CIDR", value_parser = parse_cidr)]
+        from: Vec<crate::server::enroll::Cidr>,
         /// Print JSON
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_cidr(s: &str) -> Result<crate::server::enroll::Cidr, String> {
+    crate::server::enroll::Cidr::parse(s)
 }
 
 #[derive(Debug, Subcommand)]
@@ -328,10 +341,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(TokenCommand::Create {
             ttl,
             hostname,
+            from,
             json,
         }) => {
             let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
-            token_create(&mut admin, ttl, hostname, json).await
+            token_create(&mut admin, ttl, hostname, &from, json).await
         }
         Command::Instance(cmd) => {
             let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
@@ -812,6 +826,7 @@ pub fn token_json(token: &Token) -> anyhow::Result<Value> {
         "expiresAt": berth_proto::json::time_json(token.expires_at_ms),
         "caHash": format!("sha256:{}", token.ca_sha256),
         "hostname": (!token.hostname.is_empty()).then_some(&token.hostname),
+        "from": (!token.source_cidrs.is_empty()).then_some(&token.source_cidrs),
         "enrollCommand": enroll_command(token)?,
     }))
 }
@@ -820,16 +835,25 @@ async fn token_create(
     admin: &mut Admin,
     ttl: Duration,
     hostname: Option<String>,
+    from: &[crate::server::enroll::Cidr],
     json: bool,
 ) -> anyhow::Result<()> {
     if ttl < Duration::from_secs(1) {
         bail!("--ttl must be at least 1s");
+    }
+    if from.len() > crate::server::enroll::MAX_SOURCE_CIDRS {
+        bail!(
+            "--from given {} times: an activation takes at most {} networks",
+            from.len(),
+            crate::server::enroll::MAX_SOURCE_CIDRS
+        );
     }
     let r = admin
         .client
         .create_token(CreateTokenRequest {
             ttl_seconds: ttl.as_secs(),
             hostname: hostname.unwrap_or_default(),
+            source_cidrs: from.iter().map(ToString::to_string).collect(),
         })
         .await;
     let token = r.map_err(|s| admin.status(s))?.into_inner();
@@ -845,6 +869,9 @@ async fn token_create(
     );
     if !token.hostname.is_empty() {
         println!("Only for host:   {}", token.hostname);
+    }
+    if !token.source_cidrs.is_empty() {
+        println!("Only from:       {}", token.source_cidrs.join(", "));
     }
     println!();
     println!("Enroll a host by running this on it (the code works once):");
@@ -1160,6 +1187,7 @@ mod tests {
             ca_sha256: "ab".into(),
             fleet_addresses: vec!["berth.example:7420".into()],
             hostname: String::new(),
+            source_cidrs: vec!["10.9.0.0/24".into()],
         };
         assert_eq!(
             enroll_command(&t).expect("line"),
@@ -1168,5 +1196,6 @@ mod tests {
         let v = token_json(&t).expect("json");
         assert_eq!(v["expiresAt"], "2023-11-14T22:13:20.000Z");
         assert_eq!(v["caHash"], "sha256:ab");
+        assert_eq!(v["from"], json!(["10.9.0.0/24"]));
     }
 }

@@ -79,6 +79,7 @@ async fn activations_bound_to_a_hostname_refuse_other_hosts() -> Result {
         .create_token(CreateTokenRequest {
             ttl_seconds: 0,
             hostname: "web-1".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -87,6 +88,7 @@ async fn activations_bound_to_a_hostname_refuse_other_hosts() -> Result {
         .create_token(CreateTokenRequest {
             ttl_seconds: 0,
             hostname: "no spaces please".into(),
+            ..Default::default()
         })
         .await
         .expect_err("invalid hostname");

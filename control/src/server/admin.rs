@@ -354,9 +354,11 @@ impl Admin for AdminService {
             s => Some(Duration::from_secs(s)),
         };
         let hostname = Some(req.hostname.as_str()).filter(|h| !h.trim().is_empty());
+        let sources = super::enroll::parse_source_cidrs(&req.source_cidrs)
+            .map_err(|e| Status::invalid_argument(format!("source network: {e}")))?;
         let token = self
             .core
-            .create_token(ttl, hostname)
+            .create_token(ttl, hostname, &sources)
             .await
             .map_err(|e| match e {
                 TokenError::Ttl(_) | TokenError::Hostname(_) => {

@@ -390,13 +390,15 @@ impl Core {
     }
 
     /// Creates a one-time activation valid for `ttl` (the default when
-    /// `None`), for any host or only for `hostname`. Only the code's hash is
-    /// stored.
+    /// `None`), for any host or only for `hostname`, from any address or
+    /// only from `sources`. Only the code's hash is stored.
     pub(crate) async fn create_token(
         &self,
         ttl: Option<Duration>,
         hostname: Option<&str>,
+        sources: &[enroll::Cidr],
     ) -> Result<Token, TokenError> {
+        let source_cidrs: Vec<String> = sources.iter().map(ToString::to_string).collect();
         let ttl = ttl.unwrap_or(self.default_token_ttl);
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
             return Err(TokenError::Ttl(ttl));
@@ -418,10 +420,16 @@ impl Core {
             used_at_ms: None,
             instance_id: None,
             hostname: hostname.clone(),
+            source_cidrs: source_cidrs.clone(),
         };
         let expires_at_ms = record.expires_at_ms;
         self.db(move |s| s.create_activation(&record)).await?;
-        info!(activation_id = %id, expires_at_ms, hostname = hostname.as_deref().unwrap_or("(any)"), "activation created");
+        let from = if source_cidrs.is_empty() {
+            "(any)".to_owned()
+        } else {
+            source_cidrs.join(",")
+        };
+        info!(activation_id = %id, expires_at_ms, hostname = hostname.as_deref().unwrap_or("(any)"), from = %from, "activation created");
         Ok(Token {
             activation_id: id,
             activation_code: code,
@@ -429,6 +437,7 @@ impl Core {
             ca_sha256: self.ca.sha256_hex(),
             fleet_addresses: vec![self.advertise.clone()],
             hostname: hostname.unwrap_or_default(),
+            source_cidrs,
         })
     }
 }
@@ -749,7 +758,7 @@ impl RunningServer {
     /// Creates a one-time activation in-process (what `berth token create`
     /// does over the admin API). `None`: the default lifetime.
     pub async fn create_token(&self, ttl: Option<Duration>) -> Result<Token, TokenError> {
-        self.core.create_token(ttl, None).await
+        self.core.create_token(ttl, None, &[]).await
     }
 
     /// Like [`RunningServer::create_token`], bound to one hostname.
@@ -758,7 +767,16 @@ impl RunningServer {
         ttl: Option<Duration>,
         hostname: &str,
     ) -> Result<Token, TokenError> {
-        self.core.create_token(ttl, Some(hostname)).await
+        self.core.create_token(ttl, Some(hostname), &[]).await
+    }
+
+    /// Like [`RunningServer::create_token`], usable only from `sources`.
+    pub async fn create_token_from(
+        &self,
+        ttl: Option<Duration>,
+        sources: &[enroll::Cidr],
+    ) -> Result<Token, TokenError> {
+        self.core.create_token(ttl, None, sources).await
     }
 
     /// Whether the admin API speaks TLS (it is not on loopback).

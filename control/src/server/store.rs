@@ -17,7 +17,9 @@
 //!   never with key material; its revocation time, once set, never changes.
 //!
 //! Schema versions: 1 is the first; 2 adds `activations.hostname` (an
-//! activation bound to one host); 3 adds `admin_certificates`. Older
+//! activation bound to one host); 3 adds `admin_certificates`; 4 adds
+//! `activations.source_cidrs` (the networks an activation may be used from,
+//! comma-separated CIDRs; NULL: any). Older
 //! databases are migrated when opened, in the same transaction that records
 //! the new version.
 //!
@@ -35,7 +37,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 pub const RUNNING: &str = "RUNNING";
 pub const PENDING: &str = "PENDING";
@@ -106,6 +108,7 @@ const MIGRATIONS: &[&str] = &[
         not_after_ms BIGINT NOT NULL,
         revoked_at_ms BIGINT
     )",
+    "ALTER TABLE activations ADD COLUMN source_cidrs TEXT",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +158,9 @@ pub struct ActivationRecord {
     pub instance_id: Option<String>,
     /// Only a host reporting this hostname may enroll with it.
     pub hostname: Option<String>,
+    /// Networks (CIDR notation, as `enroll::Cidr` prints them) the
+    /// activation may be used from; empty: any source address.
+    pub source_cidrs: Vec<String>,
 }
 
 /// An admin certificate the control plane issued. No key material: the key
@@ -815,8 +821,8 @@ fn merge_state(t: &mut TaskRecord, st: &TaskState) -> bool {
 impl Store for SqliteStore {
     fn create_activation(&mut self, a: &ActivationRecord) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 a.id,
                 a.code_hash,
@@ -824,7 +830,8 @@ impl Store for SqliteStore {
                 a.expires_at_ms,
                 a.used_at_ms,
                 a.instance_id,
-                a.hostname
+                a.hostname,
+                (!a.source_cidrs.is_empty()).then(|| a.source_cidrs.join(","))
             ],
         )?;
         Ok(())
@@ -834,7 +841,7 @@ impl Store for SqliteStore {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname \
+                "SELECT id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs \
                  FROM activations WHERE id = ?1",
                 params![id],
                 |r| {
@@ -846,6 +853,10 @@ impl Store for SqliteStore {
                         used_at_ms: r.get(4)?,
                         instance_id: r.get(5)?,
                         hostname: r.get(6)?,
+                        source_cidrs: r
+                            .get::<_, Option<String>>(7)?
+                            .map(|s| s.split(',').map(str::to_owned).collect())
+                            .unwrap_or_default(),
                     })
                 },
             )
@@ -1234,6 +1245,7 @@ mod tests {
             used_at_ms: None,
             instance_id: None,
             hostname: None,
+            source_cidrs: Vec::new(),
         }
     }
 
@@ -1634,10 +1646,38 @@ mod tests {
             .conn
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             .expect("version");
-        assert_eq!(version, 3);
+        assert_eq!(version, SCHEMA_VERSION);
         s.record_admin_cert(&admin_cert("01", "alice", 1))
             .expect("record");
         assert_eq!(s.admin_certs().expect("list").len(), 1);
+    }
+
+    #[test]
+    fn a_version_3_database_gains_the_source_networks_of_activations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(SCHEMA).expect("v1 schema");
+            for m in &MIGRATIONS[..2] {
+                conn.execute_batch(m).expect("v2, v3");
+            }
+            conn.execute_batch(
+                "INSERT INTO schema_version (version) VALUES (3); \
+                 INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms) \
+                 VALUES ('a1', 'ff', 1, 2);",
+            )
+            .expect("v3 rows");
+        }
+        let mut s = SqliteStore::open(&path).expect("migrate");
+        let a = s.activation("a1").expect("get").expect("kept");
+        assert!(a.source_cidrs.is_empty(), "{a:?}");
+        let bound = ActivationRecord {
+            source_cidrs: vec!["10.9.0.0/24".into(), "2001:db8::/64".into()],
+            ..activation("a2", i64::MAX)
+        };
+        s.create_activation(&bound).expect("create");
+        assert_eq!(s.activation("a2").expect("get"), Some(bound));
     }
 
     fn admin_cert(serial: &str, name: &str, issued_at_ms: i64) -> AdminCertRecord {
