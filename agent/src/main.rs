@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use berth_agent::cli_docs::{self, ManSections, Shell};
 use berth_agent::config::{Config, DEFAULT_CONFIG_PATH};
 use berth_agent::runtime::docker::DockerRuntime;
+use berth_proto::text::escape_control;
 use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -131,7 +132,8 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A control plane's refusal is part of the message: escaped.
+            eprintln!("error: {}", escape_control(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }
@@ -189,7 +191,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 println!(
                     "this host is already enrolled as {} with {}; use --force to enroll again",
-                    existing.instance_id, existing.server
+                    escape_control(&existing.instance_id),
+                    escape_control(&existing.server)
                 );
                 return Ok(());
             }
@@ -209,7 +212,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Config::write_server(&config, &server)?;
             println!(
                 "enrolled as {} with {}; start the agent with `systemctl start berth-agent` or `berth-agent run --config {}`",
-                id.instance_id,
+                escape_control(&id.instance_id),
                 server,
                 config.display()
             );
@@ -237,8 +240,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 out["metrics"] = metrics;
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                println!("instance    {}", meta["instanceId"].as_str().unwrap_or("-"));
-                println!("server      {}", meta["server"].as_str().unwrap_or("-"));
+                // What the API reports comes from the control plane and
+                // task definitions: escaped, like every CLI table.
+                let field =
+                    |v: &serde_json::Value| escape_control(v.as_str().unwrap_or("-")).into_owned();
+                println!("instance    {}", field(&meta["instanceId"]));
+                println!("server      {}", field(&meta["server"]));
                 println!(
                     "connected   {}",
                     meta["connected"].as_bool().unwrap_or(false)
@@ -256,10 +263,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for t in tasks["tasks"].as_array().into_iter().flatten() {
                     println!(
                         "{:<34} {:<20} {:<9} {:<9}",
-                        t["taskId"].as_str().unwrap_or("-"),
-                        t["family"].as_str().unwrap_or("-"),
-                        t["lastStatus"].as_str().unwrap_or("-"),
-                        t["desiredStatus"].as_str().unwrap_or("-"),
+                        field(&t["taskId"]),
+                        field(&t["family"]),
+                        field(&t["lastStatus"]),
+                        field(&t["desiredStatus"]),
                     );
                 }
             }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use berth_agent::cli_docs::{self, ManSections, Shell};
 use berth_proto::json::{format_time_ms, instance_json, task_json};
+use berth_proto::text::escape_control;
 use berth_proto::v1::admin_client::AdminClient;
 use berth_proto::v1::{
     AdminCertificateRecord, CreateAdminCertificateRequest, CreateTokenRequest, InstanceRef,
@@ -427,7 +428,9 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 /// An error and its causes, `: `-separated, leaving out causes whose text
-/// is already part of the message (most messages here name their cause).
+/// is already part of the message (most messages here name their cause),
+/// control characters escaped (a control plane's or an agent's message may
+/// carry them).
 pub fn error_report(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
@@ -440,7 +443,7 @@ pub fn error_report(e: &anyhow::Error) -> String {
         }
         out.push_str(&s);
     }
-    out
+    escape_control(&out).into_owned()
 }
 
 /// The error chain of `e`, `: `-separated, without repeats.
@@ -656,12 +659,14 @@ async fn admin_cert(
             if r.already_revoked {
                 println!(
                     "admin certificate {} of {} is already revoked (since {at})",
-                    c.serial_number, c.name
+                    escape_control(&c.serial_number),
+                    escape_control(&c.name)
                 );
             } else {
                 println!(
                     "admin certificate {} of {} revoked at {at}",
-                    c.serial_number, c.name
+                    escape_control(&c.serial_number),
+                    escape_control(&c.name)
                 );
             }
             Ok(())
@@ -861,22 +866,28 @@ async fn token_create(
         return print_json(&token_json(&token)?);
     }
     let expires = format_time_ms(token.expires_at_ms).unwrap_or_else(|| "-".into());
-    println!("Activation ID:   {}", token.activation_id);
-    println!("Activation code: {}", token.activation_code);
+    println!("Activation ID:   {}", escape_control(&token.activation_id));
+    println!(
+        "Activation code: {}",
+        escape_control(&token.activation_code)
+    );
     println!(
         "Expires at:      {expires} (in {})",
         humantime::format_duration(Duration::from_secs(ttl.as_secs()))
     );
     if !token.hostname.is_empty() {
-        println!("Only for host:   {}", token.hostname);
+        println!("Only for host:   {}", escape_control(&token.hostname));
     }
     if !token.source_cidrs.is_empty() {
-        println!("Only from:       {}", token.source_cidrs.join(", "));
+        println!(
+            "Only from:       {}",
+            escape_control(&token.source_cidrs.join(", "))
+        );
     }
     println!();
     println!("Enroll a host by running this on it (the code works once):");
     println!();
-    println!("{}", enroll_command(&token)?);
+    println!("{}", escape_control(&enroll_command(&token)?));
     Ok(())
 }
 
@@ -915,7 +926,7 @@ async fn instance(admin: &mut Admin, cmd: InstanceCommand) -> anyhow::Result<()>
             if json {
                 print_json(&instance_json(&i))
             } else {
-                println!("instance {} deregistered", i.instance_id);
+                println!("instance {} deregistered", escape_control(&i.instance_id));
                 Ok(())
             }
         }
@@ -974,7 +985,7 @@ async fn task(server: &str, admin_cert: Option<&Path>, cmd: TaskCommand) -> anyh
             if json {
                 print_json(&task_value(&t))
             } else {
-                println!("{id}");
+                println!("{}", escape_control(&id));
                 Ok(())
             }
         }
@@ -1005,7 +1016,7 @@ async fn task_run(
     let mut t = r.map_err(|s| admin.status(s))?.into_inner();
     let id = task_id(&t);
     if !args.json {
-        println!("{id}");
+        println!("{}", escape_control(&id));
     }
     if args.wait {
         t = wait_for(&mut admin, &id, Target::Running, args.wait_timeout).await?;
@@ -1145,6 +1156,12 @@ mod tests {
         );
         let e = anyhow!("inner").context("outer");
         assert_eq!(error_report(&e), "outer: inner");
+        // A message from the control plane carrying escape sequences.
+        let e = anyhow!("no task \x1b[2J\x1b]0;title\x07").context("describe");
+        assert_eq!(
+            error_report(&e),
+            "describe: no task \\u{1b}[2J\\u{1b}]0;title\\u{7}"
+        );
     }
 
     /// `berth` and every visible subcommand under it, as man page names.
