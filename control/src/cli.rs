@@ -322,12 +322,15 @@ pub struct TaskRunArgs {
     pub json: bool,
 }
 
+/// A valid serial number as typed (the control plane compares it as an
+/// integer, and names it in messages as the operator wrote it).
 fn parse_serial(s: &str) -> Result<String, String> {
-    crate::server::ca::normalize_serial(s).ok_or_else(|| {
-        format!(
+    match crate::server::ca::normalize_serial(s) {
+        Some(_) => Ok(crate::server::ca::tidy_serial(s)),
+        None => Err(format!(
             "{s:?} is not a serial number: expected hex digits, as `berth admin-cert ls` shows them"
-        )
-    })
+        )),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

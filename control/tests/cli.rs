@@ -429,9 +429,7 @@ async fn admin_certificates_are_listed_and_revoked_by_serial() -> Result {
     let out = finish(berth(&server, &["admin-cert", "revoke", "ABCDEF0123"])?).await?;
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        // As `admin-cert ls` shows serials: 32 hex digits.
-        text(&out.stderr)
-            .contains("no admin certificate with serial number 0000000000000000000000abcdef0123"),
+        text(&out.stderr).contains("no admin certificate with serial number abcdef0123"),
         "{}",
         text(&out.stderr)
     );

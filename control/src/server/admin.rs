@@ -39,7 +39,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, warn};
 
-use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of};
+use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of, tidy_serial};
 use super::placement::{Candidate, Need, PlacementError, place};
 use super::store::{
     ACTIVE, AdminCertRecord, InstanceRecord, PENDING, RUNNING, STOPPED, SqliteStore, Store,
@@ -443,7 +443,8 @@ impl Admin for AdminService {
             .await
             .map_err(|e| match e {
                 StoreError::NoAdminCertificate(_) => Status::not_found(format!(
-                    "no admin certificate with serial number {serial}: `berth admin-cert ls` lists those this control plane issued"
+                    "no admin certificate with serial number {}: `berth admin-cert ls` lists those this control plane issued",
+                    tidy_serial(&typed)
                 )),
                 other => store_status(other),
             })?;

@@ -163,9 +163,19 @@ const SERIAL_DIGITS: usize = 32;
 /// separators, left-padded with zeros to 32 digits. `None` when it is not
 /// hex.
 pub fn normalize_serial(s: &str) -> Option<String> {
-    let hex: String = s.trim().chars().filter(|c| *c != ':').collect();
+    let hex = tidy_serial(s);
     let valid = (1..=64).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit());
     valid.then(|| canonical_serial(&hex))
+}
+
+/// A serial number as messages repeat it: as typed, lowercase, without
+/// separators (its leading zeros kept).
+pub fn tidy_serial(s: &str) -> String {
+    s.trim()
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase()
 }
 
 /// `hex` (hex digits only) as the integer's lowercase digits, padded to
@@ -700,6 +710,7 @@ mod tests {
             canonical_serial(&hex::encode([0u8, 0x0b, 0x2e])),
             format!("{:0>32}", "b2e")
         );
+        assert_eq!(tidy_serial(" 0B:2E "), "0b2e");
         assert_eq!(normalize_serial(""), None);
         assert_eq!(normalize_serial(":"), None);
         assert_eq!(normalize_serial("xyz"), None);
