@@ -6,46 +6,15 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use berth_e2e::{
-    Activation, Agent, DEADLINE, Proc, RunId, Server, berth_bin, clean_command, describe_output,
-    output_of, read_server_json, repo_root, said, str_field, wait_for,
+    Activation, Agent, DEADLINE, Proc, RunId, Server, assert_fails, assert_ok, berth_bin, chmod,
+    clean_command, describe_output, mode_of, output_of, read_server_json, repo_root, said,
+    str_field, wait_for,
 };
 use serde_json::json;
-
-fn assert_ok(what: &str, out: &Output) {
-    assert!(
-        out.status.success(),
-        "{what} failed\n{}",
-        describe_output(out)
-    );
-}
-
-fn assert_fails(what: &str, out: &Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{what} should exit 1\n{}",
-        describe_output(out)
-    );
-}
-
-fn mode_of(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("cannot stat {}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
-}
-
-fn chmod(path: &Path, mode: u32) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
-}
 
 /// An activation from `berth token create ARGS… --json`.
 fn token_with(server: &Server, args: &[&str]) -> Activation {

@@ -1586,21 +1586,36 @@ mod tests {
         assert_eq!(versions, 1);
     }
 
-    #[test]
-    fn a_version_1_database_is_migrated() {
+    /// A database at schema `version` (its tables as that version made
+    /// them) holding `rows` (SQL), opened (so migrated) by this build.
+    fn migrated_from(version: i64, rows: &str) -> (tempfile::TempDir, PathBuf, SqliteStore) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("berth.db");
         {
             let conn = Connection::open(&path).expect("open");
             conn.execute_batch(SCHEMA).expect("v1 schema");
-            conn.execute_batch(
-                "INSERT INTO schema_version (version) VALUES (1); \
-                 INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms) \
-                 VALUES ('a1', 'ff', 1, 2);",
+            let steps = usize::try_from(version - 1).expect("version");
+            for m in &MIGRATIONS[..steps] {
+                conn.execute_batch(m).expect("migration");
+            }
+            conn.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                params![version],
             )
-            .expect("v1 rows");
+            .expect("version");
+            conn.execute_batch(rows).expect("rows");
         }
-        let mut s = SqliteStore::open(&path).expect("migrate");
+        let s = SqliteStore::open(&path).expect("migrate");
+        (dir, path, s)
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated() {
+        let (_dir, path, mut s) = migrated_from(
+            1,
+            "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms) \
+             VALUES ('a1', 'ff', 1, 2);",
+        );
         let a = s.activation("a1").expect("get").expect("kept");
         assert_eq!(a.hostname, None);
         let version: i64 = s
@@ -1626,20 +1641,11 @@ mod tests {
 
     #[test]
     fn a_version_2_database_gains_the_admin_certificates_table() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("berth.db");
-        {
-            let conn = Connection::open(&path).expect("open");
-            conn.execute_batch(SCHEMA).expect("v1 schema");
-            conn.execute_batch(MIGRATIONS[0]).expect("v2");
-            conn.execute_batch(
-                "INSERT INTO schema_version (version) VALUES (2); \
-                 INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, hostname) \
-                 VALUES ('a1', 'ff', 1, 2, 'web-1');",
-            )
-            .expect("v2 rows");
-        }
-        let mut s = SqliteStore::open(&path).expect("migrate");
+        let (_dir, _, mut s) = migrated_from(
+            2,
+            "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, hostname) \
+             VALUES ('a1', 'ff', 1, 2, 'web-1');",
+        );
         let a = s.activation("a1").expect("get").expect("kept");
         assert_eq!(a.hostname.as_deref(), Some("web-1"));
         let version: i64 = s
@@ -1654,22 +1660,11 @@ mod tests {
 
     #[test]
     fn a_version_3_database_gains_the_source_networks_of_activations() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("berth.db");
-        {
-            let conn = Connection::open(&path).expect("open");
-            conn.execute_batch(SCHEMA).expect("v1 schema");
-            for m in &MIGRATIONS[..2] {
-                conn.execute_batch(m).expect("v2, v3");
-            }
-            conn.execute_batch(
-                "INSERT INTO schema_version (version) VALUES (3); \
-                 INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms) \
-                 VALUES ('a1', 'ff', 1, 2);",
-            )
-            .expect("v3 rows");
-        }
-        let mut s = SqliteStore::open(&path).expect("migrate");
+        let (_dir, _, mut s) = migrated_from(
+            3,
+            "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms) \
+             VALUES ('a1', 'ff', 1, 2);",
+        );
         let a = s.activation("a1").expect("get").expect("kept");
         assert!(a.source_cidrs.is_empty(), "{a:?}");
         let bound = ActivationRecord {
