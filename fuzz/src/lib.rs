@@ -266,6 +266,7 @@ impl Fleet {
                     used_at_ms: None,
                     instance_id: None,
                     hostname: None,
+                    source_cidrs: Vec::new(),
                 })
                 .expect("activation");
             store
