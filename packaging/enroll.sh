@@ -7,7 +7,8 @@
 #
 # Usage (as root):
 #   enroll.sh --server URL --activation-id ID --activation-code CODE
-#             [--ca-hash sha256:HEX] [--package FILE|URL]
+#             --ca-hash sha256:HEX | --insecure-skip-ca-pin
+#             [--package FILE|URL]
 #             [--reserved-memory MIB] [--api-listen ADDR] [--timeout SECONDS]
 #             [--no-docker-install] [--force] [--dry-run]
 #   enroll.sh --uninstall [--purge] [--dry-run]
@@ -18,8 +19,13 @@
 #                           https://HOST:7420 (from `berth token create`)
 #   --activation-id ID      one-time activation id  (from `berth token create`)
 #   --activation-code CODE  its secret code; never printed by this script
-#   --ca-hash sha256:HEX    digest of the fleet CA: the agent checks the
-#                           server against it before sending the code
+#   --ca-hash sha256:HEX    digest of the fleet CA (from `berth token
+#                           create`): the agent checks the server against
+#                           it before sending the code; required unless
+#                           --insecure-skip-ca-pin
+#   --insecure-skip-ca-pin  enroll without --ca-hash, trusting whatever CA
+#                           the server presents (the code goes to whoever
+#                           answers at --server)
 #   --package FILE|URL      the berth-agent .deb or .rpm to install (a URL is
 #                           downloaded with curl or wget); default: the
 #                           installed package, else `berth-agent` from the
@@ -118,6 +124,7 @@ server=
 activation_id=
 activation_code=
 ca_hash=
+skip_ca_pin=0
 package=
 reserved_memory=
 api_listen=
@@ -143,6 +150,7 @@ while [ $# -gt 0 ]; do
         --activation-code=*) activation_code=${1#*=}; shift ;;
         --ca-hash) need_value "$@"; ca_hash=$2; shift 2 ;;
         --ca-hash=*) ca_hash=${1#*=}; shift ;;
+        --insecure-skip-ca-pin) skip_ca_pin=1; shift ;;
         --package) need_value "$@"; package=$2; shift 2 ;;
         --package=*) package=${1#*=}; shift ;;
         --reserved-memory) need_value "$@"; reserved_memory=$2; shift 2 ;;
@@ -367,6 +375,7 @@ if [ "$uninstall" -eq 1 ]; then
             usage_error "--uninstall takes no --${v//_/-}"
         fi
     done
+    [ "$skip_ca_pin" -eq 0 ] || usage_error "--uninstall takes no --insecure-skip-ca-pin"
     do_uninstall
     exit 0
 fi
@@ -381,12 +390,15 @@ esac
 [ -n "$activation_id" ] || fail "--activation-id is missing" "create an activation with 'berth token create' on the control plane and pass its id"
 [ -n "$activation_code" ] || fail "--activation-code is missing" "pass the code printed by 'berth token create' with its id"
 if [ -n "$ca_hash" ]; then
+    [ "$skip_ca_pin" -eq 0 ] || fail "--ca-hash and --insecure-skip-ca-pin contradict each other" "give only --ca-hash"
     hex=${ca_hash#sha256:}
     if [ ${#hex} -ne 64 ] || [ -n "${hex//[0-9a-fA-F]/}" ]; then
         fail "--ca-hash '$ca_hash' is not sha256:<64 hex digits>" "copy the CA hash printed by 'berth token create'"
     fi
+elif [ "$skip_ca_pin" -eq 1 ]; then
+    note "warning: --insecure-skip-ca-pin: the agent trusts whatever CA $server presents and sends the code to it"
 else
-    note "warning: no --ca-hash: the agent will trust the server's CA on first use"
+    fail "--ca-hash is missing" "pass the --ca-hash sha256:... of the line 'berth token create' printed, so that the code goes only to your control plane (or --insecure-skip-ca-pin to trust the server's CA on first use)"
 fi
 note "server $server, activation $activation_id, code ******** (masked)"
 
@@ -567,7 +579,11 @@ if [ -f "$IDENTITY" ]; then
 fi
 if [ -z "$enrolled_id" ] || [ "$force" -eq 1 ]; then
     enroll_cmd=(berth-agent enroll --server "$server" --activation-id "$activation_id" --activation-code "$activation_code" --config "$CONFIG")
-    [ -z "$ca_hash" ] || enroll_cmd+=(--ca-hash "$ca_hash")
+    if [ -n "$ca_hash" ]; then
+        enroll_cmd+=(--ca-hash "$ca_hash")
+    else
+        enroll_cmd+=(--insecure-skip-ca-pin)
+    fi
     [ "$force" -eq 0 ] || enroll_cmd+=(--force)
     run "${enroll_cmd[@]}" ||
         fail "berth-agent enroll failed (see its message above)" \

@@ -88,8 +88,9 @@ pub struct Config {
     /// Allow `privileged: true` containers (root on the host). Default false.
     pub allow_privileged: bool,
     /// Allow `networkMode: host`. Default false: a container on the host
-    /// network sees the host's interfaces and every service bound to its
-    /// loopback (the agent's local API among them).
+    /// network sees the host's interfaces and every service bound to the
+    /// host's loopback (the agent's local API, the admin port of a control
+    /// plane on the same host); set true on hosts whose tasks need it.
     pub allow_host_network: bool,
     /// Allow `pidMode: host` and `ipcMode: host`. Default false.
     pub allow_host_pid_ipc: bool,
@@ -528,17 +529,29 @@ impl Config {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 51678)))
     }
 
-    /// Sets `server = "<url>"` in the config file, keeping every other line.
+    /// Sets `server = "<url>"` in the config file, keeping every other line,
+    /// the file's mode and its owner. A file that holds an inline registry
+    /// `password` is written 0600 whatever its mode was (a new file too); a
+    /// new file without one is 0644.
     pub fn write_server(path: &Path, server: &str) -> Result<(), ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                });
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let read_err = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let (text, old) = match std::fs::File::open(path) {
+            Ok(mut f) => {
+                // Mode, owner and text from one open file.
+                let meta = f.metadata().map_err(read_err)?;
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut f, &mut text).map_err(read_err)?;
+                (
+                    text,
+                    Some((meta.permissions().mode() & 0o7777, meta.uid(), meta.gid())),
+                )
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), None),
+            Err(source) => return Err(read_err(source)),
         };
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -561,7 +574,8 @@ impl Config {
                 source,
             })?;
         }
-        crate::fsutil::write_atomic(path, out.as_bytes(), 0o644).map_err(|source| {
+        let (mode, owner) = config_file_mode(old, holds_inline_password(&check));
+        crate::fsutil::write_atomic_owned(path, out.as_bytes(), mode, owner).map_err(|source| {
             ConfigError::Write {
                 path: path.to_path_buf(),
                 source,
@@ -819,6 +833,35 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
     out
 }
 
+/// Whether a parsed config holds an inline `[registries."…"] password`.
+fn holds_inline_password(doc: &toml::Table) -> bool {
+    doc.get("registries")
+        .and_then(toml::Value::as_table)
+        .is_some_and(|registries| {
+            registries.values().any(|r| {
+                r.as_table()
+                    .is_some_and(|auth| auth.contains_key("password"))
+            })
+        })
+}
+
+/// The mode and owner for rewriting a config file whose old mode and owner
+/// were `old` (`None`: a new file): the old ones kept, and group and others
+/// denied when the file holds a password. `None` for the owner: leave it to
+/// the creating process.
+fn config_file_mode(old: Option<(u32, u32, u32)>, password: bool) -> (u32, Option<(u32, u32)>) {
+    let (mode, owner) = match old {
+        Some((mode, uid, gid)) => (mode, Some((uid, gid))),
+        None => (0o644, None),
+    };
+    let mode = if password {
+        (mode & !0o077) | 0o600
+    } else {
+        mode
+    };
+    (mode, owner)
+}
+
 /// `text` with its top-level `server = …` line replaced by one for
 /// `server`, or such a line added before the first table.
 fn with_server_line(text: &str, server: &str) -> String {
@@ -887,6 +930,77 @@ mod tests {
     }
 
     use super::*;
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).expect("meta").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_packaged_config_shows_the_policy_defaults() {
+        // Every `#key = value` line of the packaged file, uncommented, is
+        // the default: the agent's policy comes out as with an empty file.
+        let packaged = include_str!("../../packaging/agent.toml");
+        let uncommented: Vec<&str> = packaged
+            .lines()
+            .filter_map(|l| {
+                let key = l.strip_prefix('#')?.split(" = ").next()?;
+                ENV_KEYS
+                    .iter()
+                    .any(|(k, _)| *k == key && k.starts_with("allow"))
+                    .then(|| &l[1..])
+            })
+            .collect();
+        assert!(
+            uncommented
+                .iter()
+                .any(|l| l.starts_with("allow_host_network")),
+            "{uncommented:?}"
+        );
+        let cfg = parse(&uncommented.join("\n"), &[]).expect("packaged config");
+        assert_eq!(cfg.policy(), Config::default().policy(), "{uncommented:?}");
+    }
+
+    #[test]
+    fn setting_the_server_keeps_the_file_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("agent.toml");
+        write_secret(&p, "reserved_memory_mib = 64\n", 0o640);
+        Config::write_server(&p, "https://a:7420").expect("write");
+        assert_eq!(mode_of(&p), 0o640);
+        assert!(
+            std::fs::read_to_string(&p)
+                .expect("read")
+                .contains("https://a:7420")
+        );
+        write_secret(&p, "reserved_memory_mib = 64\n", 0o600);
+        Config::write_server(&p, "https://b:7420").expect("write");
+        assert_eq!(mode_of(&p), 0o600);
+    }
+
+    #[test]
+    fn setting_the_server_makes_a_file_with_a_password_0600() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("agent.toml");
+        let text =
+            "[registries.\"registry.example:5000\"]\nusername = \"u\"\npassword = \"hunter2\"\n";
+        write_secret(&p, text, 0o600);
+        Config::write_server(&p, "https://a:7420").expect("write");
+        assert_eq!(mode_of(&p), 0o600);
+        // A password in a file others could read: no longer readable after.
+        write_secret(&p, text, 0o644);
+        Config::write_server(&p, "https://b:7420").expect("write");
+        assert_eq!(mode_of(&p), 0o600);
+        let out = std::fs::read_to_string(&p).expect("read");
+        assert!(
+            out.contains("hunter2") && out.contains("https://b:7420"),
+            "{out}"
+        );
+        // A new file: 0644 without a password.
+        let fresh = dir.path().join("new.toml");
+        Config::write_server(&fresh, "https://a:7420").expect("write");
+        assert_eq!(mode_of(&fresh), 0o644);
+    }
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = env

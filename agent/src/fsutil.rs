@@ -4,7 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Writes `contents` to `path` so that readers see the old file or the new
@@ -12,6 +12,17 @@ use std::path::Path;
 /// never readable by others, not even briefly), fsync, rename over `path`,
 /// fsync of the directory.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_owned(path, contents, mode, None)
+}
+
+/// [`write_atomic`], with the temporary file also given `owner` (uid, gid)
+/// before the rename: an edit of an existing file keeps its owner and group.
+pub fn write_atomic_owned(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -32,6 +43,12 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
             .open(&tmp)?;
         // An old temporary file may have had another mode.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
+        if let Some((uid, gid)) = owner {
+            let meta = f.metadata()?;
+            if (meta.uid(), meta.gid()) != (uid, gid) {
+                std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+            }
+        }
         f.write_all(contents)?;
         f.sync_all()?;
         drop(f);
@@ -42,6 +59,14 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Sets the process umask to 0077: whatever this process creates without
+/// an explicit mode (SQLite's database files, logs) is private to its
+/// user. Returns the previous umask.
+pub fn private_umask() -> u32 {
+    use nix::sys::stat::{Mode, umask};
+    umask(Mode::from_bits_truncate(0o077)).bits()
 }
 
 /// Creates `dir` (and its parents) with mode 0700 when missing. Returns

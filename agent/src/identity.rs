@@ -68,6 +68,50 @@ pub enum IdentityError {
     Certificate { path: PathBuf, message: String },
 }
 
+/// How enrollment trusts the server's CA: pinned to a digest (the
+/// `--ca-hash` of the line `berth token create` prints), or — only when the
+/// operator says so with `--insecure-skip-ca-pin` — whatever the server
+/// presents, which sends the activation code to anyone answering at the
+/// address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaPin {
+    /// Lowercase hex SHA-256 of the fleet CA certificate (DER).
+    Sha256(String),
+    /// Trust on first use.
+    SkipInsecure,
+}
+
+impl CaPin {
+    /// From `--ca-hash` (`sha256:<64 hex>` or the bare hex) and
+    /// `--insecure-skip-ca-pin`: exactly one of them.
+    pub fn from_args(ca_hash: Option<&str>, skip: bool) -> Result<CaPin, String> {
+        match (ca_hash, skip) {
+            (Some(_), true) => Err(
+                "--ca-hash and --insecure-skip-ca-pin contradict each other: give only --ca-hash"
+                    .into(),
+            ),
+            (None, true) => Ok(CaPin::SkipInsecure),
+            (None, false) => Err(
+                "--ca-hash is required: pass the --ca-hash sha256:… of the line `berth token create` printed, so that the activation code goes only to your control plane; to trust whatever CA the server presents instead, pass --insecure-skip-ca-pin".into(),
+            ),
+            (Some(h), false) => {
+                let hex = h.strip_prefix("sha256:").unwrap_or(h).to_lowercase();
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(format!("--ca-hash {h:?}: expected sha256:<64 hex digits>"));
+                }
+                Ok(CaPin::Sha256(hex))
+            }
+        }
+    }
+
+    fn digest(&self) -> Option<&str> {
+        match self {
+            CaPin::Sha256(d) => Some(d),
+            CaPin::SkipInsecure => None,
+        }
+    }
+}
+
 /// The validity period of a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Validity {
@@ -337,8 +381,9 @@ pub async fn enroll(
     server: &str,
     activation_id: &str,
     activation_code: &str,
-    ca_sha256: Option<String>,
+    pin: &CaPin,
 ) -> Result<IdentityFile, IdentityError> {
+    let ca_sha256 = pin.digest().map(str::to_owned);
     create_private_dir(data_dir).map_err(|source| IdentityError::Write {
         path: data_dir.to_path_buf(),
         source,
@@ -425,6 +470,29 @@ pub async fn enroll(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ca_pin_is_required_unless_skipping_it_is_explicit() {
+        let hex = "ab".repeat(32);
+        let err = CaPin::from_args(None, false).expect_err("no pin");
+        assert!(
+            err.contains("--ca-hash is required") && err.contains("--insecure-skip-ca-pin"),
+            "{err}"
+        );
+        assert_eq!(CaPin::from_args(None, true), Ok(CaPin::SkipInsecure));
+        let with_prefix = format!("sha256:{}", hex.to_uppercase());
+        assert_eq!(
+            CaPin::from_args(Some(&with_prefix), false),
+            Ok(CaPin::Sha256(hex.clone()))
+        );
+        assert_eq!(
+            CaPin::from_args(Some(&hex), false),
+            Ok(CaPin::Sha256(hex.clone()))
+        );
+        assert!(CaPin::from_args(Some(&hex), true).is_err());
+        let err = CaPin::from_args(Some("sha256:abc"), false).expect_err("short");
+        assert!(err.contains("64 hex digits"), "{err}");
+    }
 
     fn cert(key: &rcgen::KeyPair, cn: &str) -> String {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use berth_agent::cli_docs::{self, ManSections, Shell};
 use berth_agent::config::{Config, DEFAULT_CONFIG_PATH};
 use berth_agent::runtime::docker::DockerRuntime;
+use berth_proto::text::escape_control;
 use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -39,10 +40,15 @@ enum Command {
         activation_id: String,
         #[arg(long)]
         activation_code: String,
-        /// SHA-256 of the fleet CA (from `berth token create`); the server
-        /// must present that CA or nothing is sent.
-        #[arg(long)]
+        /// SHA-256 of the fleet CA, sha256:<hex> (from the line `berth token
+        /// create` prints); the server must present that CA or nothing is
+        /// sent. Required unless --insecure-skip-ca-pin.
+        #[arg(long, value_name = "sha256:HEX")]
         ca_hash: Option<String>,
+        /// Enroll without --ca-hash: trust whatever CA the server presents
+        /// (the activation code goes to whoever answers at --server).
+        #[arg(long)]
+        insecure_skip_ca_pin: bool,
         #[arg(long, env = "BERTH_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Enroll again even if this host already is.
@@ -126,7 +132,8 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A control plane's refusal is part of the message: escaped.
+            eprintln!("error: {}", escape_control(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }
@@ -169,44 +176,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             activation_id,
             activation_code,
             ca_hash,
+            insecure_skip_ca_pin,
             config,
             force,
         } => {
+            // Checked before anything else: a line without the pin is wrong
+            // whether or not this host is enrolled.
+            let pin =
+                berth_agent::identity::CaPin::from_args(ca_hash.as_deref(), insecure_skip_ca_pin)
+                    .map_err(anyhow::Error::msg)?;
             let cfg = Config::load(&config)?;
             if let Some(existing) = berth_agent::identity::enrolled(&cfg.data_dir)?
                 && !force
             {
                 println!(
                     "this host is already enrolled as {} with {}; use --force to enroll again",
-                    existing.instance_id, existing.server
+                    escape_control(&existing.instance_id),
+                    escape_control(&existing.server)
                 );
                 return Ok(());
             }
-            let pin = match ca_hash {
-                Some(h) => {
-                    let hex = h.strip_prefix("sha256:").unwrap_or(&h).to_lowercase();
-                    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                        bail!("--ca-hash {h:?}: expected sha256:<64 hex digits>");
-                    }
-                    Some(hex)
-                }
-                None => {
-                    eprintln!("warning: no --ca-hash given; trusting the server's CA on first use");
-                    None
-                }
-            };
+            if pin == berth_agent::identity::CaPin::SkipInsecure {
+                eprintln!(
+                    "warning: --insecure-skip-ca-pin: trusting whatever CA {server} presents; the activation code is sent to whoever answers there"
+                );
+            }
             let id = berth_agent::identity::enroll(
                 &cfg.data_dir,
                 &server,
                 &activation_id,
                 &activation_code,
-                pin,
+                &pin,
             )
             .await?;
             Config::write_server(&config, &server)?;
             println!(
                 "enrolled as {} with {}; start the agent with `systemctl start berth-agent` or `berth-agent run --config {}`",
-                id.instance_id,
+                escape_control(&id.instance_id),
                 server,
                 config.display()
             );
@@ -234,8 +240,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 out["metrics"] = metrics;
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                println!("instance    {}", meta["instanceId"].as_str().unwrap_or("-"));
-                println!("server      {}", meta["server"].as_str().unwrap_or("-"));
+                // What the API reports comes from the control plane and
+                // task definitions: escaped, like every CLI table.
+                let field =
+                    |v: &serde_json::Value| escape_control(v.as_str().unwrap_or("-")).into_owned();
+                println!("instance    {}", field(&meta["instanceId"]));
+                println!("server      {}", field(&meta["server"]));
                 println!(
                     "connected   {}",
                     meta["connected"].as_bool().unwrap_or(false)
@@ -253,10 +263,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for t in tasks["tasks"].as_array().into_iter().flatten() {
                     println!(
                         "{:<34} {:<20} {:<9} {:<9}",
-                        t["taskId"].as_str().unwrap_or("-"),
-                        t["family"].as_str().unwrap_or("-"),
-                        t["lastStatus"].as_str().unwrap_or("-"),
-                        t["desiredStatus"].as_str().unwrap_or("-"),
+                        field(&t["taskId"]),
+                        field(&t["family"]),
+                        field(&t["lastStatus"]),
+                        field(&t["desiredStatus"]),
                     );
                 }
             }

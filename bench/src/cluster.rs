@@ -51,7 +51,9 @@ impl BenchServer {
     pub fn start(run: &RunId, heartbeat: Option<&str>) -> anyhow::Result<BenchServer> {
         let dir = run.temp_dir("bench-server");
         let data_dir = dir.path().join("data");
-        std::fs::create_dir_all(&data_dir)
+        // 0700: the server refuses a data dir open to group or others.
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
         let heartbeat = heartbeat.map(str::to_string);
         let (proc, fleet_addr, admin_addr) = spawn(

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use berth_agent::cli_docs::{self, ManSections, Shell};
 use berth_proto::json::{format_time_ms, instance_json, task_json};
+use berth_proto::text::escape_control;
 use berth_proto::v1::admin_client::AdminClient;
 use berth_proto::v1::{
     AdminCertificateRecord, CreateAdminCertificateRequest, CreateTokenRequest, InstanceRef,
@@ -224,13 +225,26 @@ pub enum TokenCommand {
         /// How long the activation stays valid
         #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
-        /// Only a host with this hostname may enroll with it
+        /// Only a host reporting this hostname may enroll with it. A guard
+        /// against enrolling the wrong host by mistake, not against a leaked
+        /// code: the host reports its name itself (use --from for that)
         #[arg(long, value_name = "NAME")]
         hostname: Option<String>,
+        /// Only a host connecting from this network may enroll with it
+        /// (CIDR, IPv4 or IPv6, e.g. 10.0.3.0/24; a bare address is one
+        /// host); repeat for several. The control plane checks the source
+        /// address of the connection, so it must see the host's own address
+        /// (not a proxy's or a NAT's)
+        #[arg(long = "from", value_name = "CIDR", value_parser = parse_cidr)]
+        from: Vec<crate::server::enroll::Cidr>,
         /// Print JSON
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_cidr(s: &str) -> Result<crate::server::enroll::Cidr, String> {
+    crate::server::enroll::Cidr::parse(s)
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,12 +335,15 @@ pub struct TaskRunArgs {
     pub json: bool,
 }
 
+/// A valid serial number as typed (the control plane compares it as an
+/// integer, and names it in messages as the operator wrote it).
 fn parse_serial(s: &str) -> Result<String, String> {
-    crate::server::ca::normalize_serial(s).ok_or_else(|| {
-        format!(
+    match crate::server::ca::normalize_serial(s) {
+        Some(_) => Ok(crate::server::ca::tidy_serial(s)),
+        None => Err(format!(
             "{s:?} is not a serial number: expected hex digits, as `berth admin-cert ls` shows them"
-        )
-    })
+        )),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -341,10 +358,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(TokenCommand::Create {
             ttl,
             hostname,
+            from,
             json,
         }) => {
             let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
-            token_create(&mut admin, ttl, hostname, json).await
+            token_create(&mut admin, ttl, hostname, &from, json).await
         }
         Command::Instance(cmd) => {
             let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
@@ -432,7 +450,9 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 /// An error and its causes, `: `-separated, leaving out causes whose text
-/// is already part of the message (most messages here name their cause).
+/// is already part of the message (most messages here name their cause),
+/// control characters escaped (a control plane's or an agent's message may
+/// carry them).
 pub fn error_report(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
@@ -445,7 +465,7 @@ pub fn error_report(e: &anyhow::Error) -> String {
         }
         out.push_str(&s);
     }
-    out
+    escape_control(&out).into_owned()
 }
 
 /// The error chain of `e`, `: `-separated, without repeats.
@@ -661,12 +681,14 @@ async fn admin_cert(
             if r.already_revoked {
                 println!(
                     "admin certificate {} of {} is already revoked (since {at})",
-                    c.serial_number, c.name
+                    escape_control(&c.serial_number),
+                    escape_control(&c.name)
                 );
             } else {
                 println!(
                     "admin certificate {} of {} revoked at {at}",
-                    c.serial_number, c.name
+                    escape_control(&c.serial_number),
+                    escape_control(&c.name)
                 );
             }
             Ok(())
@@ -831,6 +853,7 @@ pub fn token_json(token: &Token) -> anyhow::Result<Value> {
         "expiresAt": berth_proto::json::time_json(token.expires_at_ms),
         "caHash": format!("sha256:{}", token.ca_sha256),
         "hostname": (!token.hostname.is_empty()).then_some(&token.hostname),
+        "from": (!token.source_cidrs.is_empty()).then_some(&token.source_cidrs),
         "enrollCommand": enroll_command(token)?,
     }))
 }
@@ -839,16 +862,25 @@ async fn token_create(
     admin: &mut Admin,
     ttl: Duration,
     hostname: Option<String>,
+    from: &[crate::server::enroll::Cidr],
     json: bool,
 ) -> anyhow::Result<()> {
     if ttl < Duration::from_secs(1) {
         bail!("--ttl must be at least 1s");
+    }
+    if from.len() > crate::server::enroll::MAX_SOURCE_CIDRS {
+        bail!(
+            "--from given {} times: an activation takes at most {} networks",
+            from.len(),
+            crate::server::enroll::MAX_SOURCE_CIDRS
+        );
     }
     let r = admin
         .client
         .create_token(CreateTokenRequest {
             ttl_seconds: ttl.as_secs(),
             hostname: hostname.unwrap_or_default(),
+            source_cidrs: from.iter().map(ToString::to_string).collect(),
         })
         .await;
     let token = r.map_err(|s| admin.status(s))?.into_inner();
@@ -856,19 +888,28 @@ async fn token_create(
         return print_json(&token_json(&token)?);
     }
     let expires = format_time_ms(token.expires_at_ms).unwrap_or_else(|| "-".into());
-    println!("Activation ID:   {}", token.activation_id);
-    println!("Activation code: {}", token.activation_code);
+    println!("Activation ID:   {}", escape_control(&token.activation_id));
+    println!(
+        "Activation code: {}",
+        escape_control(&token.activation_code)
+    );
     println!(
         "Expires at:      {expires} (in {})",
         humantime::format_duration(Duration::from_secs(ttl.as_secs()))
     );
     if !token.hostname.is_empty() {
-        println!("Only for host:   {}", token.hostname);
+        println!("Only for host:   {}", escape_control(&token.hostname));
+    }
+    if !token.source_cidrs.is_empty() {
+        println!(
+            "Only from:       {}",
+            escape_control(&token.source_cidrs.join(", "))
+        );
     }
     println!();
     println!("Enroll a host by running this on it (the code works once):");
     println!();
-    println!("{}", enroll_command(&token)?);
+    println!("{}", escape_control(&enroll_command(&token)?));
     Ok(())
 }
 
@@ -907,7 +948,7 @@ async fn instance(admin: &mut Admin, cmd: InstanceCommand) -> anyhow::Result<()>
             if json {
                 print_json(&instance_json(&i))
             } else {
-                println!("instance {} deregistered", i.instance_id);
+                println!("instance {} deregistered", escape_control(&i.instance_id));
                 Ok(())
             }
         }
@@ -966,7 +1007,7 @@ async fn task(server: &str, admin_cert: Option<&Path>, cmd: TaskCommand) -> anyh
             if json {
                 print_json(&task_value(&t))
             } else {
-                println!("{id}");
+                println!("{}", escape_control(&id));
                 Ok(())
             }
         }
@@ -997,7 +1038,7 @@ async fn task_run(
     let mut t = r.map_err(|s| admin.status(s))?.into_inner();
     let id = task_id(&t);
     if !args.json {
-        println!("{id}");
+        println!("{}", escape_control(&id));
     }
     if args.wait {
         t = wait_for(&mut admin, &id, Target::Running, args.wait_timeout).await?;
@@ -1145,6 +1186,12 @@ mod tests {
         );
         let e = anyhow!("inner").context("outer");
         assert_eq!(error_report(&e), "outer: inner");
+        // A message from the control plane carrying escape sequences.
+        let e = anyhow!("no task \x1b[2J\x1b]0;title\x07").context("describe");
+        assert_eq!(
+            error_report(&e),
+            "describe: no task \\u{1b}[2J\\u{1b}]0;title\\u{7}"
+        );
     }
 
     /// `berth` and every visible subcommand under it, as man page names.
@@ -1187,6 +1234,7 @@ mod tests {
             ca_sha256: "ab".into(),
             fleet_addresses: vec!["berth.example:7420".into()],
             hostname: String::new(),
+            source_cidrs: vec!["10.9.0.0/24".into()],
         };
         assert_eq!(
             enroll_command(&t).expect("line"),
@@ -1195,5 +1243,6 @@ mod tests {
         let v = token_json(&t).expect("json");
         assert_eq!(v["expiresAt"], "2023-11-14T22:13:20.000Z");
         assert_eq!(v["caHash"], "sha256:ab");
+        assert_eq!(v["from"], json!(["10.9.0.0/24"]));
     }
 }

@@ -95,7 +95,7 @@ pub async fn run(
                 &fleet_url,
                 &token.activation_id,
                 &token.activation_code,
-                Some(server.ca_sha256()),
+                &berth_agent::identity::CaPin::Sha256(server.ca_sha256()),
             )
             .await?;
         }

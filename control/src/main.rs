@@ -13,6 +13,11 @@ fn main() -> ExitCode {
         ControlFlow::Continue(args) => args,
         ControlFlow::Break(code) => return code,
     };
+    if matches!(args.command, cli::Command::Server(_) | cli::Command::Dev(_)) {
+        // Before the store is opened: SQLite creates its files with the
+        // umask, and they hold task definitions with their environments.
+        berth_agent::fsutil::private_umask();
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

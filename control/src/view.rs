@@ -1,9 +1,14 @@
 //! Human output of the CLI: aligned tables and key/value blocks. The JSON
 //! output lives in `berth_proto::json`, shared with the agent.
+//!
+//! Every cell and value is printed through
+//! [`escape_control`](berth_proto::text::escape_control): what agents report
+//! (hostnames, families, reasons) cannot move the cursor or hide rows.
 
 use std::fmt::Write as _;
 
 use berth_proto::json::format_time_ms;
+use berth_proto::text::escape_control;
 use berth_proto::v1::{AdminCertificateRecord, Instance, Task, TaskState};
 
 /// A table with left-aligned columns separated by two spaces.
@@ -21,8 +26,14 @@ impl Table {
         }
     }
 
+    /// Adds a row; control characters in the cells are escaped.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|c| escape_control(&c).into_owned())
+                .collect(),
+        );
     }
 
     pub fn render(&self) -> String {
@@ -121,7 +132,7 @@ pub fn instance_detail(i: &Instance, now_ms: i64) -> String {
     let rem = i.remaining.unwrap_or_default();
     let mut out = String::new();
     let mut kv = |k: &str, v: String| {
-        let _ = writeln!(out, "{k:<20}{v}");
+        let _ = writeln!(out, "{k:<20}{}", escape_control(&v));
     };
     kv("Instance ID:", i.instance_id.clone());
     kv("Hostname:", or_dash(&i.hostname));
@@ -164,7 +175,7 @@ pub fn instance_detail(i: &Instance, now_ms: i64) -> String {
         let mut attrs: Vec<_> = i.attributes.iter().collect();
         attrs.sort();
         for (k, v) in attrs {
-            let _ = writeln!(out, "  {k}={v}");
+            let _ = writeln!(out, "  {}={}", escape_control(k), escape_control(v));
         }
     }
     out
@@ -198,7 +209,7 @@ pub fn task_detail(task: &Task, now_ms: i64) -> String {
     let mut out = String::new();
     {
         let mut kv = |k: &str, v: String| {
-            let _ = writeln!(out, "{k:<17}{v}");
+            let _ = writeln!(out, "{k:<17}{}", escape_control(&v));
         };
         kv("Task ID:", s.task_id.clone());
         kv("Family:", or_dash(&s.family));
@@ -312,6 +323,47 @@ mod tests {
         let mut t = Table::new(&["A", "LONG HEADER", "C"]);
         t.row(vec!["xxxx".into(), "y".into(), "z".into()]);
         assert_eq!(t.render(), "A     LONG HEADER  C\nxxxx  y            z\n");
+    }
+
+    #[test]
+    fn what_agents_report_reaches_the_terminal_escaped() {
+        let hostile = "evil\x1b]0;pwned-title\x07\x1b[2K\x1b[1A\x1b[31mOK\x1b[0m";
+        let mut attributes = std::collections::HashMap::new();
+        attributes.insert("k\x1b[8m".to_owned(), "v\u{9b}2J".to_owned());
+        let instance = Instance {
+            instance_id: "i-1".into(),
+            hostname: hostile.into(),
+            attributes,
+            ..Instance::default()
+        };
+        let task = Task {
+            instance_id: "i-1".into(),
+            state: Some(TaskState {
+                task_id: "t-1".into(),
+                family: "fam\x1b[8mhidden\x1b[0m".into(),
+                stopped_reason: "line1\nline2\r".into(),
+                ..TaskState::default()
+            }),
+            ..Task::default()
+        };
+        for out in [
+            instances_table(std::slice::from_ref(&instance), 0),
+            instance_detail(&instance, 0),
+            tasks_table(std::slice::from_ref(&task)),
+            task_detail(&task, 0),
+        ] {
+            assert!(
+                !out.chars().any(|c| c != '\n' && c.is_control()),
+                "a control character reaches the terminal: {out:?}"
+            );
+        }
+        let table = instances_table(std::slice::from_ref(&instance), 0);
+        assert!(table.contains("evil\\u{1b}]0;pwned-title\\u{7}"), "{table}");
+        assert_eq!(table.lines().count(), 2, "{table}");
+        let detail = task_detail(&task, 0);
+        assert!(detail.contains("fam\\u{1b}[8mhidden"), "{detail}");
+        assert!(detail.contains("line1\\u{a}line2\\u{d}"), "{detail}");
+        assert!(instance_detail(&instance, 0).contains("k\\u{1b}[8m=v\\u{9b}2J"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_connect_run_and_replay() -> Result {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir()?;
     let server = Server::start(ServerConfig::loopback(dir.path())).await?;
 
     // server.json names the bound ports.
@@ -374,7 +374,7 @@ async fn enroll_connect_run_and_replay() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_must_match_the_certificate() -> Result {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir()?;
     let server = Server::start(ServerConfig::loopback(dir.path())).await?;
     let enrolled = enroll(&server).await?;
     let mtls = enrolled.mtls(&server).await?;
@@ -438,7 +438,7 @@ async fn hello_must_match_the_certificate() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_sessions_are_closed_after_three_heartbeat_intervals() -> Result {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir()?;
     let mut cfg = ServerConfig::loopback(dir.path());
     cfg.heartbeat_interval = Duration::from_millis(100);
     let server = Server::start(cfg).await?;

@@ -72,13 +72,14 @@ async fn instance_count(server: &berth_control::RunningServer) -> Result<usize> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activations_bound_to_a_hostname_refuse_other_hosts() -> Result {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir()?;
     let server = Server::start(ServerConfig::loopback(dir.path())).await?;
     let mut admin = admin_client(server.admin_addr()).await?;
     let token = admin
         .create_token(CreateTokenRequest {
             ttl_seconds: 0,
             hostname: "web-1".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -87,6 +88,7 @@ async fn activations_bound_to_a_hostname_refuse_other_hosts() -> Result {
         .create_token(CreateTokenRequest {
             ttl_seconds: 0,
             hostname: "no spaces please".into(),
+            ..Default::default()
         })
         .await
         .expect_err("invalid hostname");
@@ -127,7 +129,7 @@ async fn activations_bound_to_a_hostname_refuse_other_hosts() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_enrollments_are_limited_per_source_address() -> Result {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir()?;
     let mut cfg = ServerConfig::loopback(dir.path());
     cfg.enroll_failures_per_minute = 3;
     let server = Server::start(cfg).await?;
@@ -170,7 +172,7 @@ async fn failed_enrollments_are_limited_per_source_address() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_activation_is_refused() -> Result {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir()?;
     let server = Server::start(ServerConfig::loopback(dir.path())).await?;
     let token = server.create_token(Some(Duration::from_secs(1))).await?;
     // Wait for the expiry itself (wall clock), with a deadline.
@@ -204,7 +206,7 @@ async fn an_expired_activation_is_refused() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_issues_a_new_certificate_for_the_same_instance() -> Result {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir()?;
     let mut cfg = ServerConfig::loopback(dir.path());
     cfg.cert_lifetime = Duration::from_secs(3600);
     let server = Server::start(cfg).await?;
@@ -325,7 +327,7 @@ async fn refused_session(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_foreign_and_admin_certificates_open_no_session() -> Result {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir()?;
     let server = Server::start(ServerConfig::loopback(dir.path())).await?;
     let host = enroll(&server).await?;
 
@@ -341,7 +343,7 @@ async fn expired_foreign_and_admin_certificates_open_no_session() -> Result {
     assert!(!server.is_connected(&host.instance_id), "{seen}");
 
     // A certificate of another CA.
-    let other_dir = tempfile::tempdir()?;
+    let other_dir = private_dir()?;
     let other = Server::start(ServerConfig::loopback(other_dir.path())).await?;
     let stranger = enroll(&other).await?;
     let seen = refused_session(&server, stranger.identity(), &stranger.instance_id).await;
@@ -426,7 +428,7 @@ fn offline_admin(data_dir: &std::path::Path, name: &str) -> Result<(Identity, St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_off_loopback_takes_admin_certificates_only() -> Result {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir()?;
     let server = off_loopback_server(dir.path()).await?;
     let addr = server.admin_addr();
     let ca_pem = server.ca_pem().to_owned();
@@ -511,7 +513,7 @@ async fn admin_api_off_loopback_takes_admin_certificates_only() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_admin_certificate_is_refused_on_its_next_call() -> Result {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir()?;
     let server = off_loopback_server(dir.path()).await?;
     let addr = server.admin_addr();
     let ca_pem = server.ca_pem().to_owned();
@@ -690,7 +692,7 @@ async fn a_revoked_admin_certificate_is_refused_on_its_next_call() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_messages_are_refused_with_a_status() -> Result {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir()?;
     let server = Server::start(ServerConfig::loopback(dir.path())).await?;
     let host = enroll(&server).await?;
     let mut admin = admin_client(server.admin_addr()).await?;
@@ -820,7 +822,7 @@ async fn oversized_and_malformed_messages_are_refused_with_a_status() -> Result 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_over_its_rate_is_closed_and_the_replay_loses_nothing() -> Result {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir()?;
     let mut cfg = ServerConfig::loopback(dir.path());
     cfg.stream_rate = 1;
     cfg.stream_burst = 10;
@@ -889,7 +891,7 @@ async fn a_stream_over_its_rate_is_closed_and_the_replay_loses_nothing() -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_cannot_report_events_for_another_instances_tasks() -> Result {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir()?;
     let server = Server::start(ServerConfig::loopback(dir.path())).await?;
     let mut a = FakeAgent::start(&server, 1024, 1024).await?;
     let mut b = FakeAgent::start(&server, 1024, 1024).await?;

@@ -274,6 +274,7 @@ impl Fleet {
                     used_at_ms: None,
                     instance_id: None,
                     hostname: None,
+                    source_cidrs: Vec::new(),
                 })
                 .expect("activation");
             store

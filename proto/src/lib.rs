@@ -16,6 +16,7 @@ pub use v1::*;
 pub mod json;
 pub mod metrics;
 pub mod status;
+pub mod text;
 
 /// Largest message an agent sends on `Fleet` (the server refuses larger).
 pub const FLEET_MAX_AGENT_MESSAGE: usize = 4 * 1024 * 1024;

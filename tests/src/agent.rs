@@ -91,7 +91,9 @@ impl Agent {
 
     /// Runs `berth-agent enroll --server https://<fleet> --activation-id …
     /// --activation-code … --ca-hash sha256:<hex> --config <tmp>/agent.toml
-    /// EXTRA…` and returns its output, whatever it is. Remembers the
+    /// EXTRA…` and returns its output, whatever it is (an activation with
+    /// an empty `ca_hash` gives no `--ca-hash`: pass
+    /// `--insecure-skip-ca-pin` in EXTRA, or see it refused). Remembers the
     /// activation when the command succeeds.
     pub fn enroll_with(
         &mut self,
@@ -109,7 +111,6 @@ impl Agent {
         activation: &Activation,
         extra: &[&str],
     ) -> Output {
-        let ca_hash = activation.ca_hash_arg();
         let mut cmd = clean_command(&agent_bin());
         cmd.args([
             "enroll",
@@ -119,12 +120,11 @@ impl Agent {
             &activation.id,
             "--activation-code",
             &activation.code,
-            "--ca-hash",
-            &ca_hash,
-        ])
-        .arg("--config")
-        .arg(&self.config)
-        .args(extra);
+        ]);
+        if !activation.ca_hash.is_empty() {
+            cmd.args(["--ca-hash", &activation.ca_hash_arg()]);
+        }
+        cmd.arg("--config").arg(&self.config).args(extra);
         let out = output_of(&mut cmd);
         if out.status.success() && self.activation.is_none() {
             self.activation = Some(activation.clone());

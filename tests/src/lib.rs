@@ -63,6 +63,7 @@
 mod agent;
 mod applied;
 pub mod capture;
+mod check;
 mod dev;
 mod docker;
 mod dockerd;
@@ -80,6 +81,7 @@ mod wait;
 
 pub use agent::Agent;
 pub use applied::{AppliedEvent, applied_events, assert_every_event_applied_once, statuses_of};
+pub use check::{assert_fails, assert_ok, chmod, mode_of};
 pub use dev::Dev;
 pub use docker::{
     TestImage, containers_of, docker, docker_json, docker_ok, remove_labelled, short_id,

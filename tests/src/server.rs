@@ -267,7 +267,9 @@ impl Server {
     pub fn start_with(run: &RunId, options: &ServerOptions) -> Server {
         let dir = run.temp_dir("server");
         let data_dir = dir.path().join("data");
-        std::fs::create_dir_all(&data_dir)
+        // 0700: the server refuses a data dir open to group or others.
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&data_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", data_dir.display()));
         let log = dir.path().join("server.log");
         let mut cmd = match options.open_file_limit {

@@ -656,8 +656,9 @@ fn enroll_sh_dry_run_prints_the_steps_and_changes_nothing() {
     let before = sb.changes();
     let code = format!("secret-{run_id}");
     let cmd = format!(
-        "{} --dry-run --server https://x:7420 --activation-id a --activation-code {code} --package {} --reserved-memory 256",
+        "{} --dry-run --server https://x:7420 --activation-id a --activation-code {code} --ca-hash sha256:{} --package {} --reserved-memory 256",
         script("packaging/enroll.sh").display(),
+        "ab".repeat(32),
         p.agent_deb.display()
     );
     let out = sb.run(

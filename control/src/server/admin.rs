@@ -39,7 +39,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, warn};
 
-use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of};
+use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of, tidy_serial};
 use super::placement::{Candidate, Need, PlacementError, place};
 use super::store::{
     ACTIVE, AdminCertRecord, InstanceRecord, PENDING, RUNNING, STOPPED, SqliteStore, Store,
@@ -354,9 +354,11 @@ impl Admin for AdminService {
             s => Some(Duration::from_secs(s)),
         };
         let hostname = Some(req.hostname.as_str()).filter(|h| !h.trim().is_empty());
+        let sources = super::enroll::parse_source_cidrs(&req.source_cidrs)
+            .map_err(|e| Status::invalid_argument(format!("source network: {e}")))?;
         let token = self
             .core
-            .create_token(ttl, hostname)
+            .create_token(ttl, hostname, &sources)
             .await
             .map_err(|e| match e {
                 TokenError::Ttl(_) | TokenError::Hostname(_) => {
@@ -441,7 +443,8 @@ impl Admin for AdminService {
             .await
             .map_err(|e| match e {
                 StoreError::NoAdminCertificate(_) => Status::not_found(format!(
-                    "no admin certificate with serial number {serial}: `berth admin-cert ls` lists those this control plane issued"
+                    "no admin certificate with serial number {}: `berth admin-cert ls` lists those this control plane issued",
+                    tidy_serial(&typed)
                 )),
                 other => store_status(other),
             })?;

@@ -16,8 +16,11 @@
 //! - `ca.key` readable by group or others is refused at start, naming the
 //!   file and the fix;
 //! - every certificate gets a random 128-bit serial number (top bit clear,
-//!   never zero); [`Issued::serial`] and [`Subject::serial`] give it as
-//!   lowercase hex, the form the store records admin certificates under.
+//!   never zero); [`Issued::serial`] and [`Subject::serial`] give it in
+//!   the form the store records admin certificates under: lowercase hex of
+//!   the integer, left-padded with zeros to 32 digits ([`normalize_serial`],
+//!   so that serials compare as integers whatever leading zeros they were
+//!   typed or encoded with).
 
 use std::fs;
 use std::io;
@@ -146,17 +149,40 @@ pub fn subject_of(der: &[u8]) -> Result<Subject, String> {
     Ok(Subject {
         common_name,
         admin,
-        serial: hex::encode(cert.raw_serial()),
+        serial: canonical_serial(&hex::encode(cert.raw_serial())),
     })
 }
 
+/// Hex digits of a serial number berth issues (128 bits): the width every
+/// serial is padded to, so that one integer has one spelling.
+const SERIAL_DIGITS: usize = 32;
+
 /// A serial number as an operator may type it (hex, any case, optionally
-/// with `:` separators as `openssl` prints it) in the form the store keeps:
-/// lowercase hex without separators. `None` when it is not hex.
+/// with `:` separators as `openssl` prints it, with or without leading
+/// zeros) in the form the store keeps: lowercase hex of the integer without
+/// separators, left-padded with zeros to 32 digits. `None` when it is not
+/// hex.
 pub fn normalize_serial(s: &str) -> Option<String> {
-    let hex: String = s.trim().chars().filter(|c| *c != ':').collect();
+    let hex = tidy_serial(s);
     let valid = (1..=64).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit());
-    valid.then(|| hex.to_ascii_lowercase())
+    valid.then(|| canonical_serial(&hex))
+}
+
+/// A serial number as messages repeat it: as typed, lowercase, without
+/// separators (its leading zeros kept).
+pub fn tidy_serial(s: &str) -> String {
+    s.trim()
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// `hex` (hex digits only) as the integer's lowercase digits, padded to
+/// [`SERIAL_DIGITS`].
+fn canonical_serial(hex: &str) -> String {
+    let digits = hex.trim_start_matches('0').to_ascii_lowercase();
+    format!("{digits:0>SERIAL_DIGITS$}")
 }
 
 /// When a certificate (DER) expires, in ms since the Unix epoch.
@@ -409,7 +435,7 @@ impl Ca {
         params.not_before = now - BACKDATE.min(lifetime / 4);
         params.not_after = (now + lifetime).min(self.not_after);
         let serial = random_serial();
-        let serial_hex = hex::encode(serial.as_ref());
+        let serial_hex = canonical_serial(&hex::encode(serial.as_ref()));
         params.serial_number = Some(serial);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -667,8 +693,24 @@ mod tests {
 
     #[test]
     fn serial_numbers_are_normalized_as_operators_type_them() {
-        assert_eq!(normalize_serial(" 3F:a2:01 ").as_deref(), Some("3fa201"));
-        assert_eq!(normalize_serial("3FA201").as_deref(), Some("3fa201"));
+        let padded = format!("{:0>32}", "3fa201");
+        assert_eq!(normalize_serial(" 3F:a2:01 "), Some(padded.clone()));
+        assert_eq!(normalize_serial("3FA201"), Some(padded.clone()));
+        assert_eq!(normalize_serial("00:3f:a2:01"), Some(padded));
+        // As an integer prints it (no leading zero) and as the store and
+        // `openssl` show it (with one): the same serial.
+        let stored = "0b2e0c4d5e6f708192a3b4c5d6e7f809";
+        assert_eq!(normalize_serial(stored).as_deref(), Some(stored));
+        assert_eq!(normalize_serial(&stored[1..]).as_deref(), Some(stored));
+        assert_eq!(
+            normalize_serial(&format!("00{stored}")).as_deref(),
+            Some(stored)
+        );
+        assert_eq!(
+            canonical_serial(&hex::encode([0u8, 0x0b, 0x2e])),
+            format!("{:0>32}", "b2e")
+        );
+        assert_eq!(tidy_serial(" 0B:2E "), "0b2e");
         assert_eq!(normalize_serial(""), None);
         assert_eq!(normalize_serial(":"), None);
         assert_eq!(normalize_serial("xyz"), None);

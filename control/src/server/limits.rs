@@ -1,30 +1,55 @@
-//! In-memory limits: failed enrollments per source address, and the rate of
-//! messages on one agent stream.
+//! In-memory limits: failed enrollments per source address (IPv6 by /64,
+//! [`source_key`]) and per activation id, and the rate of messages on one
+//! agent stream.
 //!
 //! Both are deliberately in memory: a restart forgets them, which costs an
 //! attacker one restart's worth of attempts (a few per minute), and keeps the
 //! store free of per-request writes.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// At most this many source addresses are tracked; when full, addresses
-/// whose failures are all older than the window are forgotten first, then
-/// the one with the oldest last failure.
+/// At most this many keys (source addresses, activation ids) are tracked;
+/// when full, keys whose failures are all older than the window are
+/// forgotten first, then the one with the oldest last failure.
 const MAX_TRACKED: usize = 10_000;
 
-/// Counts failed attempts per source address in a sliding window.
+/// The key a source address is counted under: an IPv4 address (an
+/// IPv4-mapped IPv6 one included) as it is, an IPv6 address by its /64 —
+/// one host or one site gets a /64, so a /128 key would give it billions of
+/// counters.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !(u128::MAX >> 64);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+    }
+}
+
+/// A [`source_key`] as messages show it: `192.0.2.1`, `2001:db8::/64`.
+pub fn source_text(key: IpAddr) -> String {
+    match key {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("{v6}/64"),
+    }
+}
+
+/// Counts failed attempts per key (a source address, an activation id) in a
+/// sliding window.
 ///
 /// An attempt is counted as a failure when it begins ([`FailureLimiter::begin`])
 /// and forgiven when it succeeds ([`FailureLimiter::forgive`]), so that
 /// concurrent attempts cannot slip past the limit together.
 #[derive(Debug)]
-pub struct FailureLimiter {
+pub struct FailureLimiter<K = IpAddr> {
     limit: u32,
     window: Duration,
-    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    failures: Mutex<HashMap<K, VecDeque<Instant>>>,
 }
 
 /// Why an address is refused for now.
@@ -37,9 +62,9 @@ pub struct Limited {
     pub retry_after: Duration,
 }
 
-impl FailureLimiter {
-    /// `limit` failures per `window` and address; 0 disables the limit.
-    pub fn new(limit: u32, window: Duration) -> FailureLimiter {
+impl<K: Hash + Eq + Clone> FailureLimiter<K> {
+    /// `limit` failures per `window` and key; 0 disables the limit.
+    pub fn new(limit: u32, window: Duration) -> FailureLimiter<K> {
         FailureLimiter {
             limit,
             window,
@@ -47,22 +72,23 @@ impl FailureLimiter {
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, VecDeque<Instant>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<K, VecDeque<Instant>>> {
         // Counters only: a panic half-way cannot break an invariant.
         self.failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Begins an attempt of `ip`: `Err` when `ip` has used up its failures
-    /// in the current window; otherwise the attempt counts as a failure
-    /// until [`FailureLimiter::forgive`] is called with the returned instant.
-    pub fn begin(&self, ip: IpAddr, now: Instant) -> Result<Instant, Limited> {
+    /// Begins an attempt of `key`: `Err` when `key` has used up its
+    /// failures in the current window; otherwise the attempt counts as a
+    /// failure until [`FailureLimiter::forgive`] is called with the returned
+    /// instant.
+    pub fn begin(&self, key: &K, now: Instant) -> Result<Instant, Limited> {
         if self.limit == 0 {
             return Ok(now);
         }
         let mut map = self.map();
-        if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
+        if map.len() >= MAX_TRACKED && !map.contains_key(key) {
             map.retain(|_, times| {
                 prune(times, now, self.window);
                 !times.is_empty()
@@ -71,12 +97,12 @@ impl FailureLimiter {
                 && let Some(stalest) = map
                     .iter()
                     .min_by_key(|(_, times)| times.back().copied())
-                    .map(|(ip, _)| *ip)
+                    .map(|(k, _)| k.clone())
             {
                 map.remove(&stalest);
             }
         }
-        let times = map.entry(ip).or_default();
+        let times = map.entry(key.clone()).or_default();
         prune(times, now, self.window);
         let count = u32::try_from(times.len()).unwrap_or(u32::MAX);
         if count >= self.limit {
@@ -91,16 +117,16 @@ impl FailureLimiter {
         Ok(now)
     }
 
-    /// The attempt of `ip` that began at `at` succeeded: it is not a
+    /// The attempt of `key` that began at `at` succeeded: it is not a
     /// failure.
-    pub fn forgive(&self, ip: IpAddr, at: Instant) {
+    pub fn forgive(&self, key: &K, at: Instant) {
         let mut map = self.map();
-        if let Some(times) = map.get_mut(&ip) {
+        if let Some(times) = map.get_mut(key) {
             if let Some(i) = times.iter().rposition(|t| *t == at) {
                 times.remove(i);
             }
             if times.is_empty() {
-                map.remove(&ip);
+                map.remove(key);
             }
         }
     }
@@ -167,48 +193,81 @@ mod tests {
 
     #[test]
     fn failures_are_limited_per_address_and_window() {
-        let l = FailureLimiter::new(3, Duration::from_secs(60));
+        let l: FailureLimiter = FailureLimiter::new(3, Duration::from_secs(60));
         let t0 = Instant::now();
         for i in 0..3 {
-            l.begin(IP, t0 + Duration::from_secs(i))
+            l.begin(&IP, t0 + Duration::from_secs(i))
                 .unwrap_or_else(|e| panic!("attempt {i}: {e:?}"));
         }
         let limited = l
-            .begin(IP, t0 + Duration::from_secs(10))
+            .begin(&IP, t0 + Duration::from_secs(10))
             .expect_err("limited");
         assert_eq!(limited.failures, 3);
         assert_eq!(limited.retry_after, Duration::from_secs(50));
         // Another address is not affected.
-        let other = l.begin(OTHER, t0).expect("other address");
-        l.forgive(OTHER, other);
+        let other = l.begin(&OTHER, t0).expect("other address");
+        l.forgive(&OTHER, other);
         // Once the first failure leaves the window, one more try is allowed.
-        l.begin(IP, t0 + Duration::from_secs(60))
+        l.begin(&IP, t0 + Duration::from_secs(60))
             .expect("after the window");
-        assert!(l.begin(IP, t0 + Duration::from_millis(60_500)).is_err());
+        assert!(l.begin(&IP, t0 + Duration::from_millis(60_500)).is_err());
         assert_eq!(l.tracked(), 1);
     }
 
     #[test]
     fn successes_are_forgiven() {
-        let l = FailureLimiter::new(2, Duration::from_secs(60));
+        let l: FailureLimiter = FailureLimiter::new(2, Duration::from_secs(60));
         let t0 = Instant::now();
         for i in 0..10 {
             let at = l
-                .begin(IP, t0 + Duration::from_millis(i))
+                .begin(&IP, t0 + Duration::from_millis(i))
                 .expect("successes never count");
-            l.forgive(IP, at);
+            l.forgive(&IP, at);
         }
         assert_eq!(l.tracked(), 0);
     }
 
     #[test]
     fn zero_disables_the_limit() {
-        let l = FailureLimiter::new(0, Duration::from_secs(60));
+        let l: FailureLimiter = FailureLimiter::new(0, Duration::from_secs(60));
         let t0 = Instant::now();
         for _ in 0..100 {
-            l.begin(IP, t0).expect("no limit");
+            l.begin(&IP, t0).expect("no limit");
         }
         assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn ipv6_sources_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(other));
+        assert_eq!(source_text(source_key(a)), "2001:db8:1:2::/64");
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("ip");
+        assert_eq!(source_key(mapped), IP);
+        assert_ne!(source_key("::ffff:192.0.2.2".parse().expect("ip")), IP);
+        assert_eq!(source_text(IP), "192.0.2.1");
+        // One /64 shares one counter.
+        let l: FailureLimiter = FailureLimiter::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        l.begin(&source_key(a), t0).expect("first");
+        l.begin(&source_key(b), t0).expect("second");
+        assert!(l.begin(&source_key(a), t0).is_err());
+        l.begin(&source_key(other), t0).expect("another /64");
+    }
+
+    #[test]
+    fn failures_are_counted_per_activation_id_too() {
+        let l: FailureLimiter<String> = FailureLimiter::new(2, Duration::from_secs(3600));
+        let t0 = Instant::now();
+        let id = "a-1".to_string();
+        l.begin(&id, t0).expect("first");
+        l.begin(&id, t0).expect("second");
+        let limited = l.begin(&id, t0).expect_err("locked");
+        assert_eq!(limited.failures, 2);
+        l.begin(&"a-2".to_string(), t0).expect("another activation");
     }
 
     #[test]

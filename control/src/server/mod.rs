@@ -88,8 +88,10 @@ pub const MIN_CERT_LIFETIME: Duration = Duration::from_secs(10);
 pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default lifetime of an admin certificate.
 pub const DEFAULT_ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
-/// Failed enrollments allowed per source address in [`ENROLL_FAILURE_WINDOW`].
-pub const DEFAULT_ENROLL_FAILURES: u32 = 5;
+/// Failed enrollments allowed per source address (IPv4, or IPv6 /64) in
+/// [`ENROLL_FAILURE_WINDOW`]; each activation id has its own, stricter limit
+/// (`enroll::ACTIVATION_FAILURES`).
+pub const DEFAULT_ENROLL_FAILURES: u32 = 20;
 pub const ENROLL_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Messages per second one agent stream may send on average, and at once.
 pub const DEFAULT_STREAM_RATE: u32 = 200;
@@ -160,8 +162,8 @@ pub struct ServerConfig {
     /// Lifetime of the client certificates issued to agents, at enrollment
     /// and at every renewal.
     pub cert_lifetime: Duration,
-    /// Failed enrollments allowed per source address and minute; 0: no
-    /// limit.
+    /// Failed enrollments allowed per source address (IPv6: per /64) and
+    /// minute; 0: no limit.
     pub enroll_failures_per_minute: u32,
     /// Messages per second one agent stream may send on average; 0: no
     /// limit.
@@ -213,6 +215,12 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the data dir {} is open to group or others (mode {mode:04o}): it holds the fleet CA key and the database (task definitions with their environments); run `chmod 700 {}`",
+        path.display(),
+        path.display()
+    )]
+    DataDirOpen { path: PathBuf, mode: u32 },
     #[error(transparent)]
     Ca(#[from] ca::CaError),
     #[error(transparent)]
@@ -415,13 +423,15 @@ impl Core {
     }
 
     /// Creates a one-time activation valid for `ttl` (the default when
-    /// `None`), for any host or only for `hostname`. Only the code's hash is
-    /// stored.
+    /// `None`), for any host or only for `hostname`, from any address or
+    /// only from `sources`. Only the code's hash is stored.
     pub(crate) async fn create_token(
         &self,
         ttl: Option<Duration>,
         hostname: Option<&str>,
+        sources: &[enroll::Cidr],
     ) -> Result<Token, TokenError> {
+        let source_cidrs: Vec<String> = sources.iter().map(ToString::to_string).collect();
         let ttl = ttl.unwrap_or(self.default_token_ttl);
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
             return Err(TokenError::Ttl(ttl));
@@ -443,10 +453,16 @@ impl Core {
             used_at_ms: None,
             instance_id: None,
             hostname: hostname.clone(),
+            source_cidrs: source_cidrs.clone(),
         };
         let expires_at_ms = record.expires_at_ms;
         self.db(move |s| s.create_activation(&record)).await?;
-        info!(activation_id = %id, expires_at_ms, hostname = hostname.as_deref().unwrap_or("(any)"), "activation created");
+        let from = if source_cidrs.is_empty() {
+            "(any)".to_owned()
+        } else {
+            source_cidrs.join(",")
+        };
+        info!(activation_id = %id, expires_at_ms, hostname = hostname.as_deref().unwrap_or("(any)"), from = %from, "activation created");
         Ok(Token {
             activation_id: id,
             activation_code: code,
@@ -454,6 +470,7 @@ impl Core {
             ca_sha256: self.ca.sha256_hex(),
             fleet_addresses: vec![self.advertise.clone()],
             hostname: hostname.unwrap_or_default(),
+            source_cidrs,
         })
     }
 }
@@ -814,7 +831,7 @@ impl RunningServer {
     /// Creates a one-time activation in-process (what `berth token create`
     /// does over the admin API). `None`: the default lifetime.
     pub async fn create_token(&self, ttl: Option<Duration>) -> Result<Token, TokenError> {
-        self.core.create_token(ttl, None).await
+        self.core.create_token(ttl, None, &[]).await
     }
 
     /// Like [`RunningServer::create_token`], bound to one hostname.
@@ -823,7 +840,16 @@ impl RunningServer {
         ttl: Option<Duration>,
         hostname: &str,
     ) -> Result<Token, TokenError> {
-        self.core.create_token(ttl, Some(hostname)).await
+        self.core.create_token(ttl, Some(hostname), &[]).await
+    }
+
+    /// Like [`RunningServer::create_token`], usable only from `sources`.
+    pub async fn create_token_from(
+        &self,
+        ttl: Option<Duration>,
+        sources: &[enroll::Cidr],
+    ) -> Result<Token, TokenError> {
+        self.core.create_token(ttl, None, sources).await
     }
 
     /// Whether the admin API speaks TLS (it is not on loopback).
@@ -949,13 +975,20 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// Creates the data dir 0700 or checks that it is no wider; opens the CA
+/// and the store (its files 0600).
 fn open_data_dir(dir: &Path) -> Result<(Ca, Box<dyn Store>), ServerError> {
-    let open = fsutil::create_private_dir(dir).map_err(|source| ServerError::DataDir {
+    use std::os::unix::fs::PermissionsExt;
+    let io_err = |source| ServerError::DataDir {
         path: dir.to_owned(),
         source,
-    })?;
-    if open {
-        warn!(path = %dir.display(), "the data dir is accessible to group or others; it should be mode 0700");
+    };
+    if fsutil::create_private_dir(dir).map_err(io_err)? {
+        let mode = std::fs::metadata(dir).map_err(io_err)?.permissions().mode() & 0o7777;
+        return Err(ServerError::DataDirOpen {
+            path: dir.to_owned(),
+            mode,
+        });
     }
     // A stale description of an earlier run must not be mistaken for this one.
     let _ = std::fs::remove_file(dir.join(STATE_FILE));
@@ -966,8 +999,43 @@ fn open_data_dir(dir: &Path) -> Result<(Ca, Box<dyn Store>), ServerError> {
     if ca.not_after() < time::OffsetDateTime::now_utc() + time::Duration::days(90) {
         warn!(not_after = %ca.not_after(), "the fleet CA expires soon; agents will have to enroll again with a new CA");
     }
-    let store = SqliteStore::open(&dir.join(DB_FILE))?;
+    let db = dir.join(DB_FILE);
+    private_db_files(&db).map_err(io_err)?;
+    let store = SqliteStore::open(&db)?;
     Ok((ca, Box::new(store)))
+}
+
+/// Creates the database file 0600 when missing (SQLite gives its `-wal`
+/// and `-shm` files the database's mode), and takes group and others off
+/// database files an earlier version left wider (inside a 0700 dir, which
+/// kept them private).
+fn private_db_files(db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = PathBuf::from(name);
+        let mode = match std::fs::metadata(&path) {
+            Ok(m) => m.permissions().mode() & 0o7777,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & !0o077))?;
+            warn!(path = %path.display(), old_mode = format!("{mode:04o}"), "database file was open to group or others; made it private");
+        }
+    }
+    Ok(())
 }
 
 fn local_addr(
@@ -1039,6 +1107,62 @@ mod tests {
         assert!(validate_advertise("berth.example").is_err());
         assert!(validate_advertise("https://berth.example:7420").is_err());
         assert!(validate_advertise("h:0").is_err());
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).expect("meta").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_data_dir_is_created_0700_and_its_database_0600() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let (_ca, store) = open_data_dir(&dir).expect("open");
+        assert_eq!(mode_of(&dir), 0o700);
+        // Whatever the umask of the test process, SQLite's files included.
+        let files: Vec<String> = std::fs::read_dir(&dir)
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(DB_FILE))
+            .collect();
+        assert!(files.len() >= 2, "{files:?}");
+        for name in &files {
+            assert_eq!(mode_of(&dir.join(name)) & 0o077, 0, "{name}");
+        }
+        drop(store);
+    }
+
+    #[test]
+    fn a_data_dir_open_to_others_is_refused_naming_the_chmod() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let err = open_data_dir(&dir).err().expect("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("mode 0755") && text.contains(&format!("chmod 700 {}", dir.display())),
+            "{text}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).expect("ls").count(),
+            0,
+            "nothing written"
+        );
+    }
+
+    #[test]
+    fn database_files_left_wider_are_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let db = tmp.path().join(DB_FILE);
+        std::fs::write(&db, b"").expect("write");
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        private_db_files(&db).expect("private");
+        assert_eq!(mode_of(&db), 0o600);
     }
 
     #[test]

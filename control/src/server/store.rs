@@ -17,7 +17,9 @@
 //!   never with key material; its revocation time, once set, never changes.
 //!
 //! Schema versions: 1 is the first; 2 adds `activations.hostname` (an
-//! activation bound to one host); 3 adds `admin_certificates`. Older
+//! activation bound to one host); 3 adds `admin_certificates`; 4 adds
+//! `activations.source_cidrs` (the networks an activation may be used from,
+//! comma-separated CIDRs; NULL: any). Older
 //! databases are migrated when opened, in the same transaction that records
 //! the new version.
 //!
@@ -35,7 +37,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 pub const RUNNING: &str = "RUNNING";
 pub const PENDING: &str = "PENDING";
@@ -106,6 +108,7 @@ const MIGRATIONS: &[&str] = &[
         not_after_ms BIGINT NOT NULL,
         revoked_at_ms BIGINT
     )",
+    "ALTER TABLE activations ADD COLUMN source_cidrs TEXT",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +158,9 @@ pub struct ActivationRecord {
     pub instance_id: Option<String>,
     /// Only a host reporting this hostname may enroll with it.
     pub hostname: Option<String>,
+    /// Networks (CIDR notation, as `enroll::Cidr` prints them) the
+    /// activation may be used from; empty: any source address.
+    pub source_cidrs: Vec<String>,
 }
 
 /// An admin certificate the control plane issued. No key material: the key
@@ -815,8 +821,8 @@ fn merge_state(t: &mut TaskRecord, st: &TaskState) -> bool {
 impl Store for SqliteStore {
     fn create_activation(&mut self, a: &ActivationRecord) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 a.id,
                 a.code_hash,
@@ -824,7 +830,8 @@ impl Store for SqliteStore {
                 a.expires_at_ms,
                 a.used_at_ms,
                 a.instance_id,
-                a.hostname
+                a.hostname,
+                (!a.source_cidrs.is_empty()).then(|| a.source_cidrs.join(","))
             ],
         )?;
         Ok(())
@@ -834,7 +841,7 @@ impl Store for SqliteStore {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname \
+                "SELECT id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs \
                  FROM activations WHERE id = ?1",
                 params![id],
                 |r| {
@@ -846,6 +853,10 @@ impl Store for SqliteStore {
                         used_at_ms: r.get(4)?,
                         instance_id: r.get(5)?,
                         hostname: r.get(6)?,
+                        source_cidrs: r
+                            .get::<_, Option<String>>(7)?
+                            .map(|s| s.split(',').map(str::to_owned).collect())
+                            .unwrap_or_default(),
                     })
                 },
             )
@@ -1234,6 +1245,7 @@ mod tests {
             used_at_ms: None,
             instance_id: None,
             hostname: None,
+            source_cidrs: Vec::new(),
         }
     }
 
@@ -1574,21 +1586,36 @@ mod tests {
         assert_eq!(versions, 1);
     }
 
-    #[test]
-    fn a_version_1_database_is_migrated() {
+    /// A database at schema `version` (its tables as that version made
+    /// them) holding `rows` (SQL), opened (so migrated) by this build.
+    fn migrated_from(version: i64, rows: &str) -> (tempfile::TempDir, PathBuf, SqliteStore) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("berth.db");
         {
             let conn = Connection::open(&path).expect("open");
             conn.execute_batch(SCHEMA).expect("v1 schema");
-            conn.execute_batch(
-                "INSERT INTO schema_version (version) VALUES (1); \
-                 INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms) \
-                 VALUES ('a1', 'ff', 1, 2);",
+            let steps = usize::try_from(version - 1).expect("version");
+            for m in &MIGRATIONS[..steps] {
+                conn.execute_batch(m).expect("migration");
+            }
+            conn.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                params![version],
             )
-            .expect("v1 rows");
+            .expect("version");
+            conn.execute_batch(rows).expect("rows");
         }
-        let mut s = SqliteStore::open(&path).expect("migrate");
+        let s = SqliteStore::open(&path).expect("migrate");
+        (dir, path, s)
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated() {
+        let (_dir, path, mut s) = migrated_from(
+            1,
+            "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms) \
+             VALUES ('a1', 'ff', 1, 2);",
+        );
         let a = s.activation("a1").expect("get").expect("kept");
         assert_eq!(a.hostname, None);
         let version: i64 = s
@@ -1614,30 +1641,38 @@ mod tests {
 
     #[test]
     fn a_version_2_database_gains_the_admin_certificates_table() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("berth.db");
-        {
-            let conn = Connection::open(&path).expect("open");
-            conn.execute_batch(SCHEMA).expect("v1 schema");
-            conn.execute_batch(MIGRATIONS[0]).expect("v2");
-            conn.execute_batch(
-                "INSERT INTO schema_version (version) VALUES (2); \
-                 INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, hostname) \
-                 VALUES ('a1', 'ff', 1, 2, 'web-1');",
-            )
-            .expect("v2 rows");
-        }
-        let mut s = SqliteStore::open(&path).expect("migrate");
+        let (_dir, _, mut s) = migrated_from(
+            2,
+            "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, hostname) \
+             VALUES ('a1', 'ff', 1, 2, 'web-1');",
+        );
         let a = s.activation("a1").expect("get").expect("kept");
         assert_eq!(a.hostname.as_deref(), Some("web-1"));
         let version: i64 = s
             .conn
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             .expect("version");
-        assert_eq!(version, 3);
+        assert_eq!(version, SCHEMA_VERSION);
         s.record_admin_cert(&admin_cert("01", "alice", 1))
             .expect("record");
         assert_eq!(s.admin_certs().expect("list").len(), 1);
+    }
+
+    #[test]
+    fn a_version_3_database_gains_the_source_networks_of_activations() {
+        let (_dir, _, mut s) = migrated_from(
+            3,
+            "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms) \
+             VALUES ('a1', 'ff', 1, 2);",
+        );
+        let a = s.activation("a1").expect("get").expect("kept");
+        assert!(a.source_cidrs.is_empty(), "{a:?}");
+        let bound = ActivationRecord {
+            source_cidrs: vec!["10.9.0.0/24".into(), "2001:db8::/64".into()],
+            ..activation("a2", i64::MAX)
+        };
+        s.create_activation(&bound).expect("create");
+        assert_eq!(s.activation("a2").expect("get"), Some(bound));
     }
 
     fn admin_cert(serial: &str, name: &str, issued_at_ms: i64) -> AdminCertRecord {

@@ -31,6 +31,16 @@ pub const TASK_DEFINITION: &str = r#"{
 
 pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// A temporary directory of mode 0700, as the server wants its data dir (it
+/// refuses one open to group or others; `tempfile::tempdir()` gives 0755
+/// under the usual umask).
+pub fn private_dir() -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+}
+
 pub async fn admin_client(addr: std::net::SocketAddr) -> Result<AdminClient<Channel>> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))?
         .connect()

@@ -28,7 +28,7 @@ if [ "${1:-1}" -eq 1 ]; then
         say "this host is enrolled: starting $unit"
         systemctl start "$unit" || say "warning: systemctl start $unit failed; see journalctl -u $unit"
     else
-        say "enabled $unit; it starts once this host is enrolled: berth-agent enroll --server URL --activation-id ID --activation-code CODE (or enroll.sh), then systemctl start berth-agent"
+        say "enabled $unit; it starts once this host is enrolled: berth-agent enroll --server URL --activation-id ID --activation-code CODE --ca-hash sha256:HEX (or enroll.sh), then systemctl start berth-agent"
     fi
 fi
 exit 0
