@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_keeps_its_connection_past_the_idle_timeout_an_idle_one_is_closed() -> Result {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir()?;
     let mut cfg = ServerConfig::loopback(dir.path());
     cfg.connections.idle_timeout = Duration::from_secs(1);
     let server = Server::start(cfg).await?;
