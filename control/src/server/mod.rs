@@ -15,8 +15,8 @@
 //!
 //! Limits (see [`limits`]): gRPC messages are bounded per service
 //! ([`ENROLL_MAX_MESSAGE`], [`FLEET_MAX_MESSAGE`], [`ADMIN_MAX_MESSAGE`]);
-//! failed enrollments are counted per source address; every agent stream
-//! has a token bucket for its messages.
+//! failed enrollments are counted per source address; every instance has
+//! one token bucket for its sessions and messages, and one for renewals.
 //!
 //! State ownership: the store is the single source of truth for
 //! everything durable; [`Core`] adds the one piece of state that lives in
@@ -80,7 +80,8 @@ pub const DEFAULT_ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 
 /// Failed enrollments allowed per source address in [`ENROLL_FAILURE_WINDOW`].
 pub const DEFAULT_ENROLL_FAILURES: u32 = 5;
 pub const ENROLL_FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// Messages per second one agent stream may send on average, and at once.
+/// Messages per second one instance may send on average across all its
+/// sessions (each Connect counts as one), and at once.
 pub const DEFAULT_STREAM_RATE: u32 = 200;
 pub const DEFAULT_STREAM_BURST: u32 = 1000;
 /// Largest message `Enrollment` accepts: an activation and a CSR.
@@ -134,10 +135,11 @@ pub struct ServerConfig {
     /// Failed enrollments allowed per source address and minute; 0: no
     /// limit.
     pub enroll_failures_per_minute: u32,
-    /// Messages per second one agent stream may send on average; 0: no
+    /// Messages per second one instance may send on average, across all
+    /// its sessions (each Connect counts as one); 0: no
     /// limit.
     pub stream_rate: u32,
-    /// Messages one agent stream may send at once.
+    /// Messages one instance may send at once.
     pub stream_burst: u32,
 }
 
