@@ -368,6 +368,9 @@ pub fn host_facts() -> HostFacts {
         arch: std::env::consts::ARCH.to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         kernel: sysinfo::System::kernel_version().unwrap_or_default(),
+        // The whole host, before `reserved_memory_mib`: the control plane
+        // registers it as the most this host may ever be given.
+        capacity: Some(crate::capacity(0)),
     }
 }
 

@@ -91,6 +91,7 @@ pub async fn enroll(
                             arch: std::env::consts::ARCH.into(),
                             agent_version: "sim".into(),
                             kernel: String::new(),
+                            capacity: None,
                         }),
                     })
                     .await

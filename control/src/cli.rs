@@ -273,6 +273,16 @@ pub enum InstanceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Register the capacity the instance's agent reports (after adding
+    /// cores or memory): until then placement never uses more than the
+    /// capacity registered at enrollment
+    AcceptCapacity {
+        /// Instance id (i-…)
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -949,6 +959,23 @@ async fn instance(admin: &mut Admin, cmd: InstanceCommand) -> anyhow::Result<()>
                 print_json(&instance_json(&i))
             } else {
                 println!("instance {} deregistered", escape_control(&i.instance_id));
+                Ok(())
+            }
+        }
+        InstanceCommand::AcceptCapacity { id, json } => {
+            let r = admin
+                .client
+                .accept_instance_capacity(InstanceRef { instance_id: id })
+                .await;
+            let i = r.map_err(|s| admin.status(s))?.into_inner();
+            if json {
+                print_json(&instance_json(&i))
+            } else {
+                let reg = i.registered.unwrap_or_default();
+                println!(
+                    "instance {} registered with {} CPU units and {} MiB",
+                    i.instance_id, reg.cpu, reg.memory_mib
+                );
                 Ok(())
             }
         }

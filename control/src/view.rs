@@ -95,6 +95,24 @@ fn resources(free: i64, total: i64) -> String {
     format!("{free}/{total}")
 }
 
+/// What placement uses: the lower of the registered capacity and the one
+/// the agent reports (the registered one from a server that does not say).
+pub fn usable(i: &Instance) -> berth_proto::v1::Resources {
+    let reg = i.registered.unwrap_or_default();
+    match i.reported {
+        Some(rep) => berth_proto::v1::Resources {
+            cpu: reg.cpu.min(rep.cpu),
+            memory_mib: reg.memory_mib.min(rep.memory_mib),
+        },
+        None => reg,
+    }
+}
+
+/// The agent's last Hello named another host than the one registered.
+pub fn hostname_mismatch(i: &Instance) -> bool {
+    !i.reported_hostname.is_empty() && !i.reported_hostname.eq_ignore_ascii_case(&i.hostname)
+}
+
 pub fn instances_table(instances: &[Instance], now_ms: i64) -> String {
     let mut t = Table::new(&[
         "INSTANCE ID",
@@ -109,7 +127,7 @@ pub fn instances_table(instances: &[Instance], now_ms: i64) -> String {
         "LAST HEARTBEAT",
     ]);
     for i in instances {
-        let reg = i.registered.unwrap_or_default();
+        let reg = usable(i);
         let rem = i.remaining.unwrap_or_default();
         t.row(vec![
             i.instance_id.clone(),
@@ -135,7 +153,18 @@ pub fn instance_detail(i: &Instance, now_ms: i64) -> String {
         let _ = writeln!(out, "{k:<20}{}", escape_control(&v));
     };
     kv("Instance ID:", i.instance_id.clone());
-    kv("Hostname:", or_dash(&i.hostname));
+    kv(
+        "Hostname:",
+        if hostname_mismatch(i) {
+            format!(
+                "{} (registered; the agent reports {:?}: MISMATCH)",
+                or_dash(&i.hostname),
+                i.reported_hostname
+            )
+        } else {
+            or_dash(&i.hostname)
+        },
+    );
     kv("Status:", i.status.clone());
     kv(
         "Agent connected:",
@@ -150,15 +179,32 @@ pub fn instance_detail(i: &Instance, now_ms: i64) -> String {
     );
     kv("Agent version:", or_dash(&i.agent_version));
     kv("Registered at:", time(i.registered_at_ms));
+    let rep = i.reported.unwrap_or(reg);
+    let clamped = |reported: i64, registered: i64| {
+        if reported > registered {
+            " (more reported than registered: not used until `berth instance accept-capacity`)"
+        } else {
+            ""
+        }
+    };
     kv(
         "CPU:",
-        format!("{} units registered, {} remaining", reg.cpu, rem.cpu),
+        format!(
+            "{} units registered, {} reported, {} remaining{}",
+            reg.cpu,
+            rep.cpu,
+            rem.cpu,
+            clamped(rep.cpu, reg.cpu)
+        ),
     );
     kv(
         "Memory:",
         format!(
-            "{} MiB registered, {} MiB remaining",
-            reg.memory_mib, rem.memory_mib
+            "{} MiB registered, {} MiB reported, {} MiB remaining{}",
+            reg.memory_mib,
+            rep.memory_mib,
+            rem.memory_mib,
+            clamped(rep.memory_mib, reg.memory_mib)
         ),
     );
     kv(
@@ -364,6 +410,50 @@ mod tests {
         assert!(detail.contains("fam\\u{1b}[8mhidden"), "{detail}");
         assert!(detail.contains("line1\\u{a}line2\\u{d}"), "{detail}");
         assert!(instance_detail(&instance, 0).contains("k\\u{1b}[8m=v\\u{9b}2J"));
+    }
+
+    #[test]
+    fn instance_detail_shows_registered_and_reported() {
+        let i = Instance {
+            instance_id: "i-1".into(),
+            hostname: "vm".into(),
+            reported_hostname: "evil".into(),
+            registered: Some(berth_proto::v1::Resources {
+                cpu: 2048,
+                memory_mib: 4000,
+            }),
+            reported: Some(berth_proto::v1::Resources {
+                cpu: 4096,
+                memory_mib: 1000,
+            }),
+            remaining: Some(berth_proto::v1::Resources {
+                cpu: 2048,
+                memory_mib: 1000,
+            }),
+            ..Instance::default()
+        };
+        let out = instance_detail(&i, 0);
+        assert!(
+            out.contains("vm (registered; the agent reports \"evil\": MISMATCH)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("2048 units registered, 4096 reported, 2048 remaining (more reported"),
+            "{out}"
+        );
+        assert!(
+            out.contains("4000 MiB registered, 1000 MiB reported, 1000 MiB remaining\n"),
+            "{out}"
+        );
+        assert_eq!(
+            usable(&i),
+            berth_proto::v1::Resources {
+                cpu: 2048,
+                memory_mib: 1000
+            }
+        );
+        let table = instances_table(&[i], 0);
+        assert!(table.contains("2048/2048       1000/1000"), "{table}");
     }
 
     #[test]

@@ -317,6 +317,52 @@ fn agent_seeds(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         "session-second-hello",
         &session(vec![hello(INSTANCE), hello(INSTANCE)]),
     )?;
+    // issue 11: what a hostile agent sends (refused, cut or clamped)
+    let mut lure = hello(INSTANCE);
+    if let A::Hello(h) = &mut lure {
+        h.capacity = Some(Resources {
+            cpu: 1 << 62,
+            memory_mib: 1 << 62,
+        });
+        h.hostname = "web-1".into();
+    }
+    write(
+        dir,
+        "session-huge-capacity",
+        &session(vec![lure, A::Heartbeat(Heartbeat { sent_at_ms: 1 })]),
+    )?;
+    let mut escapes = hello(INSTANCE);
+    if let A::Hello(h) = &mut escapes {
+        h.hostname = "evil\x1b]0;pwned\x07\x1b[2K".into();
+    }
+    write(dir, "session-escaped-hostname", &session(vec![escapes]))?;
+    let mut attributes = hello(INSTANCE);
+    if let A::Hello(h) = &mut attributes {
+        h.attributes = (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+    }
+    write(dir, "session-too-many-attributes", &session(vec![attributes]))?;
+    let mut long = task(OWN_TASK, "STOPPED", "STOPPED");
+    long.stopped_reason = "é".repeat(1_500);
+    long.containers[0].reason = "r".repeat(1_100);
+    let mut bad_family = task(OWN_TASK, "RUNNING", "RUNNING");
+    bad_family.family = "fam\x1b[8mhidden".into();
+    let mut bad_status = task(OWN_TASK, "BOGUS", "RUNNING");
+    bad_status.health_status = "GREAT".into();
+    write(
+        dir,
+        "session-long-reason",
+        &session(vec![hello(INSTANCE), event(3, long)]),
+    )?;
+    write(
+        dir,
+        "session-escaped-family",
+        &session(vec![hello(INSTANCE), event(3, bad_family)]),
+    )?;
+    write(
+        dir,
+        "session-bad-status",
+        &session(vec![hello(INSTANCE), event(3, bad_status)]),
+    )?;
     write(
         dir,
         "session-no-hello",
@@ -420,6 +466,10 @@ fn certificate_seeds(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
                 arch: "x86_64".into(),
                 agent_version: "0.1.0".into(),
                 kernel: "6.1.0".into(),
+                capacity: Some(Resources {
+                    cpu: 2048,
+                    memory_mib: 7680,
+                }),
             }),
         }
         .encode_to_vec()

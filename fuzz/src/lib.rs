@@ -38,7 +38,7 @@ use berth_agent::policy::{self, Policy};
 use berth_agent::{ports, supervisor, volumes};
 use berth_control::server::store::{
     ActivationRecord, INACTIVE, NewInstance, PENDING, RUNNING, STOPPED, SqliteStore,
-    Store, TaskRecord,
+    Store, StoreError, TaskRecord,
 };
 use berth_control::server::protocol::{self, Step};
 use berth_proto::v1::{AgentMessage, Assignment, DesiredTask, Task, TaskState};
@@ -52,6 +52,10 @@ pub const OWN_TASK: &str = "t-0000000000000000000000000000000a";
 pub const FOREIGN_TASK: &str = "t-0000000000000000000000000000000b";
 /// The task the operator runs after the session.
 pub const NEW_TASK: &str = "t-0000000000000000000000000000000c";
+/// The capacity both instances registered at enrollment (CPU units, MiB).
+pub const REGISTERED: (i64, i64) = (2048, 7680);
+/// The hostname both instances enrolled with.
+pub const HOSTNAME: &str = "host";
 /// A fixed "now" (2023-11-14), so runs are reproducible.
 pub const NOW_MS: i64 = 1_700_000_000_000;
 
@@ -283,11 +287,14 @@ impl Fleet {
                     10,
                     &NewInstance {
                         instance_id: id.to_owned(),
-                        hostname: "host".to_owned(),
+                        hostname: HOSTNAME.to_owned(),
                         os: "linux".to_owned(),
                         arch: "x86_64".to_owned(),
                         agent_version: "0.1.0".to_owned(),
                         registered_at_ms: 10,
+                        cpu: REGISTERED.0,
+                        memory_mib: REGISTERED.1,
+                        cert_serial: Some("01".to_owned()),
                     },
                 )
                 .expect("enroll");
@@ -325,6 +332,31 @@ impl Fleet {
                 .store
                 .record_hello(INSTANCE, &record)
                 .expect("record_hello");
+            // H1: a Hello never raises the registered capacity nor renames
+            // the host; I6: what is stored of it is bounded.
+            let i = &outcome.instance;
+            assert_eq!(
+                (i.cpu, i.memory_mib),
+                REGISTERED,
+                "a Hello changed the registered capacity"
+            );
+            let (cpu, memory_mib) = i.capacity();
+            assert!(cpu <= REGISTERED.0 && memory_mib <= REGISTERED.1);
+            assert_eq!(i.hostname, HOSTNAME, "a Hello renamed the host");
+            assert!(i.attributes.len() <= protocol::MAX_ATTRIBUTES);
+            for (k, v) in &i.attributes {
+                assert!(protocol::valid_attribute_name(k), "attribute name {k:?}");
+                assert!(v.len() <= protocol::MAX_ATTRIBUTE_VALUE);
+            }
+            assert!(
+                i.reported_hostname.is_empty()
+                    || i
+                        .reported_hostname
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c)),
+                "hostname {:?} stored",
+                i.reported_hostname
+            );
             // The agent must accept the next assignment (for generations an
             // agent can reach; what the server does at the edge is checked
             // by `finish`).
@@ -352,11 +384,26 @@ impl Fleet {
                     .record_assignment_ack(INSTANCE, generation)
                     .expect("record_assignment_ack");
             }
-            Step::Event(event) => {
+            Step::Event(checked) => {
+                let event = &checked.event;
+                check_bounded(event.task.as_ref());
                 let outcome = self
                     .store
                     .apply_event(INSTANCE, event, NOW_MS)
                     .expect("apply_event");
+                // M1: no event creates a task row.
+                let ids: Vec<String> = self
+                    .store
+                    .tasks(None)
+                    .expect("tasks")
+                    .into_iter()
+                    .map(|t| t.task_id)
+                    .collect();
+                assert_eq!(
+                    ids.len(),
+                    2,
+                    "an event of {INSTANCE} created a task row: {ids:?}"
+                );
                 if outcome.applied {
                     // SPEC §4: a replayed event changes nothing twice.
                     let again = self
@@ -449,6 +496,11 @@ impl Fleet {
             .deregister_instance(INSTANCE, "UserInitiated", "instance deregistered")
             .expect("the operator deregisters the instance");
         assert_eq!(gone.status, INACTIVE);
+        // M4: the deregistered instance's session can write nothing more.
+        assert!(matches!(
+            self.store.record_heartbeat(INSTANCE, NOW_MS),
+            Err(StoreError::InstanceInactive(_))
+        ));
         let a = self.assignment();
         assert!(
             a.tasks.iter().all(|t| t.desired_status == STOPPED),
@@ -460,6 +512,31 @@ impl Fleet {
 impl Default for Fleet {
     fn default() -> Self {
         Fleet::new()
+    }
+}
+
+/// What the protocol rules let through is within the bounds the store
+/// relies on (M1, L3): reasons cut, enums and names checked.
+fn check_bounded(task: Option<&TaskState>) {
+    let Some(t) = task else { return };
+    assert!(t.stopped_reason.len() <= protocol::MAX_REASON_BYTES);
+    assert!(t.family.is_empty() || protocol::valid_family(&t.family));
+    for (value, allowed) in [
+        (&t.last_status, protocol::LAST_STATUSES),
+        (&t.desired_status, protocol::DESIRED_STATUSES),
+        (&t.health_status, protocol::HEALTH_STATUSES),
+        (&t.stop_code, protocol::STOP_CODES),
+    ] {
+        assert!(
+            value.is_empty() || allowed.contains(&value.as_str()),
+            "{value:?} passed as one of {allowed:?}"
+        );
+    }
+    assert!(t.containers.len() <= protocol::MAX_CONTAINERS);
+    for c in &t.containers {
+        assert!(c.reason.len() <= protocol::MAX_REASON_BYTES);
+        assert!(c.name.is_empty() || protocol::valid_family(&c.name));
+        assert!(c.network_bindings.len() <= protocol::MAX_BINDINGS);
     }
 }
 

@@ -96,6 +96,8 @@ pub fn instance_json(i: &Instance) -> Value {
         "lastHeartbeatAt": time_json(i.last_heartbeat_at_ms),
         "agentVersion": opt_str(&i.agent_version),
         "registeredResources": resources_json(i.registered.as_ref()),
+        "reportedResources": resources_json(i.reported.as_ref()),
+        "reportedHostname": opt_str(&i.reported_hostname),
         "remainingResources": resources_json(i.remaining.as_ref()),
         "runningTasksCount": i.running_tasks_count,
         "pendingTasksCount": i.pending_tasks_count,
@@ -272,6 +274,11 @@ mod tests {
             .into_iter()
             .collect(),
             registered_at_ms: 0,
+            reported: Some(Resources {
+                cpu: 4096,
+                memory_mib: 3900,
+            }),
+            reported_hostname: "host2".into(),
         };
         let v = instance_json(&i);
         assert_eq!(
@@ -284,6 +291,8 @@ mod tests {
                 "lastHeartbeatAt": "2023-11-14T22:13:20.000Z",
                 "agentVersion": "0.1.0",
                 "registeredResources": {"cpu": 2048, "memory": 3900},
+                "reportedResources": {"cpu": 4096, "memory": 3900},
+                "reportedHostname": "host2",
                 "remainingResources": {"cpu": 1024, "memory": 3388},
                 "runningTasksCount": 1,
                 "pendingTasksCount": 0,

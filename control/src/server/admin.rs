@@ -41,6 +41,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of, tidy_serial};
 use super::placement::{Candidate, Need, PlacementError, place};
+use super::protocol;
 use super::store::{
     ACTIVE, AdminCertRecord, InstanceRecord, PENDING, RUNNING, STOPPED, SqliteStore, Store,
     StoreError, TaskRecord, Usage,
@@ -68,8 +69,11 @@ impl AdminService {
     }
 }
 
-/// The API's view of an instance.
+/// The API's view of an instance: `registered` is the registered capacity,
+/// `reported` what the last Hello said, and `remaining` the lower of the
+/// two minus what tasks reserve.
 pub(crate) fn instance_message(i: &InstanceRecord, usage: Usage, connected: bool) -> Instance {
+    let (cpu, memory_mib) = i.capacity();
     Instance {
         instance_id: i.instance_id.clone(),
         hostname: i.hostname.clone(),
@@ -82,9 +86,14 @@ pub(crate) fn instance_message(i: &InstanceRecord, usage: Usage, connected: bool
             memory_mib: i.memory_mib,
         }),
         remaining: Some(Resources {
-            cpu: i.cpu - usage.cpu,
-            memory_mib: i.memory_mib - usage.memory_mib,
+            cpu: cpu - usage.cpu,
+            memory_mib: memory_mib - usage.memory_mib,
         }),
+        reported: Some(Resources {
+            cpu: i.reported_cpu,
+            memory_mib: i.reported_memory_mib,
+        }),
+        reported_hostname: i.reported_hostname.clone(),
         running_tasks_count: usage.running,
         pending_tasks_count: usage.pending,
         attributes: i
@@ -523,6 +532,35 @@ impl Admin for AdminService {
         Ok(Response::new(instance_message(&instance, usage, false)))
     }
 
+    async fn accept_instance_capacity(
+        &self,
+        request: Request<InstanceRef>,
+    ) -> Result<Response<Instance>, Status> {
+        let caller = caller_text(&request);
+        let id = request.into_inner().instance_id.trim().to_owned();
+        let lookup = id.clone();
+        let (before, after, usage) = self
+            .core
+            .db(move |s| {
+                let (before, after) = s.accept_capacity(&lookup)?;
+                let u = s.usage()?.get(&lookup).copied().unwrap_or_default();
+                Ok::<_, StoreError>((before, after, u))
+            })
+            .await
+            .map_err(store_status)?;
+        info!(
+            instance_id = %id,
+            cpu_before = before.cpu,
+            memory_mib_before = before.memory_mib,
+            cpu = after.cpu,
+            memory_mib = after.memory_mib,
+            by = %caller,
+            "registered the capacity the agent reports"
+        );
+        let connected = self.core.is_connected(&id);
+        Ok(Response::new(instance_message(&after, usage, connected)))
+    }
+
     async fn run_task(&self, request: Request<RunTaskRequest>) -> Result<Response<Task>, Status> {
         let req = request.into_inner();
         let parsed = berth_taskdef::parse(&req.task_definition_json)
@@ -561,13 +599,15 @@ impl Admin for AdminService {
                     .iter()
                     .map(|i| {
                         let u = usage.get(&i.instance_id).copied().unwrap_or_default();
+                        // Never more than registered, whatever a Hello said.
+                        let (cpu, memory_mib) = i.capacity();
                         Candidate {
                             instance_id: i.instance_id.clone(),
                             active: i.status == ACTIVE,
                             connected: connected.contains(&i.instance_id),
                             free: Need {
-                                cpu: i.cpu - u.cpu,
-                                memory_mib: i.memory_mib - u.memory_mib,
+                                cpu: cpu - u.cpu,
+                                memory_mib: memory_mib - u.memory_mib,
                             },
                         }
                     })
@@ -636,6 +676,15 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let id = req.task_id.trim().to_owned();
         let reason = non_empty(&req.reason).unwrap_or_else(|| USER_STOP_REASON.to_owned());
+        // The agent echoes the reason in its events, where the same bound
+        // holds.
+        if reason.len() > protocol::MAX_REASON_BYTES || reason.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(format!(
+                "reason: {} bytes; use at most {} bytes without control characters",
+                reason.len(),
+                protocol::MAX_REASON_BYTES
+            )));
+        }
         let span = info_span!("task", task_id = %id);
         let lookup = id.clone();
         let (task, changed) = self
@@ -686,6 +735,8 @@ mod tests {
             instance_id: "i".into(),
             cpu: 2048,
             memory_mib: 4000,
+            reported_cpu: 4096,
+            reported_memory_mib: 4000,
             ..InstanceRecord::default()
         };
         let m = instance_message(

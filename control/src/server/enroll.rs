@@ -33,6 +33,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::limits::{FailureLimiter, Limited, source_key, source_text};
+use super::protocol;
 use super::store::{NewInstance, StoreError};
 use super::{Core, store_status};
 
@@ -300,27 +301,36 @@ impl Enrollment for EnrollmentService {
                     )));
                 }
             }
+            // The registered hostname and capacity: bounded here, and never
+            // raised by a Hello later.
+            let registered = protocol::enrolled_host(req.host.as_ref()).map_err(|r| {
+                warn!(reason = %r.status().message(), "enrollment refused: implausible host facts");
+                r.status()
+            })?;
             if req.csr_pem.trim().is_empty() {
                 return Err(Status::invalid_argument(
                     "csr_pem is empty: send a PEM certificate signing request",
                 ));
             }
             let instance_id = new_instance_id();
-            let certificate_pem = self
+            let issued = self
                 .core
                 .ca
                 .issue_client_cert(&req.csr_pem, &instance_id, self.core.cert_lifetime)
-                .map(|issued| issued.pem)
                 .map_err(|e| e.into_signing_status("a client certificate"))?;
             let host = req.host.unwrap_or_default();
             let new = NewInstance {
                 instance_id: instance_id.clone(),
-                hostname: host.hostname.clone(),
-                os: host.os,
-                arch: host.arch,
-                agent_version: host.agent_version,
+                hostname: registered.hostname.clone(),
+                os: host.os.chars().take(protocol::MAX_SHORT_FIELD).collect(),
+                arch: host.arch.chars().take(protocol::MAX_SHORT_FIELD).collect(),
+                agent_version: host.agent_version.chars().take(protocol::MAX_SHORT_FIELD).collect(),
                 registered_at_ms: now,
+                cpu: registered.cpu,
+                memory_mib: registered.memory_mib,
+                cert_serial: Some(issued.serial.clone()),
             };
+            let certificate_pem = issued.pem;
             let id = activation_id.clone();
             self.core
                 .db(move |s| s.enroll(&id, now, &new))
@@ -332,7 +342,7 @@ impl Enrollment for EnrollmentService {
             self.core.enroll_failures.forgive(&source, attempt);
             self.activation_failures.forgive(&logged_id, id_attempt);
             self.core.metrics.enrollments.inc();
-            info!(%instance_id, hostname = %host.hostname, "instance enrolled");
+            info!(%instance_id, hostname = %registered.hostname, cpu = registered.cpu, memory_mib = registered.memory_mib, "instance enrolled");
             Ok(Response::new(EnrollResponse {
                 instance_id,
                 certificate_pem,

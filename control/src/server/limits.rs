@@ -1,6 +1,7 @@
 //! In-memory limits: failed enrollments per source address (IPv6 by /64,
-//! [`source_key`]) and per activation id, and the rate of messages on one
-//! agent stream.
+//! [`source_key`]) and per activation id, and the rate of what one instance
+//! sends (sessions, messages, renewals) across all its sessions
+//! ([`InstanceBuckets`]).
 //!
 //! Both are deliberately in memory: a restart forgets them, which costs an
 //! attacker one restart's worth of attempts (a few per minute), and keeps the
@@ -158,29 +159,113 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket. `rate` 0 disables the limit.
     pub fn new(rate: u32, burst: u32, now: Instant) -> TokenBucket {
+        TokenBucket::with_rate(f64::from(rate), burst, now)
+    }
+
+    /// A full bucket refilled at `rate` tokens per second (fractions
+    /// allowed: 1/1200 is one every 20 minutes). 0 disables the limit.
+    pub fn with_rate(rate: f64, burst: u32, now: Instant) -> TokenBucket {
         let burst = f64::from(burst.max(1));
         TokenBucket {
-            rate: f64::from(rate),
+            rate: rate.max(0.0),
             burst,
             tokens: burst,
             last: now,
         }
     }
 
-    /// Takes one token; `false` when the bucket is empty.
-    pub fn take(&mut self, now: Instant) -> bool {
-        if self.rate == 0.0 {
-            return true;
-        }
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+
+    /// Takes one token; `false` when the bucket is empty.
+    pub fn take(&mut self, now: Instant) -> bool {
+        self.try_take(now).is_ok()
+    }
+
+    /// Takes one token, or says how long until the next one.
+    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        if self.rate == 0.0 {
+            return Ok(());
+        }
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            Err(Duration::from_secs_f64(
+                ((1.0 - self.tokens) / self.rate).min(86_400.0),
+            ))
         }
+    }
+
+    /// Whether the bucket is full at `now` (then it is the same as a new
+    /// one, and forgetting it loses nothing).
+    fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.rate == 0.0 || self.tokens + elapsed * self.rate >= self.burst
+    }
+}
+
+/// At most this many instances have a bucket; when full, buckets that have
+/// refilled completely are forgotten (a new one is the same).
+const MAX_INSTANCE_BUCKETS: usize = 100_000;
+
+/// One [`TokenBucket`] per instance id, shared by every session of the
+/// instance so that reconnecting does not refill it: each Connect, each
+/// message and each renewal of the instance takes from the same bucket.
+#[derive(Debug)]
+pub struct InstanceBuckets {
+    rate: f64,
+    burst: u32,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
+}
+
+/// Why an instance is refused for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exhausted {
+    /// When the next token is there.
+    pub retry_after: Duration,
+}
+
+impl InstanceBuckets {
+    /// `rate` tokens per second (0: no limit), `burst` at once, per
+    /// instance.
+    pub fn new(rate: f64, burst: u32) -> InstanceBuckets {
+        InstanceBuckets {
+            rate,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token of `instance_id`'s bucket.
+    pub fn take(&self, instance_id: &str, now: Instant) -> Result<(), Exhausted> {
+        if self.rate == 0.0 {
+            return Ok(());
+        }
+        // Counters only: a panic half-way cannot break an invariant.
+        let mut map = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= MAX_INSTANCE_BUCKETS && !map.contains_key(instance_id) {
+            map.retain(|_, b| !b.is_full(now));
+        }
+        map.entry(instance_id.to_owned())
+            .or_insert_with(|| TokenBucket::with_rate(self.rate, self.burst, now))
+            .try_take(now)
+            .map_err(|retry_after| Exhausted { retry_after })
+    }
+
+    /// Instances with a bucket (tests).
+    pub fn tracked(&self) -> usize {
+        self.buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -268,6 +353,34 @@ mod tests {
         let limited = l.begin(&id, t0).expect_err("locked");
         assert_eq!(limited.failures, 2);
         l.begin(&"a-2".to_string(), t0).expect("another activation");
+    }
+
+    #[test]
+    fn instance_buckets_survive_across_takes_and_are_per_instance() {
+        let t0 = Instant::now();
+        let b = InstanceBuckets::new(2.0, 3);
+        for _ in 0..3 {
+            b.take("i-1", t0).expect("burst");
+        }
+        let e = b.take("i-1", t0).expect_err("empty");
+        assert_eq!(e.retry_after, Duration::from_millis(500));
+        // Another instance has its own bucket.
+        b.take("i-2", t0).expect("other instance");
+        // Half a second later: one more.
+        b.take("i-1", t0 + Duration::from_millis(500))
+            .expect("refilled");
+        assert_eq!(b.tracked(), 2);
+        // A fractional rate: one token per 20 minutes.
+        let slow = InstanceBuckets::new(1.0 / 1200.0, 1);
+        slow.take("i-1", t0).expect("first");
+        let e = slow.take("i-1", t0).expect_err("second");
+        assert!((e.retry_after.as_secs_f64() - 1200.0).abs() < 0.01, "{e:?}");
+        // No limit.
+        let none = InstanceBuckets::new(0.0, 1);
+        for _ in 0..10 {
+            none.take("i-1", t0).expect("unlimited");
+        }
+        assert_eq!(none.tracked(), 0);
     }
 
     #[test]

@@ -31,8 +31,8 @@ use tokio::sync::watch;
 
 use super::Core;
 use super::store::{
-    ACTIVE, ActivationRecord, AdminCertRecord, EventOutcome, HelloOutcome, HelloRecord, INACTIVE,
-    InstanceRecord, NewInstance, Store, StoreError, TaskRecord, Usage,
+    ACTIVE, ActivationRecord, AdminCertRecord, CertUse, EventOutcome, HelloOutcome, HelloRecord,
+    INACTIVE, InstanceRecord, NewInstance, Store, StoreError, TaskRecord, Usage,
 };
 
 /// The [`Store`] methods, as the `operation` label names them.
@@ -58,10 +58,13 @@ pub enum StoreOp {
     AdminCert,
     AdminCerts,
     RevokeAdminCert,
+    AcceptCapacity,
+    UseCertificate,
+    RecordRenewal,
 }
 
 impl StoreOp {
-    pub const ALL: [StoreOp; 20] = [
+    pub const ALL: [StoreOp; 23] = [
         StoreOp::CreateActivation,
         StoreOp::Activation,
         StoreOp::Enroll,
@@ -82,6 +85,9 @@ impl StoreOp {
         StoreOp::AdminCert,
         StoreOp::AdminCerts,
         StoreOp::RevokeAdminCert,
+        StoreOp::AcceptCapacity,
+        StoreOp::UseCertificate,
+        StoreOp::RecordRenewal,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +112,9 @@ impl StoreOp {
             StoreOp::AdminCert => "admin_cert",
             StoreOp::AdminCerts => "admin_certs",
             StoreOp::RevokeAdminCert => "revoke_admin_cert",
+            StoreOp::AcceptCapacity => "accept_capacity",
+            StoreOp::UseCertificate => "use_certificate",
+            StoreOp::RecordRenewal => "record_renewal",
         }
     }
 }
@@ -204,7 +213,7 @@ impl ServerMetrics {
     pub fn event(&self, outcome: &EventOutcome) {
         if !outcome.applied {
             self.events_replayed.inc();
-        } else if outcome.foreign_task {
+        } else if outcome.foreign_task || outcome.unknown_task {
             self.events_foreign.inc();
         } else {
             self.events_applied.inc();
@@ -433,6 +442,28 @@ impl Store for TimedStore {
     fn record_assignment_ack(&mut self, id: &str, generation: u64) -> Result<(), StoreError> {
         self.timed(StoreOp::RecordAssignmentAck, |s| {
             s.record_assignment_ack(id, generation)
+        })
+    }
+
+    fn accept_capacity(
+        &mut self,
+        id: &str,
+    ) -> Result<(InstanceRecord, InstanceRecord), StoreError> {
+        self.timed(StoreOp::AcceptCapacity, |s| s.accept_capacity(id))
+    }
+
+    fn use_certificate(&mut self, id: &str, serial: &str) -> Result<CertUse, StoreError> {
+        self.timed(StoreOp::UseCertificate, |s| s.use_certificate(id, serial))
+    }
+
+    fn record_renewal(
+        &mut self,
+        id: &str,
+        presented: &str,
+        issued: &str,
+    ) -> Result<CertUse, StoreError> {
+        self.timed(StoreOp::RecordRenewal, |s| {
+            s.record_renewal(id, presented, issued)
         })
     }
 

@@ -15,8 +15,8 @@
 //!
 //! Limits (see [`limits`]): gRPC messages are bounded per service
 //! ([`ENROLL_MAX_MESSAGE`], [`FLEET_MAX_MESSAGE`], [`ADMIN_MAX_MESSAGE`]);
-//! failed enrollments are counted per source address; every agent stream
-//! has a token bucket for its messages.
+//! failed enrollments are counted per source address; every instance has
+//! one token bucket for its sessions and messages, and one for renewals.
 //!
 //! Connections (see [`listener`] and [`admission`]): both gRPC listeners
 //! accept through [`listener::incoming`], which caps connections per source
@@ -93,7 +93,8 @@ pub const DEFAULT_ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 
 /// (`enroll::ACTIVATION_FAILURES`).
 pub const DEFAULT_ENROLL_FAILURES: u32 = 20;
 pub const ENROLL_FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// Messages per second one agent stream may send on average, and at once.
+/// Messages per second one instance may send on average across all its
+/// sessions (each Connect counts as one), and at once.
 pub const DEFAULT_STREAM_RATE: u32 = 200;
 pub const DEFAULT_STREAM_BURST: u32 = 1000;
 /// Largest message `Enrollment` accepts: an activation and a CSR.
@@ -165,10 +166,11 @@ pub struct ServerConfig {
     /// Failed enrollments allowed per source address (IPv6: per /64) and
     /// minute; 0: no limit.
     pub enroll_failures_per_minute: u32,
-    /// Messages per second one agent stream may send on average; 0: no
+    /// Messages per second one instance may send on average, across all
+    /// its sessions (each Connect counts as one); 0: no
     /// limit.
     pub stream_rate: u32,
-    /// Messages one agent stream may send at once.
+    /// Messages one instance may send at once.
     pub stream_burst: u32,
     /// Connection caps and idle timeout of the fleet API; the idle timeout
     /// also applies to the admin API.
@@ -267,10 +269,25 @@ struct SessionHandle {
     tx: mpsc::UnboundedSender<SessionCommand>,
 }
 
+/// A session before its Hello: known so that deregistration closes it.
+#[derive(Debug)]
+struct PendingSession {
+    instance_id: String,
+    tx: mpsc::UnboundedSender<SessionCommand>,
+}
+
+/// Renewals one instance may make at once ...
+pub const RENEW_BURST: u32 = 3;
+/// ... and at most one per this long (or per a quarter of the certificate
+/// lifetime, when that is shorter).
+pub const RENEW_INTERVAL: Duration = Duration::from_secs(20 * 60);
+
 /// Shared state of the services.
 pub(crate) struct Core {
     store: Arc<Mutex<Box<dyn Store>>>,
     sessions: Mutex<HashMap<String, SessionHandle>>,
+    /// Sessions waiting for their Hello, by session id.
+    pending: Mutex<HashMap<u64, PendingSession>>,
     next_session: AtomicU64,
     pub(crate) ca: Ca,
     pub(crate) advertise: String,
@@ -281,9 +298,16 @@ pub(crate) struct Core {
     pub(crate) cert_lifetime: time::Duration,
     /// Failed enrollments per source address.
     pub(crate) enroll_failures: limits::FailureLimiter,
-    /// Token bucket parameters of every agent stream.
+    /// Token bucket parameters of every instance's sessions.
     pub(crate) stream_rate: u32,
     pub(crate) stream_burst: u32,
+    /// One bucket per instance, across its sessions: each Connect and each
+    /// message takes a token.
+    pub(crate) instance_rate: limits::InstanceBuckets,
+    /// One bucket per instance for `Fleet.Renew`.
+    pub(crate) renewals: limits::InstanceBuckets,
+    /// A renewal token comes back after this long.
+    renew_every: Duration,
     /// Counters and histograms for `/metrics`.
     pub(crate) metrics: Arc<metrics::ServerMetrics>,
 }
@@ -298,9 +322,13 @@ impl Core {
         let metrics = Arc::new(metrics::ServerMetrics::default());
         // Every store call is timed for berth_server_store_latency_seconds.
         let store: Box<dyn Store> = Box::new(metrics::TimedStore::new(store, Arc::clone(&metrics)));
+        // A legitimate agent renews once per half lifetime at most (retrying
+        // a failure every tenth of what is left): a few per hour is plenty.
+        let renew_every = (cfg.cert_lifetime / 4).clamp(Duration::from_secs(1), RENEW_INTERVAL);
         Core {
             store: Arc::new(Mutex::new(store)),
             sessions: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             ca,
             advertise,
@@ -315,6 +343,12 @@ impl Core {
             ),
             stream_rate: cfg.stream_rate,
             stream_burst: cfg.stream_burst,
+            instance_rate: limits::InstanceBuckets::new(
+                f64::from(cfg.stream_rate),
+                cfg.stream_burst,
+            ),
+            renewals: limits::InstanceBuckets::new(1.0 / renew_every.as_secs_f64(), RENEW_BURST),
+            renew_every,
             metrics,
         }
     }
@@ -347,15 +381,61 @@ impl Core {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers a session as the current one of its instance; an older
-    /// session of the same instance is told to close.
-    pub(crate) fn register_session(
+    /// How often an instance may renew its certificate, after the burst.
+    pub(crate) fn renew_interval(&self) -> Duration {
+        self.renew_every
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PendingSession>> {
+        // The map holds no invariant a panic could break half-way.
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a session that has not sent its Hello yet, so that
+    /// deregistration (and shutdown) can close it. Returns its id.
+    pub(crate) fn register_pending(
         &self,
         instance_id: &str,
-        peer: Option<SocketAddr>,
         tx: mpsc::UnboundedSender<SessionCommand>,
     ) -> u64 {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        self.pending().insert(
+            id,
+            PendingSession {
+                instance_id: instance_id.to_owned(),
+                tx,
+            },
+        );
+        id
+    }
+
+    /// The pending session `session_id` said Hello: it becomes the current
+    /// session of its instance (an older one is told to close). `false`
+    /// when it was closed meanwhile (the instance was deregistered).
+    pub(crate) fn promote_session(
+        &self,
+        instance_id: &str,
+        session_id: u64,
+        peer: Option<SocketAddr>,
+    ) -> bool {
+        let Some(pending) = self.pending().remove(&session_id) else {
+            return false;
+        };
+        self.register_session(instance_id, session_id, peer, pending.tx);
+        true
+    }
+
+    /// Registers a session as the current one of its instance; an older
+    /// session of the same instance is told to close.
+    fn register_session(
+        &self,
+        instance_id: &str,
+        id: u64,
+        peer: Option<SocketAddr>,
+        tx: mpsc::UnboundedSender<SessionCommand>,
+    ) {
         let old = self
             .sessions()
             .insert(instance_id.to_owned(), SessionHandle { id, peer, tx });
@@ -375,11 +455,12 @@ impl Core {
                 peer_text(peer)
             ))));
         }
-        id
     }
 
-    /// Removes the session if it is still the instance's current one.
+    /// Removes the session if it is still the instance's current one (or
+    /// still pending). `true` when it was the current one.
     pub(crate) fn unregister_session(&self, instance_id: &str, session_id: u64) -> bool {
+        self.pending().remove(&session_id);
         let mut sessions = self.sessions();
         if sessions
             .get(instance_id)
@@ -409,14 +490,26 @@ impl Core {
         }
     }
 
-    /// Closes the instance's live session, if any.
+    /// Closes the instance's live session and the sessions still waiting
+    /// for their Hello, if any.
     pub(crate) fn close_session(&self, instance_id: &str, status: Status) {
+        self.pending().retain(|_, p| {
+            if p.instance_id == instance_id {
+                let _ = p.tx.send(SessionCommand::Close(status.clone()));
+                false
+            } else {
+                true
+            }
+        });
         if let Some(s) = self.sessions().remove(instance_id) {
             let _ = s.tx.send(SessionCommand::Close(status));
         }
     }
 
     fn close_all_sessions(&self, status: &Status) {
+        for (_, p) in self.pending().drain() {
+            let _ = p.tx.send(SessionCommand::Close(status.clone()));
+        }
         for (_, s) in self.sessions().drain() {
             let _ = s.tx.send(SessionCommand::Close(status.clone()));
         }
@@ -499,8 +592,9 @@ pub(crate) fn peer_text(peer: Option<SocketAddr>) -> String {
     peer.map_or_else(|| "an unknown address".to_owned(), |p| p.to_string())
 }
 
-/// Whether `h` may be the hostname an activation is bound to.
-fn valid_hostname(h: &str) -> bool {
+/// Whether `h` may be a host's name: the name an activation is bound to,
+/// and the name an agent reports at enrollment and in its Hello.
+pub(crate) fn valid_hostname(h: &str) -> bool {
     (1..=253).contains(&h.len())
         && h.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
@@ -531,6 +625,7 @@ fn random_code() -> String {
 pub(crate) fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::NoInstance(_) | StoreError::NoTask(_) => Status::not_found(e.to_string()),
+        StoreError::InstanceInactive(_) => Status::permission_denied(e.to_string()),
         StoreError::ActivationUsed(_) => Status::permission_denied(e.to_string()),
         other => {
             tracing::error!(error = %other, "store failure");

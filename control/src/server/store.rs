@@ -14,12 +14,27 @@
 //!   and events at or below it are ignored;
 //! - only the SHA-256 of an activation code is stored;
 //! - an admin certificate is recorded by serial number, name and dates,
-//!   never with key material; its revocation time, once set, never changes.
+//!   never with key material; its revocation time, once set, never changes;
+//! - an instance's registered capacity (`cpu`, `memory_mib`) and hostname
+//!   come from enrollment (or, when enrollment gave none, the first Hello)
+//!   and change only by `accept_capacity`; a Hello only records what it
+//!   reports (`reported_*`), and placement uses the lower of the two
+//!   ([`InstanceRecord::capacity`]);
+//! - only an ACTIVE instance's Hello, heartbeat or event is recorded: the
+//!   status is checked in the same transaction as the write;
+//! - an event is stored only for a task this server assigned to the
+//!   reporting instance; others move the sequence and nothing else;
+//! - an instance's `cert_serial` is the newest client certificate it has
+//!   used; `pending_cert_serial` the one renewal issued last. Once the
+//!   pending one connects it becomes current, and every older certificate
+//!   is refused (see [`CertUse`]).
 //!
 //! Schema versions: 1 is the first; 2 adds `activations.hostname` (an
 //! activation bound to one host); 3 adds `admin_certificates`; 4 adds
 //! `activations.source_cidrs` (the networks an activation may be used from,
-//! comma-separated CIDRs; NULL: any). Older
+//! comma-separated CIDRs; NULL: any); 5 adds the reported capacity and
+//! hostname and the certificate serials of instances (and clamps stored
+//! capacities to the plausible range). Older
 //! databases are migrated when opened, in the same transaction that records
 //! the new version.
 //!
@@ -37,7 +52,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 pub const RUNNING: &str = "RUNNING";
 pub const PENDING: &str = "PENDING";
@@ -109,6 +124,16 @@ const MIGRATIONS: &[&str] = &[
         revoked_at_ms BIGINT
     )",
     "ALTER TABLE activations ADD COLUMN source_cidrs TEXT",
+    "ALTER TABLE instances ADD COLUMN reported_cpu BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE instances ADD COLUMN reported_memory_mib BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE instances ADD COLUMN reported_hostname TEXT NOT NULL DEFAULT '';
+    ALTER TABLE instances ADD COLUMN cert_serial TEXT;
+    ALTER TABLE instances ADD COLUMN pending_cert_serial TEXT;
+    UPDATE instances SET
+        cpu = MIN(MAX(cpu, 0), 4194304),
+        memory_mib = MIN(MAX(memory_mib, 0), 67108864);
+    UPDATE instances SET reported_cpu = cpu, reported_memory_mib = memory_mib,
+        reported_hostname = hostname",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +159,8 @@ pub enum StoreError {
     ActivationUsed(String),
     #[error("no instance {0}")]
     NoInstance(String),
+    #[error("instance {0} was deregistered; enroll the host again")]
+    InstanceInactive(String),
     #[error("no task {0}")]
     NoTask(String),
     #[error("task {0} already exists")]
@@ -185,6 +212,12 @@ pub struct NewInstance {
     pub arch: String,
     pub agent_version: String,
     pub registered_at_ms: i64,
+    /// Registered capacity from the host facts; 0 and 0: none given (the
+    /// first Hello's is registered).
+    pub cpu: i64,
+    pub memory_mib: i64,
+    /// Serial number (lowercase hex) of the certificate enrollment issued.
+    pub cert_serial: Option<String>,
 }
 
 /// An instance as stored.
@@ -197,7 +230,7 @@ pub struct InstanceRecord {
     pub registered_at_ms: i64,
     pub agent_version: String,
     pub boot_id: String,
-    /// Registered CPU units.
+    /// Registered CPU units: from enrollment, or accepted by an operator.
     pub cpu: i64,
     /// Registered memory, MiB.
     pub memory_mib: i64,
@@ -208,6 +241,47 @@ pub struct InstanceRecord {
     pub acked_generation: u64,
     pub os: String,
     pub arch: String,
+    /// What the last Hello reported (clamped to the plausible range).
+    pub reported_cpu: i64,
+    pub reported_memory_mib: i64,
+    /// The hostname the last Hello reported ('' before any).
+    pub reported_hostname: String,
+    /// The newest client certificate the instance has connected with (or
+    /// enrolled with); `None` for instances enrolled before schema 4 that
+    /// have not used a renewed certificate yet.
+    pub cert_serial: Option<String>,
+    /// The certificate the last renewal issued, until it connects.
+    pub pending_cert_serial: Option<String>,
+}
+
+impl InstanceRecord {
+    /// What placement may use: the lower of the registered capacity and
+    /// what the agent reports (a Hello may lower it, never raise it).
+    pub fn capacity(&self) -> (i64, i64) {
+        (
+            self.cpu.min(self.reported_cpu),
+            self.memory_mib.min(self.reported_memory_mib),
+        )
+    }
+
+    /// The last Hello reported another hostname than the registered one.
+    pub fn hostname_mismatch(&self) -> bool {
+        !self.reported_hostname.is_empty()
+            && !self.reported_hostname.eq_ignore_ascii_case(&self.hostname)
+    }
+}
+
+/// What a presented client certificate is, for `Fleet.Connect` and
+/// `Fleet.Renew` (see `use_certificate`, `record_renewal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertUse {
+    /// The current certificate, or any while none is recorded yet.
+    Accepted,
+    /// The renewed certificate connected for the first time: it is current
+    /// now, and `retired` (the one before) is refused from now on.
+    Promoted { retired: Option<String> },
+    /// An older certificate than the current one: refused.
+    Retired { current: String },
 }
 
 /// What a Hello tells about an instance.
@@ -240,6 +314,12 @@ pub struct HelloOutcome {
     /// was raised from this value so that the agent accepts the next
     /// assignment.
     pub generation_raised_from: Option<u64>,
+    /// The Hello reported more than the registered capacity: placement
+    /// keeps using the registered figure until an operator accepts the
+    /// new one.
+    pub capacity_clamped: bool,
+    /// Enrollment registered no capacity: this Hello's was registered.
+    pub capacity_registered: bool,
 }
 
 /// Reservations and task counts of one instance.
@@ -324,6 +404,9 @@ pub struct EventOutcome {
     pub assignment_changed: bool,
     /// The event named a task of another instance; only the sequence moved.
     pub foreign_task: bool,
+    /// The event named a task this server never assigned; only the
+    /// sequence moved.
+    pub unknown_task: bool,
 }
 
 /// The control plane's durable state. Methods are synchronous; callers on
@@ -351,6 +434,23 @@ pub trait Store: Send {
     fn record_hello(&mut self, id: &str, hello: &HelloRecord) -> Result<HelloOutcome, StoreError>;
     fn record_heartbeat(&mut self, id: &str, at_ms: i64) -> Result<(), StoreError>;
     fn record_assignment_ack(&mut self, id: &str, generation: u64) -> Result<(), StoreError>;
+    /// Registers the capacity the last Hello reported. Returns the instance
+    /// before and after.
+    fn accept_capacity(&mut self, id: &str)
+    -> Result<(InstanceRecord, InstanceRecord), StoreError>;
+    /// A session opens with the certificate of serial `serial` (lowercase
+    /// hex): whether it is accepted, and the promotion of a renewed one.
+    fn use_certificate(&mut self, id: &str, serial: &str) -> Result<CertUse, StoreError>;
+    /// A renewal presented `presented` and is about to hand out `issued`:
+    /// refused ([`CertUse::Retired`], nothing stored) when `presented` is
+    /// older than the current certificate; otherwise `issued` becomes the
+    /// pending one.
+    fn record_renewal(
+        &mut self,
+        id: &str,
+        presented: &str,
+        issued: &str,
+    ) -> Result<CertUse, StoreError>;
     /// Marks the instance INACTIVE and every task on it desired STOPPED.
     fn deregister_instance(
         &mut self,
@@ -373,7 +473,8 @@ pub trait Store: Send {
     /// new generation.
     fn insert_task(&mut self, task: &TaskRecord) -> Result<u64, StoreError>;
     fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError>;
-    /// Tasks, newest first, optionally of one instance.
+    /// Tasks, newest first, optionally of one instance; without their
+    /// definitions (`definition_json` is empty): a listing shows states.
     fn tasks(&self, instance_id: Option<&str>) -> Result<Vec<TaskRecord>, StoreError>;
     /// Sets the task's desired status to STOPPED. Returns the task and
     /// whether anything changed (a task already STOPPED, or already desired
@@ -479,7 +580,8 @@ impl SqliteStore {
 
 const INSTANCE_COLUMNS: &str = "instance_id, hostname, status, registered_at_ms, agent_version, \
      boot_id, cpu, memory_mib, attributes_json, last_heartbeat_at_ms, last_event_seq, \
-     generation, acked_generation, os, arch";
+     generation, acked_generation, os, arch, reported_cpu, reported_memory_mib, \
+     reported_hostname, cert_serial, pending_cert_serial";
 
 const TASK_COLUMNS: &str = "task_id, instance_id, family, definition_json, desired_status, \
      last_status, health_status, stop_code, stopped_reason, created_at_ms, started_at_ms, \
@@ -510,6 +612,11 @@ fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<RawInstance> {
             acked_generation: from_db(r.get(12)?),
             os: r.get(13)?,
             arch: r.get(14)?,
+            reported_cpu: r.get(15)?,
+            reported_memory_mib: r.get(16)?,
+            reported_hostname: r.get(17)?,
+            cert_serial: r.get(18)?,
+            pending_cert_serial: r.get(19)?,
         },
         attributes_json: r.get(8)?,
     })
@@ -703,6 +810,16 @@ fn get_instance(conn: &Connection, id: &str) -> Result<Option<InstanceRecord>, S
     .transpose()
 }
 
+/// The instance, if it exists and is ACTIVE: what every write of an
+/// agent's session checks in its own transaction.
+fn active_instance(conn: &Connection, id: &str) -> Result<InstanceRecord, StoreError> {
+    match get_instance(conn, id)? {
+        None => Err(StoreError::NoInstance(id.to_owned())),
+        Some(i) if i.status != ACTIVE => Err(StoreError::InstanceInactive(id.to_owned())),
+        Some(i) => Ok(i),
+    }
+}
+
 fn get_task(conn: &Connection, id: &str) -> Result<Option<TaskRecord>, StoreError> {
     conn.query_row(
         &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?1"),
@@ -873,7 +990,7 @@ impl Store for SqliteStore {
         tx.execute(
             &format!(
                 "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, '', 0, 0, '{{}}', 0, 0, 1, 0, ?6, ?7)"
+                 (?1, ?2, ?3, ?4, ?5, '', ?8, ?9, '{{}}', 0, 0, 1, 0, ?6, ?7, 0, 0, '', ?10, NULL)"
             ),
             params![
                 i.instance_id,
@@ -882,7 +999,10 @@ impl Store for SqliteStore {
                 i.registered_at_ms,
                 i.agent_version,
                 i.os,
-                i.arch
+                i.arch,
+                i.cpu,
+                i.memory_mib,
+                i.cert_serial,
             ],
         )?;
         let updated = tx.execute(
@@ -939,7 +1059,7 @@ impl Store for SqliteStore {
     fn record_hello(&mut self, id: &str, h: &HelloRecord) -> Result<HelloOutcome, StoreError> {
         let attributes = serde_json::to_string(&h.attributes).unwrap_or_else(|_| "{}".into());
         let tx = self.conn.transaction()?;
-        let before = get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
+        let before = active_instance(&tx, id)?;
         let mut outcome = HelloOutcome::default();
         let mut last_event_seq = before.last_event_seq;
         if h.last_event_sequence < last_event_seq {
@@ -951,15 +1071,25 @@ impl Store for SqliteStore {
             outcome.generation_raised_from = Some(generation);
             generation = h.applied_generation.saturating_add(1);
         }
-        let hostname = if h.hostname.is_empty() {
-            before.hostname.clone()
-        } else {
+        // The registered hostname stays; only an instance enrolled without
+        // one takes the first it reports.
+        let hostname = if before.hostname.is_empty() {
             h.hostname.clone()
+        } else {
+            before.hostname.clone()
         };
+        let (mut cpu, mut memory_mib) = (before.cpu, before.memory_mib);
+        if cpu == 0 && memory_mib == 0 {
+            outcome.capacity_registered = h.cpu > 0 || h.memory_mib > 0;
+            (cpu, memory_mib) = (h.cpu, h.memory_mib);
+        } else if h.cpu > cpu || h.memory_mib > memory_mib {
+            outcome.capacity_clamped = true;
+        }
         tx.execute(
-            "UPDATE instances SET hostname = ?2, agent_version = ?3, boot_id = ?4, cpu = ?5, \
-             memory_mib = ?6, attributes_json = ?7, last_heartbeat_at_ms = ?8, \
-             last_event_seq = ?9, generation = ?10 WHERE instance_id = ?1",
+            "UPDATE instances SET hostname = ?2, agent_version = ?3, boot_id = ?4, \
+             reported_cpu = ?5, reported_memory_mib = ?6, attributes_json = ?7, \
+             last_heartbeat_at_ms = ?8, last_event_seq = ?9, generation = ?10, \
+             reported_hostname = ?11, cpu = ?12, memory_mib = ?13 WHERE instance_id = ?1",
             params![
                 id,
                 hostname,
@@ -971,6 +1101,9 @@ impl Store for SqliteStore {
                 h.at_ms,
                 to_db(last_event_seq),
                 to_db(generation),
+                h.hostname,
+                cpu,
+                memory_mib,
             ],
         )?;
         outcome.instance =
@@ -980,14 +1113,81 @@ impl Store for SqliteStore {
     }
 
     fn record_heartbeat(&mut self, id: &str, at_ms: i64) -> Result<(), StoreError> {
-        let n = self.conn.execute(
+        let tx = self.conn.transaction()?;
+        active_instance(&tx, id)?;
+        tx.execute(
             "UPDATE instances SET last_heartbeat_at_ms = ?2 WHERE instance_id = ?1",
             params![id, at_ms],
         )?;
-        if n == 0 {
-            return Err(StoreError::NoInstance(id.to_owned()));
-        }
+        tx.commit()?;
         Ok(())
+    }
+
+    fn accept_capacity(
+        &mut self,
+        id: &str,
+    ) -> Result<(InstanceRecord, InstanceRecord), StoreError> {
+        let tx = self.conn.transaction()?;
+        let before = get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
+        tx.execute(
+            "UPDATE instances SET cpu = reported_cpu, memory_mib = reported_memory_mib \
+             WHERE instance_id = ?1",
+            params![id],
+        )?;
+        let after = get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
+        tx.commit()?;
+        Ok((before, after))
+    }
+
+    fn use_certificate(&mut self, id: &str, serial: &str) -> Result<CertUse, StoreError> {
+        let tx = self.conn.transaction()?;
+        let inst = get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
+        let used = match (&inst.cert_serial, &inst.pending_cert_serial) {
+            (Some(current), _) if current == serial => CertUse::Accepted,
+            (current, Some(pending)) if pending == serial => {
+                tx.execute(
+                    "UPDATE instances SET cert_serial = pending_cert_serial, \
+                     pending_cert_serial = NULL WHERE instance_id = ?1",
+                    params![id],
+                )?;
+                CertUse::Promoted {
+                    retired: current.clone(),
+                }
+            }
+            (None, _) => CertUse::Accepted,
+            (Some(current), _) => CertUse::Retired {
+                current: current.clone(),
+            },
+        };
+        tx.commit()?;
+        Ok(used)
+    }
+
+    fn record_renewal(
+        &mut self,
+        id: &str,
+        presented: &str,
+        issued: &str,
+    ) -> Result<CertUse, StoreError> {
+        let tx = self.conn.transaction()?;
+        let inst = active_instance(&tx, id)?;
+        let allowed = match &inst.cert_serial {
+            None => true,
+            Some(current) => {
+                current == presented || inst.pending_cert_serial.as_deref() == Some(presented)
+            }
+        };
+        if !allowed {
+            return Ok(CertUse::Retired {
+                current: inst.cert_serial.unwrap_or_default(),
+            });
+        }
+        tx.execute(
+            "UPDATE instances SET pending_cert_serial = ?2 WHERE instance_id = ?1",
+            params![id, issued],
+        )?;
+        tx.commit()?;
+        Ok(CertUse::Accepted)
     }
 
     fn record_assignment_ack(&mut self, id: &str, generation: u64) -> Result<(), StoreError> {
@@ -1035,15 +1235,8 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<EventOutcome, StoreError> {
         let tx = self.conn.transaction()?;
-        let last: i64 = tx
-            .query_row(
-                "SELECT last_event_seq FROM instances WHERE instance_id = ?1",
-                params![instance_id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NoInstance(instance_id.to_owned()))?;
-        if event.sequence <= from_db(last) {
+        let last = active_instance(&tx, instance_id)?.last_event_seq;
+        if event.sequence <= last {
             return Ok(EventOutcome::default());
         }
         let mut outcome = EventOutcome {
@@ -1060,33 +1253,10 @@ impl Store for SqliteStore {
                     t.last_seen_at_ms = now_ms;
                     write_task(&tx, &t)?;
                 }
-                None => {
-                    // A task this server never assigned (a restored database,
-                    // another control plane): record it so that it is
-                    // visible. Without its definition it cannot be part of
-                    // an assignment.
-                    let mut t = TaskRecord {
-                        task_id: st.task_id.clone(),
-                        instance_id: instance_id.to_owned(),
-                        family: st.family.clone(),
-                        desired_status: if st.desired_status.is_empty() {
-                            RUNNING.to_owned()
-                        } else {
-                            st.desired_status.clone()
-                        },
-                        last_status: PENDING.to_owned(),
-                        created_at_ms: if st.created_at_ms > 0 {
-                            st.created_at_ms
-                        } else {
-                            now_ms
-                        },
-                        last_event_seq: event.sequence,
-                        last_seen_at_ms: now_ms,
-                        ..TaskRecord::default()
-                    };
-                    merge_state(&mut t, &st);
-                    insert_task_row(&tx, &t)?;
-                }
+                // A task this server never assigned to anyone (another
+                // control plane's, a restored database's, or invented):
+                // nothing is stored, so that an agent cannot create rows.
+                None => outcome.unknown_task = true,
             }
         }
         tx.execute(
@@ -1143,8 +1313,10 @@ impl Store for SqliteStore {
     }
 
     fn tasks(&self, instance_id: Option<&str>) -> Result<Vec<TaskRecord>, StoreError> {
+        // A listing does not carry definitions (up to 64 KiB each).
+        let columns = TASK_COLUMNS.replacen("definition_json", "'' AS definition_json", 1);
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR instance_id = ?1) \
+            "SELECT {columns} FROM tasks WHERE (?1 IS NULL OR instance_id = ?1) \
              ORDER BY created_at_ms DESC, task_id DESC"
         ))?;
         let rows = stmt.query_map(params![instance_id], task_from_row)?;
@@ -1250,20 +1422,22 @@ mod tests {
     }
 
     fn enrolled(s: &mut SqliteStore, instance_id: &str) {
-        let act = format!("act-{instance_id}");
-        s.create_activation(&activation(&act, i64::MAX))
-            .expect("activation");
-        s.enroll(
-            &act,
-            10,
-            &NewInstance {
+        enrolled_as(
+            s,
+            NewInstance {
                 instance_id: instance_id.into(),
                 hostname: "h".into(),
                 registered_at_ms: 10,
                 ..NewInstance::default()
             },
-        )
-        .expect("enroll");
+        );
+    }
+
+    fn enrolled_as(s: &mut SqliteStore, new: NewInstance) {
+        let act = format!("act-{}", new.instance_id);
+        s.create_activation(&activation(&act, i64::MAX))
+            .expect("activation");
+        s.enroll(&act, 10, &new).expect("enroll");
     }
 
     fn task(id: &str, instance_id: &str, created_at_ms: i64) -> TaskRecord {
@@ -1448,16 +1622,191 @@ mod tests {
             .expect("foreign");
         assert!(out.applied && out.foreign_task);
         assert_eq!(s.task("t2").expect("t").expect("t").last_status, PENDING);
-        // i-1 reports a task nobody assigned: stored, not assigned.
+        // i-1 reports a task nobody assigned: only the sequence moves, no
+        // row is made up.
         let out = s
             .apply_event("i-1", &event(2, "tx", RUNNING), 6)
             .expect("unknown");
-        assert!(out.applied && !out.assignment_changed);
-        let t = s.task("tx").expect("t").expect("stored");
-        assert_eq!(t.instance_id, "i-1");
-        assert_eq!(t.last_status, RUNNING);
-        assert_eq!(t.desired_status, RUNNING);
+        assert!(out.applied && out.unknown_task && !out.assignment_changed);
+        assert!(s.task("tx").expect("t").is_none());
+        assert_eq!(s.tasks(None).expect("tasks").len(), 1);
+        assert_eq!(s.instance("i-1").expect("i").expect("i").last_event_seq, 2);
         assert!(s.assignment("i-1").expect("a").tasks.is_empty());
+    }
+
+    fn hello(hostname: &str, cpu: i64, memory_mib: i64) -> HelloRecord {
+        HelloRecord {
+            hostname: hostname.into(),
+            cpu,
+            memory_mib,
+            ..HelloRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_hello_never_raises_the_registered_capacity_or_renames_the_host() {
+        let (_d, mut s) = store();
+        enrolled_as(
+            &mut s,
+            NewInstance {
+                instance_id: "i-1".into(),
+                hostname: "vm".into(),
+                cpu: 2048,
+                memory_mib: 4000,
+                ..NewInstance::default()
+            },
+        );
+        // Less than registered: placement uses the lower figure.
+        let out = s
+            .record_hello("i-1", &hello("vm", 1024, 3000))
+            .expect("hello");
+        assert!(!out.capacity_clamped && !out.instance.hostname_mismatch());
+        assert_eq!(out.instance.capacity(), (1024, 3000));
+        // More, under another name: clamped, and the name stays.
+        let out = s
+            .record_hello("i-1", &hello("other", 1 << 40, 1 << 40))
+            .expect("hello");
+        assert!(out.capacity_clamped);
+        let i = out.instance;
+        assert_eq!((i.cpu, i.memory_mib), (2048, 4000));
+        assert_eq!((i.reported_cpu, i.reported_memory_mib), (1 << 40, 1 << 40));
+        assert_eq!(i.capacity(), (2048, 4000));
+        assert_eq!(i.hostname, "vm");
+        assert_eq!(i.reported_hostname, "other");
+        assert!(i.hostname_mismatch());
+        // The operator accepts the new size.
+        let (before, after) = s.accept_capacity("i-1").expect("accept");
+        assert_eq!(before.cpu, 2048);
+        assert_eq!(after.capacity(), (1 << 40, 1 << 40));
+        assert!(matches!(
+            s.accept_capacity("i-x"),
+            Err(StoreError::NoInstance(_))
+        ));
+        // Enrolled without a capacity (an older agent): the first Hello's
+        // is registered, later ones are clamped to it.
+        enrolled(&mut s, "i-2");
+        let out = s.record_hello("i-2", &hello("h", 512, 100)).expect("hello");
+        assert!(out.capacity_registered);
+        assert_eq!(out.instance.capacity(), (512, 100));
+        let out = s
+            .record_hello("i-2", &hello("h", 4096, 100))
+            .expect("hello");
+        assert!(out.capacity_clamped && !out.capacity_registered);
+        assert_eq!(out.instance.capacity(), (512, 100));
+    }
+
+    #[test]
+    fn writes_of_a_deregistered_instance_are_refused_and_change_nothing() {
+        let (_d, mut s) = store();
+        enrolled(&mut s, "i-1");
+        s.insert_task(&task("t1", "i-1", 1)).expect("t1");
+        s.deregister_instance("i-1", "UserInitiated", "gone")
+            .expect("deregister");
+        let before = s.instance("i-1").expect("i").expect("i");
+        let inactive =
+            |e: StoreError| matches!(e, StoreError::InstanceInactive(ref id) if id == "i-1");
+        assert!(inactive(
+            s.record_hello("i-1", &hello("h", 1, 1)).expect_err("hello")
+        ));
+        assert!(inactive(
+            s.record_heartbeat("i-1", 99).expect_err("heartbeat")
+        ));
+        assert!(inactive(
+            s.apply_event("i-1", &event(1, "t1", RUNNING), 99)
+                .expect_err("event")
+        ));
+        assert!(inactive(
+            s.record_renewal("i-1", "aa", "bb").expect_err("renewal")
+        ));
+        assert_eq!(s.instance("i-1").expect("i").expect("i"), before);
+        assert_eq!(s.task("t1").expect("t").expect("t").last_status, PENDING);
+        assert!(matches!(
+            s.record_heartbeat("i-x", 1),
+            Err(StoreError::NoInstance(_))
+        ));
+    }
+
+    #[test]
+    fn a_renewed_certificate_in_use_retires_the_older_ones() {
+        let (_d, mut s) = store();
+        enrolled_as(
+            &mut s,
+            NewInstance {
+                instance_id: "i-1".into(),
+                hostname: "h".into(),
+                cert_serial: Some("c1".into()),
+                ..NewInstance::default()
+            },
+        );
+        assert_eq!(
+            s.use_certificate("i-1", "c1").expect("use"),
+            CertUse::Accepted
+        );
+        assert_eq!(
+            s.use_certificate("i-1", "zz").expect("use"),
+            CertUse::Retired {
+                current: "c1".into()
+            }
+        );
+        // A renewal: until the new one connects, the old one still works.
+        assert_eq!(
+            s.record_renewal("i-1", "c1", "c2").expect("renew"),
+            CertUse::Accepted
+        );
+        assert_eq!(
+            s.use_certificate("i-1", "c1").expect("use"),
+            CertUse::Accepted
+        );
+        assert_eq!(
+            s.use_certificate("i-1", "c2").expect("use"),
+            CertUse::Promoted {
+                retired: Some("c1".into())
+            }
+        );
+        // From now on c1 is refused, at Connect and at Renew.
+        assert_eq!(
+            s.use_certificate("i-1", "c1").expect("use"),
+            CertUse::Retired {
+                current: "c2".into()
+            }
+        );
+        assert_eq!(
+            s.record_renewal("i-1", "c1", "c3").expect("renew"),
+            CertUse::Retired {
+                current: "c2".into()
+            }
+        );
+        let i = s.instance("i-1").expect("i").expect("i");
+        assert_eq!(i.cert_serial.as_deref(), Some("c2"));
+        assert_eq!(
+            i.pending_cert_serial, None,
+            "the refused renewal stored nothing"
+        );
+        // An instance from before schema 4 (no serial): anything goes until a
+        // renewed certificate is used.
+        enrolled(&mut s, "i-2");
+        assert_eq!(
+            s.use_certificate("i-2", "old").expect("use"),
+            CertUse::Accepted
+        );
+        s.record_renewal("i-2", "old", "new").expect("renew");
+        assert!(matches!(
+            s.use_certificate("i-2", "new").expect("use"),
+            CertUse::Promoted { retired: None }
+        ));
+        assert!(matches!(
+            s.use_certificate("i-2", "old").expect("use"),
+            CertUse::Retired { .. }
+        ));
+    }
+
+    #[test]
+    fn listings_leave_definitions_out() {
+        let (_d, mut s) = store();
+        enrolled(&mut s, "i-1");
+        s.insert_task(&task("t1", "i-1", 1)).expect("t1");
+        assert_eq!(s.tasks(None).expect("tasks")[0].definition_json, "");
+        assert_eq!(s.task("t1").expect("t").expect("t").definition_json, "{}");
     }
 
     #[test]
@@ -1673,6 +2022,31 @@ mod tests {
         };
         s.create_activation(&bound).expect("create");
         assert_eq!(s.activation("a2").expect("get"), Some(bound));
+    }
+
+    #[test]
+    fn a_version_3_database_keeps_its_instances_with_bounded_capacities() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(SCHEMA).expect("v1 schema");
+            conn.execute_batch(MIGRATIONS[0]).expect("v2");
+            conn.execute_batch(MIGRATIONS[1]).expect("v3");
+            conn.execute_batch(
+                "INSERT INTO schema_version (version) VALUES (3); \
+                 INSERT INTO instances VALUES ('i-1', 'vm', 'ACTIVE', 1, '0.1', 'b', \
+                   4611686018427387904, 2048, '{}', 0, 0, 1, 0, 'linux', 'x86_64');",
+            )
+            .expect("v3 rows");
+        }
+        let s = SqliteStore::open(&path).expect("migrate");
+        let i = s.instance("i-1").expect("get").expect("kept");
+        assert_eq!(i.cpu, super::super::protocol::MAX_CPU_UNITS);
+        assert_eq!(i.memory_mib, 2048);
+        assert_eq!((i.reported_cpu, i.reported_memory_mib), (i.cpu, 2048));
+        assert_eq!(i.reported_hostname, "vm");
+        assert_eq!(i.cert_serial, None);
     }
 
     fn admin_cert(serial: &str, name: &str, issued_at_ms: i64) -> AdminCertRecord {

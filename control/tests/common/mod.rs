@@ -83,6 +83,7 @@ pub fn enroll_request(id: &str, code: &str, csr_pem: &str) -> EnrollRequest {
             arch: "x86_64".into(),
             agent_version: "0.0.0-test".into(),
             kernel: "6".into(),
+            capacity: None,
         }),
     }
 }
