@@ -338,6 +338,15 @@ impl Rig {
             .expect("fake alive")
     }
 
+    /// How many containers the agent created on the fake engine.
+    fn creates(&self) -> usize {
+        self.rt
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("create"))
+            .count()
+    }
+
     fn persisted(&self) -> crate::state::PersistedState {
         let bytes = std::fs::read(self.dir.path().join("state.json")).expect("state.json");
         serde_json::from_slice(&bytes).expect("state.json parses")
@@ -404,13 +413,7 @@ async fn assignments_are_persisted_before_their_ack_and_applied_once() {
         _ => None,
     })
     .await;
-    let creates = rig
-        .rt
-        .calls()
-        .iter()
-        .filter(|c| c.starts_with("create"))
-        .count();
-    assert_eq!(creates, 1, "calls: {:?}", rig.rt.calls());
+    assert_eq!(rig.creates(), 1, "calls: {:?}", rig.rt.calls());
 
     // The same set again: acknowledged, nothing created twice.
     stream.send(Down::Assignment(assignment)).await;
@@ -421,13 +424,7 @@ async fn assignments_are_persisted_before_their_ack_and_applied_once() {
         })
         .await;
     assert_eq!(again, 7);
-    let creates = rig
-        .rt
-        .calls()
-        .iter()
-        .filter(|c| c.starts_with("create"))
-        .count();
-    assert_eq!(creates, 1, "calls: {:?}", rig.rt.calls());
+    assert_eq!(rig.creates(), 1, "calls: {:?}", rig.rt.calls());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
