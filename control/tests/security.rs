@@ -1,4 +1,5 @@
-//! Issue 5 against the real server in-process: every refusal is clear and
+//! The control plane's protections (SECURITY.md, "What is protected and
+//! how") against the real server in-process: every refusal is clear and
 //! changes nothing stored. Activations (hostname binding, expiry, failed
 //! attempts per address), certificates (renewal, expiry, another CA, admin
 //! certificates), the admin API off loopback and the revocation of admin
