@@ -297,19 +297,17 @@ async fn server_command_logs_ready_and_stops_on_sigterm() -> Result {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let state: serde_json::Value = loop {
-        if let Ok(bytes) = std::fs::read(tls_data.join("server.json"))
-            && let Ok(v) = serde_json::from_slice(&bytes)
-        {
-            break v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no server.json from a server with a non-loopback admin address"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let state_file = tls_data.join("server.json");
+    let state: serde_json::Value = eventually(
+        "server.json from a server with a non-loopback admin address",
+        async || {
+            // Absent until the server is ready.
+            Ok(std::fs::read(&state_file)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+        },
+    )
+    .await?;
     assert_eq!(state["adminTls"], true, "{state}");
     let port = state["adminAddr"]
         .as_str()

@@ -1,6 +1,7 @@
-//! Issue 11 against the real server in-process: an enrolled agent turned
-//! hostile (it holds its instance's own key and certificate) and what it
-//! can no longer do. Each test fails on e213b60.
+//! The hostile-agent findings of SECURITY.md ("The red-team review of
+//! e213b60", ids below) against the real server in-process: an enrolled
+//! agent turned hostile (it holds its instance's own key and certificate)
+//! and what it can no longer do. Each test fails on e213b60.
 //! - H1: a huge capacity or another host's name in the Hello lures no task;
 //! - M1: events for tasks the server never assigned create nothing, and
 //!   reasons are bounded;

@@ -600,8 +600,8 @@ pub(crate) fn valid_hostname(h: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
-/// 32 characters from the URL-safe base64 alphabet: 192 bits.
-/// 32 letters and digits (~190 bits). No `-`: a code starting with one
+/// 32 letters and digits, each equally likely: about 190 bits (32 × log2 62).
+/// No `-` or `_` (unlike URL-safe base64): a code starting with `-`
 /// would read as a flag on the `berth-agent enroll` command line.
 fn random_code() -> String {
     const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -1261,7 +1261,7 @@ mod tests {
     }
 
     #[test]
-    fn codes_are_url_safe_and_random() {
+    fn codes_are_letters_and_digits_and_random() {
         let a = random_code();
         let b = random_code();
         assert_eq!(a.len(), 32);

@@ -31,6 +31,28 @@ pub const TASK_DEFINITION: &str = r#"{
 
 pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// Pause between two checks of [`eventually`].
+const PAUSE: Duration = Duration::from_millis(20);
+
+/// Checks `check` until it yields `Some`, with a short pause between checks;
+/// an error naming `what` once [`DEADLINE`] has passed. An error from
+/// `check` ends the wait at once.
+pub async fn eventually<T>(
+    what: &str,
+    mut check: impl AsyncFnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("timed out after {DEADLINE:?} waiting for {what}").into());
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+}
+
 /// A temporary directory of mode 0700, as the server wants its data dir (it
 /// refuses one open to group or others; `tempfile::tempdir()` gives 0755
 /// under the usual umask).

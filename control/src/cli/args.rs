@@ -1,0 +1,360 @@
+//! The clap definitions of `berth` (the `server` command's flags are in
+//! `server.rs`, next to the code that reads them).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_agent::cli_docs::{ManSections, Shell};
+use clap::{Args, Parser, Subcommand};
+
+use super::server::ServerArgs;
+use crate::addr::DEFAULT_ADMIN_ADDR;
+
+/// berth: run containers on your own servers the way Amazon ECS Anywhere does.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, propagate_version = true)]
+pub struct Cli {
+    /// Admin API of the control plane: host:port or http://host:port
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_ADDR",
+        value_name = "ADDR",
+        default_value = DEFAULT_ADMIN_ADDR
+    )]
+    pub server: String,
+
+    /// Directory with the admin certificate (admin.crt, admin.key, ca.crt)
+    /// for an admin API that is not on loopback (https://…)
+    #[arg(long, global = true, env = "BERTH_ADMIN_CERT", value_name = "DIR")]
+    pub admin_cert: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The parts of `man berth` that clap does not know.
+pub const MAN_SECTIONS: ManSections = ManSections {
+    files: &[
+        (
+            "/var/lib/berth-server",
+            "Data of the control plane: the fleet CA, the SQLite store, server.json; mode 0700, owned by the system user berth.",
+        ),
+        (
+            "/etc/berth/server.env",
+            "BERTH_SERVER_* settings read by berth-server.service.",
+        ),
+        (
+            "/usr/lib/systemd/system/berth-server.service",
+            "The systemd unit of the control plane.",
+        ),
+    ],
+    environment: &[(
+        "RUST_LOG",
+        "Log filter of berth server and berth dev (default info).",
+    )],
+    see_also: &["berth-agent"],
+};
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (fleet API for agents, admin API for this CLI)
+    Server(ServerArgs),
+    /// One-time activations that enroll hosts
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Hosts enrolled in the fleet
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// Tasks: ECS task definitions placed on instances
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Control plane and one agent in one process, against the local Docker Engine
+    Dev(crate::dev::DevArgs),
+    /// Client certificates for the admin API when it is not on loopback
+    #[command(subcommand, name = "admin-cert")]
+    AdminCert(AdminCertCommand),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell
+    ///
+    /// The packages install the scripts for bash, zsh and fish. From a source
+    /// build, write the one for your shell where it looks for completions:
+    ///
+    /// bash: berth completions bash > ~/.local/share/bash-completion/completions/berth
+    ///
+    /// zsh: berth completions zsh > ~/.zfunc/_berth (with fpath+=~/.zfunc before
+    /// compinit in ~/.zshrc)
+    ///
+    /// fish: berth completions fish > ~/.config/fish/completions/berth.fish
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCertCommand {
+    /// Create an admin certificate: the key is made here and never sent;
+    /// the fleet CA signs it (over the admin API, or directly with --data-dir)
+    Create {
+        /// Where to write admin.key (0600), admin.crt and ca.crt (created 0700)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Who the certificate is for (its common name)
+        #[arg(long, value_name = "NAME", default_value = "admin")]
+        name: String,
+        /// How long the certificate is valid
+        #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = parse_duration)]
+        lifetime: Duration,
+        /// Sign with the CA in this server data dir instead of asking the
+        /// admin API (on the control plane host, e.g. before the first
+        /// remote admin exists)
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Replace an admin certificate already in --out
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the admin certificates the control plane issued (serial number,
+    /// name, dates, revocation; never a key)
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one admin certificate: the admin API refuses it from its next
+    /// call on
+    Revoke {
+        /// Serial number, hex (as `berth admin-cert ls` shows it; ':'
+        /// separators and upper case are accepted)
+        #[arg(value_name = "SERIAL", value_parser = parse_serial)]
+        serial: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a one-time activation and print the `berth-agent enroll` line
+    Create {
+        /// How long the activation stays valid
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Only a host reporting this hostname may enroll with it. A guard
+        /// against enrolling the wrong host by mistake, not against a leaked
+        /// code: the host reports its name itself (use --from for that)
+        #[arg(long, value_name = "NAME")]
+        hostname: Option<String>,
+        /// Only a host connecting from this network may enroll with it
+        /// (CIDR, IPv4 or IPv6, e.g. 10.0.3.0/24; a bare address is one
+        /// host); repeat for several. The control plane checks the source
+        /// address of the connection, so it must see the host's own address
+        /// (not a proxy's or a NAT's)
+        #[arg(long = "from", value_name = "CIDR", value_parser = parse_cidr)]
+        from: Vec<crate::server::enroll::Cidr>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_cidr(s: &str) -> Result<crate::server::enroll::Cidr, String> {
+    crate::server::enroll::Cidr::parse(s)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// List instances
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one instance
+    Describe {
+        /// Instance id (i-…)
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take an instance out of the fleet: its tasks are told to stop and its
+    /// certificate is no longer accepted
+    Deregister {
+        /// Instance id (i-…)
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register the capacity the instance's agent reports (after adding
+    /// cores or memory): until then placement never uses more than the
+    /// capacity registered at enrollment
+    AcceptCapacity {
+        /// Instance id (i-…)
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Run a task from an ECS task definition file
+    Run(TaskRunArgs),
+    /// List tasks, newest first
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only the tasks of this instance
+        #[arg(long, value_name = "ID")]
+        instance: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one task
+    Describe {
+        /// Task id
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a task
+    Stop {
+        /// Task id
+        id: String,
+        /// Why (shown as stoppedReason) [default: Task stopped by user]
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Wait until the task is STOPPED
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        wait_timeout: Duration,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TaskRunArgs {
+    /// ECS task definition (register-task-definition input or describe-task-definition output)
+    #[arg(long, value_name = "FILE")]
+    pub task_definition: PathBuf,
+    /// Run on this instance instead of letting the control plane choose
+    #[arg(long, value_name = "ID")]
+    pub instance: Option<String>,
+    /// Wait until the task is RUNNING; fail if it stops first
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub wait_timeout: Duration,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A valid serial number as typed (the control plane compares it as an
+/// integer, and names it in messages as the operator wrote it).
+fn parse_serial(s: &str) -> Result<String, String> {
+    match crate::server::ca::normalize_serial(s) {
+        Some(_) => Ok(crate::server::ca::tidy_serial(s)),
+        None => Err(format!(
+            "{s:?} is not a serial number: expected hex digits, as `berth admin-cert ls` shows them"
+        )),
+    }
+}
+
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (expected a duration such as 30s, 5m, 1h)"))
+}
+
+/// How `berth server` and `berth dev` write their logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (no timestamps under the journal, which adds its own)
+    Text,
+    /// One JSON object per line
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_agent::cli_docs;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_task_run_and_refuses_bad_usage() {
+        let cli = Cli::try_parse_from([
+            "berth",
+            "--server",
+            "http://127.0.0.1:9",
+            "task",
+            "run",
+            "--task-definition",
+            "td.json",
+            "--wait",
+            "--wait-timeout",
+            "30s",
+            "--json",
+        ])
+        .expect("parse");
+        assert_eq!(cli.server, "http://127.0.0.1:9");
+        match cli.command {
+            Command::Task(TaskCommand::Run(a)) => {
+                assert!(a.wait && a.json);
+                assert_eq!(a.wait_timeout, Duration::from_secs(30));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = Cli::try_parse_from(["berth", "task", "run"]).expect_err("missing file");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    /// `berth` and every visible subcommand under it, as man page names.
+    #[test]
+    fn completions_name_every_subcommand_and_bash_loads_them() {
+        let words = [
+            "server",
+            "token",
+            "instance",
+            "task",
+            "dev",
+            "admin-cert",
+            "completions",
+            "deregister",
+            "revoke",
+            "task-definition",
+            "wait-timeout",
+        ];
+        cli_docs::check_completions(Cli::command(), &words).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn man_pages_for_every_subcommand() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let top = cli_docs::check_man_pages(Cli::command(), dir.path(), &MAN_SECTIONS)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            dir.path().join("berth-task-run.1").is_file(),
+            "no page for task run"
+        );
+        assert!(top.contains("/var/lib/berth\\-server"), "{top}");
+    }
+}
