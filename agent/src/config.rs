@@ -34,8 +34,7 @@ use crate::policy::{
 };
 use crate::runtime::PullPolicy;
 
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/agent.toml";
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/berth";
+pub use crate::paths::{DEFAULT_CONFIG_PATH, DEFAULT_DATA_DIR};
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:51678";
 
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,7 @@ pub mod logs;
 pub mod manager;
 pub mod metrics;
 pub mod notify;
+pub mod paths;
 pub mod policy;
 pub mod ports;
 pub mod runtime;

@@ -79,6 +79,8 @@ use std::path::{Component, Path, PathBuf};
 
 use berth_taskdef::{NetworkMode, TaskDefinition};
 
+use crate::paths::DEFAULT_DATA_DIR;
+
 /// What the operator allows. The defaults are those of the config keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -132,7 +134,7 @@ impl Default for Policy {
             allow_devices: false,
             allow_security_options: false,
             allowed_host_paths: owned(DEFAULT_ALLOWED_HOST_PATHS),
-            protected_host_paths: vec![PathBuf::from(crate::config::DEFAULT_DATA_DIR)],
+            protected_host_paths: vec![PathBuf::from(DEFAULT_DATA_DIR)],
             allowed_volume_drivers: owned(DEFAULT_ALLOWED_VOLUME_DRIVERS),
             allow_volume_driver_opts: false,
             allowed_shared_volumes: Vec::new(),
