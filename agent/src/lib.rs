@@ -30,6 +30,7 @@ pub mod ports;
 pub mod runtime;
 pub mod session;
 pub mod state;
+pub mod status;
 pub mod supervisor;
 pub mod tls;
 pub mod volumes;
