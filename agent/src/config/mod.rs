@@ -632,6 +632,21 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_config_documents_every_key() {
+        let packaged = include_str!("../../../packaging/agent.toml");
+        for key in known_keys(&policy_keys()) {
+            let documented = if key == "registries" {
+                packaged.lines().any(|l| l.starts_with("#[registries."))
+            } else {
+                packaged
+                    .lines()
+                    .any(|l| l.starts_with(&format!("#{key} = ")))
+            };
+            assert!(documented, "packaging/agent.toml does not document `{key}`");
+        }
+    }
+
+    #[test]
     fn an_unknown_key_is_named_with_the_keys_there_are() {
         let err = parse("alow_privileged = true\n", &[]).expect_err("typo");
         let msg = err.to_string();
