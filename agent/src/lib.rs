@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod cli_docs;
+pub mod commands;
 pub mod config;
 pub mod failpoint;
 pub mod fsutil;

@@ -4,12 +4,10 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use berth_agent::cli_docs::{self, ManSections, Shell};
-use berth_agent::config::{Config, DEFAULT_CONFIG_PATH};
-use berth_agent::runtime::docker::DockerRuntime;
+use berth_agent::config::DEFAULT_CONFIG_PATH;
+use berth_agent::{commands, status};
 use berth_proto::text::escape_control;
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -139,39 +137,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logs(format: &str) {
-    // bollard logs request bodies (container environments) at debug: keep it
-    // at info whatever BERTH_LOG says, so no secret reaches the logs.
-    let directives = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "{directives},bollard=info,h2=info,hyper=info"
-    ))
-    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    berth_agent::logs::init(format == "json", filter);
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Completions { shell } => Ok(cli_docs::print_completions(Cli::command(), shell)?),
-        Command::Run { config } => {
-            let cfg = Config::load(&config)?;
-            init_logs(&cfg.log_format);
-            // Password files and the Docker config are read (and checked)
-            // now: a bad one stops the agent before it runs anything.
-            let credentials = cfg.registry_credentials(&config)?;
-            let docker = DockerRuntime::connect(cfg.docker_socket.as_deref())
-                .await?
-                .with_credentials(credentials.into_docker());
-            let agent = berth_agent::start(&cfg, Arc::new(docker)).await?;
-            // State loaded and the local API serving: ready for systemd.
-            berth_agent::notify::ready();
-            // Feeds systemd's watchdog while the manager answers.
-            berth_agent::notify::until_signal(|| agent.status_line(Duration::from_secs(5))).await?;
-            berth_agent::notify::stopping();
-            tracing::info!("shutting down; containers keep running");
-            agent.shutdown().await;
-            Ok(())
-        }
+        Command::Run { config } => commands::run(&config).await,
         Command::Enroll {
             server,
             activation_id,
@@ -181,45 +150,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             force,
         } => {
-            // Checked before anything else: a line without the pin is wrong
-            // whether or not this host is enrolled.
-            let pin =
-                berth_agent::identity::CaPin::from_args(ca_hash.as_deref(), insecure_skip_ca_pin)
-                    .map_err(anyhow::Error::msg)?;
-            let cfg = Config::load(&config)?;
-            if let Some(existing) = berth_agent::identity::enrolled(&cfg.data_dir)?
-                && !force
-            {
-                println!(
-                    "this host is already enrolled as {} with {}; use --force to enroll again",
-                    escape_control(&existing.instance_id),
-                    escape_control(&existing.server)
-                );
-                return Ok(());
-            }
-            if pin == berth_agent::identity::CaPin::SkipInsecure {
-                eprintln!(
-                    "warning: --insecure-skip-ca-pin: trusting whatever CA {server} presents; the activation code is sent to whoever answers there"
-                );
-            }
-            let id = berth_agent::identity::enroll(
-                &cfg.data_dir,
-                &server,
-                &activation_id,
-                &activation_code,
-                &pin,
-            )
-            .await?;
-            Config::write_server(&config, &server)?;
-            println!(
-                "enrolled as {} with {}; start the agent with `systemctl start berth-agent` or `berth-agent run --config {}`",
-                escape_control(&id.instance_id),
+            let args = commands::EnrollArgs {
                 server,
-                config.display()
-            );
-            Ok(())
+                activation_id,
+                activation_code,
+                ca_hash,
+                insecure_skip_ca_pin,
+                force,
+            };
+            commands::enroll(&config, &args).await
         }
-        Command::Status { json, config } => berth_agent::status::run(&config, json).await,
+        Command::Status { json, config } => status::run(&config, json).await,
     }
 }
 
