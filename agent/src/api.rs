@@ -1,5 +1,11 @@
 //! The agent's local API on `127.0.0.1:51678` (plain HTTP, loopback):
-//! `/v1/metadata`, `/v1/tasks`, `/v1/tasks/{id}`, `/metrics`, `/healthz`.
+//! `/v1/metadata`, `/v1/status`, `/v1/tasks`, `/v1/tasks/{id}`, `/metrics`,
+//! `/healthz`.
+//!
+//! `/v1/status` is what `berth-agent status` shows: the fields of
+//! `/v1/metadata` and a `metrics` object (tasks by status, the outbox, the
+//! counters since the agent started), as JSON, so the command never parses
+//! the Prometheus text.
 //!
 //! Read-only: it renders the manager's [`View`] and the agent's
 //! [`AgentMetrics`]; it cannot change anything.
@@ -43,6 +49,7 @@ pub fn router(
 ) -> Router {
     Router::new()
         .route("/v1/metadata", get(metadata))
+        .route("/v1/status", get(status))
         .route("/v1/tasks", get(tasks))
         .route("/v1/tasks/{id}", get(task))
         .route("/metrics", get(prometheus))
@@ -128,7 +135,59 @@ pub async fn bind(
 
 async fn metadata(State(api): State<Api>) -> Json<serde_json::Value> {
     let v = api.view.borrow().clone();
-    Json(json!({
+    Json(metadata_json(&api, &v))
+}
+
+async fn status(State(api): State<Api>) -> Json<serde_json::Value> {
+    let v = api.view.borrow().clone();
+    let mut out = metadata_json(&api, &v);
+    out["metrics"] = status_metrics(&api.metrics, &v);
+    Json(out)
+}
+
+/// The task statuses `/v1/status` counts, as `berth_agent_tasks` does.
+const TASK_STATUSES: [&str; 3] = ["PENDING", "RUNNING", "STOPPED"];
+
+/// The numbers `berth-agent status` shows (camelCase, as the rest of
+/// `status --json`): the view's gauges and the counters since the agent
+/// started, the same values `/metrics` has.
+fn status_metrics(metrics: &AgentMetrics, v: &View) -> serde_json::Value {
+    let tasks_by_status: serde_json::Map<String, serde_json::Value> = TASK_STATUSES
+        .iter()
+        .map(|status| {
+            let n = v.tasks.iter().filter(|t| t.last_status == *status).count();
+            ((*status).to_owned(), json!(n))
+        })
+        .collect();
+    json!({
+        "tasksByStatus": tasks_by_status,
+        "containerRestarts": metrics.container_restarts.get(),
+        "outboxEvents": v.outbox.len(),
+        "sessionsEstablished": metrics.sessions_established.get(),
+        "sessionReconnects": metrics.session_reconnects.get(),
+        "imagePulls": metrics.image_pulls_succeeded.get(),
+        "imagePullFailures": metrics.image_pulls_failed.get(),
+        "dockerRequestErrors": docker_request_errors(metrics, v),
+        "storeBytes": metrics.store_bytes(),
+    })
+}
+
+/// The sum of `berth_agent_docker_request_errors_total` over its operations.
+/// `AgentMetrics` keeps the per-operation counters private, so they are read
+/// back from its own rendering; an accessor on `AgentMetrics` would replace
+/// this.
+fn docker_request_errors(metrics: &AgentMetrics, v: &View) -> u64 {
+    metrics
+        .render(v)
+        .lines()
+        .filter(|l| l.starts_with("berth_agent_docker_request_errors_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .map(|n| n as u64)
+        .sum()
+}
+
+fn metadata_json(api: &Api, v: &View) -> serde_json::Value {
+    json!({
         "instanceId": v.instance_id,
         "agentVersion": env!("CARGO_PKG_VERSION"),
         "server": api.server,
@@ -138,7 +197,7 @@ async fn metadata(State(api): State<Api>) -> Json<serde_json::Value> {
         "pendingEvents": v.outbox.len(),
         "storeError": v.store_error,
         "hostname": crate::identity::hostname(),
-    }))
+    })
 }
 
 async fn tasks(State(api): State<Api>) -> Json<serde_json::Value> {
@@ -237,5 +296,71 @@ mod tests {
         );
         let served = app.oneshot(get("127.0.0.1:51678")).await.expect("call");
         assert_eq!(served.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn status_counts_tasks_and_reads_the_counters() {
+        use crate::metrics::DockerOp;
+        use berth_proto::v1::{TaskEvent, TaskState};
+        use tower::ServiceExt;
+        let bound: SocketAddr = "127.0.0.1:51678".parse().expect("addr");
+        let task = |id: &str, status: &str| TaskState {
+            task_id: id.into(),
+            last_status: status.into(),
+            ..Default::default()
+        };
+        let view = View {
+            instance_id: "i-1".into(),
+            generation: 7,
+            tasks: vec![
+                task("a", "RUNNING"),
+                task("b", "RUNNING"),
+                task("c", "STOPPED"),
+            ],
+            outbox: vec![TaskEvent::default(); 2],
+            connected: true,
+            store_error: Some("disk full".into()),
+            ..Default::default()
+        };
+        let metrics = Arc::new(AgentMetrics::default());
+        metrics.container_restarts.inc();
+        metrics.session_reconnects.inc();
+        metrics.set_store_bytes(1234);
+        let took = std::time::Duration::from_millis(1);
+        metrics.docker_call(DockerOp::Start, took, true);
+        metrics.docker_call(DockerOp::Stop, took, true);
+        metrics.docker_call(DockerOp::Stop, took, false);
+        let (_tx, view) = watch::channel(view);
+        let app = router(bound, view, metrics, "https://s".into());
+        let request = axum::http::Request::get("/v1/status")
+            .header(header::HOST, "127.0.0.1:51678")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let answer = app.oneshot(request).await.expect("call");
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(answer.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let status: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(status["instanceId"], "i-1", "{status}");
+        assert_eq!(status["connected"], true, "{status}");
+        assert_eq!(status["generation"], 7, "{status}");
+        assert_eq!(status["pendingEvents"], 2, "{status}");
+        assert_eq!(status["storeError"], "disk full", "{status}");
+        assert_eq!(
+            status["metrics"],
+            json!({
+                "tasksByStatus": {"PENDING": 0, "RUNNING": 2, "STOPPED": 1},
+                "containerRestarts": 1,
+                "outboxEvents": 2,
+                "sessionsEstablished": 0,
+                "sessionReconnects": 1,
+                "imagePulls": 0,
+                "imagePullFailures": 0,
+                "dockerRequestErrors": 2,
+                "storeBytes": 1234,
+            }),
+            "{status}"
+        );
     }
 }

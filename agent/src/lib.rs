@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod cli_docs;
+pub mod commands;
 pub mod config;
 pub mod failpoint;
 pub mod fsutil;
@@ -24,11 +25,13 @@ pub mod logs;
 pub mod manager;
 pub mod metrics;
 pub mod notify;
+pub mod paths;
 pub mod policy;
 pub mod ports;
 pub mod runtime;
 pub mod session;
 pub mod state;
+pub mod status;
 pub mod supervisor;
 pub mod tls;
 pub mod volumes;

@@ -4,12 +4,10 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use berth_agent::cli_docs::{self, ManSections, Shell};
-use berth_agent::config::{Config, DEFAULT_CONFIG_PATH};
-use berth_agent::runtime::docker::DockerRuntime;
+use berth_agent::config::DEFAULT_CONFIG_PATH;
+use berth_agent::{commands, status};
 use berth_proto::text::escape_control;
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -139,38 +137,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logs(format: &str) {
-    // bollard logs request bodies (container environments) at debug: keep it
-    // at info whatever BERTH_LOG says, so no secret reaches the logs.
-    let directives = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "{directives},bollard=info,h2=info,hyper=info"
-    ))
-    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    berth_agent::logs::init(format == "json", filter);
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Completions { shell } => Ok(cli_docs::print_completions(Cli::command(), shell)?),
-        Command::Run { config } => {
-            let cfg = Config::load(&config)?;
-            init_logs(&cfg.log_format);
-            // Password files and the Docker config are read (and checked)
-            // now: a bad one stops the agent before it runs anything.
-            let credentials = cfg.registry_credentials(&config)?;
-            let docker = DockerRuntime::connect(cfg.docker_socket.as_deref())
-                .await?
-                .with_credentials(credentials.into_docker());
-            let agent = berth_agent::start(&cfg, Arc::new(docker)).await?;
-            // State loaded and the local API serving: ready for systemd.
-            berth_agent::notify::ready();
-            wait_for_signal(&agent).await?;
-            berth_agent::notify::stopping();
-            tracing::info!("shutting down; containers keep running");
-            agent.shutdown().await;
-            Ok(())
-        }
+        Command::Run { config } => commands::run(&config).await,
         Command::Enroll {
             server,
             activation_id,
@@ -180,276 +150,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             force,
         } => {
-            // Checked before anything else: a line without the pin is wrong
-            // whether or not this host is enrolled.
-            let pin =
-                berth_agent::identity::CaPin::from_args(ca_hash.as_deref(), insecure_skip_ca_pin)
-                    .map_err(anyhow::Error::msg)?;
-            let cfg = Config::load(&config)?;
-            if let Some(existing) = berth_agent::identity::enrolled(&cfg.data_dir)?
-                && !force
-            {
-                println!(
-                    "this host is already enrolled as {} with {}; use --force to enroll again",
-                    escape_control(&existing.instance_id),
-                    escape_control(&existing.server)
-                );
-                return Ok(());
-            }
-            if pin == berth_agent::identity::CaPin::SkipInsecure {
-                eprintln!(
-                    "warning: --insecure-skip-ca-pin: trusting whatever CA {server} presents; the activation code is sent to whoever answers there"
-                );
-            }
-            let id = berth_agent::identity::enroll(
-                &cfg.data_dir,
-                &server,
-                &activation_id,
-                &activation_code,
-                &pin,
-            )
-            .await?;
-            Config::write_server(&config, &server)?;
-            println!(
-                "enrolled as {} with {}; start the agent with `systemctl start berth-agent` or `berth-agent run --config {}`",
-                escape_control(&id.instance_id),
+            let args = commands::EnrollArgs {
                 server,
-                config.display()
-            );
-            Ok(())
-        }
-        Command::Status { json, config } => {
-            let cfg = Config::load(&config)?;
-            let certificate = certificate_status(&cfg);
-            let addr = api_addr(&cfg).map_err(|e| with_certificate_note(e, &certificate))?;
-            let meta = http_get_json(&addr, "/v1/metadata")
-                .await
-                .with_context(|| format!("cannot reach the agent's local API at {addr}"))
-                .map_err(|e| with_certificate_note(e, &certificate))?;
-            let tasks = http_get_json(&addr, "/v1/tasks")
-                .await
-                .with_context(|| format!("cannot reach the agent's local API at {addr}"))?;
-            let metrics = http_get(&addr, "/metrics")
-                .await
-                .map(|text| metrics_summary(&text))
-                .with_context(|| format!("cannot reach the agent's local API at {addr}"))?;
-            if json {
-                let mut out = meta.clone();
-                out["tasks"] = tasks["tasks"].clone();
-                out["certificate"] = certificate.clone();
-                out["metrics"] = metrics;
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                // What the API reports comes from the control plane and
-                // task definitions: escaped, like every CLI table.
-                let field =
-                    |v: &serde_json::Value| escape_control(v.as_str().unwrap_or("-")).into_owned();
-                println!("instance    {}", field(&meta["instanceId"]));
-                println!("server      {}", field(&meta["server"]));
-                println!(
-                    "connected   {}",
-                    meta["connected"].as_bool().unwrap_or(false)
-                );
-                println!("certificate {}", certificate_line(&certificate));
-                println!("pending events {}", meta["pendingEvents"]);
-                for line in metrics_lines(&metrics) {
-                    println!("{line}");
-                }
-                println!();
-                println!(
-                    "{:<34} {:<20} {:<9} {:<9}",
-                    "TASK", "FAMILY", "STATUS", "DESIRED"
-                );
-                for t in tasks["tasks"].as_array().into_iter().flatten() {
-                    println!(
-                        "{:<34} {:<20} {:<9} {:<9}",
-                        field(&t["taskId"]),
-                        field(&t["family"]),
-                        field(&t["lastStatus"]),
-                        field(&t["desiredStatus"]),
-                    );
-                }
-            }
-            Ok(())
-        }
-    }
-}
-
-// ---- certificate status (issue 5): what `status` says about agent.crt ----
-
-/// `{"notBefore", "notAfter", "expired"}` of the client certificate in the
-/// data dir, or `{"error": …}` when it cannot be read.
-fn certificate_status(cfg: &Config) -> serde_json::Value {
-    let path = cfg.data_dir.join(berth_agent::identity::CERT_FILE);
-    let validity = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))
-        .and_then(|pem| berth_agent::identity::Validity::of_pem(&pem));
-    match validity {
-        Ok(v) => {
-            let ms = |t: std::time::SystemTime| {
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0)
+                activation_id,
+                activation_code,
+                ca_hash,
+                insecure_skip_ca_pin,
+                force,
             };
-            serde_json::json!({
-                "notBefore": berth_proto::json::time_json(ms(v.not_before)),
-                "notAfter": berth_proto::json::time_json(ms(v.not_after)),
-                "expired": v.expired_at(std::time::SystemTime::now()),
-            })
+            commands::enroll(&config, &args).await
         }
-        Err(e) => serde_json::json!({ "error": e }),
-    }
-}
-
-fn certificate_line(c: &serde_json::Value) -> String {
-    if let Some(e) = c["error"].as_str() {
-        return e.to_string();
-    }
-    let not_after = c["notAfter"].as_str().unwrap_or("-");
-    if c["expired"].as_bool() == Some(true) {
-        format!(
-            "EXPIRED at {not_after}: the control plane refuses it; enroll this host again (berth-agent enroll --force …)"
-        )
-    } else {
-        format!("valid until {not_after} (renewed automatically while connected)")
-    }
-}
-
-/// Adds what is wrong with the certificate to an error of `status`.
-fn with_certificate_note(e: anyhow::Error, c: &serde_json::Value) -> anyhow::Error {
-    if c["expired"].as_bool() == Some(true) {
-        e.context(format!("certificate {}", certificate_line(c)))
-    } else {
-        e
-    }
-}
-
-/// The API address: from the config, or from `agent-api.json` when the
-/// config asks for port 0.
-fn api_addr(cfg: &Config) -> anyhow::Result<String> {
-    let addr = cfg.api_addr();
-    if addr.port() != 0 {
-        return Ok(addr.to_string());
-    }
-    let p = cfg.data_dir.join("agent-api.json");
-    let text = std::fs::read_to_string(&p)
-        .with_context(|| format!("cannot read {} (is the agent running?)", p.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("invalid {}", p.display()))?;
-    v["apiAddr"]
-        .as_str()
-        .map(str::to_string)
-        .with_context(|| format!("no apiAddr in {}", p.display()))
-}
-
-/// The numbers of `/metrics` that `status` shows, as JSON (camelCase, as
-/// the rest of `status --json`).
-fn metrics_summary(text: &str) -> serde_json::Value {
-    // `name{labels} value` lines; comments and anything unreadable skipped.
-    let values: std::collections::HashMap<&str, u64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter_map(|(series, v)| Some((series, v.parse::<f64>().ok()? as u64)))
-        .collect();
-    let get = |series: &str| values.get(series).copied().unwrap_or(0);
-    serde_json::json!({
-        "tasksByStatus": {
-            "PENDING": get("berth_agent_tasks{status=\"PENDING\"}"),
-            "RUNNING": get("berth_agent_tasks{status=\"RUNNING\"}"),
-            "STOPPED": get("berth_agent_tasks{status=\"STOPPED\"}"),
-        },
-        "containerRestarts": get("berth_agent_container_restarts_total"),
-        "outboxEvents": get("berth_agent_outbox_events"),
-        "sessionsEstablished": get("berth_agent_sessions_established_total"),
-        "sessionReconnects": get("berth_agent_session_reconnects_total"),
-        "imagePulls": get("berth_agent_image_pulls_total{result=\"success\"}"),
-        "imagePullFailures": get("berth_agent_image_pulls_total{result=\"failure\"}"),
-        "dockerRequestErrors": values
-            .iter()
-            .filter(|(k, _)| k.starts_with("berth_agent_docker_request_errors_total{"))
-            .map(|(_, v)| v)
-            .sum::<u64>(),
-        "storeBytes": get("berth_agent_store_bytes"),
-    })
-}
-
-/// The human form of [`metrics_summary`]: counters since the agent started.
-fn metrics_lines(m: &serde_json::Value) -> Vec<String> {
-    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-    let t = &m["tasksByStatus"];
-    vec![
-        format!(
-            "tasks       {} running, {} pending, {} stopped",
-            n(&t["RUNNING"]),
-            n(&t["PENDING"]),
-            n(&t["STOPPED"])
-        ),
-        format!(
-            "restarts    {} container restarts since the agent started",
-            n(&m["containerRestarts"])
-        ),
-        format!(
-            "sessions    {} established, {} reconnect attempts",
-            n(&m["sessionsEstablished"]),
-            n(&m["sessionReconnects"])
-        ),
-        format!(
-            "images      {} made available (pulled or cached), {} failed; {} Docker API errors",
-            n(&m["imagePulls"]),
-            n(&m["imagePullFailures"]),
-            n(&m["dockerRequestErrors"])
-        ),
-        format!("state file  {} bytes", n(&m["storeBytes"])),
-    ]
-}
-
-/// A minimal HTTP/1.1 GET on loopback, parsed as JSON.
-async fn http_get_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
-    Ok(serde_json::from_str(&http_get(addr, path).await?)?)
-}
-
-/// A minimal HTTP/1.1 GET on loopback; the body of a 200 answer.
-async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("{path}: {}", head.lines().next().unwrap_or(""));
-    }
-    Ok(body.to_string())
-}
-
-/// Waits for SIGTERM or SIGINT; meanwhile feeds systemd's watchdog and
-/// `STATUS=` line, but only while the manager answers, so a hung agent is
-/// restarted by systemd.
-async fn wait_for_signal(agent: &berth_agent::Running) -> anyhow::Result<()> {
-    use std::time::Duration;
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let every = berth_agent::notify::watchdog_interval().unwrap_or(Duration::from_secs(15));
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = tick.tick() => {
-                if let Some(line) = agent.status_line(Duration::from_secs(5)).await {
-                    berth_agent::notify::watchdog();
-                    berth_agent::notify::status(&line);
-                }
-            }
-        }
+        Command::Status { json, config } => status::run(&config, json).await,
     }
 }
 

@@ -160,6 +160,61 @@ pub fn watchdog() {
     }
 }
 
+/// How often [`until_signal`] refreshes `STATUS=` when the watchdog is off.
+const STATUS_EVERY: Duration = Duration::from_secs(15);
+
+/// Waits for SIGTERM or SIGINT. Meanwhile, every [`watchdog_interval`] (15 s
+/// when the watchdog is off), asks `status_line` for the `STATUS=` line and
+/// feeds the watchdog with it — but only when it answers (`Some`): an agent
+/// whose manager hangs stops feeding, and systemd restarts it.
+pub async fn until_signal<F, Fut>(status_line: F) -> io::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let stop = async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    let every = watchdog_interval().unwrap_or(STATUS_EVERY);
+    keep_alive(stop, every, status_line, |line| {
+        watchdog();
+        status(&line);
+    })
+    .await;
+    Ok(())
+}
+
+/// The loop of [`until_signal`]: until `stop` completes, every `every`, the
+/// line `status_line` answers is given to `feed`; no answer, no feed.
+async fn keep_alive<F, Fut>(
+    stop: impl std::future::Future<Output = ()>,
+    every: Duration,
+    mut status_line: F,
+    mut feed: impl FnMut(String),
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
+    let mut tick = tokio::time::interval(every);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {
+                if let Some(line) = status_line().await {
+                    feed(line);
+                }
+            }
+        }
+    }
+}
+
 /// How often to call [`watchdog`]: half of the service's `WatchdogSec=` (as
 /// systemd recommends), or `None` when the watchdog is off — no
 /// `$WATCHDOG_USEC`, or a `$WATCHDOG_PID` that is not this process.
@@ -200,6 +255,44 @@ fn status_message(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_watchdog_is_fed_only_when_the_agent_answers() {
+        use std::sync::{Arc, Mutex};
+        // Stops once the status was asked for four times; the second
+        // answer is "no answer" (a hung manager).
+        let (done, stop) = tokio::sync::oneshot::channel::<()>();
+        let done = Arc::new(Mutex::new(Some(done)));
+        let asked = Arc::new(Mutex::new(0u32));
+        let mut fed = Vec::new();
+        keep_alive(
+            async {
+                let _ = stop.await;
+            },
+            Duration::from_millis(1),
+            || {
+                let asked = Arc::clone(&asked);
+                let done = Arc::clone(&done);
+                async move {
+                    let n = {
+                        let mut asked = asked.lock().expect("lock");
+                        *asked += 1;
+                        *asked
+                    };
+                    if n == 4
+                        && let Some(done) = done.lock().expect("lock").take()
+                    {
+                        let _ = done.send(());
+                    }
+                    (n != 2).then(|| format!("line {n}"))
+                }
+            },
+            |line| fed.push(line),
+        )
+        .await;
+        assert_eq!(fed[..2], ["line 1".to_owned(), "line 3".to_owned()]);
+        assert!(!fed.contains(&"line 2".to_owned()), "{fed:?}");
+    }
 
     fn bound(dir: &Path) -> (UnixDatagram, Notifier) {
         let path = dir.join("notify.sock");

@@ -78,38 +78,87 @@ use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 
 use berth_taskdef::{NetworkMode, TaskDefinition};
+use serde::{Deserialize, Serialize};
 
-/// What the operator allows. The defaults are those of the config keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::paths::DEFAULT_DATA_DIR;
+
+/// What the operator allows: the policy keys of `agent.toml`, each also
+/// `BERTH_<KEY>` in the environment (see [`crate::config`]). The field names
+/// are the key names and `Default` gives the keys' defaults; the config
+/// embeds this struct, so both are written only here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Policy {
+    /// Allow `privileged: true` containers (root on the host). Default false.
     pub allow_privileged: bool,
+    /// Allow `networkMode: host`. Default false: a container on the host
+    /// network sees the host's interfaces and every service bound to the
+    /// host's loopback (the agent's local API, the admin port of a control
+    /// plane on the same host); set true on hosts whose tasks need it.
     pub allow_host_network: bool,
+    /// Allow `pidMode: host` and `ipcMode: host`. Default false.
     pub allow_host_pid_ipc: bool,
-    /// Capability names without `CAP_`, upper case; `ALL` allows any.
+    /// Capabilities a container may add (`linuxParameters.capabilities.add`),
+    /// without `CAP_`; `ALL` allows any. Default empty: none may be added.
+    /// Upper case without `CAP_` once the config made the policy
+    /// ([`crate::config::Config::policy`]).
     pub allowed_capabilities: Vec<String>,
+    /// Allow host devices (`linuxParameters.devices`). Default false.
     pub allow_devices: bool,
+    /// Allow `dockerSecurityOptions` other than `no-new-privileges` (which is
+    /// always allowed, since it only takes privileges away). Default false.
     pub allow_security_options: bool,
-    /// Absolute host paths under which host binds are allowed.
+    /// Absolute host paths under which host bind mounts (`host.sourcePath`,
+    /// and the `device` of a `local` volume with `o=bind`) are allowed. A
+    /// source must exist, and no component below the allowed path may be a
+    /// symbolic link (checked before every container start); `..` is
+    /// refused. A path that overlaps `data_dir` is refused whatever this
+    /// list says. An allowed path itself may be a symbolic link, unless it
+    /// lies under another allowed path (the outermost one is walked).
+    ///
+    /// Default `["/srv", "/var/lib/berth-volumes"]`: ECS task definitions
+    /// with host volumes work out of the box when their data lives where
+    /// site data conventionally lives (FHS `/srv`) or in berth's own volume
+    /// directory, while the paths that make a bind mount root on the host
+    /// (`/`, `/etc`, `/var/run/docker.sock`, `/root`, the agent's data dir)
+    /// stay refused. `/tmp` is deliberately not in the default: it holds
+    /// other users' sockets (ssh-agent, X11) and is shared with everything
+    /// on the host. An empty list refuses every host path.
     pub allowed_host_paths: Vec<PathBuf>,
     /// Host paths no bind may overlap, whatever `allowed_host_paths` says:
-    /// the agent's data dir.
+    /// the agent's data dir. Not a config key: the config sets it from
+    /// `data_dir`.
+    #[serde(skip)]
     pub protected_host_paths: Vec<PathBuf>,
-    /// Docker volume drivers a `dockerVolumeConfiguration` may use.
+    /// Docker volume drivers a `dockerVolumeConfiguration.driver` may name
+    /// (no driver is `local`). Default `["local"]`.
     pub allowed_volume_drivers: Vec<String>,
-    /// Allow `dockerVolumeConfiguration.driverOpts` (still checked: a bind
-    /// `device` as a host path, a block `device` as a host device).
+    /// Allow `dockerVolumeConfiguration.driverOpts`. Default false: with the
+    /// `local` driver they mount any host path (`type=none,o=bind,device=…`)
+    /// or block device. When true, a bind `device` is still checked against
+    /// `allowed_host_paths` and the data dir, any other local `device`
+    /// (not `host:/export` or `//server/share`) needs `allow_devices`, a
+    /// tmpfs takes no device, and file system types that show the host
+    /// (`overlay`, `proc`, `sysfs`, …) or mount options naming a host path
+    /// are refused.
     pub allow_volume_driver_opts: bool,
-    /// Existing Docker volumes a `scope: shared` volume may mount although
-    /// berth did not create them.
+    /// Existing Docker volumes that `scope: shared` volumes may mount
+    /// although berth did not create them (berth labels the shared volumes
+    /// it creates `berth.shared=1`). Default empty.
     pub allowed_shared_volumes: Vec<String>,
-    /// Log drivers a `logConfiguration.logDriver` may name.
+    /// Log drivers a `logConfiguration.logDriver` may name. Default
+    /// `["json-file", "local", "journald", "none"]`: the drivers that write
+    /// on the host; the others make the Docker daemon send container output
+    /// over the network from the host.
     pub allowed_log_drivers: Vec<String>,
-    /// Allow log options that send to a unix socket or a host-local address.
+    /// Allow log options (`*-address`, `*-url`, …) that point at a unix
+    /// socket or a loopback, link-local or unspecified address of the host.
+    /// Default false.
     pub allow_log_driver_addresses: bool,
 }
 
 /// The host paths allowed when the config says nothing (see
-/// [`crate::config::Config::allowed_host_paths`]).
+/// [`Policy::allowed_host_paths`]).
 pub const DEFAULT_ALLOWED_HOST_PATHS: &[&str] = &["/srv", "/var/lib/berth-volumes"];
 /// `allowed_volume_drivers` when the config says nothing.
 pub const DEFAULT_ALLOWED_VOLUME_DRIVERS: &[&str] = &["local"];
@@ -132,7 +181,7 @@ impl Default for Policy {
             allow_devices: false,
             allow_security_options: false,
             allowed_host_paths: owned(DEFAULT_ALLOWED_HOST_PATHS),
-            protected_host_paths: vec![PathBuf::from(crate::config::DEFAULT_DATA_DIR)],
+            protected_host_paths: vec![PathBuf::from(DEFAULT_DATA_DIR)],
             allowed_volume_drivers: owned(DEFAULT_ALLOWED_VOLUME_DRIVERS),
             allow_volume_driver_opts: false,
             allowed_shared_volumes: Vec::new(),

@@ -8,6 +8,13 @@
 //! A file that cannot be parsed is moved aside as `state.json.corrupt-<ms>`
 //! (kept for inspection) and the agent starts from an empty state; the
 //! containers themselves are never removed because the state was lost.
+//!
+//! The file carries the [`STATE_VERSION`] of the agent that wrote it. A file
+//! of a newer version is refused (the agent does not start, the error names
+//! the file and both versions): a newer agent may have written what this one
+//! would misread or drop, so it is never silently read as an older format.
+//! A file of an older version (or without one: 0) is read as it is and
+//! written back with the current version.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil::write_atomic;
 
+/// The format of `state.json` this agent writes and understands.
 pub const STATE_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +39,22 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "agent state {path} is version {found}, newer than this berth-agent understands (version {known}): it was written by a newer berth-agent; run that one again, or move the file aside to start from an empty state (containers keep running)"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+}
+
+/// Only the version of a state file, read before the rest so that a newer
+/// format is refused even when this agent could not parse it.
+#[derive(Deserialize)]
+struct VersionOnly {
+    #[serde(default)]
+    version: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -72,8 +96,22 @@ impl StateFile {
             }
             Err(source) => return Err(StateError::Read { path, source }),
         };
+        if let Ok(VersionOnly { version }) = serde_json::from_slice::<VersionOnly>(&bytes)
+            && version > STATE_VERSION
+        {
+            return Err(StateError::TooNew {
+                path,
+                found: version,
+                known: STATE_VERSION,
+            });
+        }
         match serde_json::from_slice::<PersistedState>(&bytes) {
-            Ok(state) => Ok((Self { path }, state, None)),
+            Ok(mut state) => {
+                // An older format is read as it is; the next save writes
+                // the current one.
+                state.version = STATE_VERSION;
+                Ok((Self { path }, state, None))
+            }
             Err(_) => {
                 let aside = data_dir.join(format!("state.json.corrupt-{}", berth_proto::now_ms()));
                 std::fs::rename(&path, &aside).map_err(|source| StateError::Write {
@@ -140,5 +178,44 @@ mod tests {
         assert_eq!(fresh.generation, 0);
         let aside = aside.expect("moved aside");
         assert_eq!(std::fs::read(aside).expect("kept"), b"{not json");
+    }
+
+    #[test]
+    fn a_newer_state_version_is_refused_and_an_older_one_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        let newer = format!(
+            r#"{{"version":{},"generation":9,"someday":{{"new":"field"}}}}"#,
+            STATE_VERSION + 1
+        );
+        std::fs::write(&path, &newer).expect("write");
+        let err = StateFile::open(dir.path())
+            .err()
+            .expect("a newer version is refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&path.display().to_string())
+                && msg.contains(&format!("version {}", STATE_VERSION + 1))
+                && msg.contains(&format!("(version {STATE_VERSION})")),
+            "{msg}"
+        );
+        // Refused, not moved aside: the file is as the newer agent left it.
+        assert_eq!(std::fs::read_to_string(&path).expect("kept"), newer);
+        // Even when the rest would not parse as this version's format.
+        std::fs::write(&path, r#"{"version":99,"tasks":"a string now"}"#).expect("write");
+        assert!(matches!(
+            StateFile::open(dir.path()),
+            Err(StateError::TooNew { found: 99, .. })
+        ));
+
+        // Older (no version at all: 0) is read, and saved as the current one.
+        std::fs::write(&path, r#"{"generation":4,"last_seq":2}"#).expect("write");
+        let (file, state, aside) = StateFile::open(dir.path()).expect("older is read");
+        assert!(aside.is_none());
+        assert_eq!((state.generation, state.last_seq), (4, 2));
+        assert_eq!(state.version, STATE_VERSION);
+        file.save(&state).expect("save");
+        let (_, again, _) = StateFile::open(dir.path()).expect("reopen");
+        assert_eq!(again.version, STATE_VERSION);
     }
 }

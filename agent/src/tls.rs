@@ -243,19 +243,7 @@ pub async fn channel(
 }
 
 /// An error and its causes on one line: "a: b: c".
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let s_text = s.to_string();
-        if !out.contains(&s_text) {
-            out.push_str(": ");
-            out.push_str(&s_text);
-        }
-        cur = s.source();
-    }
-    out
-}
+pub use berth_proto::text::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -490,46 +490,6 @@ async fn pull_failures_carry_the_engine_message() {
         fx.runtime.ensure_image(&fx.image, PullPolicy::Always).await,
         Err(RuntimeError::Pull { .. })
     ));
-}
-
-#[tokio::test]
-async fn list_returns_only_our_instance() {
-    let fx = Fixture::new().await;
-    let a = fx
-        .runtime
-        .create(&fx.spec(fx.definition("a", &["true"])))
-        .await
-        .expect("create a");
-    let b = fx
-        .runtime
-        .create(&fx.spec(fx.definition("b", &["true"])))
-        .await
-        .expect("create b");
-    let other_instance = format!("{}-other", fx.instance_id);
-    let c = fx
-        .runtime
-        .create(&fx.spec_for(&other_instance, fx.definition("c", &["true"])))
-        .await
-        .expect("create c");
-
-    let ours: BTreeSet<String> = fx
-        .runtime
-        .list(&fx.instance_id)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
-    assert_eq!(ours, BTreeSet::from([a, b]));
-    let theirs: Vec<String> = fx
-        .runtime
-        .list(&other_instance)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
-    assert_eq!(theirs, vec![c]);
 }
 
 #[tokio::test]

@@ -7,6 +7,9 @@
 //! shows every control character (C0, DEL, C1) as a visible `\u{..}`
 //! escape, so a table shows what was stored and nothing else. JSON output
 //! needs no such step: serde_json escapes control characters itself.
+//!
+//! [`error_chain`] writes an error and its causes on one line, the form every
+//! berth error message takes when it passes on a library's error.
 
 use std::borrow::Cow;
 
@@ -33,9 +36,62 @@ pub fn escape_control(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// An error and its causes on one line, `: `-separated: `client error
+/// (Connect): Permission denied`. A cause whose text the line already holds
+/// (many errors repeat their source in their own message) is left out.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_is_one_line_without_repeats() {
+        let err = Layer(
+            "client error (Connect)",
+            Some(Box::new(Layer(
+                "Permission denied",
+                Some(Box::new(Layer("Permission denied", None))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&err),
+            "client error (Connect): Permission denied"
+        );
+        assert_eq!(error_chain(&Layer("alone", None)), "alone");
+        let repeats = Layer(
+            "transport error: connection refused",
+            Some(Box::new(Layer("connection refused", None))),
+        );
+        assert_eq!(error_chain(&repeats), "transport error: connection refused");
+    }
 
     #[test]
     fn control_characters_are_shown_not_sent() {

@@ -538,20 +538,40 @@ fn scripts_pass_shellcheck() {
 
 #[test]
 fn default_config_documents_every_key_and_loads() {
-    let config_rs =
-        std::fs::read_to_string(repo_root().join("agent/src/config.rs")).expect("config.rs");
+    // The config's own keys (its ENV_KEYS) and the policy keys (the fields
+    // of `Policy`, which the config embeds; `#[serde(skip)]` ones are not
+    // keys).
+    let config_rs = std::fs::read_to_string(repo_root().join("agent/src/config/mod.rs"))
+        .expect("config/mod.rs");
     let start = config_rs
         .find("const ENV_KEYS")
-        .expect("ENV_KEYS in config.rs");
+        .expect("ENV_KEYS in config/mod.rs");
     let end = start + config_rs[start..].find("];").expect("end of ENV_KEYS");
-    let keys: Vec<&str> = config_rs[start..end]
+    let mut keys: Vec<&str> = config_rs[start..end]
         .split("(\"")
         .skip(1)
         .filter_map(|s| s.split('"').next())
         .collect();
+    let policy_rs =
+        std::fs::read_to_string(repo_root().join("agent/src/policy.rs")).expect("policy.rs");
+    let start = policy_rs
+        .find("pub struct Policy {")
+        .expect("Policy in policy.rs");
+    let end = start + policy_rs[start..].find("\n}\n").expect("end of Policy");
+    let mut skipped = false;
+    for line in policy_rs[start..end].lines().map(str::trim) {
+        if line.starts_with("#[serde(skip") {
+            skipped = true;
+        } else if let Some(field) = line.strip_prefix("pub ").and_then(|l| l.split_once(':')) {
+            if !skipped {
+                keys.push(field.0);
+            }
+            skipped = false;
+        }
+    }
     assert!(
-        keys.len() >= 10,
-        "parsed too few keys from ENV_KEYS: {keys:?}"
+        keys.len() >= 20 && keys.contains(&"allow_privileged") && keys.contains(&"server"),
+        "parsed too few keys from ENV_KEYS and Policy: {keys:?}"
     );
     let toml =
         std::fs::read_to_string(repo_root().join("packaging/agent.toml")).expect("agent.toml");

@@ -17,8 +17,8 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::{
-    ContainerInfo, ContainerSpec, LABEL_INSTANCE_ID, LABEL_SHARED, PullPolicy, RunState, Runtime,
-    RuntimeError, RuntimeEvent, VolumeScope, VolumeSpec,
+    ContainerInfo, ContainerSpec, LABEL_SHARED, PullPolicy, RunState, Runtime, RuntimeError,
+    RuntimeEvent, VolumeScope, VolumeSpec,
 };
 
 /// What the fake engine offers as log drivers until told otherwise.
@@ -252,16 +252,6 @@ impl Runtime for FakeRuntime {
             .get(id)
             .or_else(|| inner.containers.values().find(|c| c.name == id))
             .cloned())
-    }
-
-    async fn list(&self, instance_id: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
-        Ok(self
-            .lock()
-            .containers
-            .values()
-            .filter(|c| c.labels.get(LABEL_INSTANCE_ID).map(String::as_str) == Some(instance_id))
-            .cloned()
-            .collect())
     }
 
     fn events(&self, _instance_id: &str) -> BoxStream<'static, RuntimeEvent> {

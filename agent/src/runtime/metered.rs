@@ -87,12 +87,6 @@ impl Runtime for MeteredRuntime {
             .0
     }
 
-    async fn list(&self, instance_id: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
-        self.timed(DockerOp::List, self.inner.list(instance_id))
-            .await
-            .0
-    }
-
     fn events(&self, instance_id: &str) -> BoxStream<'static, RuntimeEvent> {
         self.inner.events(instance_id)
     }

@@ -7,10 +7,11 @@
 //! every call for the agent's metrics.
 //!
 //! Invariants every implementation keeps:
-//! - it only lists, reports and touches containers that carry the
+//! - it only reports and touches containers that carry the
 //!   `berth.instance-id` label of the agent that asks;
-//! - `events` starts delivering before the caller acts on anything it lists,
-//!   so no state change between a list and the subscription is missed;
+//! - `events` yields `Resync` once its subscription is in place, so a caller
+//!   that inspects its containers after each `Resync` misses no state change
+//!   between its inspection and the subscription;
 //! - a container exit is reported once, as [`RuntimeEvent::Died`] (health
 //!   probe exits are not container exits).
 
@@ -249,8 +250,6 @@ pub trait Runtime: Send + Sync + 'static {
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     /// `Ok(None)` when the container does not exist.
     async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>, RuntimeError>;
-    /// Every container, running or not, labelled with `instance_id`.
-    async fn list(&self, instance_id: &str) -> Result<Vec<ContainerInfo>, RuntimeError>;
     /// State changes of containers labelled with `instance_id`, forever:
     /// the implementation reconnects by itself and yields
     /// [`RuntimeEvent::Resync`] after every (re)connection, the first

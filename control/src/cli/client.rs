@@ -38,16 +38,7 @@ pub fn error_report(e: &anyhow::Error) -> String {
 
 /// The error chain of `e`, `: `-separated, without repeats.
 fn error_chain(e: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
+    berth_proto::text::error_chain(e)
 }
 
 /// A connected admin client that turns gRPC errors into readable ones.
