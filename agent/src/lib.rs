@@ -16,8 +16,14 @@
 
 pub mod api;
 pub mod cli_docs;
+pub mod clock;
 pub mod commands;
 pub mod config;
+/// Failpoints stay in every build, release included, on purpose: the e2e
+/// fault suite (tests/tests/faults.rs) arms them in the built binary through
+/// `BERTH_FAILPOINTS`, and a binary without them would be another binary
+/// than the one tested. Unarmed, a point costs one comparison against an
+/// empty list read once at start.
 pub mod failpoint;
 pub mod fsutil;
 pub mod identity;
@@ -111,7 +117,7 @@ impl Running {
         let running = v
             .tasks
             .iter()
-            .filter(|t| t.last_status == "RUNNING")
+            .filter(|t| t.last_status == berth_proto::status::Status::Running)
             .count();
         Some(format!(
             "{}, {running} tasks running, {} events pending{}",

@@ -27,7 +27,9 @@ use tracing::{error, info, warn};
 use crate::metrics::AgentMetrics;
 use crate::runtime::{Runtime, RuntimeEvent};
 use crate::state::{PersistedState, StateError, StateFile};
-use crate::supervisor::{self, Report, STOPPED, Settings, USER_INITIATED};
+use berth_proto::status::{Status, StopCode};
+
+use crate::supervisor::{self, Report, Settings};
 
 /// What the session and the local API see.
 #[derive(Debug, Clone, Default)]
@@ -173,11 +175,11 @@ impl Manager {
         let known: Vec<TaskState> = self.state.tasks.values().cloned().collect();
         for prior in known {
             let has_containers = prior.containers.iter().any(|c| !c.runtime_id.is_empty());
-            if prior.last_status == STOPPED && !has_containers {
+            if prior.last_status == Status::Stopped && !has_containers {
                 continue;
             }
             let Some(desired) = self.state.desired.get(&prior.task_id).cloned() else {
-                if prior.last_status != STOPPED || has_containers {
+                if prior.last_status != Status::Stopped || has_containers {
                     // Not wanted any more but may still have containers:
                     // supervise it so it stops and is cleaned up.
                     if let Some(def) = self.definition_of(&prior.task_id) {
@@ -187,7 +189,7 @@ impl Manager {
                             let h = h.clone();
                             tokio::spawn(async move {
                                 h.stop(
-                                    USER_INITIATED,
+                                    StopCode::UserInitiated,
                                     "task is no longer assigned to this instance",
                                 )
                                 .await;
@@ -224,19 +226,12 @@ impl Manager {
             Err(e) => {
                 // The agent trusts no input: a definition it cannot validate
                 // fails the task, with the reason.
-                let now = berth_proto::now_ms();
-                let st = TaskState {
-                    task_id: d.task_id.clone(),
-                    last_status: STOPPED.into(),
-                    desired_status: STOPPED.into(),
-                    health_status: supervisor::UNKNOWN.into(),
-                    stop_code: supervisor::TASK_FAILED_TO_START.into(),
-                    stopped_reason: e.to_string().replace('\n', " "),
-                    created_at_ms: d.created_at_ms,
-                    stopped_at_ms: now,
-                    ..Default::default()
-                };
-                self.record(st);
+                self.record(supervisor::failed_definition(
+                    &d.task_id,
+                    d.created_at_ms,
+                    e.to_string().replace('\n', " "),
+                    berth_proto::now_ms(),
+                ));
                 None
             }
         }
@@ -357,31 +352,30 @@ impl Manager {
     fn reconcile_tasks(&mut self, tasks: &[DesiredTask]) {
         for d in tasks {
             let known = self.state.tasks.get(&d.task_id).cloned();
-            if d.desired_status == STOPPED {
+            if d.desired_status == Status::Stopped {
                 if let Some(h) = self.supervisors.get(&d.task_id) {
                     let h = h.clone();
                     let (code, reason) = stop_reason(d);
-                    tokio::spawn(async move { h.stop(&code, &reason).await });
+                    tokio::spawn(async move { h.stop(code, &reason).await });
                 } else if known.is_none() {
                     let (code, reason) = stop_reason(d);
-                    self.record(TaskState {
-                        task_id: d.task_id.clone(),
-                        last_status: STOPPED.into(),
-                        desired_status: STOPPED.into(),
-                        health_status: supervisor::UNKNOWN.into(),
-                        stop_code: code,
-                        stopped_reason: reason,
-                        created_at_ms: d.created_at_ms,
-                        stopped_at_ms: berth_proto::now_ms(),
-                        ..Default::default()
-                    });
+                    self.record(supervisor::stopped_unstarted(
+                        &d.task_id,
+                        d.created_at_ms,
+                        code,
+                        reason,
+                        berth_proto::now_ms(),
+                    ));
                 }
                 continue;
             }
             if self.supervisors.contains_key(&d.task_id) {
                 continue;
             }
-            if known.as_ref().is_some_and(|k| k.last_status == STOPPED) {
+            if known
+                .as_ref()
+                .is_some_and(|k| k.last_status == Status::Stopped)
+            {
                 continue;
             }
             if let Some(def) = self.parse(d) {
@@ -395,7 +389,7 @@ impl Manager {
                 let h = h.clone();
                 tokio::spawn(async move {
                     h.stop(
-                        USER_INITIATED,
+                        StopCode::UserInitiated,
                         "task is no longer assigned to this instance",
                     )
                     .await
@@ -454,11 +448,16 @@ fn new_restarts(before: Option<&TaskState>, after: &TaskState) -> u64 {
         .sum()
 }
 
-fn stop_reason(d: &DesiredTask) -> (String, String) {
+/// The stop code and reason of a desired-STOPPED task; the wire's code is
+/// checked here, at the edge (none or an unknown one: UserInitiated).
+fn stop_reason(d: &DesiredTask) -> (StopCode, String) {
     let code = if d.stop_code.is_empty() {
-        USER_INITIATED.to_string()
+        StopCode::UserInitiated
     } else {
-        d.stop_code.clone()
+        d.stop_code.parse().unwrap_or_else(|e| {
+            warn!(task_id = %d.task_id, error = %e, "unknown stop code; stopping as UserInitiated");
+            StopCode::UserInitiated
+        })
     };
     let reason = if d.stopped_reason.is_empty() {
         "Task stopped by user".to_string()
@@ -502,14 +501,9 @@ fn after_reboot(state: &mut PersistedState) {
         let wanted = state
             .desired
             .get(id)
-            .is_some_and(|d| d.desired_status == supervisor::RUNNING);
-        if !wanted || task.last_status == STOPPED {
-            continue;
-        }
-        task.last_status = supervisor::PENDING.into();
-        for c in &mut task.containers {
-            c.last_status = supervisor::PENDING.into();
-            c.health_status = supervisor::UNKNOWN.into();
+            .is_some_and(|d| d.desired_status == Status::Running);
+        if wanted {
+            supervisor::after_reboot(task, berth_proto::now_ms());
         }
     }
 }
@@ -535,7 +529,7 @@ mod tests {
         //! data dir.
         use super::super::*;
         use crate::runtime::fake::FakeRuntime;
-        use crate::supervisor::RUNNING;
+        const RUNNING: &str = berth_proto::status::Status::Running.as_str();
 
         const TASK: &str = "0123456789abcdef0123456789abcdef";
         const DEADLINE: Duration = Duration::from_secs(30);

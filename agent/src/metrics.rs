@@ -163,9 +163,13 @@ impl AgentMetrics {
             "Tasks known to the agent by last status.",
             Kind::Gauge,
         );
-        for status in ["PENDING", "RUNNING", "STOPPED"] {
-            let n = v.tasks.iter().filter(|t| t.last_status == status).count();
-            e.sample("berth_agent_tasks", &[("status", status)], n as f64);
+        for status in berth_proto::status::Status::ALL {
+            let n = v.tasks.iter().filter(|t| t.last_status == *status).count();
+            e.sample(
+                "berth_agent_tasks",
+                &[("status", status.as_str())],
+                n as f64,
+            );
         }
         e.counter(
             "berth_agent_container_restarts_total",

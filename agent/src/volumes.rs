@@ -34,11 +34,11 @@ use std::collections::BTreeMap;
 use berth_taskdef::{ContainerDefinition, TaskDefinition, Volume};
 use tracing::warn;
 
+use crate::runtime::naming::{container_name, short_id};
 use crate::runtime::{
     LABEL_INSTANCE_ID, LABEL_SHARED, LABEL_SHARED_BY, LABEL_TASK_ID, LABEL_VOLUME_NAME, Mount,
     MountSource, VolumeScope, VolumeSpec,
 };
-use crate::supervisor::{container_name, short_id};
 
 /// Docker name of a task-scoped volume: `berth-<family>-<volume>-<short task id>`.
 pub fn task_volume_name(family: &str, volume: &str, task_id: &str) -> String {

@@ -5,7 +5,12 @@
 //! failures with [`FakeRuntime::fail_pull`]. Volumes live in a map too;
 //! [`FakeRuntime::add_volume`] makes one exist beforehand (a shared volume
 //! created by the operator), and [`FakeRuntime::set_log_drivers`] changes
-//! what the engine offers.
+//! what the engine offers. [`FakeRuntime::hold_pulls`] makes pulls wait
+//! until released (a slow registry), [`FakeRuntime::fail_start`] makes the
+//! engine refuse starts, [`FakeRuntime::set_health`] reports a health
+//! check's outcome. Start times come from a [`Clock`], so a test under
+//! `tokio::time::pause` with [`crate::clock::PausedClock`] controls how
+//! long a container has run.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,8 +18,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::BroadcastStream;
+
+use crate::clock::{Clock, SystemClock};
 
 use super::{
     ContainerInfo, ContainerSpec, LABEL_SHARED, PullPolicy, RunState, Runtime, RuntimeError,
@@ -33,6 +40,10 @@ struct Inner {
     specs: BTreeMap<String, ContainerSpec>,
     log_drivers: Option<Vec<String>>,
     bad_images: HashSet<String>,
+    /// Container names whose start the engine refuses.
+    bad_starts: HashSet<String>,
+    /// While set, every pull waits until the value turns `true`.
+    pull_gate: Option<watch::Receiver<bool>>,
     next_id: u64,
     /// Every call, in order, for assertions: "create web", "start <id>", ...
     calls: Vec<String>,
@@ -43,6 +54,25 @@ struct Inner {
 pub struct FakeRuntime {
     inner: Arc<Mutex<Inner>>,
     events: broadcast::Sender<RuntimeEvent>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Held pulls: they go on once [`PullGate::release`] is called (or the
+/// gate is dropped).
+pub struct PullGate {
+    open: watch::Sender<bool>,
+}
+
+impl PullGate {
+    pub fn release(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Drop for PullGate {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl Default for FakeRuntime {
@@ -53,11 +83,46 @@ impl Default for FakeRuntime {
 
 impl FakeRuntime {
     pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// An engine whose containers' start times come from `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         let (events, _) = broadcast::channel(1024);
         Self {
             inner: Arc::new(Mutex::new(Inner::default())),
             events,
+            clock,
         }
+    }
+
+    /// Makes every pull from now on wait until the gate is released; the
+    /// pull is recorded in [`FakeRuntime::calls`] when it begins.
+    pub fn hold_pulls(&self) -> PullGate {
+        let (open, rx) = watch::channel(false);
+        self.lock().pull_gate = Some(rx);
+        PullGate { open }
+    }
+
+    /// Makes every start of the container named `name` (its berth
+    /// container-name label) fail, as an engine error.
+    pub fn fail_start(&self, name: &str) {
+        self.lock().bad_starts.insert(name.to_string());
+    }
+
+    /// Reports `health` for container `id`, as a health check would.
+    pub fn set_health(&self, id: &str, health: super::Health) {
+        {
+            let mut inner = self.lock();
+            let Some(c) = inner.containers.get_mut(id) else {
+                return;
+            };
+            c.health = Some(health);
+        }
+        let _ = self.events.send(RuntimeEvent::Health {
+            id: id.to_string(),
+            health,
+        });
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -142,8 +207,16 @@ impl Runtime for FakeRuntime {
     }
 
     async fn ensure_image(&self, image: &str, _policy: PullPolicy) -> Result<(), RuntimeError> {
-        let mut inner = self.lock();
-        inner.calls.push(format!("pull {image}"));
+        let gate = {
+            let mut inner = self.lock();
+            inner.calls.push(format!("pull {image}"));
+            inner.pull_gate.clone()
+        };
+        if let Some(mut gate) = gate {
+            // A dropped gate counts as released.
+            let _ = gate.wait_for(|open| *open).await;
+        }
+        let inner = self.lock();
         if inner.bad_images.contains(image) {
             return Err(RuntimeError::Pull {
                 image: image.to_string(),
@@ -189,19 +262,29 @@ impl Runtime for FakeRuntime {
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
         {
             let mut inner = self.lock();
-            let name = match inner.containers.get_mut(id) {
-                Some(c) => {
-                    c.state = RunState::Running;
-                    c.exit_code = None;
-                    c.started_at_ms = berth_proto::now_ms();
-                    c.labels
-                        .get(super::LABEL_CONTAINER_NAME)
-                        .cloned()
-                        .unwrap_or_default()
-                }
-                None => return Err(RuntimeError::NotFound(id.to_string())),
+            let now_ms = self.clock.now_ms();
+            let Some(name) = inner
+                .containers
+                .get(id)
+                .map(|c| c.labels.get(super::LABEL_CONTAINER_NAME).cloned())
+            else {
+                return Err(RuntimeError::NotFound(id.to_string()));
             };
+            let name = name.unwrap_or_default();
             inner.calls.push(format!("start {name}"));
+            if inner.bad_starts.contains(&name) {
+                return Err(RuntimeError::Engine {
+                    action: "start",
+                    target: name,
+                    message: "OCI runtime create failed".into(),
+                });
+            }
+            if let Some(c) = inner.containers.get_mut(id) {
+                c.state = RunState::Running;
+                c.exit_code = None;
+                c.health = None;
+                c.started_at_ms = now_ms;
+            }
         }
         let _ = self
             .events

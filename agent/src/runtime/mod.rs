@@ -2,7 +2,7 @@
 //!
 //! [`Runtime`] is everything the agent needs from a container engine. The real
 //! implementation is [`docker::DockerRuntime`] (the local Docker Engine through
-//! bollard); [`fake::FakeRuntime`] is an in-memory engine for unit tests of
+//! bollard); `fake::FakeRuntime` (unit tests, feature `fake-runtime`) is an in-memory engine for tests of
 //! the task lifecycle. [`metered::MeteredRuntime`] wraps either and times
 //! every call for the agent's metrics.
 //!
@@ -16,8 +16,12 @@
 //!   probe exits are not container exits).
 
 pub mod docker;
+/// Only in unit tests, or for a crate that turns on `fake-runtime`: the
+/// release binary never carries an engine that runs nothing.
+#[cfg(any(test, feature = "fake-runtime"))]
 pub mod fake;
 pub mod metered;
+pub mod naming;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,19 +29,10 @@ use std::time::Duration;
 use berth_taskdef::ContainerDefinition;
 use futures_util::stream::BoxStream;
 
-/// Labels berth puts on every container it creates (SPEC §2).
-pub const LABEL_TASK_ID: &str = "berth.task-id";
-pub const LABEL_CONTAINER_NAME: &str = "berth.container-name";
-pub const LABEL_TASK_FAMILY: &str = "berth.task-family";
-pub const LABEL_INSTANCE_ID: &str = "berth.instance-id";
-/// Labels berth puts on every task-scoped volume it creates, next to
-/// [`LABEL_TASK_ID`] and [`LABEL_INSTANCE_ID`]: the definition's volume name.
-pub const LABEL_VOLUME_NAME: &str = "berth.volume-name";
-/// Label of every shared volume berth creates (`1`): only such volumes, or
-/// those the policy's `allowed_shared_volumes` names, are mounted.
-pub const LABEL_SHARED: &str = "berth.shared";
-/// The instance id of the agent that created a shared volume.
-pub const LABEL_SHARED_BY: &str = "berth.shared-by";
+pub use naming::{
+    LABEL_CONTAINER_NAME, LABEL_INSTANCE_ID, LABEL_SHARED, LABEL_SHARED_BY, LABEL_TASK_FAMILY,
+    LABEL_TASK_ID, LABEL_VOLUME_NAME, container_name, short_id,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -37,7 +37,9 @@ use crate::identity::{self, Identity};
 use crate::manager::{Manager, ManagerHandle};
 use crate::metrics::AgentMetrics;
 use crate::runtime::fake::FakeRuntime;
-use crate::supervisor::{RUNNING, Settings};
+use crate::supervisor::Settings;
+
+const RUNNING: &str = berth_proto::status::Status::Running.as_str();
 
 const INSTANCE: &str = "i-0123456789abcdef";
 /// Generous: a loaded CI machine is slow, a passing run is fast.
