@@ -32,8 +32,9 @@ impl Problem {
 /// not listed, if any.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct TaskDefError {
-    /// At most [`crate::MAX_PROBLEMS`] problems, in document order of
-    /// discovery: type errors and unknown fields first, then the rules.
+    /// At most [`crate::MAX_PROBLEMS`] problems: type errors and unknown
+    /// fields first (the top level, then each container, then each volume),
+    /// then the broken rules.
     pub problems: Vec<Problem>,
     /// How many more problems were found and not listed.
     pub omitted: usize,

@@ -503,7 +503,7 @@ fn aws_services_warn_once() {
     assert!(
         p.warnings[0].starts_with("containerDefinitions[0].logConfiguration.logDriver: awslogs")
     );
-    assert!(p.warnings[0].contains("also containerDefinitions[1].logConfiguration.logDriver"));
+    assert!(p.warnings[0].ends_with("; also containerDefinitions[1].logConfiguration.logDriver"));
     assert!(p.warnings[1].starts_with("containerDefinitions[0].image:"));
     assert!(
         p.warnings[1].contains("repositoryCredentials") && p.warnings[1].contains("Docker config")

@@ -337,11 +337,11 @@ fn check_aws_services(def: &TaskDefinition, r: &mut Report) {
         let also = if rest.is_empty() {
             String::new()
         } else {
-            format!(" (also {})", rest.join(", "))
+            format!("; also {}", rest.join(", "))
         };
         r.warn(
             first.clone(),
-            format!("awslogs sends the logs to Amazon CloudWatch Logs: the Docker daemon of every host that runs this task needs AWS credentials of its own for it (berth gives it none){also}"),
+            format!("awslogs sends the logs to Amazon CloudWatch Logs: the Docker daemon of every host that runs this task needs AWS credentials of its own for it, since berth gives it none{also}"),
         );
     }
     let mut registries: Vec<&str> = Vec::new();

@@ -6,7 +6,11 @@
 //!   in any order (so a definition with several mistakes is reported whole
 //!   in one run, and nothing is reported twice). A last line `+N` expects
 //!   N more problems counted but not listed.
-//! - `valid/NAME.json` must be accepted. An optional sibling `NAME.warnings`
+//! - `valid/NAME.json` must be accepted. Among them are the shapes real
+//!   exports have: a console export with `null` for every unset field
+//!   (012), describe-task-definition output with every bookkeeping member
+//!   (013), and every field ECS accepts for EC2 and EXTERNAL that berth runs
+//!   or ignores (014; the refused ones each have an invalid case). An optional sibling `NAME.warnings`
 //!   lists, one per line, prefixes of the expected warnings, in order; without
 //!   it the definition must parse without warnings.
 
@@ -73,8 +77,11 @@ fn invalid_definitions_are_refused_at_the_expected_path() {
                     }
                 }
                 if !missing.is_empty() || !unmatched.is_empty() || e.omitted != omitted {
+                    let unexpected: Vec<String> =
+                        unmatched.iter().map(ToString::to_string).collect();
                     failures.push(format!(
-                        "{name:?}: expected {missing:?} (and {omitted} omitted), got\n{e}"
+                        "{name:?}: missing {missing:?}, unexpected {unexpected:?}, {} omitted (expected {omitted}); got\n{e}",
+                        e.omitted
                     ));
                 }
             }
