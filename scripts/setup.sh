@@ -18,6 +18,11 @@
 #   tests run throwaway clusters of their own on loopback ports
 #   (tests/src/postgres.rs). When this script installs the package it stops
 #   and disables the cluster the package may start on port 5432.
+# - Python test virtualenv: target/test-venv (or $BERTH_TEST_VENV), made with
+#   `python3 -m venv`, with pinned botocore, boto3 and awscli. The taskdef
+#   tests read the ECS API model that botocore ships
+#   (taskdef/tests/api_model.rs); scripts/test.sh exports its location as
+#   BERTH_BOTOCORE_DATA. Made again only when a pin is missing.
 #
 # Runs as root, or through sudo when it must install or start something.
 # Exits non-zero naming the step that failed.
@@ -147,5 +152,40 @@ if ! have_initdb; then
     fi
 fi
 id postgres >/dev/null 2>&1 || fail "check PostgreSQL" "no postgres system user (the package creates it)"
+
+# --- Python test virtualenv -------------------------------------------------
+# Pinned: versions that `pip index versions` lists; awscli pins the botocore
+# it was released with.
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${BERTH_TEST_VENV:-$ROOT/target/test-venv}
+PY_PINS=(botocore==1.44.8 boto3==1.44.8 awscli==1.46.3)
+step "check the Python test virtualenv ($VENV)"
+venv_has_pins() {
+    local frozen pin
+    frozen=$("$VENV/bin/python" -m pip freeze 2>/dev/null) || return 1
+    for pin in "${PY_PINS[@]}"; do
+        grep -qixF "$pin" <<<"$frozen" || return 1
+    done
+}
+if ! venv_has_pins; then
+    if ! command -v python3 >/dev/null 2>&1; then
+        apt_install python3 python3-venv || fail "install python3"
+    fi
+    if [ ! -x "$VENV/bin/python" ]; then
+        step "python3 -m venv $VENV"
+        if ! python3 -m venv "$VENV"; then
+            # Debian splits ensurepip into python3-venv.
+            rm -rf "$VENV"
+            apt_install python3-venv || fail "install python3-venv"
+            python3 -m venv "$VENV" || fail "create the test virtualenv" "python3 -m venv $VENV failed"
+        fi
+    fi
+    step "pip install ${PY_PINS[*]}"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${PY_PINS[@]}" ||
+        fail "install the Python test packages" "pip install ${PY_PINS[*]} failed"
+    venv_has_pins || fail "install the Python test packages" "$VENV lacks one of ${PY_PINS[*]} after pip install"
+fi
+"$VENV/bin/python" -c 'import os, botocore; p = os.path.join(os.path.dirname(botocore.__file__), "data", "ecs", "2014-11-13", "service-2.json.gz"); assert os.path.isfile(p), p' ||
+    fail "check the Python test virtualenv" "botocore in $VENV has no ECS API model"
 
 step "done"

@@ -13,6 +13,10 @@
 # (tests/src/capture.rs), replays the fuzz regressions and fuzzes each target for
 # $BERTH_FUZZ_SECONDS (default 20; 0 skips) with scripts/fuzz.sh.
 #
+# The taskdef tests read the ECS API model from the Python virtualenv that
+# setup.sh makes (target/test-venv, or $BERTH_TEST_VENV), exported here as
+# BERTH_BOTOCORE_DATA.
+#
 # The e2e tests (tests/) run the binaries built here (target/debug/berth,
 # target/debug/berth-agent) against the local Docker Engine.
 set -euo pipefail
@@ -30,6 +34,12 @@ done
 
 echo "==> test: scripts/setup.sh"
 scripts/setup.sh
+
+# The ECS API model that taskdef/tests/api_model.rs checks COMPATIBILITY.md
+# against: botocore's data directory in the test virtualenv setup.sh made.
+venv=${BERTH_TEST_VENV:-$PWD/target/test-venv}
+BERTH_BOTOCORE_DATA=$("$venv/bin/python" -c 'import botocore, os; print(os.path.join(os.path.dirname(botocore.__file__), "data"))')
+export BERTH_BOTOCORE_DATA
 
 # Style gates first: a formatting slip or a lint fails the run before the
 # long suites start.

@@ -28,10 +28,19 @@ impl Problem {
 /// (at least one).
 ///
 /// Displayed as `invalid task definition:` followed by one problem per
-/// line, each indented by two spaces.
+/// line, each indented by two spaces, and a last line counting the problems
+/// not listed, if any.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct TaskDefError {
+    /// At most [`crate::MAX_PROBLEMS`] problems: type errors and unknown
+    /// fields first (the top level, then each container, then each volume),
+    /// then the broken rules.
     pub problems: Vec<Problem>,
+    /// How many more problems were found and not listed.
+    pub omitted: usize,
+    /// Checking stopped before the end (too many type errors): there may
+    /// be problems beyond `problems` and `omitted`.
+    pub incomplete: bool,
 }
 
 impl fmt::Display for TaskDefError {
@@ -40,14 +49,29 @@ impl fmt::Display for TaskDefError {
         for p in &self.problems {
             write!(f, "\n  {p}")?;
         }
+        match (self.omitted, self.incomplete) {
+            (0, false) => {}
+            (0, true) => f.write_str("\n  (checking stopped here: fix these and try again)")?,
+            (n, false) => write!(f, "\n  … and {n} more (fix these and try again)")?,
+            (n, true) => write!(f, "\n  … and at least {n} more (fix these and try again)")?,
+        }
         Ok(())
     }
 }
 
 impl TaskDefError {
     pub(crate) fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
+        TaskDefError::capped(vec![Problem::new(path, message)], false)
+    }
+
+    /// `problems`, cut to [`crate::MAX_PROBLEMS`] with the rest counted.
+    pub(crate) fn capped(mut problems: Vec<Problem>, incomplete: bool) -> Self {
+        let omitted = problems.len().saturating_sub(crate::MAX_PROBLEMS);
+        problems.truncate(crate::MAX_PROBLEMS);
         TaskDefError {
-            problems: vec![Problem::new(path, message)],
+            problems,
+            omitted,
+            incomplete,
         }
     }
 }

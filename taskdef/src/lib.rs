@@ -20,9 +20,11 @@
 //!   berth refuses (`secrets`, `proxyConfiguration`, ...) are still parsed, as
 //!   raw JSON, so that validation can name them and say why.
 //! - [`parse`] checks size and syntax, refuses duplicate keys, accepts both
-//!   input shapes, deserializes with `serde_path_to_error` (containers and
-//!   volumes one by one, so type errors in several containers are all
-//!   reported), then runs [`validate`].
+//!   input shapes, removes `null` members (ECS reads them as absent),
+//!   deserializes with `serde_path_to_error` — again after each error, with
+//!   the wrong value patched away, so that every type error and unknown field
+//!   is reported — then runs [`validate`] and reports its problems too. A
+//!   refusal lists at most [`MAX_PROBLEMS`] problems and counts the rest.
 //! - [`validate`] applies ECS' own rules and ranges plus berth's refusals and
 //!   collects *every* problem, not just the first. Fields that are accepted
 //!   but ignored produce warnings.
@@ -59,8 +61,13 @@
 //!   EFS, FSx, EBS, App Mesh, FireLens, Elastic Inference) is refused, except
 //!   the role ARNs, which are accepted with a warning. See `COMPATIBILITY.md`
 //!   beside this crate for every field.
-//! - Values that ECS would register empty (`"secrets": []`, `null`) are
-//!   treated as absent rather than refused.
+//! - `null` is absent for every field, as in ECS; values that ECS would
+//!   register empty (`"secrets": []`) are treated as absent rather than
+//!   refused.
+//! - Warnings, besides ignored fields: the `awslogs` log driver (the host's
+//!   Docker daemon needs AWS credentials of its own), once per definition,
+//!   and images in private Amazon ECR registries (berth cannot fetch ECR
+//!   tokens), once per registry.
 //! - Duplicate keys in an object are refused, since JSON parsers disagree on
 //!   which one wins.
 //! - Whether the host can run what the definition asks for (enough memory,
@@ -74,11 +81,11 @@
 
 mod error;
 mod model;
-mod parse;
+pub(crate) mod parse;
 mod path;
 pub mod types;
 mod units;
-mod validate;
+pub(crate) mod validate;
 
 #[cfg(test)]
 mod tests;
@@ -95,6 +102,10 @@ pub use validate::{
 
 /// ECS' own limit on the size of a task definition, in bytes.
 pub const MAX_DEFINITION_BYTES: usize = 64 * 1024;
+
+/// At most this many problems are listed in a [`TaskDefError`]; the rest
+/// are counted.
+pub const MAX_PROBLEMS: usize = 20;
 
 /// ECS' limit on containers per task definition.
 pub const MAX_CONTAINERS: usize = 10;

@@ -8,9 +8,16 @@
 //!    last one, and a typo must not pass silently);
 //! 3. the shape: a task definition object, or the output of
 //!    `aws ecs describe-task-definition` (`{"taskDefinition": {...}, "tags": [...]}`);
-//! 4. typed deserialization with `serde_path_to_error`, done per container
-//!    and per volume so that type errors in several of them are all reported;
-//! 5. [`crate::validate`]'s rules.
+//! 4. `null` members removed at every depth (ECS reads `null` as absent);
+//! 5. typed deserialization with `serde_path_to_error`, per container and
+//!    per volume, and again after each error with the wrong value removed
+//!    or replaced by a placeholder, so that every type error and unknown
+//!    field is reported, not only the first;
+//! 6. [`crate::validate`]'s rules, whose problems are reported too except
+//!    where a type error was (a consequence of the placeholder there).
+//!
+//! At most [`crate::MAX_PROBLEMS`] problems are listed; the error counts
+//! the rest.
 //!
 //! For the describe shape every path is prefixed with `taskDefinition.`, so
 //! that it names the place in the document the user wrote.
@@ -72,7 +79,7 @@ pub fn parse(json: &str) -> Result<Parsed, TaskDefError> {
         let inner = obj.remove(DESCRIBE_KEY).unwrap_or(Value::Null);
         match inner {
             Value::Object(m) if problems.is_empty() => (DESCRIBE_KEY, m),
-            Value::Object(_) => return Err(TaskDefError { problems }),
+            Value::Object(_) => return Err(TaskDefError::capped(problems, false)),
             other => {
                 problems.insert(
                     0,
@@ -84,7 +91,7 @@ pub fn parse(json: &str) -> Result<Parsed, TaskDefError> {
                         ),
                     ),
                 );
-                return Err(TaskDefError { problems });
+                return Err(TaskDefError::capped(problems, false));
             }
         }
     } else {
@@ -92,14 +99,36 @@ pub fn parse(json: &str) -> Result<Parsed, TaskDefError> {
     };
 
     let relocate = |p: Problem| Problem::new(path::under(prefix, &p.path), p.message);
-    let definition = deserialize_parts(def_obj).map_err(|problems| TaskDefError {
-        problems: problems.into_iter().map(relocate).collect(),
-    })?;
+    let mut def_value = Value::Object(def_obj);
+    drop_nulls(&mut def_value);
+    let Value::Object(def_obj) = def_value else {
+        return Err(TaskDefError::one(
+            prefix_or_root(prefix),
+            "expected an object",
+        ));
+    };
+    let (definition, found) = deserialize_parts(def_obj);
+    let Some(definition) = definition else {
+        // The top level itself could not be read: validating a stand-in
+        // would only add noise.
+        return Err(TaskDefError::capped(
+            found.problems.into_iter().map(relocate).collect(),
+            found.exhausted,
+        ));
+    };
     let report = validate::check(&definition);
-    if !report.errors.is_empty() {
-        return Err(TaskDefError {
-            problems: report.errors.into_iter().map(relocate).collect(),
-        });
+    let mut problems = found.problems.clone();
+    problems.extend(
+        report
+            .errors
+            .into_iter()
+            .filter(|p| !found.shadows(&p.path)),
+    );
+    if !problems.is_empty() {
+        return Err(TaskDefError::capped(
+            problems.into_iter().map(relocate).collect(),
+            found.exhausted,
+        ));
     }
     Ok(Parsed {
         definition,
@@ -109,6 +138,10 @@ pub fn parse(json: &str) -> Result<Parsed, TaskDefError> {
             .map(|w| relocate(w).to_string())
             .collect(),
     })
+}
+
+fn prefix_or_root(prefix: &str) -> &str {
+    if prefix.is_empty() { ROOT } else { prefix }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -122,10 +155,58 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Deserializes the task definition object. Containers and volumes are
-/// deserialized one by one, so that one bad container does not hide the
-/// problems of the next.
-fn deserialize_parts(mut obj: Map<String, Value>) -> Result<TaskDefinition, Vec<Problem>> {
+/// How many attempts at deserializing, across the whole definition, the
+/// collection of type errors may take: each attempt finds one error and
+/// patches it away. Bounds the work on hostile input.
+const DESERIALIZE_BUDGET: usize = 120;
+
+/// Type errors found so far, and the paths whose later problems are
+/// consequences of them (the value there was removed or replaced).
+#[derive(Default)]
+struct Found {
+    problems: Vec<Problem>,
+    /// Relative paths whose validation problems are not reported: a type
+    /// error was reported there, or a placeholder stands there.
+    shadowed: Vec<String>,
+    attempts: usize,
+    /// The budget ran out before every part deserialized.
+    exhausted: bool,
+}
+
+impl Found {
+    fn shadows(&self, path: &str) -> bool {
+        self.shadowed.iter().any(|s| {
+            path == s
+                || path
+                    .strip_prefix(s.as_str())
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+        })
+    }
+}
+
+/// Removes every object member whose value is `null`, at every depth: ECS'
+/// JSON reader treats `null` as absent, and exported definitions are full of
+/// them (`"linuxParameters": null`, `"portMappings": null`).
+fn drop_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
+/// Deserializes the task definition object, collecting every type error
+/// (and unknown field) rather than the first: each part (the top level,
+/// each container, each volume) is deserialized, the value at the error is
+/// removed or replaced by a placeholder, and the part is tried again.
+///
+/// Returns the definition (with placeholders where values were wrong) and
+/// what was found; validation of that definition is reported only outside
+/// the shadowed paths.
+fn deserialize_parts(mut obj: Map<String, Value>) -> (Option<TaskDefinition>, Found) {
     let mut take_array = |key: &str| -> Option<Vec<Value>> {
         if matches!(obj.get(key), Some(Value::Array(_))) {
             match obj.remove(key) {
@@ -139,96 +220,339 @@ fn deserialize_parts(mut obj: Map<String, Value>) -> Result<TaskDefinition, Vec<
     let containers = take_array("containerDefinitions");
     let volumes = take_array("volumes");
 
-    let mut problems = Vec::new();
-    let top = match typed::<TaskDefinition>(Value::Object(obj)) {
-        Ok(def) => Some(def),
-        Err(p) => {
-            problems.push(p);
-            None
-        }
-    };
-    let containers =
-        parts::<ContainerDefinition>(containers, "containerDefinitions", &mut problems);
-    let volumes = parts::<Volume>(volumes, "volumes", &mut problems);
-    match top {
-        Some(mut def) if problems.is_empty() => {
-            def.container_definitions = containers;
-            def.volumes = volumes;
-            Ok(def)
-        }
-        _ => Err(problems),
-    }
+    let mut found = Found::default();
+    let top = lenient::<TaskDefinition>(Value::Object(obj), "", "TaskDefinition", &mut found);
+    let containers = parts::<ContainerDefinition>(
+        containers,
+        "containerDefinitions",
+        "ContainerDefinition",
+        &mut found,
+    );
+    let volumes = parts::<Volume>(volumes, "volumes", "Volume", &mut found);
+    let def = top.map(|mut def| {
+        def.container_definitions = containers;
+        def.volumes = volumes;
+        def
+    });
+    (def, found)
 }
 
-fn parts<T: de::DeserializeOwned>(
+fn parts<T: de::DeserializeOwned + Default>(
     items: Option<Vec<Value>>,
     key: &str,
-    problems: &mut Vec<Problem>,
+    shape: &str,
+    found: &mut Found,
 ) -> Vec<T> {
     let mut out = Vec::new();
     for (i, item) in items.unwrap_or_default().into_iter().enumerate() {
-        match typed::<T>(item) {
-            Ok(t) => out.push(t),
-            Err(p) => {
-                let base = path::index(key, i);
-                problems.push(Problem::new(path::under(&base, &p.path), p.message));
+        let base = path::index(key, i);
+        match lenient::<T>(item, &base, shape, found) {
+            Some(t) => out.push(t),
+            None => {
+                // Keep the indices of the others: a placeholder whose own
+                // problems are not reported.
+                found.shadowed.push(base);
+                out.push(T::default());
             }
         }
     }
     out
 }
 
-/// Deserializes `v`, turning the first error into a problem at its path.
-fn typed<T: de::DeserializeOwned>(v: Value) -> Result<T, Problem> {
-    serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
-        let at = path::from_serde(e.path());
-        explain(&at, &e.inner().to_string())
-    })
+/// One step into a JSON value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Seg {
+    Key(String),
+    Index(usize),
 }
 
-/// Rewrites a serde error message into a berth problem.
-fn explain(at: &str, msg: &str) -> Problem {
+fn segments(p: &serde_path_to_error::Path) -> Option<Vec<Seg>> {
+    p.iter()
+        .map(|s| match s {
+            serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+            serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
+            serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {
+                None
+            }
+        })
+        .collect()
+}
+
+fn render(base: &str, segs: &[Seg]) -> String {
+    let mut out = base.to_owned();
+    for s in segs {
+        out = match s {
+            Seg::Key(k) => path::key(&out, k),
+            Seg::Index(i) => path::index(&out, *i),
+        };
+    }
+    if out.is_empty() { ROOT.to_owned() } else { out }
+}
+
+fn at_mut<'a>(mut v: &'a mut Value, segs: &[Seg]) -> Option<&'a mut Value> {
+    for s in segs {
+        v = match (s, v) {
+            (Seg::Key(k), Value::Object(m)) => m.get_mut(k)?,
+            (Seg::Index(i), Value::Array(a)) => a.get_mut(*i)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+/// A value of the type serde expected, to stand in for a wrong one.
+fn placeholder(expected: &str) -> Option<Value> {
+    match expected {
+        "u16" | "u32" | "u64" | "i32" | "i64" => Some(Value::from(0)),
+        "a string" => Some(Value::String(String::new())),
+        "a boolean" => Some(Value::Bool(false)),
+        "a sequence" => Some(Value::Array(Vec::new())),
+        "a map" => Some(Value::Object(Map::new())),
+        e if e.starts_with("struct ") => Some(Value::Object(Map::new())),
+        _ => None,
+    }
+}
+
+/// What a serde error says.
+enum Cause<'a> {
+    Unknown {
+        field: &'a str,
+        expected: Vec<&'a str>,
+    },
+    Missing {
+        field: &'a str,
+    },
+    Type {
+        got: &'a str,
+        expected: &'a str,
+    },
+    Other,
+}
+
+fn cause(msg: &str) -> Cause<'_> {
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         // The key itself may contain backticks: split at serde's own text.
-        let (field, expected) = if let Some((f, list)) = rest.rsplit_once("`, expected ") {
-            (f, backticked(list))
+        return if let Some((f, list)) = rest.rsplit_once("`, expected ") {
+            Cause::Unknown {
+                field: f,
+                expected: backticked(list),
+            }
         } else if let Some((f, _)) = rest.rsplit_once("`, there are no fields") {
-            (f, Vec::new())
+            Cause::Unknown {
+                field: f,
+                expected: Vec::new(),
+            }
         } else {
-            (rest.strip_suffix('`').unwrap_or(rest), Vec::new())
+            Cause::Unknown {
+                field: rest.strip_suffix('`').unwrap_or(rest),
+                expected: Vec::new(),
+            }
         };
-        // serde_path_to_error records the unknown key as the last segment;
-        // add it if a future version does not.
-        let seg = path::key("", field);
-        let named = at == seg
-            || at.ends_with(&format!(".{seg}"))
-            || (seg.starts_with('[') && at.ends_with(&seg));
-        let at = if named {
-            at.to_owned()
-        } else {
-            path::key(at, field)
-        };
-        return Problem::new(at, unknown_field_message(field, &expected));
     }
     if let Some(rest) = msg.strip_prefix("missing field `") {
-        let field = rest.split('`').next().unwrap_or(rest);
-        return Problem::new(path::key(at, field), "required field is missing");
+        return Cause::Missing {
+            field: rest.split('`').next().unwrap_or(rest),
+        };
     }
     if let Some(rest) = msg
         .strip_prefix("invalid type: ")
         .or_else(|| msg.strip_prefix("invalid value: "))
         && let Some((got, expected)) = rest.rsplit_once(", expected ")
     {
-        return Problem::new(
+        return Cause::Type { got, expected };
+    }
+    Cause::Other
+}
+
+/// Deserializes one part, patching each error away and trying again (see
+/// [`deserialize_parts`]); `None` when the part cannot be made to
+/// deserialize (its problems are in `found` all the same).
+fn lenient<T: de::DeserializeOwned>(
+    mut v: Value,
+    base: &str,
+    shape: &str,
+    found: &mut Found,
+) -> Option<T> {
+    // Paths (relative to the part) where a placeholder was put.
+    let mut placed: HashSet<Vec<Seg>> = HashSet::new();
+    // Object path → the one name suggested for an unknown key in it.
+    let mut suggested: Vec<(Vec<Seg>, String)> = Vec::new();
+    // Paths of the type errors reported: a required field removed there is
+    // not missing a second time.
+    let mut wrong: HashSet<Vec<Seg>> = HashSet::new();
+    loop {
+        let err = match serde_path_to_error::deserialize::<_, T>(&v) {
+            Ok(t) => return Some(t),
+            Err(e) => e,
+        };
+        if found.attempts >= DESERIALIZE_BUDGET {
+            found.exhausted = true;
+            return None;
+        }
+        found.attempts += 1;
+        let msg = err.inner().to_string();
+        let Some(mut segs) = segments(err.path()) else {
+            found
+                .problems
+                .push(Problem::new(render(base, &[]), msg.clone()));
+            return None;
+        };
+        match cause(&msg) {
+            Cause::Unknown { field, expected } => {
+                // serde_path_to_error records the unknown key as the last
+                // segment; add it if a future version does not.
+                if segs.last() != Some(&Seg::Key(field.to_owned())) {
+                    segs.push(Seg::Key(field.to_owned()));
+                }
+                let (object, _) = segs.split_at(segs.len().saturating_sub(1));
+                let close = suggestion(field, &expected);
+                if let Some(c) = close {
+                    suggested.push((object.to_vec(), c.to_owned()));
+                }
+                let owner = shape_of(object).unwrap_or(shape);
+                found.problems.push(Problem::new(
+                    render(base, &segs),
+                    unknown_field_message(field, close, owner),
+                ));
+                let removed = match at_mut(&mut v, object) {
+                    Some(Value::Object(m)) => m.remove(field).is_some(),
+                    _ => false,
+                };
+                if !removed {
+                    return None;
+                }
+            }
+            Cause::Missing { field } => {
+                let object = segs.clone();
+                segs.push(Seg::Key(field.to_owned()));
+                let rel = render(base, &segs);
+                let typo = suggested
+                    .iter()
+                    .any(|(o, name)| *o == object && name == field);
+                if !typo && !wrong.contains(&segs) {
+                    found
+                        .problems
+                        .push(Problem::new(rel.clone(), "required field is missing"));
+                }
+                found.shadowed.push(rel);
+                if !placed.insert(segs.clone()) {
+                    return None;
+                }
+                match at_mut(&mut v, &object) {
+                    Some(Value::Object(m)) => {
+                        m.insert(field.to_owned(), Value::String(String::new()));
+                    }
+                    _ => return None,
+                }
+            }
+            Cause::Type { got, expected } => {
+                let rel = render(base, &segs);
+                let ours = placed.contains(&segs);
+                if !ours {
+                    found.problems.push(Problem::new(
+                        rel.clone(),
+                        format!(
+                            "expected {}, got {}",
+                            expectation(expected),
+                            unexpected(got)
+                        ),
+                    ));
+                    found.shadowed.push(rel);
+                    wrong.insert(segs.clone());
+                }
+                let (last, parent) = segs.split_last()?;
+                let in_object = matches!(last, Seg::Key(_));
+                if in_object && !ours {
+                    // Absent, as if never written; a required field then
+                    // gets a placeholder.
+                    if let (Some(Value::Object(m)), Seg::Key(k)) = (at_mut(&mut v, parent), last) {
+                        m.remove(k);
+                    } else {
+                        return None;
+                    }
+                } else {
+                    let (Some(slot), Some(p)) = (at_mut(&mut v, &segs), placeholder(expected))
+                    else {
+                        return None;
+                    };
+                    if ours && *slot == p {
+                        return None;
+                    }
+                    *slot = p;
+                    placed.insert(segs.clone());
+                }
+            }
+            Cause::Other => {
+                found
+                    .problems
+                    .push(Problem::new(render(base, &segs), msg.clone()));
+                return None;
+            }
+        }
+    }
+}
+
+/// The ECS shape of the object at `object` (a path inside a part), from
+/// the key that holds it; `None` for the part itself.
+fn shape_of(object: &[Seg]) -> Option<&'static str> {
+    let key = object.iter().rev().find_map(|s| match s {
+        Seg::Key(k) => Some(k.as_str()),
+        Seg::Index(_) => None,
+    })?;
+    Some(match key {
+        "containerDefinitions" => "ContainerDefinition",
+        "portMappings" => "PortMapping",
+        "environment" => "KeyValuePair",
+        "dependsOn" => "ContainerDependency",
+        "healthCheck" => "HealthCheck",
+        "restartPolicy" => "ContainerRestartPolicy",
+        "mountPoints" => "MountPoint",
+        "volumesFrom" => "VolumeFrom",
+        "extraHosts" => "HostEntry",
+        "ulimits" => "Ulimit",
+        "systemControls" => "SystemControl",
+        "logConfiguration" => "LogConfiguration",
+        "linuxParameters" => "LinuxParameters",
+        "capabilities" => "KernelCapabilities",
+        "devices" => "Device",
+        "tmpfs" => "Tmpfs",
+        "volumes" => "Volume",
+        "host" => "HostVolumeProperties",
+        "dockerVolumeConfiguration" => "DockerVolumeConfiguration",
+        "runtimePlatform" => "RuntimePlatform",
+        _ => return None,
+    })
+}
+
+/// Rewrites a serde error message into a berth problem (for a part at the
+/// top of the document, in the task definition shape).
+#[cfg(test)]
+fn explain(at: &str, msg: &str) -> Problem {
+    match cause(msg) {
+        Cause::Unknown { field, expected } => {
+            let seg = path::key("", field);
+            let named = at == seg
+                || at.ends_with(&format!(".{seg}"))
+                || (seg.starts_with('[') && at.ends_with(&seg));
+            let at = if named {
+                at.to_owned()
+            } else {
+                path::key(at, field)
+            };
+            let close = suggestion(field, &expected);
+            Problem::new(at, unknown_field_message(field, close, "TaskDefinition"))
+        }
+        Cause::Missing { field } => Problem::new(path::key(at, field), "required field is missing"),
+        Cause::Type { got, expected } => Problem::new(
             at,
             format!(
                 "expected {}, got {}",
                 expectation(expected),
                 unexpected(got)
             ),
-        );
+        ),
+        Cause::Other => Problem::new(at, msg),
     }
-    Problem::new(at, msg)
 }
 
 fn expectation(e: &str) -> String {
@@ -258,48 +582,41 @@ fn backticked(s: &str) -> Vec<&str> {
     s.split('`').skip(1).step_by(2).collect()
 }
 
-fn unknown_field_message(field: &str, expected: &[&str]) -> String {
-    let close = suggestions(field, expected);
-    if !close.is_empty() {
-        let names: Vec<String> = close.iter().map(|n| format!("`{n}`")).collect();
-        return format!(
-            "unknown field (a typo? did you mean {}?)",
-            names.join(" or ")
-        );
+/// The message for an unknown key `field` in an object of ECS shape
+/// `shape`, given the close known name if there is one. Never lists the
+/// known names: COMPATIBILITY.md does.
+pub(crate) fn unknown_field_message(field: &str, close: Option<&str>, shape: &str) -> String {
+    match close {
+        Some(c) if c.eq_ignore_ascii_case(field) => {
+            format!("unknown field (did you mean `{c}`? field names are case-sensitive)")
+        }
+        Some(c) => format!("unknown field (a typo? did you mean `{c}`?)"),
+        None => format!(
+            "unknown field: berth knows no such field in {shape} (taskdef/COMPATIBILITY.md lists every field of the ECS task definition and what berth does with it)"
+        ),
     }
-    if expected.is_empty() {
-        return "unknown field (this object takes no fields)".into();
-    }
-    let names: Vec<String> = expected.iter().map(|n| format!("`{n}`")).collect();
-    format!(
-        "unknown field (a typo? the ECS fields here are {})",
-        names.join(", ")
-    )
 }
 
-/// The expected names close to `field`, closest first (at most three).
-fn suggestions<'a>(field: &str, expected: &[&'a str]) -> Vec<&'a str> {
+/// The one known name close to `field`: the same but for case, or at most
+/// two edits away (one for names of four characters or fewer); the closest
+/// wins, the first listed among equals.
+pub(crate) fn suggestion<'a>(field: &str, expected: &[&'a str]) -> Option<&'a str> {
     let lower = field.to_ascii_lowercase();
     let chars = lower.chars().count();
-    let mut scored: Vec<(usize, &str)> = expected
-        .iter()
-        .filter_map(|&cand| {
-            let limit = match cand.len() {
-                0..=4 => 1,
-                5..=11 => 2,
-                _ => 3,
-            };
-            // The distance is at least the difference in length: skip the
-            // quadratic comparison for hopeless (and huge) keys.
-            if chars.abs_diff(cand.len()) > limit {
-                return None;
-            }
-            let d = levenshtein(&lower, &cand.to_ascii_lowercase());
-            (d <= limit).then_some((d, cand))
-        })
-        .collect();
-    scored.sort();
-    scored.into_iter().take(3).map(|(_, c)| c).collect()
+    let mut best: Option<(usize, &str)> = None;
+    for &cand in expected {
+        let limit = if cand.len() <= 4 { 1 } else { 2 };
+        // The distance is at least the difference in length: skip the
+        // quadratic comparison for hopeless (and huge) keys.
+        if chars.abs_diff(cand.len()) > limit {
+            continue;
+        }
+        let d = levenshtein(&lower, &cand.to_ascii_lowercase());
+        if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
+            best = Some((d, cand));
+        }
+    }
+    best.map(|(_, c)| c)
 }
 
 fn levenshtein(a: &str, b: &str) -> usize {
@@ -447,12 +764,37 @@ mod tests {
     }
 
     #[test]
-    fn suggests_close_names() {
-        assert_eq!(suggestions("imagee", &["name", "image"]), vec!["image"]);
+    fn suggests_only_close_names() {
+        assert_eq!(suggestion("imagee", &["name", "image"]), Some("image"));
         assert_eq!(
-            suggestions("ContainerDefinitions", &["containerDefinitions", "family"]),
-            vec!["containerDefinitions"]
+            suggestion("ContainerDefinitions", &["containerDefinitions", "family"]),
+            Some("containerDefinitions")
         );
-        assert!(suggestions("zzzzzz", &["name", "image"]).is_empty());
+        assert_eq!(suggestion("zzzzzz", &["name", "image"]), None);
+        // Three edits away is not close, however long the name.
+        assert_eq!(suggestion("dockerLabelz_x", &["dockerLabels"]), None);
+        assert_eq!(suggestion("cpus", &["cpu", "memory"]), Some("cpu"));
+        assert_eq!(suggestion("gpuCount", &["cpu", "command"]), None);
+    }
+
+    #[test]
+    fn unknown_field_messages_never_list_the_known_names() {
+        let m = unknown_field_message("gpuCount", None, "ContainerDefinition");
+        assert!(m.contains("ContainerDefinition"), "{m}");
+        assert!(m.contains("COMPATIBILITY.md"), "{m}");
+        assert!(!m.contains('`'), "{m}");
+        let m = unknown_field_message("Image", Some("image"), "ContainerDefinition");
+        assert!(
+            m.contains("did you mean `image`") && m.contains("case-sensitive"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn nulls_are_dropped_at_every_depth() {
+        let mut v: Value =
+            serde_json::json!({"a": null, "b": [{"c": null, "d": 1}, null], "e": {"f": null}});
+        drop_nulls(&mut v);
+        assert_eq!(v, serde_json::json!({"b": [{"d": 1}, null], "e": {}}));
     }
 }

@@ -54,20 +54,6 @@ pub(crate) fn under(prefix: &str, rel: &str) -> String {
     }
 }
 
-/// Formats a path recorded by `serde_path_to_error`.
-pub(crate) fn from_serde(path: &serde_path_to_error::Path) -> String {
-    let mut out = String::new();
-    for seg in path.iter() {
-        out = match seg {
-            serde_path_to_error::Segment::Seq { index: i } => index(&out, *i),
-            serde_path_to_error::Segment::Map { key: k } => key(&out, k),
-            serde_path_to_error::Segment::Enum { variant } => key(&out, variant),
-            serde_path_to_error::Segment::Unknown => key(&out, "?"),
-        };
-    }
-    if out.is_empty() { ROOT.to_owned() } else { out }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

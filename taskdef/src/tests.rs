@@ -288,7 +288,8 @@ fn type_errors_in_several_containers_are_all_reported() {
 
 #[test]
 fn missing_required_fields_name_the_field() {
-    let p = problems(r#"{"containerDefinitions":[{"name":"a","memory":64}]}"#);
+    // A required field that is null is missing too.
+    let p = problems(r#"{"containerDefinitions":[{"name":"a","image":null,"memory":64}]}"#);
     assert!(has(&p, "family", "required field is missing"), "{p:?}");
     assert!(
         has(
@@ -384,4 +385,144 @@ fn host_mode_ports() {
         "containerDefinitions[1].portMappings[0].containerPort",
         "host port 80/tcp is already mapped by containerDefinitions[0].portMappings[0]"
     ));
+}
+
+/// A console export: `null` for every field nobody set, lists and maps
+/// included.
+#[test]
+fn nulls_are_absent_everywhere() {
+    let json = r#"{"family":"f","taskRoleArn":null,"executionRoleArn":null,"networkMode":null,
+        "volumes":null,"placementConstraints":null,"cpu":null,"memory":null,"pidMode":null,
+        "ipcMode":null,"proxyConfiguration":null,"runtimePlatform":null,"tags":null,
+        "containerDefinitions":[{"name":"a","image":"busybox","memory":64,"cpu":null,
+            "links":null,"portMappings":null,"essential":null,"entryPoint":null,"command":null,
+            "environment":[{"name":"A","value":null}],"mountPoints":null,"volumesFrom":null,
+            "linuxParameters":{"capabilities":null,"devices":null,"tmpfs":null,"maxSwap":null},
+            "secrets":null,"dependsOn":null,"dockerLabels":null,"ulimits":null,
+            "healthCheck":null,"logConfiguration":{"logDriver":"json-file","options":null},
+            "systemControls":null,"resourceRequirements":null,"dnsServers":null,
+            "extraHosts":null,"hostname":null,"user":null,"workingDirectory":null}]}"#;
+    let p = parse(json).unwrap_or_else(|e| panic!("{e}"));
+    let c = &p.definition.container_definitions[0];
+    assert!(c.is_essential());
+    assert!(c.port_mappings.is_empty() && c.health_check.is_none());
+    assert_eq!(c.environment[0].value, "");
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+}
+
+#[test]
+fn every_problem_of_a_definition_is_reported_in_one_run() {
+    let p = problems(
+        r#"{"family":"f","famly":"x","containerDefinitions":[
+            {"name":"a","image":"b","memory":"lots","essential":"yes","portMappings":[{"containerPort":"80"},"8080"],
+             "healthCheck":{"command":"curl","intervall":5}},
+            {"name":"c","Image":"d","memory":2,"dependsOn":[{"containerName":"zz"}]}]}"#,
+    );
+    let want = [
+        ("famly", "did you mean `family`"),
+        (
+            "containerDefinitions[0].memory",
+            "expected a non-negative integer",
+        ),
+        ("containerDefinitions[0].essential", "expected a boolean"),
+        (
+            "containerDefinitions[0].portMappings[0].containerPort",
+            "an integer from 0 to 65535",
+        ),
+        (
+            "containerDefinitions[0].portMappings[1]",
+            "expected an object",
+        ),
+        (
+            "containerDefinitions[0].healthCheck.command",
+            "expected an array",
+        ),
+        (
+            "containerDefinitions[0].healthCheck.intervall",
+            "did you mean `interval`",
+        ),
+        ("containerDefinitions[1].Image", "case-sensitive"),
+        (
+            "containerDefinitions[1].dependsOn[0].condition",
+            "required field is missing",
+        ),
+        ("containerDefinitions[1].memory", "at least 6 MiB"),
+        (
+            "containerDefinitions[1].dependsOn[0].containerName",
+            "no container named",
+        ),
+    ];
+    for (path, needle) in want {
+        assert!(has(&p, path, needle), "no {path}: {needle} in {p:#?}");
+    }
+    assert_eq!(p.len(), want.len(), "{p:#?}");
+}
+
+#[test]
+fn many_problems_are_capped_and_counted() {
+    let envs: Vec<String> = (0..30)
+        .map(|i| format!(r#"{{"name":"","value":"{i}"}}"#))
+        .collect();
+    let json = format!(
+        r#"{{"family":"f","containerDefinitions":[{{"name":"a","image":"b","memory":64,"environment":[{}]}}]}}"#,
+        envs.join(",")
+    );
+    let e = parse(&json).err().unwrap_or_else(|| panic!("accepted"));
+    assert_eq!(e.problems.len(), MAX_PROBLEMS);
+    assert_eq!(e.omitted, 30 - MAX_PROBLEMS);
+    assert!(
+        e.to_string()
+            .ends_with("… and 10 more (fix these and try again)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn hostile_input_stays_bounded() {
+    // Thousands of type errors: checking stops, says so, and lists 20.
+    let items: Vec<&str> = vec!["1"; 5000];
+    let json = format!(
+        r#"{{"family":"f","containerDefinitions":[{{"name":"a","image":"b","memory":64,"command":[{}]}}]}}"#,
+        items.join(",")
+    );
+    let e = parse(&json).err().unwrap_or_else(|| panic!("accepted"));
+    assert!(e.incomplete);
+    assert_eq!(e.problems.len(), MAX_PROBLEMS);
+}
+
+#[test]
+fn aws_services_warn_once() {
+    let json = r#"{"family":"f","containerDefinitions":[
+        {"name":"a","image":"123456789012.dkr.ecr.us-east-1.amazonaws.com/app:1","memory":64,
+         "logConfiguration":{"logDriver":"awslogs","options":{"awslogs-group":"g"}}},
+        {"name":"b","image":"123456789012.dkr.ecr.us-east-1.amazonaws.com/side:1","memory":64,
+         "logConfiguration":{"logDriver":"awslogs"}},
+        {"name":"c","image":"public.ecr.aws/nginx/nginx:1","memory":64}]}"#;
+    let p = parse(json).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+    assert!(
+        p.warnings[0].starts_with("containerDefinitions[0].logConfiguration.logDriver: awslogs")
+    );
+    assert!(p.warnings[0].ends_with("; also containerDefinitions[1].logConfiguration.logDriver"));
+    assert!(p.warnings[1].starts_with("containerDefinitions[0].image:"));
+    assert!(
+        p.warnings[1].contains("repositoryCredentials") && p.warnings[1].contains("Docker config")
+    );
+}
+
+#[test]
+fn ecr_registries_are_recognised() {
+    use crate::validate::is_ecr_registry;
+    assert!(is_ecr_registry(
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+    ));
+    assert!(is_ecr_registry(
+        "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com"
+    ));
+    assert!(is_ecr_registry(
+        "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn"
+    ));
+    assert!(!is_ecr_registry("public.ecr.aws"));
+    assert!(!is_ecr_registry("registry.example.com"));
+    assert!(!is_ecr_registry("12345.dkr.ecr.eu-west-1.amazonaws.com"));
 }

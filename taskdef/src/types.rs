@@ -1,7 +1,9 @@
 //! The ECS task definition as JSON, field for field.
 //!
 //! Names follow `RegisterTaskDefinition` (camelCase). Every struct denies
-//! unknown fields so that a typo is an error with its JSON path. Fields that
+//! unknown fields so that a typo is an error with its JSON path. `null`
+//! members never reach these types: [`crate::parse`] removes them first, as
+//! ECS reads `null` as absent. Fields that
 //! berth refuses are still parsed (as raw JSON) so that validation can name
 //! them and say why.
 
@@ -48,6 +50,8 @@ pub struct TaskDefinition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deregistered_at: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_requested_at: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compatibilities: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires_compatibilities: Option<Value>,
@@ -69,6 +73,8 @@ pub struct TaskDefinition {
     pub inference_accelerators: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ephemeral_storage: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_execution_configuration: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -337,6 +343,8 @@ pub struct Volume {
     // Refused off AWS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub efs_volume_configuration: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3files_volume_configuration: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fsx_windows_file_server_volume_configuration: Option<Value>,
 }

@@ -199,9 +199,7 @@ pub fn validate(def: &TaskDefinition) -> Result<Vec<String>, TaskDefError> {
     if report.errors.is_empty() {
         Ok(report.warnings.iter().map(ToString::to_string).collect())
     } else {
-        Err(TaskDefError {
-            problems: report.errors,
-        })
+        Err(TaskDefError::capped(report.errors, false))
     }
 }
 
@@ -286,7 +284,80 @@ pub(crate) fn check(def: &TaskDefinition) -> Report {
     }
     check_sums(def, task_cpu, task_memory, &mut r);
     check_cycles(&task, &mut r);
+    check_aws_services(def, &mut r);
     r
+}
+
+/// The registry host of an image reference (`host[:port]/…`), if it names
+/// one: the first component, when it has a `.` or `:` or is `localhost`.
+fn registry_of(image: &str) -> Option<&str> {
+    let (first, _) = image.split_once('/')?;
+    (first.contains('.') || first.contains(':') || first == "localhost").then_some(first)
+}
+
+/// A private Amazon ECR registry: `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]`.
+pub(crate) fn is_ecr_registry(host: &str) -> bool {
+    let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
+    let Some(rest) = host
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| host.strip_suffix(".amazonaws.com.cn"))
+    else {
+        return false;
+    };
+    let mut labels = rest.split('.');
+    let account = labels.next().unwrap_or_default();
+    account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && labels.next() == Some("dkr")
+        && matches!(labels.next(), Some("ecr" | "ecr-fips"))
+        && labels.next().is_some_and(|region| !region.is_empty())
+        && labels.next().is_none()
+}
+
+/// Warnings, once per definition, about what needs AWS off AWS: the
+/// awslogs log driver and images in private Amazon ECR registries.
+fn check_aws_services(def: &TaskDefinition, r: &mut Report) {
+    let awslogs: Vec<String> = def
+        .container_definitions
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| {
+            c.log_configuration
+                .as_ref()
+                .is_some_and(|l| l.log_driver == "awslogs")
+        })
+        .map(|(i, _)| {
+            key(
+                &key(&index("containerDefinitions", i), "logConfiguration"),
+                "logDriver",
+            )
+        })
+        .collect();
+    if let Some((first, rest)) = awslogs.split_first() {
+        let also = if rest.is_empty() {
+            String::new()
+        } else {
+            format!("; also {}", rest.join(", "))
+        };
+        r.warn(
+            first.clone(),
+            format!("awslogs sends the logs to Amazon CloudWatch Logs: the Docker daemon of every host that runs this task needs AWS credentials of its own for it, since berth gives it none{also}"),
+        );
+    }
+    let mut registries: Vec<&str> = Vec::new();
+    for (i, c) in def.container_definitions.iter().enumerate() {
+        let Some(host) = registry_of(&c.image).filter(|h| is_ecr_registry(h)) else {
+            continue;
+        };
+        if is_present(&c.repository_credentials) || registries.contains(&host) {
+            continue;
+        }
+        registries.push(host);
+        r.warn(
+            key(&index("containerDefinitions", i), "image"),
+            format!("{host_q} is an Amazon ECR registry, and berth cannot fetch ECR tokens: supply the registry's credentials with `repositoryCredentials` (planned; refused today) or in the Docker config of every host (`docker login` there, or the agent's `docker_config` and `[registries]`); ECR passwords expire after 12 hours", host_q = q(host)),
+        );
+    }
 }
 
 fn check_task_fields(def: &TaskDefinition, r: &mut Report) -> NetworkMode {
@@ -364,6 +435,11 @@ fn check_task_fields(def: &TaskDefinition, r: &mut Report) -> NetworkMode {
         "Amazon Elastic Inference accelerators exist only on AWS",
     );
     r.refuse(
+        "trustedExecutionConfiguration".into(),
+        &def.trusted_execution_configuration,
+        "trusted execution (isolated and confidential sandboxes) exists only on Amazon ECS Managed Instances",
+    );
+    r.refuse(
         "ephemeralStorage".into(),
         &def.ephemeral_storage,
         "ephemeral storage is a Fargate setting; on berth containers use the host's disk",
@@ -384,7 +460,10 @@ fn check_runtime_platform(v: &Value, r: &mut Report) {
             ("operatingSystemFamily", Some("LINUX")) => {}
             ("operatingSystemFamily", Some(o)) => r.err(
                 p,
-                format!("not supported by berth: berth runs LINUX containers only, got {o_q}", o_q = q(o)),
+                format!(
+                    "not supported by berth: berth runs LINUX containers only, got {o_q}",
+                    o_q = q(o)
+                ),
             ),
             ("cpuArchitecture", Some("X86_64" | "ARM64")) => {}
             ("cpuArchitecture", Some(o)) => {
@@ -393,10 +472,14 @@ fn check_runtime_platform(v: &Value, r: &mut Report) {
             ("operatingSystemFamily" | "cpuArchitecture", None) => {
                 r.err(p, "expected a string");
             }
-            _ => r.err(
-                p,
-                "unknown field (a typo? the ECS fields here are `operatingSystemFamily`, `cpuArchitecture`)",
-            ),
+            (other, _) => {
+                let close =
+                    crate::parse::suggestion(other, &["cpuArchitecture", "operatingSystemFamily"]);
+                r.err(
+                    p,
+                    crate::parse::unknown_field_message(other, close, "RuntimePlatform"),
+                );
+            }
         }
     }
 }
@@ -503,6 +586,11 @@ fn check_volumes<'a>(def: &'a TaskDefinition, r: &mut Report) -> HashSet<&'a str
             key(&p, "efsVolumeConfiguration"),
             &v.efs_volume_configuration,
             "Amazon EFS volumes exist only on AWS; mount the file system on the host and use a host volume",
+        );
+        r.refuse(
+            key(&p, "s3filesVolumeConfiguration"),
+            &v.s3files_volume_configuration,
+            "Amazon S3 Files volumes exist only on AWS; mount the file system on the host and use a host volume",
         );
         r.refuse(
             key(&p, "fsxWindowsFileServerVolumeConfiguration"),
@@ -1325,10 +1413,8 @@ fn check_logging(base: &str, c: &ContainerDefinition, r: &mut Report) {
             dp,
             "not supported by berth: awsfirelens needs a FireLens log router (see firelensConfiguration); use fluentd, json-file, journald, syslog, gelf, splunk or awslogs",
         ),
-        "awslogs" => r.warn(
-            dp,
-            "awslogs sends the logs to Amazon CloudWatch Logs: the Docker daemon of every host needs AWS credentials for it",
-        ),
+        // Warned once for the whole definition, in check_aws_services.
+        "awslogs" => {}
         d if LOG_DRIVERS.contains(&d) => {}
         d => r.err(
             dp,

@@ -1,9 +1,16 @@
 //! The corpus of task definitions under `tests/corpus/`.
 //!
 //! - `invalid/NNN-name.json` must be refused. Its sibling `NNN-name.expect`
-//!   holds the JSON path of the expected problem (first line) and a substring
-//!   of its message (second line).
-//! - `valid/NAME.json` must be accepted. An optional sibling `NAME.warnings`
+//!   is the expected list of problems, two lines each: the JSON path, then a
+//!   substring of the message. The refusal must have exactly these problems,
+//!   in any order (so a definition with several mistakes is reported whole
+//!   in one run, and nothing is reported twice). A last line `+N` expects
+//!   N more problems counted but not listed.
+//! - `valid/NAME.json` must be accepted. Among them are the shapes real
+//!   exports have: a console export with `null` for every unset field
+//!   (012), describe-task-definition output with every bookkeeping member
+//!   (013), and every field ECS accepts for EC2 and EXTERNAL that berth runs
+//!   or ignores (014; the refused ones each have an invalid case). An optional sibling `NAME.warnings`
 //!   lists, one per line, prefixes of the expected warnings, in order; without
 //!   it the definition must parse without warnings.
 
@@ -35,23 +42,47 @@ fn invalid_definitions_are_refused_at_the_expected_path() {
     let mut failures = Vec::new();
     for file in &files {
         let expect = read(&file.with_extension("expect"));
-        let mut lines = expect.lines();
-        let (Some(path), Some(needle)) = (lines.next(), lines.next()) else {
-            panic!(
-                "{}: the .expect file needs a path and a message line",
-                file.display()
-            );
+        let mut lines: Vec<&str> = expect.lines().collect();
+        let omitted = match lines.last().and_then(|l| l.strip_prefix('+')) {
+            Some(n) => {
+                let n: usize = n
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                lines.pop();
+                n
+            }
+            None => 0,
         };
+        assert!(
+            !lines.is_empty() && lines.len().is_multiple_of(2),
+            "{}: the .expect file needs pairs of lines, a path and a message",
+            file.display()
+        );
+        let wanted: Vec<(&str, &str)> = lines.chunks(2).map(|p| (p[0], p[1])).collect();
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
         match parse(&read(file)) {
             Ok(p) => failures.push(format!("{name:?}: accepted ({:?})", p.warnings)),
             Err(e) => {
-                if !e
-                    .problems
-                    .iter()
-                    .any(|p| p.path == path && p.message.contains(needle))
-                {
-                    failures.push(format!("{name:?}: expected `{path}: …{needle}…`, got\n{e}"));
+                let mut unmatched: Vec<&berth_taskdef::Problem> = e.problems.iter().collect();
+                let mut missing = Vec::new();
+                for (path, needle) in &wanted {
+                    match unmatched
+                        .iter()
+                        .position(|p| p.path == *path && p.message.contains(needle))
+                    {
+                        Some(k) => {
+                            unmatched.remove(k);
+                        }
+                        None => missing.push(format!("{path}: …{needle}…")),
+                    }
+                }
+                if !missing.is_empty() || !unmatched.is_empty() || e.omitted != omitted {
+                    let unexpected: Vec<String> =
+                        unmatched.iter().map(ToString::to_string).collect();
+                    failures.push(format!(
+                        "{name:?}: missing {missing:?}, unexpected {unexpected:?}, {} omitted (expected {omitted}); got\n{e}",
+                        e.omitted
+                    ));
                 }
             }
         }
