@@ -1,507 +1,17 @@
-//! The control plane's durable state: activations, instances, tasks, and
-//! the admin certificates it issued.
-//!
-//! [`Store`] is the boundary; [`SqliteStore`] implements it on one SQLite
-//! file (`<data-dir>/berth.db`, WAL, foreign keys, `synchronous=FULL` so that
-//! an acknowledged event survives a power cut).
-//!
-//! Invariants:
-//! - every change that touches more than one row runs in one transaction
-//!   (enrollment, event application, task creation, stop, deregistration);
-//! - an instance's `generation` grows by one in the same transaction as every
-//!   change of its desired task set (see [`TaskRecord::in_desired_set`]);
-//! - an event is applied at most once: `instances.last_event_seq` only grows
-//!   and events at or below it are ignored;
-//! - only the SHA-256 of an activation code is stored;
-//! - an admin certificate is recorded by serial number, name and dates,
-//!   never with key material; its revocation time, once set, never changes;
-//! - an instance's registered capacity (`cpu`, `memory_mib`) and hostname
-//!   come from enrollment (or, when enrollment gave none, the first Hello)
-//!   and change only by `accept_capacity`; a Hello only records what it
-//!   reports (`reported_*`), and placement uses the lower of the two
-//!   ([`InstanceRecord::capacity`]);
-//! - only an ACTIVE instance's Hello, heartbeat or event is recorded: the
-//!   status is checked in the same transaction as the write;
-//! - an event is stored only for a task this server assigned to the
-//!   reporting instance; others move the sequence and nothing else;
-//! - an instance's `cert_serial` is the newest client certificate it has
-//!   used; `pending_cert_serial` the one renewal issued last. Once the
-//!   pending one connects it becomes current, and every older certificate
-//!   is refused (see [`CertUse`]).
-//!
-//! Schema versions: 1 is the first; 2 adds `activations.hostname` (an
-//! activation bound to one host); 3 adds `admin_certificates`; 4 adds
-//! `activations.source_cidrs` (the networks an activation may be used from,
-//! comma-separated CIDRs; NULL: any); 5 adds the reported capacity and
-//! hostname and the certificate serials of instances (and clamps stored
-//! capacities to the plausible range). Older
-//! databases are migrated when opened, in the same transaction that records
-//! the new version.
-//!
-//! The schema uses TEXT, BIGINT and INTEGER only, so that it carries over to
-//! PostgreSQL unchanged.
+//! [`Store`] on one SQLite file: WAL, foreign keys and `synchronous=FULL`,
+//! so that an acknowledged event survives a power cut.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use berth_proto::v1::{
-    Assignment, ContainerState, DesiredTask, NetworkBinding, TaskEvent, TaskState,
-};
+use berth_proto::v1::{Assignment, ContainerState, NetworkBinding, TaskEvent};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use serde::{Deserialize, Serialize};
 
-/// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 5;
-
-pub const RUNNING: &str = "RUNNING";
-pub const PENDING: &str = "PENDING";
-pub const STOPPED: &str = "STOPPED";
-pub const ACTIVE: &str = "ACTIVE";
-pub const INACTIVE: &str = "INACTIVE";
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS schema_version (
-    version INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS instances (
-    instance_id TEXT NOT NULL PRIMARY KEY,
-    hostname TEXT NOT NULL,
-    status TEXT NOT NULL,
-    registered_at_ms BIGINT NOT NULL,
-    agent_version TEXT NOT NULL,
-    boot_id TEXT NOT NULL,
-    cpu BIGINT NOT NULL,
-    memory_mib BIGINT NOT NULL,
-    attributes_json TEXT NOT NULL,
-    last_heartbeat_at_ms BIGINT NOT NULL,
-    last_event_seq BIGINT NOT NULL,
-    generation BIGINT NOT NULL,
-    acked_generation BIGINT NOT NULL,
-    os TEXT NOT NULL,
-    arch TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS activations (
-    id TEXT NOT NULL PRIMARY KEY,
-    code_hash TEXT NOT NULL,
-    created_at_ms BIGINT NOT NULL,
-    expires_at_ms BIGINT NOT NULL,
-    used_at_ms BIGINT,
-    instance_id TEXT REFERENCES instances (instance_id)
-);
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT NOT NULL PRIMARY KEY,
-    instance_id TEXT NOT NULL REFERENCES instances (instance_id),
-    family TEXT NOT NULL,
-    definition_json TEXT NOT NULL,
-    desired_status TEXT NOT NULL,
-    last_status TEXT NOT NULL,
-    health_status TEXT NOT NULL,
-    stop_code TEXT NOT NULL,
-    stopped_reason TEXT NOT NULL,
-    created_at_ms BIGINT NOT NULL,
-    started_at_ms BIGINT NOT NULL,
-    stopped_at_ms BIGINT NOT NULL,
-    containers_json TEXT NOT NULL,
-    reserved_cpu BIGINT NOT NULL,
-    reserved_memory_mib BIGINT NOT NULL,
-    last_event_seq BIGINT NOT NULL,
-    last_seen_at_ms BIGINT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tasks_by_instance ON tasks (instance_id, created_at_ms);
-CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at_ms);
-";
-
-/// Migrations: `MIGRATIONS[i]` takes a database from version `i + 1` to
-/// `i + 2`. [`SCHEMA`] creates version 1 tables.
-const MIGRATIONS: &[&str] = &[
-    "ALTER TABLE activations ADD COLUMN hostname TEXT",
-    "CREATE TABLE admin_certificates (
-        serial TEXT NOT NULL PRIMARY KEY,
-        name TEXT NOT NULL,
-        issued_at_ms BIGINT NOT NULL,
-        not_after_ms BIGINT NOT NULL,
-        revoked_at_ms BIGINT
-    )",
-    "ALTER TABLE activations ADD COLUMN source_cidrs TEXT",
-    "ALTER TABLE instances ADD COLUMN reported_cpu BIGINT NOT NULL DEFAULT 0;
-    ALTER TABLE instances ADD COLUMN reported_memory_mib BIGINT NOT NULL DEFAULT 0;
-    ALTER TABLE instances ADD COLUMN reported_hostname TEXT NOT NULL DEFAULT '';
-    ALTER TABLE instances ADD COLUMN cert_serial TEXT;
-    ALTER TABLE instances ADD COLUMN pending_cert_serial TEXT;
-    UPDATE instances SET
-        cpu = MIN(MAX(cpu, 0), 4194304),
-        memory_mib = MIN(MAX(memory_mib, 0), 67108864);
-    UPDATE instances SET reported_cpu = cpu, reported_memory_mib = memory_mib,
-        reported_hostname = hostname",
-];
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot open the database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error(
-        "the database was written by a newer berth (schema version {found}, this build knows {supported})"
-    )]
-    SchemaTooNew { found: i64, supported: i64 },
-    #[error("database error: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("stored {what} of {id} is not valid JSON: {source}")]
-    Corrupt {
-        what: &'static str,
-        id: String,
-        source: serde_json::Error,
-    },
-    #[error("activation {0} was already used")]
-    ActivationUsed(String),
-    #[error("no instance {0}")]
-    NoInstance(String),
-    #[error("instance {0} was deregistered; enroll the host again")]
-    InstanceInactive(String),
-    #[error("no task {0}")]
-    NoTask(String),
-    #[error("task {0} already exists")]
-    TaskExists(String),
-    #[error("no admin certificate with serial number {0}")]
-    NoAdminCertificate(String),
-    #[error("an admin certificate with serial number {0} is already recorded")]
-    AdminCertificateExists(String),
-    #[error("a store operation failed: {0}")]
-    Join(String),
-}
-
-/// A one-time activation. Only the code's SHA-256 is kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActivationRecord {
-    pub id: String,
-    /// Hex SHA-256 of the activation code.
-    pub code_hash: String,
-    pub created_at_ms: i64,
-    pub expires_at_ms: i64,
-    pub used_at_ms: Option<i64>,
-    pub instance_id: Option<String>,
-    /// Only a host reporting this hostname may enroll with it.
-    pub hostname: Option<String>,
-    /// Networks (CIDR notation, as `enroll::Cidr` prints them) the
-    /// activation may be used from; empty: any source address.
-    pub source_cidrs: Vec<String>,
-}
-
-/// An admin certificate the control plane issued. No key material: the key
-/// never leaves the operator, and the certificate itself is not kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminCertRecord {
-    /// Serial number, lowercase hex (see `ca::normalize_serial`).
-    pub serial: String,
-    /// Its common name: who it was issued for.
-    pub name: String,
-    pub issued_at_ms: i64,
-    pub not_after_ms: i64,
-    pub revoked_at_ms: Option<i64>,
-}
-
-/// What enrollment knows about a new instance.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NewInstance {
-    pub instance_id: String,
-    pub hostname: String,
-    pub os: String,
-    pub arch: String,
-    pub agent_version: String,
-    pub registered_at_ms: i64,
-    /// Registered capacity from the host facts; 0 and 0: none given (the
-    /// first Hello's is registered).
-    pub cpu: i64,
-    pub memory_mib: i64,
-    /// Serial number (lowercase hex) of the certificate enrollment issued.
-    pub cert_serial: Option<String>,
-}
-
-/// An instance as stored.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InstanceRecord {
-    pub instance_id: String,
-    pub hostname: String,
-    /// `ACTIVE` or `INACTIVE`.
-    pub status: String,
-    pub registered_at_ms: i64,
-    pub agent_version: String,
-    pub boot_id: String,
-    /// Registered CPU units: from enrollment, or accepted by an operator.
-    pub cpu: i64,
-    /// Registered memory, MiB.
-    pub memory_mib: i64,
-    pub attributes: BTreeMap<String, String>,
-    pub last_heartbeat_at_ms: i64,
-    pub last_event_seq: u64,
-    pub generation: u64,
-    pub acked_generation: u64,
-    pub os: String,
-    pub arch: String,
-    /// What the last Hello reported (clamped to the plausible range).
-    pub reported_cpu: i64,
-    pub reported_memory_mib: i64,
-    /// The hostname the last Hello reported ('' before any).
-    pub reported_hostname: String,
-    /// The newest client certificate the instance has connected with (or
-    /// enrolled with); `None` for instances enrolled before schema 4 that
-    /// have not used a renewed certificate yet.
-    pub cert_serial: Option<String>,
-    /// The certificate the last renewal issued, until it connects.
-    pub pending_cert_serial: Option<String>,
-}
-
-impl InstanceRecord {
-    /// What placement may use: the lower of the registered capacity and
-    /// what the agent reports (a Hello may lower it, never raise it).
-    pub fn capacity(&self) -> (i64, i64) {
-        (
-            self.cpu.min(self.reported_cpu),
-            self.memory_mib.min(self.reported_memory_mib),
-        )
-    }
-
-    /// The last Hello reported another hostname than the registered one.
-    pub fn hostname_mismatch(&self) -> bool {
-        !self.reported_hostname.is_empty()
-            && !self.reported_hostname.eq_ignore_ascii_case(&self.hostname)
-    }
-}
-
-/// What a presented client certificate is, for `Fleet.Connect` and
-/// `Fleet.Renew` (see `use_certificate`, `record_renewal`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertUse {
-    /// The current certificate, or any while none is recorded yet.
-    Accepted,
-    /// The renewed certificate connected for the first time: it is current
-    /// now, and `retired` (the one before) is refused from now on.
-    Promoted { retired: Option<String> },
-    /// An older certificate than the current one: refused.
-    Retired { current: String },
-}
-
-/// What a Hello tells about an instance.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HelloRecord {
-    pub hostname: String,
-    pub agent_version: String,
-    pub boot_id: String,
-    pub cpu: i64,
-    pub memory_mib: i64,
-    pub attributes: BTreeMap<String, String>,
-    pub at_ms: i64,
-    /// The generation of the last assignment the agent persisted.
-    pub applied_generation: u64,
-    /// The highest event sequence the agent has assigned.
-    pub last_event_sequence: u64,
-}
-
-/// What recording a Hello did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HelloOutcome {
-    /// The instance after the update.
-    pub instance: InstanceRecord,
-    /// The agent has assigned fewer events than the server applied (it lost
-    /// its state): the server's sequence was lowered from this value so that
-    /// the agent's new events are not mistaken for replays.
-    pub event_seq_lowered_from: Option<u64>,
-    /// The agent persisted a newer generation than the server has (the
-    /// server's database is older than the agent's state): the generation
-    /// was raised from this value so that the agent accepts the next
-    /// assignment.
-    pub generation_raised_from: Option<u64>,
-    /// The Hello reported more than the registered capacity: placement
-    /// keeps using the registered figure until an operator accepts the
-    /// new one.
-    pub capacity_clamped: bool,
-    /// Enrollment registered no capacity: this Hello's was registered.
-    pub capacity_registered: bool,
-}
-
-/// Reservations and task counts of one instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// CPU units reserved by tasks that are not STOPPED.
-    pub cpu: i64,
-    /// MiB reserved by tasks that are not STOPPED.
-    pub memory_mib: i64,
-    pub running: u32,
-    pub pending: u32,
-}
-
-/// A task as stored.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TaskRecord {
-    pub task_id: String,
-    pub instance_id: String,
-    pub family: String,
-    /// The definition as submitted; empty for a task the server learned
-    /// about only from an agent's event.
-    pub definition_json: String,
-    pub desired_status: String,
-    pub last_status: String,
-    pub health_status: String,
-    pub stop_code: String,
-    pub stopped_reason: String,
-    pub created_at_ms: i64,
-    pub started_at_ms: i64,
-    pub stopped_at_ms: i64,
-    pub containers: Vec<ContainerState>,
-    pub reserved_cpu: i64,
-    pub reserved_memory_mib: i64,
-    pub last_event_seq: u64,
-    pub last_seen_at_ms: i64,
-}
-
-impl TaskRecord {
-    /// Whether the task belongs in its instance's assignment: every task
-    /// except those both desired and last STOPPED. A task whose definition
-    /// the server does not know cannot be assigned.
-    pub fn in_desired_set(&self) -> bool {
-        let finished = self.desired_status == STOPPED && self.last_status == STOPPED;
-        !self.definition_json.is_empty() && !finished
-    }
-
-    /// The protocol's view of the task's state.
-    pub fn state(&self) -> TaskState {
-        TaskState {
-            task_id: self.task_id.clone(),
-            family: self.family.clone(),
-            last_status: self.last_status.clone(),
-            desired_status: self.desired_status.clone(),
-            health_status: self.health_status.clone(),
-            stop_code: self.stop_code.clone(),
-            stopped_reason: self.stopped_reason.clone(),
-            created_at_ms: self.created_at_ms,
-            started_at_ms: self.started_at_ms,
-            stopped_at_ms: self.stopped_at_ms,
-            containers: self.containers.clone(),
-        }
-    }
-
-    fn desired_task(&self) -> DesiredTask {
-        DesiredTask {
-            task_id: self.task_id.clone(),
-            task_definition_json: self.definition_json.clone(),
-            desired_status: self.desired_status.clone(),
-            created_at_ms: self.created_at_ms,
-            stop_code: self.stop_code.clone(),
-            stopped_reason: self.stopped_reason.clone(),
-        }
-    }
-}
-
-/// What applying an agent's event did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EventOutcome {
-    /// False for a replay (sequence at or below the last applied one).
-    pub applied: bool,
-    /// The instance's desired set changed: a new assignment is due.
-    pub assignment_changed: bool,
-    /// The event named a task of another instance; only the sequence moved.
-    pub foreign_task: bool,
-    /// The event named a task this server never assigned; only the
-    /// sequence moved.
-    pub unknown_task: bool,
-}
-
-/// The control plane's durable state. Methods are synchronous; callers on
-/// the async runtime go through `spawn_blocking`.
-pub trait Store: Send {
-    /// Stores a new activation.
-    fn create_activation(&mut self, activation: &ActivationRecord) -> Result<(), StoreError>;
-    fn activation(&self, id: &str) -> Result<Option<ActivationRecord>, StoreError>;
-    /// Marks the activation used and creates the instance, in one
-    /// transaction. [`StoreError::ActivationUsed`] when someone was faster.
-    fn enroll(
-        &mut self,
-        activation_id: &str,
-        now_ms: i64,
-        instance: &NewInstance,
-    ) -> Result<(), StoreError>;
-
-    fn instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError>;
-    /// All instances, oldest registration first.
-    fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
-    /// Reservations and counts per instance id.
-    fn usage(&self) -> Result<HashMap<String, Usage>, StoreError>;
-    /// Stores what a Hello says and reconciles sequence and generation with
-    /// the agent's (see [`HelloOutcome`]).
-    fn record_hello(&mut self, id: &str, hello: &HelloRecord) -> Result<HelloOutcome, StoreError>;
-    fn record_heartbeat(&mut self, id: &str, at_ms: i64) -> Result<(), StoreError>;
-    fn record_assignment_ack(&mut self, id: &str, generation: u64) -> Result<(), StoreError>;
-    /// Registers the capacity the last Hello reported. Returns the instance
-    /// before and after.
-    fn accept_capacity(&mut self, id: &str)
-    -> Result<(InstanceRecord, InstanceRecord), StoreError>;
-    /// A session opens with the certificate of serial `serial` (lowercase
-    /// hex): whether it is accepted, and the promotion of a renewed one.
-    fn use_certificate(&mut self, id: &str, serial: &str) -> Result<CertUse, StoreError>;
-    /// A renewal presented `presented` and is about to hand out `issued`:
-    /// refused ([`CertUse::Retired`], nothing stored) when `presented` is
-    /// older than the current certificate; otherwise `issued` becomes the
-    /// pending one.
-    fn record_renewal(
-        &mut self,
-        id: &str,
-        presented: &str,
-        issued: &str,
-    ) -> Result<CertUse, StoreError>;
-    /// Marks the instance INACTIVE and every task on it desired STOPPED.
-    fn deregister_instance(
-        &mut self,
-        id: &str,
-        stop_code: &str,
-        reason: &str,
-    ) -> Result<InstanceRecord, StoreError>;
-
-    /// Applies an agent's task event at most once (see [`EventOutcome`]).
-    fn apply_event(
-        &mut self,
-        instance_id: &str,
-        event: &TaskEvent,
-        now_ms: i64,
-    ) -> Result<EventOutcome, StoreError>;
-    /// The instance's current assignment.
-    fn assignment(&self, instance_id: &str) -> Result<Assignment, StoreError>;
-
-    /// Stores a new task and bumps its instance's generation. Returns the
-    /// new generation.
-    fn insert_task(&mut self, task: &TaskRecord) -> Result<u64, StoreError>;
-    fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError>;
-    /// Tasks, newest first, optionally of one instance; without their
-    /// definitions (`definition_json` is empty): a listing shows states.
-    fn tasks(&self, instance_id: Option<&str>) -> Result<Vec<TaskRecord>, StoreError>;
-    /// Sets the task's desired status to STOPPED. Returns the task and
-    /// whether anything changed (a task already STOPPED, or already desired
-    /// STOPPED, is returned unchanged).
-    fn stop_task(
-        &mut self,
-        id: &str,
-        stop_code: &str,
-        reason: &str,
-    ) -> Result<(TaskRecord, bool), StoreError>;
-
-    /// Records a newly issued admin certificate.
-    /// [`StoreError::AdminCertificateExists`] for a serial already recorded.
-    fn record_admin_cert(&mut self, cert: &AdminCertRecord) -> Result<(), StoreError>;
-    /// The admin certificate with this serial number (lowercase hex).
-    fn admin_cert(&self, serial: &str) -> Result<Option<AdminCertRecord>, StoreError>;
-    /// Every recorded admin certificate, oldest first.
-    fn admin_certs(&self) -> Result<Vec<AdminCertRecord>, StoreError>;
-    /// Revokes an admin certificate at `now_ms`. Returns it and whether
-    /// anything changed (one already revoked keeps its first revocation
-    /// time). [`StoreError::NoAdminCertificate`] for an unknown serial.
-    fn revoke_admin_cert(
-        &mut self,
-        serial: &str,
-        now_ms: i64,
-    ) -> Result<(AdminCertRecord, bool), StoreError>;
-}
+use super::rules::{self, merge_state};
+use super::schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
+use super::*;
 
 /// [`Store`] on SQLite.
 pub struct SqliteStore {
@@ -900,41 +410,6 @@ fn insert_task_row(tx: &Transaction<'_>, t: &TaskRecord) -> Result<(), StoreErro
     }
 }
 
-/// Merges an agent's report into the stored task. Returns whether the
-/// task's place in the desired set or its desired status changed.
-fn merge_state(t: &mut TaskRecord, st: &TaskState) -> bool {
-    let was_in_set = t.in_desired_set();
-    let desired_before = t.desired_status.clone();
-    if matches!(st.last_status.as_str(), PENDING | RUNNING | STOPPED) {
-        t.last_status = st.last_status.clone();
-    }
-    if !st.health_status.is_empty() {
-        t.health_status = st.health_status.clone();
-    }
-    if !st.stop_code.is_empty() {
-        t.stop_code = st.stop_code.clone();
-    }
-    if !st.stopped_reason.is_empty() {
-        t.stopped_reason = st.stopped_reason.clone();
-    }
-    if st.started_at_ms > 0 {
-        t.started_at_ms = st.started_at_ms;
-    }
-    if st.stopped_at_ms > 0 {
-        t.stopped_at_ms = st.stopped_at_ms;
-    }
-    if !st.family.is_empty() && t.family.is_empty() {
-        t.family = st.family.clone();
-    }
-    t.containers = st.containers.clone();
-    // ECS: a task that stopped on its own is not started again; its desired
-    // status follows.
-    if t.last_status == STOPPED && t.desired_status == RUNNING {
-        t.desired_status = STOPPED.to_owned();
-    }
-    was_in_set != t.in_desired_set() || desired_before != t.desired_status
-}
-
 impl Store for SqliteStore {
     fn create_activation(&mut self, a: &ActivationRecord) -> Result<(), StoreError> {
         self.conn.execute(
@@ -1282,9 +757,8 @@ impl Store for SqliteStore {
             .ok_or_else(|| StoreError::NoInstance(instance_id.to_owned()))?;
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {TASK_COLUMNS} FROM tasks WHERE instance_id = ?1 \
-             AND definition_json <> '' \
-             AND NOT (desired_status = 'STOPPED' AND last_status = 'STOPPED') \
-             ORDER BY created_at_ms, task_id"
+             AND {} ORDER BY created_at_ms, task_id",
+            rules::IN_DESIRED_SET_SQL
         ))?;
         let rows = stmt.query_map(params![instance_id], task_from_row)?;
         let mut tasks = Vec::new();
@@ -2042,7 +1516,7 @@ mod tests {
         }
         let s = SqliteStore::open(&path).expect("migrate");
         let i = s.instance("i-1").expect("get").expect("kept");
-        assert_eq!(i.cpu, super::super::protocol::MAX_CPU_UNITS);
+        assert_eq!(i.cpu, crate::server::protocol::MAX_CPU_UNITS);
         assert_eq!(i.memory_mib, 2048);
         assert_eq!((i.reported_cpu, i.reported_memory_mib), (i.cpu, 2048));
         assert_eq!(i.reported_hostname, "vm");
@@ -2119,6 +1593,49 @@ mod tests {
         );
         // Nothing was recorded for the unknown serial.
         assert_eq!(s.admin_certs().expect("list").len(), 2);
+    }
+
+    #[test]
+    fn the_sql_desired_set_agrees_with_the_rule() {
+        let (_d, mut s) = store();
+        enrolled(&mut s, "i-1");
+        let statuses = [PENDING, RUNNING, STOPPED];
+        let mut n = 0;
+        for has_definition in [true, false] {
+            for desired in statuses {
+                for last in statuses {
+                    n += 1;
+                    let mut t = task(&format!("t{n}"), "i-1", n);
+                    t.desired_status = desired.into();
+                    t.last_status = last.into();
+                    if !has_definition {
+                        t.definition_json.clear();
+                    }
+                    s.insert_task(&t).expect("insert");
+                }
+            }
+        }
+        let assigned: Vec<String> = s
+            .assignment("i-1")
+            .expect("assignment")
+            .tasks
+            .into_iter()
+            .map(|t| t.task_id)
+            .collect();
+        let mut expected = Vec::new();
+        let mut n = 0;
+        for has_definition in [true, false] {
+            for desired in statuses {
+                for last in statuses {
+                    n += 1;
+                    if rules::in_desired_set(has_definition, desired, last) {
+                        expected.push(format!("t{n}"));
+                    }
+                }
+            }
+        }
+        assert!(!expected.is_empty());
+        assert_eq!(assigned, expected);
     }
 
     #[test]
