@@ -483,7 +483,7 @@ fn metrics_parse_and_move_when_a_task_runs_restarts_and_the_agent_reconnects() {
         server1.text
     );
     assert!(
-        store_calls(&server1, "insert_task") > store_calls(&server0, "insert_task"),
+        store_calls(&server1, "place_task") > store_calls(&server0, "place_task"),
         "{}",
         server1.text
     );
