@@ -319,7 +319,7 @@ pub fn issue_admin_cert_offline(
     if !db.exists() {
         return Err(OfflineIssueError::NoStore(data_dir.to_owned()));
     }
-    let mut store = SqliteStore::open(&db)?;
+    let store = SqliteStore::open(&db)?;
     let issued = ca.issue_admin_cert(csr_pem, name, lifetime)?;
     store.record_admin_cert(&admin_cert_record(&issued, name, berth_proto::now_ms()))?;
     info!(admin = %name, serial = %issued.serial, not_after = %issued.not_after, "admin certificate issued offline");

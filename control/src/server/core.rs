@@ -10,7 +10,7 @@
 //! - the session registry is the only state that lives in memory only.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_proto::v1::Token;
@@ -33,7 +33,7 @@ pub const RENEW_INTERVAL: Duration = Duration::from_secs(20 * 60);
 
 /// Shared state of the services.
 pub(crate) struct Core {
-    store: Arc<Mutex<Box<dyn Store>>>,
+    store: Arc<dyn Store>,
     sessions: Box<dyn SessionRegistry>,
     pub(crate) ca: Ca,
     pub(crate) advertise: String,
@@ -70,7 +70,7 @@ impl Core {
         // a failure every tenth of what is left): a few per hour is plenty.
         let renew_every = (cfg.cert_lifetime / 4).clamp(Duration::from_secs(1), RENEW_INTERVAL);
         Core {
-            store: Arc::new(Mutex::new(store)),
+            store: Arc::from(store),
             sessions: Box::new(LocalSessions::new(Arc::clone(&metrics))),
             ca,
             advertise,
@@ -95,31 +95,30 @@ impl Core {
         }
     }
 
-    /// Runs `f` on the store on the blocking pool, under the store lock:
-    /// everything `f` does is atomic with respect to other store users.
-    /// `op` names the operation in `berth_server_store_latency_seconds` and
-    /// `berth_server_store_errors_total` (one name per kind of call site).
+    /// Runs `f` on the store on the blocking pool. Each store method is one
+    /// transaction (see [`Store`]); `f` may call several, and nothing
+    /// makes them atomic together: an operation that must be (placement)
+    /// is one method, or checks what it read when it writes
+    /// ([`Store::insert_task_at`]). `op` names the operation in
+    /// `berth_server_store_latency_seconds`, `berth_server_store_errors_total`
+    /// and the log (one name per kind of call site).
     pub(crate) async fn db<R, E, F>(&self, op: &'static str, f: F) -> Result<R, E>
     where
-        F: FnOnce(&mut dyn Store) -> Result<R, E> + Send + 'static,
+        F: FnOnce(&dyn Store) -> Result<R, E> + Send + 'static,
         R: Send + 'static,
-        E: From<StoreError> + Send + 'static,
+        E: From<StoreError> + std::fmt::Display + Send + 'static,
     {
         let store = Arc::clone(&self.store);
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            // A panic inside `f` rolled its transaction back when it dropped,
-            // so the store is consistent even if the lock is poisoned.
-            let mut guard = store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(guard.as_mut())
-        })
-        .await
-        .map_err(|e| E::from(StoreError::Join(e.to_string())))
-        .and_then(|r| r);
+        let result = tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| E::from(StoreError::Join(e.to_string())))
+            .and_then(|r| r);
         self.metrics
             .store_call(op, started.elapsed(), result.is_err());
+        if let Err(e) = &result {
+            tracing::debug!(operation = op, error = %e, "store operation failed");
+        }
         result
     }
 

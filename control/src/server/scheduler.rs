@@ -7,17 +7,20 @@
 //! insert (the task, with the instance's generation bump) → notify (the
 //! instance's live session, if any).
 //!
-//! Invariant (the placement critical section): the snapshot (instances and
-//! their usage) and the insert run in ONE store operation, so two tasks
-//! placed at once cannot both take an instance's last free capacity.
+//! Invariant (the placement critical section, [`place_and_insert`]): the
+//! insert holds only if the chosen instance is still at the generation the
+//! snapshot saw, so two tasks placed at once (on this server or another)
+//! cannot both take an instance's last free capacity.
 
 use std::collections::HashSet;
 
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, debug, info, info_span};
 
 use super::Core;
 use super::placement::{self, Candidate, Need, PlacementError};
-use super::store::{ACTIVE, InstanceRecord, PENDING, RUNNING, StoreError, TaskRecord, Usage};
+use super::store::{
+    ACTIVE, InstanceRecord, PENDING, RUNNING, Store, StoreError, TaskRecord, Usage,
+};
 
 /// The health status of a task nothing has reported on yet.
 const UNKNOWN_HEALTH: &str = "UNKNOWN";
@@ -77,6 +80,49 @@ pub fn candidates(
         .collect()
 }
 
+/// How many times placement runs again when the chosen instance changed
+/// between its snapshot and the insert (another task was placed on it).
+pub const PLACEMENT_ATTEMPTS: u32 = 8;
+
+/// The placement critical section: a snapshot of the fleet (one
+/// transaction), a choice ([`placement::place`]), and an insert that holds
+/// only if the chosen instance is still at the generation the snapshot saw
+/// ([`Store::insert_task_at`]). Every change that raises an instance's
+/// reservations bumps its generation, so two placements at once cannot
+/// both take its last free capacity: the later one sees a conflict and
+/// places again against a fresh snapshot.
+pub fn place_and_insert(
+    s: &dyn Store,
+    task: TaskRecord,
+    need: Need,
+    explicit: Option<&str>,
+    connected: &HashSet<String>,
+) -> Result<TaskRecord, ScheduleError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let snapshot = s.placement_snapshot()?;
+        let fleet = candidates(&snapshot.instances, &snapshot.usage, connected);
+        let instance_id = placement::place(need, &fleet, explicit)?;
+        let generation = snapshot
+            .instances
+            .iter()
+            .find(|i| i.instance_id == instance_id)
+            .map_or(0, |i| i.generation);
+        let placed = TaskRecord {
+            instance_id,
+            ..task.clone()
+        };
+        match s.insert_task_at(&placed, generation) {
+            Ok(_) => return Ok(placed),
+            Err(StoreError::Conflict { .. }) if tries < PLACEMENT_ATTEMPTS => {
+                debug!(instance_id = %placed.instance_id, attempt = tries, "instance changed during placement; placing again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Schedules one task of `definition_json`, on `instance_id` when given
 /// (it must exist, be ACTIVE and have room) or on the connected ACTIVE
 /// instance with the most free memory.
@@ -104,18 +150,9 @@ pub(crate) async fn run_task(
         ..TaskRecord::default()
     };
     let connected = core.sessions().connected_instances();
-    // The placement critical section: snapshot and insert in one store
-    // operation.
     let placed = core
         .db("place_task", move |s| {
-            let fleet = candidates(&s.instances()?, &s.usage()?, &connected);
-            let instance_id = placement::place(need, &fleet, instance_id.as_deref())?;
-            let task = TaskRecord {
-                instance_id,
-                ..task
-            };
-            s.insert_task(&task)?;
-            Ok::<_, ScheduleError>(task)
+            place_and_insert(s, task, need, instance_id.as_deref(), &connected)
         })
         .instrument(span.clone())
         .await;

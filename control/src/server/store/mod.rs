@@ -8,7 +8,8 @@
 //! Layout: this module is the contract (records, [`StoreError`], the
 //! trait); `rules` holds the domain rules as pure functions (the desired
 //! set, how a report merges, the generation rule); `schema` the schema and
-//! migrations as SQL text; `sqlite` the backend.
+//! migrations as SQL text; `sqlite` the backend; `conformance` (tests) the
+//! checks every backend passes, concurrency included.
 //!
 //! Invariants:
 //! - every change that touches more than one row runs in one transaction
@@ -46,6 +47,8 @@
 //! The schema uses TEXT, BIGINT and INTEGER only, so that it carries over to
 //! PostgreSQL unchanged.
 
+#[cfg(test)]
+pub(crate) mod conformance;
 mod rules;
 mod schema;
 mod sqlite;
@@ -100,6 +103,15 @@ pub enum StoreError {
     AdminCertificateExists(String),
     #[error("a store operation failed: {0}")]
     Join(String),
+    #[error("{0}: the database stayed locked by another writer; nothing was changed, try again")]
+    Busy(&'static str),
+    #[error("{op}: the change conflicts with the stored state ({detail}); nothing was changed")]
+    Conflict { op: &'static str, detail: String },
+    #[error("{op}: database error: {source}; nothing was changed")]
+    Database {
+        op: &'static str,
+        source: rusqlite::Error,
+    },
 }
 
 /// A one-time activation. Only the code's SHA-256 is kept.
@@ -327,6 +339,13 @@ impl TaskRecord {
     }
 }
 
+/// Instances and their reservations, as one transaction saw them.
+#[derive(Debug, Clone, Default)]
+pub struct PlacementSnapshot {
+    pub instances: Vec<InstanceRecord>,
+    pub usage: HashMap<String, Usage>,
+}
+
 /// What applying an agent's event did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EventOutcome {
@@ -341,16 +360,29 @@ pub struct EventOutcome {
     pub unknown_task: bool,
 }
 
-/// The control plane's durable state. Methods are synchronous; callers on
-/// the async runtime go through `spawn_blocking`.
-pub trait Store: Send {
+/// The control plane's durable state.
+///
+/// Every method is one database transaction: it is applied whole or not at
+/// all, whatever runs at the same time on other connections, other
+/// threads or another process (read-check-writes use conditional updates
+/// or a write lock the backend takes at the start). Methods are
+/// synchronous; callers on the async runtime go through `Core::db`, which
+/// runs them on the blocking pool.
+///
+/// Errors: a transaction the database refused for a moment (SQLite's
+/// `SQLITE_BUSY`) is tried again by the backend, since nothing of it was
+/// applied; what is left is [`StoreError::Busy`] or
+/// [`StoreError::Database`], both naming the operation, and never a
+/// half-applied change. A constraint violation is a
+/// [`StoreError::Conflict`] (or one of the specific `…Exists` errors).
+pub trait Store: Send + Sync {
     /// Stores a new activation.
-    fn create_activation(&mut self, activation: &ActivationRecord) -> Result<(), StoreError>;
+    fn create_activation(&self, activation: &ActivationRecord) -> Result<(), StoreError>;
     fn activation(&self, id: &str) -> Result<Option<ActivationRecord>, StoreError>;
     /// Marks the activation used and creates the instance, in one
     /// transaction. [`StoreError::ActivationUsed`] when someone was faster.
     fn enroll(
-        &mut self,
+        &self,
         activation_id: &str,
         now_ms: i64,
         instance: &NewInstance,
@@ -363,29 +395,28 @@ pub trait Store: Send {
     fn usage(&self) -> Result<HashMap<String, Usage>, StoreError>;
     /// Stores what a Hello says and reconciles sequence and generation with
     /// the agent's (see [`HelloOutcome`]).
-    fn record_hello(&mut self, id: &str, hello: &HelloRecord) -> Result<HelloOutcome, StoreError>;
-    fn record_heartbeat(&mut self, id: &str, at_ms: i64) -> Result<(), StoreError>;
-    fn record_assignment_ack(&mut self, id: &str, generation: u64) -> Result<(), StoreError>;
+    fn record_hello(&self, id: &str, hello: &HelloRecord) -> Result<HelloOutcome, StoreError>;
+    fn record_heartbeat(&self, id: &str, at_ms: i64) -> Result<(), StoreError>;
+    fn record_assignment_ack(&self, id: &str, generation: u64) -> Result<(), StoreError>;
     /// Registers the capacity the last Hello reported. Returns the instance
     /// before and after.
-    fn accept_capacity(&mut self, id: &str)
-    -> Result<(InstanceRecord, InstanceRecord), StoreError>;
+    fn accept_capacity(&self, id: &str) -> Result<(InstanceRecord, InstanceRecord), StoreError>;
     /// A session opens with the certificate of serial `serial` (lowercase
     /// hex): whether it is accepted, and the promotion of a renewed one.
-    fn use_certificate(&mut self, id: &str, serial: &str) -> Result<CertUse, StoreError>;
+    fn use_certificate(&self, id: &str, serial: &str) -> Result<CertUse, StoreError>;
     /// A renewal presented `presented` and is about to hand out `issued`:
     /// refused ([`CertUse::Retired`], nothing stored) when `presented` is
     /// older than the current certificate; otherwise `issued` becomes the
     /// pending one.
     fn record_renewal(
-        &mut self,
+        &self,
         id: &str,
         presented: &str,
         issued: &str,
     ) -> Result<CertUse, StoreError>;
     /// Marks the instance INACTIVE and every task on it desired STOPPED.
     fn deregister_instance(
-        &mut self,
+        &self,
         id: &str,
         stop_code: &str,
         reason: &str,
@@ -393,7 +424,7 @@ pub trait Store: Send {
 
     /// Applies an agent's task event at most once (see [`EventOutcome`]).
     fn apply_event(
-        &mut self,
+        &self,
         instance_id: &str,
         event: &TaskEvent,
         now_ms: i64,
@@ -403,7 +434,16 @@ pub trait Store: Send {
 
     /// Stores a new task and bumps its instance's generation. Returns the
     /// new generation.
-    fn insert_task(&mut self, task: &TaskRecord) -> Result<u64, StoreError>;
+    fn insert_task(&self, task: &TaskRecord) -> Result<u64, StoreError>;
+    /// [`Store::insert_task`] only if the instance is ACTIVE and still at
+    /// `generation` (the one a placement snapshot saw): otherwise
+    /// [`StoreError::Conflict`] and nothing is stored. Every change that
+    /// raises an instance's reservations bumps its generation, so a
+    /// placement that checked room against a snapshot cannot over-commit.
+    fn insert_task_at(&self, task: &TaskRecord, generation: u64) -> Result<u64, StoreError>;
+    /// What placement needs, read in one transaction: every instance (with
+    /// its generation) and the reservations per instance.
+    fn placement_snapshot(&self) -> Result<PlacementSnapshot, StoreError>;
     fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError>;
     /// Tasks, newest first, optionally of one instance; without their
     /// definitions (`definition_json` is empty): a listing shows states.
@@ -412,7 +452,7 @@ pub trait Store: Send {
     /// whether anything changed (a task already STOPPED, or already desired
     /// STOPPED, is returned unchanged).
     fn stop_task(
-        &mut self,
+        &self,
         id: &str,
         stop_code: &str,
         reason: &str,
@@ -420,7 +460,7 @@ pub trait Store: Send {
 
     /// Records a newly issued admin certificate.
     /// [`StoreError::AdminCertificateExists`] for a serial already recorded.
-    fn record_admin_cert(&mut self, cert: &AdminCertRecord) -> Result<(), StoreError>;
+    fn record_admin_cert(&self, cert: &AdminCertRecord) -> Result<(), StoreError>;
     /// The admin certificate with this serial number (lowercase hex).
     fn admin_cert(&self, serial: &str) -> Result<Option<AdminCertRecord>, StoreError>;
     /// Every recorded admin certificate, oldest first.
@@ -429,7 +469,7 @@ pub trait Store: Send {
     /// anything changed (one already revoked keeps its first revocation
     /// time). [`StoreError::NoAdminCertificate`] for an unknown serial.
     fn revoke_admin_cert(
-        &mut self,
+        &self,
         serial: &str,
         now_ms: i64,
     ) -> Result<(AdminCertRecord, bool), StoreError>;

@@ -3,11 +3,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use berth_proto::v1::{Assignment, ContainerState, NetworkBinding, TaskEvent};
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{
+    Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior, params,
+};
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use super::rules::{self, merge_state};
 use super::schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
@@ -15,13 +19,16 @@ use super::*;
 
 /// [`Store`] on SQLite.
 pub struct SqliteStore {
-    conn: Connection,
+    /// One connection: SQLite has one writer at a time anyway. The lock
+    /// only serialises this process's use of the connection; atomicity
+    /// comes from the transactions (see [`SqliteStore::run`]).
+    conn: Mutex<Connection>,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
-            .field("path", &self.conn.path())
+            .field("path", &self.conn().path().map(str::to_owned))
             .finish()
     }
 }
@@ -84,7 +91,9 @@ impl SqliteStore {
             )?;
         }
         tx.commit()?;
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
     }
 }
 
@@ -350,9 +359,14 @@ fn bump_generation(tx: &Transaction<'_>, instance_id: &str) -> Result<u64, Store
     Ok(from_db(generation))
 }
 
+/// Writes an agent's report merged into the task. The desired status only
+/// ever moves to STOPPED here (never back), so a stop committed since the
+/// task was read is not undone.
 fn write_task(tx: &Transaction<'_>, t: &TaskRecord) -> Result<(), StoreError> {
     tx.execute(
-        "UPDATE tasks SET family = ?2, desired_status = ?3, last_status = ?4, health_status = ?5, \
+        "UPDATE tasks SET family = ?2, \
+         desired_status = CASE WHEN ?3 = 'STOPPED' THEN 'STOPPED' ELSE desired_status END, \
+         last_status = ?4, health_status = ?5, \
          stop_code = ?6, stopped_reason = ?7, started_at_ms = ?8, stopped_at_ms = ?9, \
          containers_json = ?10, last_event_seq = ?11, last_seen_at_ms = ?12 WHERE task_id = ?1",
         params![
@@ -410,465 +424,651 @@ fn insert_task_row(tx: &Transaction<'_>, t: &TaskRecord) -> Result<(), StoreErro
     }
 }
 
+/// How many times a transaction that found the database locked (after
+/// the busy timeout) is tried before [`StoreError::Busy`].
+const BUSY_ATTEMPTS: u32 = 3;
+
+/// Whether `e` is SQLite saying another connection holds the lock.
+fn is_busy(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Sql(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Names the operation in a database error, and turns a constraint
+/// violation nothing more specific caught into [`StoreError::Conflict`].
+fn classify(op: &'static str, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Sql(rusqlite::Error::SqliteFailure(f, msg))
+            if f.code == ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict {
+                op,
+                detail: msg.unwrap_or_else(|| f.to_string()),
+            }
+        }
+        StoreError::Sql(source) => StoreError::Database { op, source },
+        other => other,
+    }
+}
+
+/// One try of a transaction: `f` runs inside it; it commits when `f`
+/// succeeds and rolls back (on drop) when it fails.
+fn attempt<T>(
+    conn: &mut Connection,
+    behavior: TransactionBehavior,
+    f: &mut impl FnMut(&Transaction<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let tx = conn.transaction_with_behavior(behavior)?;
+    let out = f(&tx)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+impl SqliteStore {
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic inside a transaction rolled it back when the transaction
+        // dropped, so the connection is consistent even if poisoned.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` as one transaction. A write transaction starts with
+    /// `BEGIN IMMEDIATE`: it takes SQLite's write lock before its first
+    /// read, so a read-check-write cannot interleave with another writer
+    /// (another connection, or another process on the same file), and
+    /// `SQLITE_BUSY` can only come before anything was done: such a
+    /// transaction is tried again, up to [`BUSY_ATTEMPTS`] times.
+    fn run<T>(
+        &self,
+        op: &'static str,
+        behavior: TransactionBehavior,
+        mut f: impl FnMut(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        let mut tries = 1;
+        loop {
+            match attempt(&mut conn, behavior, &mut f) {
+                Err(e) if is_busy(&e) && tries < BUSY_ATTEMPTS => {
+                    tries += 1;
+                    warn!(
+                        operation = op,
+                        attempt = tries,
+                        "the database is locked by another writer; trying again"
+                    );
+                }
+                Err(e) if is_busy(&e) => return Err(StoreError::Busy(op)),
+                other => return other.map_err(|e| classify(op, e)),
+            }
+        }
+    }
+
+    fn write<T>(
+        &self,
+        op: &'static str,
+        f: impl FnMut(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(op, TransactionBehavior::Immediate, f)
+    }
+
+    fn read<T>(
+        &self,
+        op: &'static str,
+        f: impl FnMut(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(op, TransactionBehavior::Deferred, f)
+    }
+}
+
+fn all_instances(conn: &Connection) -> Result<Vec<InstanceRecord>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY registered_at_ms, instance_id"
+    ))?;
+    let rows = stmt.query_map([], instance_from_row)?;
+    rows.map(|r| r.map_err(StoreError::from).and_then(RawInstance::decode))
+        .collect()
+}
+
+fn usage_by_instance(conn: &Connection) -> Result<HashMap<String, Usage>, StoreError> {
+    // CAST: PostgreSQL's SUM of BIGINT is NUMERIC.
+    let mut stmt = conn.prepare(
+        "SELECT instance_id, \
+           CAST(SUM(CASE WHEN last_status <> 'STOPPED' THEN reserved_cpu ELSE 0 END) AS BIGINT), \
+           CAST(SUM(CASE WHEN last_status <> 'STOPPED' THEN reserved_memory_mib ELSE 0 END) AS BIGINT), \
+           CAST(SUM(CASE WHEN last_status = 'RUNNING' THEN 1 ELSE 0 END) AS BIGINT), \
+           CAST(SUM(CASE WHEN last_status = 'PENDING' THEN 1 ELSE 0 END) AS BIGINT) \
+         FROM tasks GROUP BY instance_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let running: i64 = r.get(3)?;
+        let pending: i64 = r.get(4)?;
+        Ok((
+            r.get::<_, String>(0)?,
+            Usage {
+                cpu: r.get(1)?,
+                memory_mib: r.get(2)?,
+                running: u32::try_from(running).unwrap_or(u32::MAX),
+                pending: u32::try_from(pending).unwrap_or(u32::MAX),
+            },
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Stores a task and bumps its instance's generation; with `expected`,
+/// only if the instance is ACTIVE and still at that generation.
+fn insert_task_checked(
+    tx: &Transaction<'_>,
+    t: &TaskRecord,
+    expected: Option<u64>,
+) -> Result<u64, StoreError> {
+    if get_instance(tx, &t.instance_id)?.is_none() {
+        return Err(StoreError::NoInstance(t.instance_id.clone()));
+    }
+    let generation = match expected {
+        None => bump_generation(tx, &t.instance_id)?,
+        Some(expected) => {
+            let moved: Option<i64> = tx
+                .query_row(
+                    "UPDATE instances SET generation = generation + 1 \
+                     WHERE instance_id = ?1 AND generation = ?2 AND status = 'ACTIVE' \
+                     RETURNING generation",
+                    params![t.instance_id, to_db(expected)],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(generation) = moved else {
+                return Err(StoreError::Conflict {
+                    op: "insert_task_at",
+                    detail: format!(
+                        "instance {} is no longer ACTIVE at generation {expected}",
+                        t.instance_id
+                    ),
+                });
+            };
+            from_db(generation)
+        }
+    };
+    insert_task_row(tx, t)?;
+    Ok(generation)
+}
+
 impl Store for SqliteStore {
-    fn create_activation(&mut self, a: &ActivationRecord) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                a.id,
-                a.code_hash,
-                a.created_at_ms,
-                a.expires_at_ms,
-                a.used_at_ms,
-                a.instance_id,
-                a.hostname,
-                (!a.source_cidrs.is_empty()).then(|| a.source_cidrs.join(","))
-            ],
-        )?;
-        Ok(())
+    fn create_activation(&self, a: &ActivationRecord) -> Result<(), StoreError> {
+        self.write("create_activation", |tx| {
+            tx.execute(
+                "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    a.id,
+                    a.code_hash,
+                    a.created_at_ms,
+                    a.expires_at_ms,
+                    a.used_at_ms,
+                    a.instance_id,
+                    a.hostname,
+                    (!a.source_cidrs.is_empty()).then(|| a.source_cidrs.join(","))
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     fn activation(&self, id: &str) -> Result<Option<ActivationRecord>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs \
-                 FROM activations WHERE id = ?1",
-                params![id],
-                |r| {
-                    Ok(ActivationRecord {
-                        id: r.get(0)?,
-                        code_hash: r.get(1)?,
-                        created_at_ms: r.get(2)?,
-                        expires_at_ms: r.get(3)?,
-                        used_at_ms: r.get(4)?,
-                        instance_id: r.get(5)?,
-                        hostname: r.get(6)?,
-                        source_cidrs: r
-                            .get::<_, Option<String>>(7)?
-                            .map(|s| s.split(',').map(str::to_owned).collect())
-                            .unwrap_or_default(),
-                    })
-                },
-            )
-            .optional()?)
+        self.read("activation", |tx| {
+            Ok(tx
+                .query_row(
+                    "SELECT id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs \
+                     FROM activations WHERE id = ?1",
+                    params![id],
+                    |r| {
+                        Ok(ActivationRecord {
+                            id: r.get(0)?,
+                            code_hash: r.get(1)?,
+                            created_at_ms: r.get(2)?,
+                            expires_at_ms: r.get(3)?,
+                            used_at_ms: r.get(4)?,
+                            instance_id: r.get(5)?,
+                            hostname: r.get(6)?,
+                            source_cidrs: r
+                                .get::<_, Option<String>>(7)?
+                                .map(|s| s.split(',').map(str::to_owned).collect())
+                                .unwrap_or_default(),
+                        })
+                    },
+                )
+                .optional()?)
+        })
     }
 
-    fn enroll(
-        &mut self,
-        activation_id: &str,
-        now_ms: i64,
-        i: &NewInstance,
-    ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            &format!(
-                "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, '', ?8, ?9, '{{}}', 0, 0, 1, 0, ?6, ?7, 0, 0, '', ?10, NULL)"
-            ),
-            params![
-                i.instance_id,
-                i.hostname,
-                ACTIVE,
-                i.registered_at_ms,
-                i.agent_version,
-                i.os,
-                i.arch,
-                i.cpu,
-                i.memory_mib,
-                i.cert_serial,
-            ],
-        )?;
-        let updated = tx.execute(
-            "UPDATE activations SET used_at_ms = ?2, instance_id = ?3 \
-             WHERE id = ?1 AND used_at_ms IS NULL",
-            params![activation_id, now_ms, i.instance_id],
-        )?;
-        if updated != 1 {
-            // Dropping the transaction rolls the instance back.
-            return Err(StoreError::ActivationUsed(activation_id.to_owned()));
-        }
-        tx.commit()?;
-        Ok(())
+    fn enroll(&self, activation_id: &str, now_ms: i64, i: &NewInstance) -> Result<(), StoreError> {
+        self.write("enroll", |tx| {
+            // The conditional update first: of two enrollments of one
+            // activation, the second finds it used and stores nothing.
+            let updated = tx.execute(
+                "UPDATE activations SET used_at_ms = ?2 \
+                 WHERE id = ?1 AND used_at_ms IS NULL",
+                params![activation_id, now_ms],
+            )?;
+            if updated != 1 {
+                return Err(StoreError::ActivationUsed(activation_id.to_owned()));
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, '', ?8, ?9, '{{}}', 0, 0, 1, 0, ?6, ?7, 0, 0, '', ?10, NULL)"
+                ),
+                params![
+                    i.instance_id,
+                    i.hostname,
+                    ACTIVE,
+                    i.registered_at_ms,
+                    i.agent_version,
+                    i.os,
+                    i.arch,
+                    i.cpu,
+                    i.memory_mib,
+                    i.cert_serial,
+                ],
+            )?;
+            tx.execute(
+                "UPDATE activations SET instance_id = ?2 WHERE id = ?1",
+                params![activation_id, i.instance_id],
+            )?;
+            Ok(())
+        })
     }
 
     fn instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
-        get_instance(&self.conn, id)
+        self.read("instance", |tx| get_instance(tx, id))
     }
 
     fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY registered_at_ms, instance_id"
-        ))?;
-        let rows = stmt.query_map([], instance_from_row)?;
-        rows.map(|r| r.map_err(StoreError::from).and_then(RawInstance::decode))
-            .collect()
+        self.read("instances", |tx| all_instances(tx))
     }
 
     fn usage(&self) -> Result<HashMap<String, Usage>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT instance_id, \
-               SUM(CASE WHEN last_status <> 'STOPPED' THEN reserved_cpu ELSE 0 END), \
-               SUM(CASE WHEN last_status <> 'STOPPED' THEN reserved_memory_mib ELSE 0 END), \
-               SUM(CASE WHEN last_status = 'RUNNING' THEN 1 ELSE 0 END), \
-               SUM(CASE WHEN last_status = 'PENDING' THEN 1 ELSE 0 END) \
-             FROM tasks GROUP BY instance_id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let running: i64 = r.get(3)?;
-            let pending: i64 = r.get(4)?;
-            Ok((
-                r.get::<_, String>(0)?,
-                Usage {
-                    cpu: r.get(1)?,
-                    memory_mib: r.get(2)?,
-                    running: u32::try_from(running).unwrap_or(u32::MAX),
-                    pending: u32::try_from(pending).unwrap_or(u32::MAX),
-                },
-            ))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read("usage", |tx| usage_by_instance(tx))
     }
 
-    fn record_hello(&mut self, id: &str, h: &HelloRecord) -> Result<HelloOutcome, StoreError> {
+    fn placement_snapshot(&self) -> Result<PlacementSnapshot, StoreError> {
+        self.read("placement_snapshot", |tx| {
+            Ok(PlacementSnapshot {
+                instances: all_instances(tx)?,
+                usage: usage_by_instance(tx)?,
+            })
+        })
+    }
+
+    fn record_hello(&self, id: &str, h: &HelloRecord) -> Result<HelloOutcome, StoreError> {
         let attributes = serde_json::to_string(&h.attributes).unwrap_or_else(|_| "{}".into());
-        let tx = self.conn.transaction()?;
-        let before = active_instance(&tx, id)?;
-        let mut outcome = HelloOutcome::default();
-        let mut last_event_seq = before.last_event_seq;
-        if h.last_event_sequence < last_event_seq {
-            outcome.event_seq_lowered_from = Some(last_event_seq);
-            last_event_seq = h.last_event_sequence;
-        }
-        let mut generation = before.generation;
-        if h.applied_generation > generation {
-            outcome.generation_raised_from = Some(generation);
-            generation = h.applied_generation.saturating_add(1);
-        }
-        // The registered hostname stays; only an instance enrolled without
-        // one takes the first it reports.
-        let hostname = if before.hostname.is_empty() {
-            h.hostname.clone()
-        } else {
-            before.hostname.clone()
-        };
-        let (mut cpu, mut memory_mib) = (before.cpu, before.memory_mib);
-        if cpu == 0 && memory_mib == 0 {
-            outcome.capacity_registered = h.cpu > 0 || h.memory_mib > 0;
-            (cpu, memory_mib) = (h.cpu, h.memory_mib);
-        } else if h.cpu > cpu || h.memory_mib > memory_mib {
-            outcome.capacity_clamped = true;
-        }
-        tx.execute(
-            "UPDATE instances SET hostname = ?2, agent_version = ?3, boot_id = ?4, \
-             reported_cpu = ?5, reported_memory_mib = ?6, attributes_json = ?7, \
-             last_heartbeat_at_ms = ?8, last_event_seq = ?9, generation = ?10, \
-             reported_hostname = ?11, cpu = ?12, memory_mib = ?13 WHERE instance_id = ?1",
-            params![
-                id,
-                hostname,
-                h.agent_version,
-                h.boot_id,
-                h.cpu,
-                h.memory_mib,
-                attributes,
-                h.at_ms,
-                to_db(last_event_seq),
-                to_db(generation),
-                h.hostname,
-                cpu,
-                memory_mib,
-            ],
-        )?;
-        outcome.instance =
-            get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
-        tx.commit()?;
-        Ok(outcome)
-    }
-
-    fn record_heartbeat(&mut self, id: &str, at_ms: i64) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        active_instance(&tx, id)?;
-        tx.execute(
-            "UPDATE instances SET last_heartbeat_at_ms = ?2 WHERE instance_id = ?1",
-            params![id, at_ms],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn accept_capacity(
-        &mut self,
-        id: &str,
-    ) -> Result<(InstanceRecord, InstanceRecord), StoreError> {
-        let tx = self.conn.transaction()?;
-        let before = get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
-        tx.execute(
-            "UPDATE instances SET cpu = reported_cpu, memory_mib = reported_memory_mib \
-             WHERE instance_id = ?1",
-            params![id],
-        )?;
-        let after = get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
-        tx.commit()?;
-        Ok((before, after))
-    }
-
-    fn use_certificate(&mut self, id: &str, serial: &str) -> Result<CertUse, StoreError> {
-        let tx = self.conn.transaction()?;
-        let inst = get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
-        let used = match (&inst.cert_serial, &inst.pending_cert_serial) {
-            (Some(current), _) if current == serial => CertUse::Accepted,
-            (current, Some(pending)) if pending == serial => {
-                tx.execute(
-                    "UPDATE instances SET cert_serial = pending_cert_serial, \
-                     pending_cert_serial = NULL WHERE instance_id = ?1",
-                    params![id],
-                )?;
-                CertUse::Promoted {
-                    retired: current.clone(),
-                }
+        // A read-check-write of the instance row: safe because the write
+        // transaction holds the write lock from its start.
+        self.write("record_hello", |tx| {
+            let before = active_instance(tx, id)?;
+            let mut outcome = HelloOutcome::default();
+            let mut last_event_seq = before.last_event_seq;
+            if h.last_event_sequence < last_event_seq {
+                outcome.event_seq_lowered_from = Some(last_event_seq);
+                last_event_seq = h.last_event_sequence;
             }
-            (None, _) => CertUse::Accepted,
-            (Some(current), _) => CertUse::Retired {
-                current: current.clone(),
-            },
-        };
-        tx.commit()?;
-        Ok(used)
+            let mut generation = before.generation;
+            if h.applied_generation > generation {
+                outcome.generation_raised_from = Some(generation);
+                generation = h.applied_generation.saturating_add(1);
+            }
+            // The registered hostname stays; only an instance enrolled
+            // without one takes the first it reports.
+            let hostname = if before.hostname.is_empty() {
+                h.hostname.clone()
+            } else {
+                before.hostname.clone()
+            };
+            let (mut cpu, mut memory_mib) = (before.cpu, before.memory_mib);
+            if cpu == 0 && memory_mib == 0 {
+                outcome.capacity_registered = h.cpu > 0 || h.memory_mib > 0;
+                (cpu, memory_mib) = (h.cpu, h.memory_mib);
+            } else if h.cpu > cpu || h.memory_mib > memory_mib {
+                outcome.capacity_clamped = true;
+            }
+            tx.execute(
+                "UPDATE instances SET hostname = ?2, agent_version = ?3, boot_id = ?4, \
+                 reported_cpu = ?5, reported_memory_mib = ?6, attributes_json = ?7, \
+                 last_heartbeat_at_ms = ?8, last_event_seq = ?9, generation = ?10, \
+                 reported_hostname = ?11, cpu = ?12, memory_mib = ?13 WHERE instance_id = ?1",
+                params![
+                    id,
+                    hostname,
+                    h.agent_version,
+                    h.boot_id,
+                    h.cpu,
+                    h.memory_mib,
+                    attributes,
+                    h.at_ms,
+                    to_db(last_event_seq),
+                    to_db(generation),
+                    h.hostname,
+                    cpu,
+                    memory_mib,
+                ],
+            )?;
+            outcome.instance =
+                get_instance(tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
+            Ok(outcome)
+        })
+    }
+
+    fn record_heartbeat(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
+        self.write("record_heartbeat", |tx| {
+            let updated = tx.execute(
+                "UPDATE instances SET last_heartbeat_at_ms = ?2 \
+                 WHERE instance_id = ?1 AND status = 'ACTIVE'",
+                params![id, at_ms],
+            )?;
+            if updated == 0 {
+                // Says which: missing or deregistered.
+                active_instance(tx, id)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn accept_capacity(&self, id: &str) -> Result<(InstanceRecord, InstanceRecord), StoreError> {
+        self.write("accept_capacity", |tx| {
+            let before =
+                get_instance(tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
+            tx.execute(
+                "UPDATE instances SET cpu = reported_cpu, memory_mib = reported_memory_mib \
+                 WHERE instance_id = ?1",
+                params![id],
+            )?;
+            let after =
+                get_instance(tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
+            Ok((before, after))
+        })
+    }
+
+    fn use_certificate(&self, id: &str, serial: &str) -> Result<CertUse, StoreError> {
+        self.write("use_certificate", |tx| {
+            let inst =
+                get_instance(tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
+            Ok(match (&inst.cert_serial, &inst.pending_cert_serial) {
+                (Some(current), _) if current == serial => CertUse::Accepted,
+                (current, Some(pending)) if pending == serial => {
+                    tx.execute(
+                        "UPDATE instances SET cert_serial = pending_cert_serial, \
+                         pending_cert_serial = NULL WHERE instance_id = ?1",
+                        params![id],
+                    )?;
+                    CertUse::Promoted {
+                        retired: current.clone(),
+                    }
+                }
+                (None, _) => CertUse::Accepted,
+                (Some(current), _) => CertUse::Retired {
+                    current: current.clone(),
+                },
+            })
+        })
     }
 
     fn record_renewal(
-        &mut self,
+        &self,
         id: &str,
         presented: &str,
         issued: &str,
     ) -> Result<CertUse, StoreError> {
-        let tx = self.conn.transaction()?;
-        let inst = active_instance(&tx, id)?;
-        let allowed = match &inst.cert_serial {
-            None => true,
-            Some(current) => {
-                current == presented || inst.pending_cert_serial.as_deref() == Some(presented)
+        self.write("record_renewal", |tx| {
+            let inst = active_instance(tx, id)?;
+            let allowed = match &inst.cert_serial {
+                None => true,
+                Some(current) => {
+                    current == presented || inst.pending_cert_serial.as_deref() == Some(presented)
+                }
+            };
+            if !allowed {
+                return Ok(CertUse::Retired {
+                    current: inst.cert_serial.unwrap_or_default(),
+                });
             }
-        };
-        if !allowed {
-            return Ok(CertUse::Retired {
-                current: inst.cert_serial.unwrap_or_default(),
-            });
-        }
-        tx.execute(
-            "UPDATE instances SET pending_cert_serial = ?2 WHERE instance_id = ?1",
-            params![id, issued],
-        )?;
-        tx.commit()?;
-        Ok(CertUse::Accepted)
+            tx.execute(
+                "UPDATE instances SET pending_cert_serial = ?2 WHERE instance_id = ?1",
+                params![id, issued],
+            )?;
+            Ok(CertUse::Accepted)
+        })
     }
 
-    fn record_assignment_ack(&mut self, id: &str, generation: u64) -> Result<(), StoreError> {
-        // Never beyond what was sent, never backwards.
-        self.conn.execute(
-            "UPDATE instances SET acked_generation = ?2 \
-             WHERE instance_id = ?1 AND acked_generation < ?2 AND generation >= ?2",
-            params![id, to_db(generation)],
-        )?;
-        Ok(())
+    fn record_assignment_ack(&self, id: &str, generation: u64) -> Result<(), StoreError> {
+        self.write("record_assignment_ack", |tx| {
+            // Never beyond what was sent, never backwards.
+            tx.execute(
+                "UPDATE instances SET acked_generation = ?2 \
+                 WHERE instance_id = ?1 AND acked_generation < ?2 AND generation >= ?2",
+                params![id, to_db(generation)],
+            )?;
+            Ok(())
+        })
     }
 
     fn deregister_instance(
-        &mut self,
+        &self,
         id: &str,
         stop_code: &str,
         reason: &str,
     ) -> Result<InstanceRecord, StoreError> {
-        let tx = self.conn.transaction()?;
-        let inst = get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
-        if inst.status == INACTIVE {
-            return Ok(inst);
-        }
-        tx.execute(
-            "UPDATE instances SET status = ?2 WHERE instance_id = ?1",
-            params![id, INACTIVE],
-        )?;
-        let stopped = tx.execute(
-            "UPDATE tasks SET desired_status = 'STOPPED', stop_code = ?2, stopped_reason = ?3 \
-             WHERE instance_id = ?1 AND desired_status <> 'STOPPED'",
-            params![id, stop_code, reason],
-        )?;
-        if stopped > 0 {
-            bump_generation(&tx, id)?;
-        }
-        let inst = get_instance(&tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
-        tx.commit()?;
-        Ok(inst)
+        self.write("deregister_instance", |tx| {
+            // Conditional: of two deregistrations, one stops the tasks.
+            let changed = tx.execute(
+                "UPDATE instances SET status = ?2 WHERE instance_id = ?1 AND status <> ?2",
+                params![id, INACTIVE],
+            )?;
+            if changed == 1 {
+                let stopped = tx.execute(
+                    "UPDATE tasks SET desired_status = 'STOPPED', stop_code = ?2, stopped_reason = ?3 \
+                     WHERE instance_id = ?1 AND desired_status <> 'STOPPED'",
+                    params![id, stop_code, reason],
+                )?;
+                if stopped > 0 {
+                    bump_generation(tx, id)?;
+                }
+            }
+            get_instance(tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))
+        })
     }
 
     fn apply_event(
-        &mut self,
+        &self,
         instance_id: &str,
         event: &TaskEvent,
         now_ms: i64,
     ) -> Result<EventOutcome, StoreError> {
-        let tx = self.conn.transaction()?;
-        let last = active_instance(&tx, instance_id)?.last_event_seq;
-        if event.sequence <= last {
-            return Ok(EventOutcome::default());
-        }
-        let mut outcome = EventOutcome {
-            applied: true,
-            ..EventOutcome::default()
-        };
-        let st = event.task.clone().unwrap_or_default();
-        if !st.task_id.is_empty() {
-            match get_task(&tx, &st.task_id)? {
-                Some(t) if t.instance_id != instance_id => outcome.foreign_task = true,
-                Some(mut t) => {
-                    outcome.assignment_changed = merge_state(&mut t, &st);
-                    t.last_event_seq = event.sequence;
-                    t.last_seen_at_ms = now_ms;
-                    write_task(&tx, &t)?;
-                }
-                // A task this server never assigned to anyone (another
-                // control plane's, a restored database's, or invented):
-                // nothing is stored, so that an agent cannot create rows.
-                None => outcome.unknown_task = true,
+        self.write("apply_event", |tx| {
+            // Claims the sequence number first, conditionally: of two
+            // applications of one event, the second changes nothing.
+            let claimed = tx.execute(
+                "UPDATE instances SET last_event_seq = ?2 \
+                 WHERE instance_id = ?1 AND status = 'ACTIVE' AND last_event_seq < ?2",
+                params![instance_id, to_db(event.sequence)],
+            )?;
+            if claimed == 0 {
+                // A replay, or (the check says which) no such ACTIVE instance.
+                active_instance(tx, instance_id)?;
+                return Ok(EventOutcome::default());
             }
-        }
-        tx.execute(
-            "UPDATE instances SET last_event_seq = ?2 WHERE instance_id = ?1",
-            params![instance_id, to_db(event.sequence)],
-        )?;
-        if outcome.assignment_changed {
-            bump_generation(&tx, instance_id)?;
-        }
-        tx.commit()?;
-        Ok(outcome)
-    }
-
-    fn assignment(&self, instance_id: &str) -> Result<Assignment, StoreError> {
-        let generation: i64 = self
-            .conn
-            .query_row(
-                "SELECT generation FROM instances WHERE instance_id = ?1",
-                params![instance_id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NoInstance(instance_id.to_owned()))?;
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE instance_id = ?1 \
-             AND {} ORDER BY created_at_ms, task_id",
-            rules::IN_DESIRED_SET_SQL
-        ))?;
-        let rows = stmt.query_map(params![instance_id], task_from_row)?;
-        let mut tasks = Vec::new();
-        for row in rows {
-            tasks.push(row?.decode()?.desired_task());
-        }
-        Ok(Assignment {
-            generation: from_db(generation),
-            tasks,
+            let mut outcome = EventOutcome {
+                applied: true,
+                ..EventOutcome::default()
+            };
+            let st = event.task.clone().unwrap_or_default();
+            if !st.task_id.is_empty() {
+                match get_task(tx, &st.task_id)? {
+                    Some(t) if t.instance_id != instance_id => outcome.foreign_task = true,
+                    Some(mut t) => {
+                        outcome.assignment_changed = merge_state(&mut t, &st);
+                        t.last_event_seq = event.sequence;
+                        t.last_seen_at_ms = now_ms;
+                        write_task(tx, &t)?;
+                    }
+                    // A task this server never assigned to anyone (another
+                    // control plane's, a restored database's, or invented):
+                    // nothing is stored, so that an agent cannot create rows.
+                    None => outcome.unknown_task = true,
+                }
+            }
+            if outcome.assignment_changed {
+                bump_generation(tx, instance_id)?;
+            }
+            Ok(outcome)
         })
     }
 
-    fn insert_task(&mut self, t: &TaskRecord) -> Result<u64, StoreError> {
-        let tx = self.conn.transaction()?;
-        if get_instance(&tx, &t.instance_id)?.is_none() {
-            return Err(StoreError::NoInstance(t.instance_id.clone()));
-        }
-        insert_task_row(&tx, t)?;
-        let generation = bump_generation(&tx, &t.instance_id)?;
-        tx.commit()?;
-        Ok(generation)
+    fn assignment(&self, instance_id: &str) -> Result<Assignment, StoreError> {
+        self.read("assignment", |tx| {
+            let generation: i64 = tx
+                .query_row(
+                    "SELECT generation FROM instances WHERE instance_id = ?1",
+                    params![instance_id],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::NoInstance(instance_id.to_owned()))?;
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE instance_id = ?1 \
+                 AND {} ORDER BY created_at_ms, task_id",
+                rules::IN_DESIRED_SET_SQL
+            ))?;
+            let rows = stmt.query_map(params![instance_id], task_from_row)?;
+            let mut tasks = Vec::new();
+            for row in rows {
+                tasks.push(row?.decode()?.desired_task());
+            }
+            Ok(Assignment {
+                generation: from_db(generation),
+                tasks,
+            })
+        })
+    }
+
+    fn insert_task(&self, t: &TaskRecord) -> Result<u64, StoreError> {
+        self.write("insert_task", |tx| insert_task_checked(tx, t, None))
+    }
+
+    fn insert_task_at(&self, t: &TaskRecord, generation: u64) -> Result<u64, StoreError> {
+        self.write("insert_task_at", |tx| {
+            insert_task_checked(tx, t, Some(generation))
+        })
     }
 
     fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        get_task(&self.conn, id)
+        self.read("task", |tx| get_task(tx, id))
     }
 
     fn tasks(&self, instance_id: Option<&str>) -> Result<Vec<TaskRecord>, StoreError> {
         // A listing does not carry definitions (up to 64 KiB each).
         let columns = TASK_COLUMNS.replacen("definition_json", "'' AS definition_json", 1);
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {columns} FROM tasks WHERE (?1 IS NULL OR instance_id = ?1) \
-             ORDER BY created_at_ms DESC, task_id DESC"
-        ))?;
-        let rows = stmt.query_map(params![instance_id], task_from_row)?;
-        rows.map(|r| r.map_err(StoreError::from).and_then(RawTask::decode))
-            .collect()
+        self.read("tasks", |tx| {
+            // Two queries rather than `?1 IS NULL OR …`, whose parameter
+            // type PostgreSQL cannot infer.
+            let mut stmt;
+            let rows = match instance_id {
+                Some(id) => {
+                    stmt = tx.prepare(&format!(
+                        "SELECT {columns} FROM tasks WHERE instance_id = ?1 \
+                         ORDER BY created_at_ms DESC, task_id DESC"
+                    ))?;
+                    stmt.query_map(params![id], task_from_row)?
+                }
+                None => {
+                    stmt = tx.prepare(&format!(
+                        "SELECT {columns} FROM tasks ORDER BY created_at_ms DESC, task_id DESC"
+                    ))?;
+                    stmt.query_map([], task_from_row)?
+                }
+            };
+            rows.map(|r| r.map_err(StoreError::from).and_then(RawTask::decode))
+                .collect()
+        })
     }
 
     fn stop_task(
-        &mut self,
+        &self,
         id: &str,
         stop_code: &str,
         reason: &str,
     ) -> Result<(TaskRecord, bool), StoreError> {
-        let tx = self.conn.transaction()?;
-        let mut t = get_task(&tx, id)?.ok_or_else(|| StoreError::NoTask(id.to_owned()))?;
-        if t.last_status == STOPPED || t.desired_status == STOPPED {
-            return Ok((t, false));
-        }
-        t.desired_status = STOPPED.to_owned();
-        t.stop_code = stop_code.to_owned();
-        t.stopped_reason = reason.to_owned();
-        write_task(&tx, &t)?;
-        bump_generation(&tx, &t.instance_id)?;
-        tx.commit()?;
-        Ok((t, true))
+        self.write("stop_task", |tx| {
+            // Conditional: a task already stopping or stopped is left as it
+            // is, whatever was read before.
+            let changed = tx.execute(
+                "UPDATE tasks SET desired_status = 'STOPPED', stop_code = ?2, stopped_reason = ?3 \
+                 WHERE task_id = ?1 AND desired_status <> 'STOPPED' AND last_status <> 'STOPPED'",
+                params![id, stop_code, reason],
+            )? == 1;
+            let t = get_task(tx, id)?.ok_or_else(|| StoreError::NoTask(id.to_owned()))?;
+            if changed {
+                bump_generation(tx, &t.instance_id)?;
+            }
+            Ok((t, changed))
+        })
     }
 
-    fn record_admin_cert(&mut self, c: &AdminCertRecord) -> Result<(), StoreError> {
-        let inserted = self.conn.execute(
-            &format!(
-                "INSERT INTO admin_certificates ({ADMIN_CERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
-            ),
-            params![
-                c.serial,
-                c.name,
-                c.issued_at_ms,
-                c.not_after_ms,
-                c.revoked_at_ms
-            ],
-        );
-        match inserted {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
-            {
-                Err(StoreError::AdminCertificateExists(c.serial.clone()))
+    fn record_admin_cert(&self, c: &AdminCertRecord) -> Result<(), StoreError> {
+        self.write("record_admin_cert", |tx| {
+            let inserted = tx.execute(
+                &format!(
+                    "INSERT INTO admin_certificates ({ADMIN_CERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
+                ),
+                params![
+                    c.serial,
+                    c.name,
+                    c.issued_at_ms,
+                    c.not_after_ms,
+                    c.revoked_at_ms
+                ],
+            );
+            match inserted {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+                {
+                    Err(StoreError::AdminCertificateExists(c.serial.clone()))
+                }
+                Err(e) => Err(e.into()),
             }
-            Err(e) => Err(e.into()),
-        }
+        })
     }
 
     fn admin_cert(&self, serial: &str) -> Result<Option<AdminCertRecord>, StoreError> {
-        get_admin_cert(&self.conn, serial)
+        self.read("admin_cert", |tx| get_admin_cert(tx, serial))
     }
 
     fn admin_certs(&self) -> Result<Vec<AdminCertRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {ADMIN_CERT_COLUMNS} FROM admin_certificates ORDER BY issued_at_ms, serial"
-        ))?;
-        let rows = stmt.query_map([], admin_cert_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read("admin_certs", |tx| {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {ADMIN_CERT_COLUMNS} FROM admin_certificates ORDER BY issued_at_ms, serial"
+            ))?;
+            let rows = stmt.query_map([], admin_cert_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     fn revoke_admin_cert(
-        &mut self,
+        &self,
         serial: &str,
         now_ms: i64,
     ) -> Result<(AdminCertRecord, bool), StoreError> {
-        let tx = self.conn.transaction()?;
-        let changed = tx.execute(
-            "UPDATE admin_certificates SET revoked_at_ms = ?2 \
-             WHERE serial = ?1 AND revoked_at_ms IS NULL",
-            params![serial, now_ms],
-        )? == 1;
-        let cert = get_admin_cert(&tx, serial)?
-            .ok_or_else(|| StoreError::NoAdminCertificate(serial.to_owned()))?;
-        tx.commit()?;
-        Ok((cert, changed))
+        self.write("revoke_admin_cert", |tx| {
+            let changed = tx.execute(
+                "UPDATE admin_certificates SET revoked_at_ms = ?2 \
+                 WHERE serial = ?1 AND revoked_at_ms IS NULL",
+                params![serial, now_ms],
+            )? == 1;
+            let cert = get_admin_cert(tx, serial)?
+                .ok_or_else(|| StoreError::NoAdminCertificate(serial.to_owned()))?;
+            Ok((cert, changed))
+        })
     }
 }
 
@@ -895,7 +1095,7 @@ mod tests {
         }
     }
 
-    fn enrolled(s: &mut SqliteStore, instance_id: &str) {
+    fn enrolled(s: &SqliteStore, instance_id: &str) {
         enrolled_as(
             s,
             NewInstance {
@@ -907,7 +1107,7 @@ mod tests {
         );
     }
 
-    fn enrolled_as(s: &mut SqliteStore, new: NewInstance) {
+    fn enrolled_as(s: &SqliteStore, new: NewInstance) {
         let act = format!("act-{}", new.instance_id);
         s.create_activation(&activation(&act, i64::MAX))
             .expect("activation");
@@ -946,7 +1146,7 @@ mod tests {
 
     #[test]
     fn activation_is_single_use() {
-        let (_d, mut s) = store();
+        let (_d, s) = store();
         s.create_activation(&activation("a1", i64::MAX))
             .expect("create");
         let new = |id: &str| NewInstance {
@@ -969,7 +1169,7 @@ mod tests {
 
     #[test]
     fn activation_keeps_its_expiry_and_code_hash() {
-        let (_d, mut s) = store();
+        let (_d, s) = store();
         s.create_activation(&activation("a1", 1_000))
             .expect("create");
         let a = s.activation("a1").expect("get").expect("exists");
@@ -980,8 +1180,8 @@ mod tests {
 
     #[test]
     fn new_instance_starts_at_generation_one_with_empty_assignment() {
-        let (_d, mut s) = store();
-        enrolled(&mut s, "i-1");
+        let (_d, s) = store();
+        enrolled(&s, "i-1");
         let a = s.assignment("i-1").expect("assignment");
         assert_eq!(a.generation, 1);
         assert!(a.tasks.is_empty());
@@ -993,8 +1193,8 @@ mod tests {
 
     #[test]
     fn task_changes_bump_the_generation() {
-        let (_d, mut s) = store();
-        enrolled(&mut s, "i-1");
+        let (_d, s) = store();
+        enrolled(&s, "i-1");
         assert_eq!(s.insert_task(&task("t1", "i-1", 1)).expect("insert"), 2);
         let a = s.assignment("i-1").expect("assignment");
         assert_eq!(a.generation, 2);
@@ -1034,8 +1234,8 @@ mod tests {
 
     #[test]
     fn events_are_applied_at_most_once() {
-        let (_d, mut s) = store();
-        enrolled(&mut s, "i-1");
+        let (_d, s) = store();
+        enrolled(&s, "i-1");
         s.insert_task(&task("t1", "i-1", 1)).expect("insert");
         let out = s
             .apply_event("i-1", &event(1, "t1", RUNNING), 77)
@@ -1066,8 +1266,8 @@ mod tests {
 
     #[test]
     fn task_stopping_on_its_own_follows_desired_status() {
-        let (_d, mut s) = store();
-        enrolled(&mut s, "i-1");
+        let (_d, s) = store();
+        enrolled(&s, "i-1");
         s.insert_task(&task("t1", "i-1", 1)).expect("insert");
         let mut ev = event(3, "t1", STOPPED);
         if let Some(t) = ev.task.as_mut() {
@@ -1086,9 +1286,9 @@ mod tests {
 
     #[test]
     fn unknown_and_foreign_tasks() {
-        let (_d, mut s) = store();
-        enrolled(&mut s, "i-1");
-        enrolled(&mut s, "i-2");
+        let (_d, s) = store();
+        enrolled(&s, "i-1");
+        enrolled(&s, "i-2");
         s.insert_task(&task("t2", "i-2", 1)).expect("insert");
         // i-1 reports a task of i-2: only the sequence moves.
         let out = s
@@ -1119,9 +1319,9 @@ mod tests {
 
     #[test]
     fn a_hello_never_raises_the_registered_capacity_or_renames_the_host() {
-        let (_d, mut s) = store();
+        let (_d, s) = store();
         enrolled_as(
-            &mut s,
+            &s,
             NewInstance {
                 instance_id: "i-1".into(),
                 hostname: "vm".into(),
@@ -1158,7 +1358,7 @@ mod tests {
         ));
         // Enrolled without a capacity (an older agent): the first Hello's
         // is registered, later ones are clamped to it.
-        enrolled(&mut s, "i-2");
+        enrolled(&s, "i-2");
         let out = s.record_hello("i-2", &hello("h", 512, 100)).expect("hello");
         assert!(out.capacity_registered);
         assert_eq!(out.instance.capacity(), (512, 100));
@@ -1171,8 +1371,8 @@ mod tests {
 
     #[test]
     fn writes_of_a_deregistered_instance_are_refused_and_change_nothing() {
-        let (_d, mut s) = store();
-        enrolled(&mut s, "i-1");
+        let (_d, s) = store();
+        enrolled(&s, "i-1");
         s.insert_task(&task("t1", "i-1", 1)).expect("t1");
         s.deregister_instance("i-1", "UserInitiated", "gone")
             .expect("deregister");
@@ -1202,9 +1402,9 @@ mod tests {
 
     #[test]
     fn a_renewed_certificate_in_use_retires_the_older_ones() {
-        let (_d, mut s) = store();
+        let (_d, s) = store();
         enrolled_as(
-            &mut s,
+            &s,
             NewInstance {
                 instance_id: "i-1".into(),
                 hostname: "h".into(),
@@ -1258,7 +1458,7 @@ mod tests {
         );
         // An instance from before schema 4 (no serial): anything goes until a
         // renewed certificate is used.
-        enrolled(&mut s, "i-2");
+        enrolled(&s, "i-2");
         assert_eq!(
             s.use_certificate("i-2", "old").expect("use"),
             CertUse::Accepted
@@ -1276,8 +1476,8 @@ mod tests {
 
     #[test]
     fn listings_leave_definitions_out() {
-        let (_d, mut s) = store();
-        enrolled(&mut s, "i-1");
+        let (_d, s) = store();
+        enrolled(&s, "i-1");
         s.insert_task(&task("t1", "i-1", 1)).expect("t1");
         assert_eq!(s.tasks(None).expect("tasks")[0].definition_json, "");
         assert_eq!(s.task("t1").expect("t").expect("t").definition_json, "{}");
@@ -1285,8 +1485,8 @@ mod tests {
 
     #[test]
     fn usage_counts_tasks_not_stopped() {
-        let (_d, mut s) = store();
-        enrolled(&mut s, "i-1");
+        let (_d, s) = store();
+        enrolled(&s, "i-1");
         s.insert_task(&task("t1", "i-1", 1)).expect("t1");
         s.insert_task(&task("t2", "i-1", 2)).expect("t2");
         s.insert_task(&task("t3", "i-1", 3)).expect("t3");
@@ -1313,8 +1513,8 @@ mod tests {
 
     #[test]
     fn hello_and_deregistration() {
-        let (_d, mut s) = store();
-        enrolled(&mut s, "i-1");
+        let (_d, s) = store();
+        enrolled(&s, "i-1");
         s.insert_task(&task("t1", "i-1", 1)).expect("t1");
         let out = s
             .record_hello(
@@ -1361,8 +1561,8 @@ mod tests {
 
     #[test]
     fn hello_reconciles_sequence_and_generation_with_the_agent() {
-        let (_d, mut s) = store();
-        enrolled(&mut s, "i-1");
+        let (_d, s) = store();
+        enrolled(&s, "i-1");
         s.insert_task(&task("t1", "i-1", 1)).expect("t1");
         s.apply_event("i-1", &event(5, "t1", RUNNING), 1)
             .expect("e5");
@@ -1397,13 +1597,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("berth.db");
         {
-            let mut s = SqliteStore::open(&path).expect("open");
-            enrolled(&mut s, "i-1");
+            let s = SqliteStore::open(&path).expect("open");
+            enrolled(&s, "i-1");
         }
         let s = SqliteStore::open(&path).expect("reopen");
         assert!(s.instance("i-1").expect("get").is_some());
         let versions: i64 = s
-            .conn
+            .conn()
             .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
             .expect("count");
         assert_eq!(versions, 1);
@@ -1434,7 +1634,7 @@ mod tests {
 
     #[test]
     fn a_version_1_database_is_migrated() {
-        let (_dir, path, mut s) = migrated_from(
+        let (_dir, path, s) = migrated_from(
             1,
             "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms) \
              VALUES ('a1', 'ff', 1, 2);",
@@ -1442,7 +1642,7 @@ mod tests {
         let a = s.activation("a1").expect("get").expect("kept");
         assert_eq!(a.hostname, None);
         let version: i64 = s
-            .conn
+            .conn()
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
@@ -1464,7 +1664,7 @@ mod tests {
 
     #[test]
     fn a_version_2_database_gains_the_admin_certificates_table() {
-        let (_dir, _, mut s) = migrated_from(
+        let (_dir, _, s) = migrated_from(
             2,
             "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, hostname) \
              VALUES ('a1', 'ff', 1, 2, 'web-1');",
@@ -1472,7 +1672,7 @@ mod tests {
         let a = s.activation("a1").expect("get").expect("kept");
         assert_eq!(a.hostname.as_deref(), Some("web-1"));
         let version: i64 = s
-            .conn
+            .conn()
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
@@ -1483,7 +1683,7 @@ mod tests {
 
     #[test]
     fn a_version_3_database_gains_the_source_networks_of_activations() {
-        let (_dir, _, mut s) = migrated_from(
+        let (_dir, _, s) = migrated_from(
             3,
             "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms) \
              VALUES ('a1', 'ff', 1, 2);",
@@ -1535,7 +1735,7 @@ mod tests {
 
     #[test]
     fn admin_certificates_are_recorded_listed_and_looked_up() {
-        let (_d, mut s) = store();
+        let (_d, s) = store();
         assert!(s.admin_certs().expect("list").is_empty());
         let bob = admin_cert("0b0b", "bob", 20);
         let alice = admin_cert("0a11ce", "alice", 10);
@@ -1561,7 +1761,7 @@ mod tests {
 
     #[test]
     fn revoking_an_admin_certificate_is_once_and_names_unknown_serials() {
-        let (_d, mut s) = store();
+        let (_d, s) = store();
         s.record_admin_cert(&admin_cert("0a11ce", "alice", 10))
             .expect("alice");
         s.record_admin_cert(&admin_cert("0b0b", "bob", 20))
@@ -1597,8 +1797,8 @@ mod tests {
 
     #[test]
     fn the_sql_desired_set_agrees_with_the_rule() {
-        let (_d, mut s) = store();
-        enrolled(&mut s, "i-1");
+        let (_d, s) = store();
+        enrolled(&s, "i-1");
         let statuses = [PENDING, RUNNING, STOPPED];
         let mut n = 0;
         for has_definition in [true, false] {
@@ -1638,10 +1838,46 @@ mod tests {
         assert_eq!(assigned, expected);
     }
 
+    type Fresh = (tempfile::TempDir, Box<dyn Fn() -> Box<dyn Store> + Sync>);
+
+    /// A new database file, and an opener of new connections to it.
+    fn fresh() -> Fresh {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.db");
+        SqliteStore::open(&path).expect("create");
+        let open = move || -> Box<dyn Store> { Box::new(SqliteStore::open(&path).expect("open")) };
+        (dir, Box::new(open))
+    }
+
+    mod conformance {
+        use super::fresh;
+        crate::server::store::conformance::store_conformance!(fresh);
+    }
+
+    #[test]
+    fn a_write_while_another_process_holds_the_lock_is_busy_naming_the_operation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.db");
+        let s = SqliteStore::open(&path).expect("open");
+        enrolled(&s, "i-1");
+        s.conn()
+            .busy_timeout(Duration::from_millis(1))
+            .expect("timeout");
+        let other = Connection::open(&path).expect("other");
+        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        let e = s.insert_task(&task("t1", "i-1", 1)).expect_err("locked");
+        assert!(matches!(e, StoreError::Busy("insert_task")), "{e}");
+        assert!(e.to_string().contains("nothing was changed"), "{e}");
+        other.execute_batch("ROLLBACK").expect("unlock");
+        assert!(s.task("t1").expect("get").is_none(), "nothing was stored");
+        s.insert_task(&task("t1", "i-1", 1))
+            .expect("insert once free");
+    }
+
     #[test]
     fn containers_round_trip() {
-        let (_d, mut s) = store();
-        enrolled(&mut s, "i-1");
+        let (_d, s) = store();
+        enrolled(&s, "i-1");
         s.insert_task(&task("t1", "i-1", 1)).expect("t1");
         let mut ev = event(1, "t1", RUNNING);
         if let Some(t) = ev.task.as_mut() {
