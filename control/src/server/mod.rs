@@ -72,7 +72,7 @@ use tracing::{info, warn};
 use self::ca::Ca;
 pub(crate) use self::core::{Core, peer_text, store_status, valid_hostname};
 pub use self::core::{RENEW_BURST, RENEW_INTERVAL, REPLACED_PREFIX, TokenError};
-use self::store::{SqliteStore, Store, StoreError};
+use self::store::{PostgresStore, SqliteStore, Store, StoreError};
 
 /// Default fleet listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7420";
@@ -182,7 +182,66 @@ pub struct ServerConfig {
     /// Connection caps and idle timeout of the fleet API; the idle timeout
     /// also applies to the admin API.
     pub connections: listener::ConnectionLimits,
+    /// Where the durable state lives; `None`: `<data_dir>/berth.db`. The CA
+    /// key and `server.json` stay in the data dir either way (one server at
+    /// a time on PostgreSQL, for now).
+    pub store: Option<StoreLocation>,
 }
+
+/// `--store`: `sqlite://PATH` or `postgres://…` (also `postgresql://…`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    /// A libpq-style URL; it may carry a password, so it is never shown.
+    Postgres(String),
+}
+
+impl std::str::FromStr for StoreLocation {
+    type Err = StoreLocationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Some(path) = s.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(StoreLocationError(s.to_owned()));
+            }
+            return Ok(StoreLocation::Sqlite(PathBuf::from(path)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(StoreLocation::Postgres(s.to_owned()));
+        }
+        Err(StoreLocationError(redacted(s)))
+    }
+}
+
+/// A store URL without the user information (which may hold a password).
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            StoreLocation::Postgres(url) => f.write_str(&redacted(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid store {0:?}: use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE")]
+pub struct StoreLocationError(String);
 
 impl ServerConfig {
     /// The defaults of `berth server` with another data dir.
@@ -201,6 +260,7 @@ impl ServerConfig {
             stream_rate: DEFAULT_STREAM_RATE,
             stream_burst: DEFAULT_STREAM_BURST,
             connections: listener::ConnectionLimits::default(),
+            store: None,
         }
     }
 
@@ -321,7 +381,8 @@ impl Server {
         let state_path = dir.join(STATE_FILE);
         let (ca, store) = tokio::task::spawn_blocking({
             let dir = dir.clone();
-            move || open_data_dir(&dir)
+            let location = cfg.store.clone();
+            move || open_data_dir(&dir, location.as_ref())
         })
         .await
         .map_err(|e| ServerError::Task {
@@ -698,7 +759,10 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// Creates the data dir 0700 or checks that it is no wider; opens the CA
 /// and the store (its files 0600).
-fn open_data_dir(dir: &Path) -> Result<(Ca, Box<dyn Store>), ServerError> {
+fn open_data_dir(
+    dir: &Path,
+    location: Option<&StoreLocation>,
+) -> Result<(Ca, Box<dyn Store>), ServerError> {
     use std::os::unix::fs::PermissionsExt;
     let io_err = |source| ServerError::DataDir {
         path: dir.to_owned(),
@@ -720,8 +784,19 @@ fn open_data_dir(dir: &Path) -> Result<(Ca, Box<dyn Store>), ServerError> {
     if ca.not_after() < time::OffsetDateTime::now_utc() + time::Duration::days(90) {
         warn!(not_after = %ca.not_after(), "the fleet CA expires soon; agents will have to enroll again with a new CA");
     }
-    let db = dir.join(DB_FILE);
-    private_db_files(&db).map_err(io_err)?;
+    let db = match location {
+        Some(StoreLocation::Postgres(url)) => {
+            let store = PostgresStore::open(url)?;
+            info!(store = %redacted(url), "store: PostgreSQL");
+            return Ok((ca, Box::new(store)));
+        }
+        Some(StoreLocation::Sqlite(path)) => path.clone(),
+        None => dir.join(DB_FILE),
+    };
+    private_db_files(&db).map_err(|source| ServerError::DataDir {
+        path: db.clone(),
+        source,
+    })?;
     let store = SqliteStore::open(&db)?;
     Ok((ca, Box::new(store)))
 }
@@ -839,7 +914,7 @@ mod tests {
     fn the_data_dir_is_created_0700_and_its_database_0600() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("data");
-        let (_ca, store) = open_data_dir(&dir).expect("open");
+        let (_ca, store) = open_data_dir(&dir, None).expect("open");
         assert_eq!(mode_of(&dir), 0o700);
         // Whatever the umask of the test process, SQLite's files included.
         let files: Vec<String> = std::fs::read_dir(&dir)
@@ -862,7 +937,7 @@ mod tests {
         let dir = tmp.path().join("data");
         std::fs::create_dir(&dir).expect("mkdir");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let err = open_data_dir(&dir).err().expect("refused");
+        let err = open_data_dir(&dir, None).err().expect("refused");
         let text = err.to_string();
         assert!(
             text.contains("mode 0755") && text.contains(&format!("chmod 700 {}", dir.display())),
@@ -884,5 +959,26 @@ mod tests {
         std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         private_db_files(&db).expect("private");
         assert_eq!(mode_of(&db), 0o600);
+    }
+
+    #[test]
+    fn store_locations_parse_and_never_show_a_password() {
+        let pg: StoreLocation = "postgres://berth:s3cret@db.example:5432/berth"
+            .parse()
+            .expect("postgres");
+        assert!(matches!(pg, StoreLocation::Postgres(_)));
+        assert_eq!(pg.to_string(), "postgres://…@db.example:5432/berth");
+        assert!(!format!("{pg:?}").contains("s3cret"));
+        let lite: StoreLocation = "sqlite:///var/lib/berth/x.db".parse().expect("sqlite");
+        assert_eq!(
+            lite,
+            StoreLocation::Sqlite(PathBuf::from("/var/lib/berth/x.db"))
+        );
+        assert!("postgresql://h/db".parse::<StoreLocation>().is_ok());
+        for bad in ["sqlite://", "mysql://u:pw@h/db", "/var/lib/berth.db"] {
+            let e = bad.parse::<StoreLocation>().expect_err(bad).to_string();
+            assert!(e.contains("sqlite://PATH or postgres://"), "{e}");
+            assert!(!e.contains("pw@"), "{e}");
+        }
     }
 }

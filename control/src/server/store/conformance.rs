@@ -333,6 +333,43 @@ pub(crate) fn listings_filter_by_instance(open: Opener<'_>) {
     assert_eq!(snapshot.usage.get("i-1").map(|u| u.pending), Some(1));
 }
 
+/// One check of the suite.
+pub(crate) type Check = for<'a> fn(Opener<'a>);
+
+/// Every check, by name, for a backend that runs them in one test (one
+/// server for the run, a new database per check).
+pub(crate) const CHECKS: &[(&str, Check)] = &[
+    (
+        "an_activation_is_used_once_under_concurrency",
+        an_activation_is_used_once_under_concurrency,
+    ),
+    (
+        "an_event_is_applied_at_most_once_under_concurrency",
+        an_event_is_applied_at_most_once_under_concurrency,
+    ),
+    (
+        "every_change_of_the_desired_set_bumps_the_generation_once",
+        every_change_of_the_desired_set_bumps_the_generation_once,
+    ),
+    (
+        "a_stop_racing_an_event_is_not_undone",
+        a_stop_racing_an_event_is_not_undone,
+    ),
+    (
+        "concurrent_placements_never_over_commit_an_instance",
+        concurrent_placements_never_over_commit_an_instance,
+    ),
+    (
+        "deregistration_is_once_and_stops_every_task",
+        deregistration_is_once_and_stops_every_task,
+    ),
+    (
+        "constraint_violations_are_conflicts",
+        constraint_violations_are_conflicts,
+    ),
+    ("listings_filter_by_instance", listings_filter_by_instance),
+];
+
 /// One `#[test]` per check above, each on a fresh database: `$fresh()`
 /// returns what keeps the database alive and its opener.
 macro_rules! store_conformance {

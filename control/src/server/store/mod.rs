@@ -49,10 +49,13 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+mod postgres;
 mod rules;
 mod schema;
+mod sql;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use rules::in_desired_set;
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
@@ -110,8 +113,14 @@ pub enum StoreError {
     #[error("{op}: database error: {source}; nothing was changed")]
     Database {
         op: &'static str,
-        source: rusqlite::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("PostgreSQL: {0}")]
+    Pg(#[from] tokio_postgres::Error),
+    #[error("cannot open the PostgreSQL store: {detail}")]
+    OpenPostgres { detail: String },
+    #[error("{op}: the database cannot be reached: {detail}; nothing was changed")]
+    Unavailable { op: &'static str, detail: String },
 }
 
 /// A one-time activation. Only the code's SHA-256 is kept.

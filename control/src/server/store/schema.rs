@@ -75,8 +75,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE instances ADD COLUMN cert_serial TEXT;
     ALTER TABLE instances ADD COLUMN pending_cert_serial TEXT;
     UPDATE instances SET
-        cpu = MIN(MAX(cpu, 0), 4194304),
-        memory_mib = MIN(MAX(memory_mib, 0), 67108864);
+        cpu = CASE WHEN cpu < 0 THEN 0 WHEN cpu > 4194304 THEN 4194304 ELSE cpu END,
+        memory_mib = CASE WHEN memory_mib < 0 THEN 0 WHEN memory_mib > 67108864 THEN 67108864 ELSE memory_mib END;
     UPDATE instances SET reported_cpu = cpu, reported_memory_mib = memory_mib,
         reported_hostname = hostname",
 ];

@@ -6,15 +6,15 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use berth_proto::v1::{Assignment, ContainerState, NetworkBinding, TaskEvent};
+use berth_proto::v1::{Assignment, TaskEvent};
 use rusqlite::{
     Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior, params,
 };
-use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::rules::{self, merge_state};
 use super::schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
+use super::sql::*;
 use super::*;
 
 /// [`Store`] on SQLite.
@@ -97,22 +97,6 @@ impl SqliteStore {
     }
 }
 
-const INSTANCE_COLUMNS: &str = "instance_id, hostname, status, registered_at_ms, agent_version, \
-     boot_id, cpu, memory_mib, attributes_json, last_heartbeat_at_ms, last_event_seq, \
-     generation, acked_generation, os, arch, reported_cpu, reported_memory_mib, \
-     reported_hostname, cert_serial, pending_cert_serial";
-
-const TASK_COLUMNS: &str = "task_id, instance_id, family, definition_json, desired_status, \
-     last_status, health_status, stop_code, stopped_reason, created_at_ms, started_at_ms, \
-     stopped_at_ms, containers_json, reserved_cpu, reserved_memory_mib, last_event_seq, \
-     last_seen_at_ms";
-
-/// A row read before its JSON columns are decoded.
-struct RawInstance {
-    rec: InstanceRecord,
-    attributes_json: String,
-}
-
 fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<RawInstance> {
     Ok(RawInstance {
         rec: InstanceRecord {
@@ -141,24 +125,6 @@ fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<RawInstance> {
     })
 }
 
-impl RawInstance {
-    fn decode(self) -> Result<InstanceRecord, StoreError> {
-        let mut rec = self.rec;
-        rec.attributes =
-            serde_json::from_str(&self.attributes_json).map_err(|source| StoreError::Corrupt {
-                what: "attributes",
-                id: rec.instance_id.clone(),
-                source,
-            })?;
-        Ok(rec)
-    }
-}
-
-struct RawTask {
-    rec: TaskRecord,
-    containers_json: String,
-}
-
 fn task_from_row(r: &Row<'_>) -> rusqlite::Result<RawTask> {
     Ok(RawTask {
         rec: TaskRecord {
@@ -183,120 +149,6 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<RawTask> {
         containers_json: r.get(12)?,
     })
 }
-
-impl RawTask {
-    fn decode(self) -> Result<TaskRecord, StoreError> {
-        let mut rec = self.rec;
-        let stored: Vec<StoredContainer> =
-            serde_json::from_str(&self.containers_json).map_err(|source| StoreError::Corrupt {
-                what: "containers",
-                id: rec.task_id.clone(),
-                source,
-            })?;
-        rec.containers = stored.into_iter().map(ContainerState::from).collect();
-        Ok(rec)
-    }
-}
-
-/// The database's own format for container state, so that the table does
-/// not change when the protocol's Rust types do.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct StoredContainer {
-    name: String,
-    image: String,
-    image_digest: String,
-    runtime_id: String,
-    last_status: String,
-    exit_code: Option<i32>,
-    reason: String,
-    health_status: String,
-    restart_count: u32,
-    network_bindings: Vec<StoredBinding>,
-    essential: bool,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct StoredBinding {
-    container_port: u32,
-    host_port: u32,
-    protocol: String,
-    bind_ip: String,
-}
-
-impl From<&ContainerState> for StoredContainer {
-    fn from(c: &ContainerState) -> Self {
-        StoredContainer {
-            name: c.name.clone(),
-            image: c.image.clone(),
-            image_digest: c.image_digest.clone(),
-            runtime_id: c.runtime_id.clone(),
-            last_status: c.last_status.clone(),
-            exit_code: c.exit_code,
-            reason: c.reason.clone(),
-            health_status: c.health_status.clone(),
-            restart_count: c.restart_count,
-            network_bindings: c
-                .network_bindings
-                .iter()
-                .map(|b| StoredBinding {
-                    container_port: b.container_port,
-                    host_port: b.host_port,
-                    protocol: b.protocol.clone(),
-                    bind_ip: b.bind_ip.clone(),
-                })
-                .collect(),
-            essential: c.essential,
-        }
-    }
-}
-
-impl From<StoredContainer> for ContainerState {
-    fn from(c: StoredContainer) -> Self {
-        ContainerState {
-            name: c.name,
-            image: c.image,
-            image_digest: c.image_digest,
-            runtime_id: c.runtime_id,
-            last_status: c.last_status,
-            exit_code: c.exit_code,
-            reason: c.reason,
-            health_status: c.health_status,
-            restart_count: c.restart_count,
-            network_bindings: c
-                .network_bindings
-                .into_iter()
-                .map(|b| NetworkBinding {
-                    container_port: b.container_port,
-                    host_port: b.host_port,
-                    protocol: b.protocol,
-                    bind_ip: b.bind_ip,
-                })
-                .collect(),
-            essential: c.essential,
-        }
-    }
-}
-
-fn containers_json(containers: &[ContainerState]) -> String {
-    let stored: Vec<StoredContainer> = containers.iter().map(StoredContainer::from).collect();
-    // Serialising plain strings and numbers cannot fail.
-    serde_json::to_string(&stored).unwrap_or_else(|_| "[]".to_owned())
-}
-
-/// Sequence numbers and generations are u64 in the protocol and BIGINT in
-/// the database; values beyond i64::MAX never occur in practice and are
-/// clamped rather than wrapped.
-fn to_db(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn from_db(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-const ADMIN_CERT_COLUMNS: &str = "serial, name, issued_at_ms, not_after_ms, revoked_at_ms";
 
 fn admin_cert_from_row(r: &Row<'_>) -> rusqlite::Result<AdminCertRecord> {
     Ok(AdminCertRecord {
@@ -449,7 +301,10 @@ fn classify(op: &'static str, e: StoreError) -> StoreError {
                 detail: msg.unwrap_or_else(|| f.to_string()),
             }
         }
-        StoreError::Sql(source) => StoreError::Database { op, source },
+        StoreError::Sql(source) => StoreError::Database {
+            op,
+            source: Box::new(source),
+        },
         other => other,
     }
 }
@@ -1885,7 +1740,7 @@ mod tests {
                 name: "web".into(),
                 exit_code: Some(3),
                 restart_count: 2,
-                network_bindings: vec![NetworkBinding {
+                network_bindings: vec![berth_proto::v1::NetworkBinding {
                     container_port: 80,
                     host_port: 32000,
                     protocol: "tcp".into(),
