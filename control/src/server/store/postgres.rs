@@ -612,29 +612,14 @@ impl Store for PostgresStore {
         let attributes = serde_json::to_string(&h.attributes).unwrap_or_else(|_| "{}".into());
         self.run("record_hello", async |tx| {
             let before = active_instance(tx, id).await?;
-            let mut outcome = HelloOutcome::default();
-            let mut last_event_seq = before.last_event_seq;
-            if h.last_event_sequence < last_event_seq {
-                outcome.event_seq_lowered_from = Some(last_event_seq);
-                last_event_seq = h.last_event_sequence;
-            }
-            let mut generation = before.generation;
-            if h.applied_generation > generation {
-                outcome.generation_raised_from = Some(generation);
-                generation = h.applied_generation.saturating_add(1);
-            }
-            let hostname = if before.hostname.is_empty() {
-                h.hostname.clone()
-            } else {
-                before.hostname.clone()
-            };
-            let (mut cpu, mut memory_mib) = (before.cpu, before.memory_mib);
-            if cpu == 0 && memory_mib == 0 {
-                outcome.capacity_registered = h.cpu > 0 || h.memory_mib > 0;
-                (cpu, memory_mib) = (h.cpu, h.memory_mib);
-            } else if h.cpu > cpu || h.memory_mib > memory_mib {
-                outcome.capacity_clamped = true;
-            }
+            let rules::HelloChange {
+                mut outcome,
+                hostname,
+                cpu,
+                memory_mib,
+                last_event_seq,
+                generation,
+            } = rules::reconcile_hello(&before, h);
             let (seq, generation) = (to_db(last_event_seq), to_db(generation));
             let params: Params<'_> = &[
                 &id,
@@ -717,24 +702,16 @@ impl Store for PostgresStore {
             let inst = get_instance(tx, id, true)
                 .await?
                 .ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
-            Ok(match (&inst.cert_serial, &inst.pending_cert_serial) {
-                (Some(current), _) if current == serial => CertUse::Accepted,
-                (current, Some(pending)) if pending == serial => {
-                    tx.execute(
-                        "UPDATE instances SET cert_serial = pending_cert_serial, \
-                         pending_cert_serial = NULL WHERE instance_id = $1",
-                        &[&id],
-                    )
-                    .await?;
-                    CertUse::Promoted {
-                        retired: current.clone(),
-                    }
-                }
-                (None, _) => CertUse::Accepted,
-                (Some(current), _) => CertUse::Retired {
-                    current: current.clone(),
-                },
-            })
+            let used = rules::certificate_use(&inst, serial);
+            if matches!(used, CertUse::Promoted { .. }) {
+                tx.execute(
+                    "UPDATE instances SET cert_serial = pending_cert_serial, \
+                     pending_cert_serial = NULL WHERE instance_id = $1",
+                    &[&id],
+                )
+                .await?;
+            }
+            Ok(used)
         })
     }
 
@@ -746,12 +723,7 @@ impl Store for PostgresStore {
     ) -> Result<CertUse, StoreError> {
         self.run("record_renewal", async |tx| {
             let inst = active_instance(tx, id).await?;
-            let allowed = match &inst.cert_serial {
-                None => true,
-                Some(current) => {
-                    current == presented || inst.pending_cert_serial.as_deref() == Some(presented)
-                }
-            };
+            let allowed = rules::renewal_allowed(&inst, presented);
             if !allowed {
                 return Ok(CertUse::Retired {
                     current: inst.cert_serial.unwrap_or_default(),

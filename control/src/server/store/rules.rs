@@ -1,7 +1,9 @@
-//! The domain rules the store applies, as pure functions over records:
-//! which tasks an instance is assigned (the desired set), how an agent's
-//! report merges into a stored task (ECS: a task that stopped on its own
-//! stays stopped), and when an instance's generation grows.
+//! The domain rules the store applies, as pure functions over records, so
+//! that both backends apply the same ones: which tasks an instance is
+//! assigned (the desired set), how an agent's report merges into a stored
+//! task (ECS: a task that stopped on its own stays stopped), when an
+//! instance's generation grows, what a Hello reconciles, and which client
+//! certificate a session or a renewal may use.
 //!
 //! The desired-set rule is also needed inside SQL (an assignment is read
 //! in one query); [`IN_DESIRED_SET_SQL`] is its only SQL spelling, and a
@@ -9,7 +11,9 @@
 
 use berth_proto::v1::TaskState;
 
-use super::{PENDING, RUNNING, STOPPED, TaskRecord};
+use super::{
+    CertUse, HelloOutcome, HelloRecord, InstanceRecord, PENDING, RUNNING, STOPPED, TaskRecord,
+};
 
 /// Whether a task belongs in its instance's assignment: every task except
 /// those both desired and last STOPPED. A task whose definition the server
@@ -64,6 +68,85 @@ pub fn merge_state(t: &mut TaskRecord, st: &TaskState) -> bool {
         t.desired_status = STOPPED.to_owned();
     }
     assignment_changed(was_in_set, &desired_before, t)
+}
+
+/// What a Hello changes of the stored instance (see [`HelloOutcome`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloChange {
+    /// The outcome, without the instance after the update.
+    pub outcome: HelloOutcome,
+    pub hostname: String,
+    pub cpu: i64,
+    pub memory_mib: i64,
+    pub last_event_seq: u64,
+    pub generation: u64,
+}
+
+/// The Hello rule: sequence and generation are reconciled with the
+/// agent's (an agent that lost its state lowers the sequence; one with a
+/// newer generation than the server's raises it past its own); the
+/// registered hostname and capacity stay, except that an instance
+/// enrolled without them takes the first reported.
+pub fn reconcile_hello(before: &InstanceRecord, h: &HelloRecord) -> HelloChange {
+    let mut outcome = HelloOutcome::default();
+    let mut last_event_seq = before.last_event_seq;
+    if h.last_event_sequence < last_event_seq {
+        outcome.event_seq_lowered_from = Some(last_event_seq);
+        last_event_seq = h.last_event_sequence;
+    }
+    let mut generation = before.generation;
+    if h.applied_generation > generation {
+        outcome.generation_raised_from = Some(generation);
+        generation = h.applied_generation.saturating_add(1);
+    }
+    let hostname = if before.hostname.is_empty() {
+        h.hostname.clone()
+    } else {
+        before.hostname.clone()
+    };
+    let (mut cpu, mut memory_mib) = (before.cpu, before.memory_mib);
+    if cpu == 0 && memory_mib == 0 {
+        outcome.capacity_registered = h.cpu > 0 || h.memory_mib > 0;
+        (cpu, memory_mib) = (h.cpu, h.memory_mib);
+    } else if h.cpu > cpu || h.memory_mib > memory_mib {
+        outcome.capacity_clamped = true;
+    }
+    HelloChange {
+        outcome,
+        hostname,
+        cpu,
+        memory_mib,
+        last_event_seq,
+        generation,
+    }
+}
+
+/// The certificate rule: which client certificate (by serial) a session
+/// may use. [`CertUse::Promoted`] asks the store to make the pending
+/// certificate current.
+pub fn certificate_use(inst: &InstanceRecord, serial: &str) -> CertUse {
+    match (&inst.cert_serial, &inst.pending_cert_serial) {
+        (Some(current), _) if current == serial => CertUse::Accepted,
+        (current, Some(pending)) if pending == serial => CertUse::Promoted {
+            retired: current.clone(),
+        },
+        (None, _) => CertUse::Accepted,
+        (Some(current), _) => CertUse::Retired {
+            current: current.clone(),
+        },
+    }
+}
+
+/// Whether a renewal presented with `presented` may be issued: with the
+/// current certificate or the pending one (a renewal whose answer was
+/// lost), or any while none is recorded.
+pub fn renewal_allowed(inst: &InstanceRecord, presented: &str) -> bool {
+    match &inst.cert_serial {
+        None => true,
+        Some(current) => {
+            current == presented || inst.pending_cert_serial.as_deref() == Some(presented)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -148,5 +231,62 @@ mod tests {
         assert!(!assignment_changed(true, STOPPED, &t), "nothing moved");
         let done = task(STOPPED, STOPPED);
         assert!(assignment_changed(true, STOPPED, &done), "left the set");
+    }
+
+    #[test]
+    fn a_hello_reconciles_with_the_agent_and_keeps_what_was_registered() {
+        let before = InstanceRecord {
+            hostname: "web-1".into(),
+            cpu: 2048,
+            memory_mib: 4096,
+            last_event_seq: 9,
+            generation: 3,
+            ..InstanceRecord::default()
+        };
+        let h = HelloRecord {
+            hostname: "renamed".into(),
+            cpu: 4096,
+            memory_mib: 4096,
+            last_event_sequence: 2,
+            applied_generation: 7,
+            ..HelloRecord::default()
+        };
+        let c = reconcile_hello(&before, &h);
+        assert_eq!(c.outcome.event_seq_lowered_from, Some(9));
+        assert_eq!(c.last_event_seq, 2);
+        assert_eq!(c.outcome.generation_raised_from, Some(3));
+        assert_eq!(c.generation, 8);
+        assert_eq!(c.hostname, "web-1");
+        assert_eq!((c.cpu, c.memory_mib), (2048, 4096));
+        assert!(c.outcome.capacity_clamped);
+        let unregistered = InstanceRecord::default();
+        let c = reconcile_hello(&unregistered, &h);
+        assert!(c.outcome.capacity_registered);
+        assert_eq!((c.cpu, c.hostname.as_str()), (4096, "renamed"));
+    }
+
+    #[test]
+    fn certificates_are_current_pending_or_retired() {
+        let inst = InstanceRecord {
+            cert_serial: Some("aa".into()),
+            pending_cert_serial: Some("bb".into()),
+            ..InstanceRecord::default()
+        };
+        assert_eq!(certificate_use(&inst, "aa"), CertUse::Accepted);
+        assert_eq!(
+            certificate_use(&inst, "bb"),
+            CertUse::Promoted {
+                retired: Some("aa".into())
+            }
+        );
+        assert_eq!(
+            certificate_use(&inst, "cc"),
+            CertUse::Retired {
+                current: "aa".into()
+            }
+        );
+        assert!(renewal_allowed(&inst, "aa") && renewal_allowed(&inst, "bb"));
+        assert!(!renewal_allowed(&inst, "cc"));
+        assert!(renewal_allowed(&InstanceRecord::default(), "any"));
     }
 }

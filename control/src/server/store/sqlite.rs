@@ -562,31 +562,14 @@ impl Store for SqliteStore {
         // transaction holds the write lock from its start.
         self.write("record_hello", |tx| {
             let before = active_instance(tx, id)?;
-            let mut outcome = HelloOutcome::default();
-            let mut last_event_seq = before.last_event_seq;
-            if h.last_event_sequence < last_event_seq {
-                outcome.event_seq_lowered_from = Some(last_event_seq);
-                last_event_seq = h.last_event_sequence;
-            }
-            let mut generation = before.generation;
-            if h.applied_generation > generation {
-                outcome.generation_raised_from = Some(generation);
-                generation = h.applied_generation.saturating_add(1);
-            }
-            // The registered hostname stays; only an instance enrolled
-            // without one takes the first it reports.
-            let hostname = if before.hostname.is_empty() {
-                h.hostname.clone()
-            } else {
-                before.hostname.clone()
-            };
-            let (mut cpu, mut memory_mib) = (before.cpu, before.memory_mib);
-            if cpu == 0 && memory_mib == 0 {
-                outcome.capacity_registered = h.cpu > 0 || h.memory_mib > 0;
-                (cpu, memory_mib) = (h.cpu, h.memory_mib);
-            } else if h.cpu > cpu || h.memory_mib > memory_mib {
-                outcome.capacity_clamped = true;
-            }
+            let rules::HelloChange {
+                mut outcome,
+                hostname,
+                cpu,
+                memory_mib,
+                last_event_seq,
+                generation,
+            } = rules::reconcile_hello(&before, h);
             tx.execute(
                 "UPDATE instances SET hostname = ?2, agent_version = ?3, boot_id = ?4, \
                  reported_cpu = ?5, reported_memory_mib = ?6, attributes_json = ?7, \
@@ -648,23 +631,15 @@ impl Store for SqliteStore {
         self.write("use_certificate", |tx| {
             let inst =
                 get_instance(tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))?;
-            Ok(match (&inst.cert_serial, &inst.pending_cert_serial) {
-                (Some(current), _) if current == serial => CertUse::Accepted,
-                (current, Some(pending)) if pending == serial => {
-                    tx.execute(
-                        "UPDATE instances SET cert_serial = pending_cert_serial, \
-                         pending_cert_serial = NULL WHERE instance_id = ?1",
-                        params![id],
-                    )?;
-                    CertUse::Promoted {
-                        retired: current.clone(),
-                    }
-                }
-                (None, _) => CertUse::Accepted,
-                (Some(current), _) => CertUse::Retired {
-                    current: current.clone(),
-                },
-            })
+            let used = rules::certificate_use(&inst, serial);
+            if matches!(used, CertUse::Promoted { .. }) {
+                tx.execute(
+                    "UPDATE instances SET cert_serial = pending_cert_serial, \
+                     pending_cert_serial = NULL WHERE instance_id = ?1",
+                    params![id],
+                )?;
+            }
+            Ok(used)
         })
     }
 
@@ -676,12 +651,7 @@ impl Store for SqliteStore {
     ) -> Result<CertUse, StoreError> {
         self.write("record_renewal", |tx| {
             let inst = active_instance(tx, id)?;
-            let allowed = match &inst.cert_serial {
-                None => true,
-                Some(current) => {
-                    current == presented || inst.pending_cert_serial.as_deref() == Some(presented)
-                }
-            };
+            let allowed = rules::renewal_allowed(&inst, presented);
             if !allowed {
                 return Ok(CertUse::Retired {
                     current: inst.cert_serial.unwrap_or_default(),
