@@ -245,6 +245,12 @@ pub(crate) fn store_status(e: StoreError) -> Status {
         StoreError::NoInstance(_) | StoreError::NoTask(_) => Status::not_found(e.to_string()),
         StoreError::InstanceInactive(_) => Status::permission_denied(e.to_string()),
         StoreError::ActivationUsed(_) => Status::permission_denied(e.to_string()),
+        // Nothing was changed; the same call may succeed when tried again.
+        StoreError::Conflict { .. } => Status::aborted(e.to_string()),
+        StoreError::Busy(_) | StoreError::Unavailable { .. } => {
+            tracing::warn!(error = %e, "store unavailable");
+            Status::unavailable(format!("the control plane's store is unavailable: {e}"))
+        }
         other => {
             tracing::error!(error = %other, "store failure");
             Status::internal(format!("the control plane's store failed: {other}"))
@@ -255,6 +261,20 @@ pub(crate) fn store_status(e: StoreError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_errors_map_to_statuses_a_client_can_act_on() {
+        let conflict = StoreError::Conflict {
+            op: "insert_task_at",
+            detail: "instance i-1 moved".into(),
+        };
+        assert_eq!(store_status(conflict).code(), tonic::Code::Aborted);
+        let busy = store_status(StoreError::Busy("stop_task"));
+        assert_eq!(busy.code(), tonic::Code::Unavailable);
+        assert!(busy.message().contains("stop_task"), "{}", busy.message());
+        let missing = store_status(StoreError::NoTask("t1".into()));
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+    }
 
     #[test]
     fn codes_are_url_safe_and_random() {
