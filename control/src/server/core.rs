@@ -5,8 +5,10 @@
 //!
 //! Invariants:
 //! - every store access goes through [`Core::db`], which runs one closure
-//!   on the blocking pool under the store lock (so the closure is atomic
-//!   with respect to every other store user) and times it by operation;
+//!   on the blocking pool and times it by operation name; there is no
+//!   process-wide store lock: each store method is one transaction, and
+//!   what must be atomic across a read and a write is one method or checks
+//!   what it read when it writes (placement: `Store::insert_task_at`);
 //! - the session registry is the only state that lives in memory only.
 
 use std::net::SocketAddr;
