@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use berth_e2e::{
-    Agent, Cli, DEADLINE, Proc, RunId, berth_bin, clean_command, describe_output, read_server_json,
-    wait_for,
+    Agent, Cli, DEADLINE, Postgres, Proc, RunId, berth_bin, clean_command, describe_output,
+    read_server_json, wait_for,
 };
 use berth_proto::v1::admin_client::AdminClient;
 use berth_proto::v1::{ListTasksRequest, RunTaskRequest, StopTaskRequest, TaskState};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
+
+use crate::StoreKind;
 
 /// How long a server gets to write `server.json`.
 const SERVER_READY: Duration = Duration::from_secs(60);
@@ -42,13 +44,30 @@ pub struct BenchServer {
     heartbeat: Option<String>,
     data_dir: PathBuf,
     restarts: u32,
+    /// `--store` of the server, kept across respawns.
+    store: Option<String>,
     dir: tempfile::TempDir,
+    /// The PostgreSQL server of the store, if any: stopped after the
+    /// server process.
+    _postgres: Option<Postgres>,
 }
 
 impl BenchServer {
     /// Starts `berth server` and waits for its `server.json`. It inherits
     /// this process's `RLIMIT_NOFILE` (see [`crate::procfs::raise_nofile`]).
     pub fn start(run: &RunId, heartbeat: Option<&str>) -> anyhow::Result<BenchServer> {
+        BenchServer::start_on(run, heartbeat, StoreKind::Sqlite)
+    }
+
+    /// [`BenchServer::start`] with its store on `store` (for PostgreSQL a
+    /// throwaway server with one database, started here).
+    pub fn start_on(
+        run: &RunId,
+        heartbeat: Option<&str>,
+        store: StoreKind,
+    ) -> anyhow::Result<BenchServer> {
+        let postgres = (store == StoreKind::Postgres).then(|| Postgres::start(run));
+        let store = postgres.as_ref().map(|p| p.create_database("berth"));
         let dir = run.temp_dir("bench-server");
         let data_dir = dir.path().join("data");
         // 0700: the server refuses a data dir open to group or others.
@@ -62,6 +81,7 @@ impl BenchServer {
             "127.0.0.1:0",
             "127.0.0.1:0",
             heartbeat.as_deref(),
+            store.as_deref(),
         )?;
         Ok(BenchServer {
             proc,
@@ -70,7 +90,9 @@ impl BenchServer {
             heartbeat,
             data_dir,
             restarts: 0,
+            store,
             dir,
+            _postgres: postgres,
         })
     }
 
@@ -123,6 +145,7 @@ impl BenchServer {
             &self.fleet_addr,
             &self.admin_addr,
             self.heartbeat.as_deref(),
+            self.store.as_deref(),
         )?;
         self.proc = proc;
         Ok(())
@@ -146,6 +169,7 @@ fn spawn(
     listen: &str,
     admin: &str,
     heartbeat: Option<&str>,
+    store: Option<&str>,
 ) -> anyhow::Result<(Proc, String, String)> {
     let ready = data_dir.join("server.json");
     let _ = std::fs::remove_file(&ready);
@@ -160,6 +184,9 @@ fn spawn(
     ]);
     if let Some(h) = heartbeat {
         cmd.args(["--heartbeat-interval", h]);
+    }
+    if let Some(store) = store {
+        cmd.args(["--store", store]);
     }
     let mut proc = Proc::spawn("berth server", &mut cmd, log);
     let (fleet, admin) = wait_for(

@@ -109,6 +109,29 @@ pub struct Options {
     pub fanout: Option<usize>,
     /// Queued events of replay.
     pub events: usize,
+    /// The control plane's store in fleet.
+    pub store: StoreKind,
+}
+
+/// Which store the fleet scenario's server runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The data dir's SQLite file (the default store).
+    #[default]
+    Sqlite,
+    /// A throwaway PostgreSQL server started for the run
+    /// (`berth server --store postgres://…`).
+    Postgres,
+}
+
+impl StoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        }
+    }
 }
 
 impl Default for Options {
@@ -121,6 +144,7 @@ impl Default for Options {
             sessions: vec![1_000, 5_000, 10_000],
             fanout: None,
             events: 10_000,
+            store: StoreKind::Sqlite,
         }
     }
 }
@@ -137,6 +161,7 @@ impl Options {
             sessions: vec![20],
             fanout: None,
             events: 200,
+            store: StoreKind::Sqlite,
         }
     }
 

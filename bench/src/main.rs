@@ -17,7 +17,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use berth_bench::{Ctx, Options, Scenario, report};
+use berth_bench::{Ctx, Options, Scenario, StoreKind, report};
 use clap::Parser;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +60,11 @@ struct Args {
     /// Queued events of replay.
     #[arg(long, default_value_t = 10_000)]
     events: usize,
+    /// The store of fleet's server: sqlite (the data dir's file) or postgres
+    /// (a throwaway PostgreSQL server started for the run; needs Debian's
+    /// postgresql, see scripts/setup.sh).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    store: StoreKind,
     /// The smoke sizes of CI (2 tasks, 1 restart, 5 s window, 20 sessions,
     /// 200 events); other size flags are ignored.
     #[arg(long)]
@@ -89,7 +94,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(code);
     }
     let opts = if args.smoke {
-        Options::smoke()
+        Options {
+            store: args.store,
+            ..Options::smoke()
+        }
     } else {
         Options {
             n: args.n,
@@ -99,6 +107,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             sessions: args.sessions.clone(),
             fanout: args.fanout,
             events: args.events.max(1),
+            store: args.store,
         }
     };
     let mut scenarios = Vec::new();

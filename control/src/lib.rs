@@ -18,11 +18,12 @@
 //!   (`OU=admin`, from `berth admin-cert create`) anywhere else.
 //! - [`server::metrics`]: a third, read-only listener (`--metrics-listen`,
 //!   default `127.0.0.1:7422`) serving `GET /metrics` in Prometheus text;
-//!   every store call is timed by a `Store` decorator.
+//!   every store operation is timed by `Core::db`, by operation name.
 //! - [`server::limits`]: failed enrollments per source address, and a token
 //!   bucket per agent stream; message sizes are bounded per service.
-//! - [`server::store`]: every durable fact is in SQLite behind the
-//!   [`server::store::Store`] trait; multi-row changes are transactions, an
+//! - [`server::store`]: every durable fact is in SQLite (default) or
+//!   PostgreSQL (`--store`) behind the [`server::store::Store`] trait; every
+//!   method is one transaction, an
 //!   instance's assignment generation moves in the same transaction as its
 //!   desired task set, and agent events are applied at most once by
 //!   sequence number.
@@ -30,7 +31,8 @@
 //!   Each session is a task that owns its stream; the rest of the server
 //!   talks to it through a channel.
 //! - [`server::placement`] is pure: a snapshot in, an instance id or a
-//!   reason out; the caller holds the store lock across snapshot and insert.
+//!   reason out; [`server::scheduler`] inserts the task only if the chosen
+//!   instance's generation has not moved since the snapshot.
 //! - [`cli`] is a thin client of the admin API; JSON output comes from
 //!   `berth_proto::json`, shared with the agent's local API.
 //!

@@ -6,7 +6,8 @@ use std::process::Output;
 use serde_json::Value;
 
 use crate::{
-    Agent, RunId, Scratch, Server, TestImage, describe_output, stdout_json, str_field, task_def,
+    Agent, Postgres, RunId, Scratch, Server, ServerOptions, TestImage, describe_output,
+    stdout_json, str_field, task_def,
 };
 
 /// A run id, a test image, a control plane and one agent enrolled, started
@@ -18,6 +19,9 @@ use crate::{
 pub struct Fleet {
     pub agent: Agent,
     pub server: Server,
+    /// The server's store when it runs on PostgreSQL
+    /// ([`Fleet::start_on_postgres`]); dropped after the server.
+    pub postgres: Option<Postgres>,
     pub image: TestImage,
     pub files: Scratch,
     pub run: RunId,
@@ -36,14 +40,37 @@ impl Fleet {
     /// (its config, data dir, server address or environment changed first);
     /// `start` returns once the agent is connected.
     pub fn start_custom(run: RunId, start: impl FnOnce(&Server, &mut Agent)) -> Fleet {
+        Fleet::start_on(run, None, start)
+    }
+
+    /// [`Fleet::start`] with the server's store on a throwaway PostgreSQL
+    /// server (`berth server --store postgres://…`), one database per fleet.
+    pub fn start_on_postgres() -> Fleet {
+        let run = RunId::new();
+        let postgres = Postgres::start(&run);
+        Fleet::start_on(run, Some(postgres), |server, agent| {
+            agent.start_connected(server)
+        })
+    }
+
+    fn start_on(
+        run: RunId,
+        postgres: Option<Postgres>,
+        start: impl FnOnce(&Server, &mut Agent),
+    ) -> Fleet {
         let files = Scratch::new(&run);
         let image = TestImage::build(&run);
-        let server = Server::start(&run);
+        let options = ServerOptions {
+            store: postgres.as_ref().map(|p| p.create_database("berth")),
+            ..ServerOptions::default()
+        };
+        let server = Server::start_with(&run, &options);
         let mut agent = Agent::enroll(&server, &run);
         start(&server, &mut agent);
         Fleet {
             agent,
             server,
+            postgres,
             image,
             files,
             run,

@@ -231,6 +231,7 @@ pub struct Server {
     cli: Cli,
     data_dir: PathBuf,
     restarts: u32,
+    store: Option<String>,
     dir: tempfile::TempDir,
 }
 
@@ -242,6 +243,9 @@ pub struct ServerOptions {
     /// Run the server under this open-file limit (soft and hard), through
     /// util-linux `prlimit`.
     pub open_file_limit: Option<u64>,
+    /// `--store URL` (e.g. a [`crate::Postgres`] database); kept across
+    /// restarts. `None`: the data dir's SQLite file.
+    pub store: Option<String>,
 }
 
 impl ServerOptions {
@@ -250,6 +254,7 @@ impl ServerOptions {
         ServerOptions {
             args: args.iter().map(|a| a.to_string()).collect(),
             open_file_limit: None,
+            store: None,
         }
     }
 }
@@ -294,6 +299,9 @@ impl Server {
             "--heartbeat-interval",
             "1s",
         ]);
+        if let Some(store) = &options.store {
+            cmd.args(["--store", store]);
+        }
         cmd.args(&options.args);
         let mut proc = Proc::spawn("berth server", &mut cmd, &log);
         let ready = data_dir.join("server.json");
@@ -313,6 +321,7 @@ impl Server {
             cli: Cli::new(&admin_addr),
             data_dir,
             restarts: 0,
+            store: options.store.clone(),
             dir,
         }
     }
@@ -412,6 +421,9 @@ impl Server {
             .args(["--admin-listen", self.cli.admin_addr()])
             .args(["--metrics-listen", &self.metrics_addr])
             .args(["--heartbeat-interval", "1s"]);
+        if let Some(store) = &self.store {
+            cmd.args(["--store", store]);
+        }
         let mut proc = Proc::spawn("berth server", &mut cmd, &log);
         wait_for(
             &format!("restarted berth server to write {}", ready.display()),

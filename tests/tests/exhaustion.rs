@@ -501,6 +501,7 @@ fn a_flood_past_the_open_file_limit_costs_little_cpu_and_the_admin_api_answers()
         &ServerOptions {
             args: vec!["--max-connections-per-address".into(), "1000".into()],
             open_file_limit: Some(256),
+            store: None,
         },
     );
     let pid = server.pid();

@@ -65,7 +65,9 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
     levels.dedup();
     let kmax = *levels.last().context("no session count given")?;
     procfs::check_nofile(ctx.nofile, kmax)?;
-    let mut server = BenchServer::start(&ctx.run, None)?;
+    let mut server = BenchServer::start_on(&ctx.run, None, ctx.opts.store)?;
+    details["store"] = json!(ctx.opts.store.as_str());
+    eprintln!("  store: {}", ctx.opts.store.as_str());
     let fleet_url = server.fleet_url();
     let window = ctx.opts.window;
     let mut metrics = Vec::new();

@@ -21,6 +21,11 @@ pub struct ServerArgs {
     /// Where the CA, the database and server.json live (created 0700)
     #[arg(long, env = "BERTH_SERVER_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// Where the fleet's state lives: sqlite://PATH, or postgres://USER@HOST:PORT/DATABASE
+    /// (no TLS to PostgreSQL yet: keep it on loopback or a trusted network; one server at
+    /// a time). Default: berth.db in the data dir
+    #[arg(long, env = "BERTH_SERVER_STORE", value_name = "URL")]
+    pub store: Option<crate::server::StoreLocation>,
     /// Fleet API address (agents, TLS); port 0 picks a free port
     #[arg(long, env = "BERTH_SERVER_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
@@ -88,6 +93,7 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<()> {
                 .unwrap_or(usize::MAX),
             idle_timeout: args.idle_timeout,
         },
+        store: args.store,
         ..ServerConfig::new(DEFAULT_DATA_DIR)
     };
     let signal = shutdown_signal()?;

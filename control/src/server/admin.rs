@@ -14,7 +14,6 @@
 //! session that is not STOPPED is shown as `UNKNOWN` (the stored state is
 //! kept; the agent's replayed events bring it up to date on reconnect).
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,11 +39,11 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of, tidy_serial};
-use super::placement::{Candidate, Need, PlacementError, place};
+use super::placement::PlacementError;
 use super::protocol;
+use super::scheduler::{self, ScheduleError};
 use super::store::{
-    ACTIVE, AdminCertRecord, InstanceRecord, PENDING, RUNNING, STOPPED, SqliteStore, Store,
-    StoreError, TaskRecord, Usage,
+    AdminCertRecord, InstanceRecord, STOPPED, SqliteStore, Store, StoreError, TaskRecord, Usage,
 };
 use super::{
     Core, DB_FILE, DEFAULT_ADMIN_CERT_LIFETIME, MAX_CERT_LIFETIME, TokenError, peer_text,
@@ -173,7 +172,7 @@ pub(crate) async fn require_admin_certificate(
     }
     let serial = subject.serial.clone();
     let record = core
-        .db(move |s| s.admin_cert(&serial))
+        .db("admin_cert", move |s| s.admin_cert(&serial))
         .await
         .map_err(store_status)?;
     let record = match record {
@@ -320,7 +319,7 @@ pub fn issue_admin_cert_offline(
     if !db.exists() {
         return Err(OfflineIssueError::NoStore(data_dir.to_owned()));
     }
-    let mut store = SqliteStore::open(&db)?;
+    let store = SqliteStore::open(&db)?;
     let issued = ca.issue_admin_cert(csr_pem, name, lifetime)?;
     store.record_admin_cert(&admin_cert_record(&issued, name, berth_proto::now_ms()))?;
     info!(admin = %name, serial = %issued.serial, not_after = %issued.not_after, "admin certificate issued offline");
@@ -331,18 +330,6 @@ fn placement_status(e: PlacementError) -> Status {
     match e {
         PlacementError::NoSuchInstance(_) => Status::not_found(e.to_string()),
         _ => Status::failed_precondition(e.to_string()),
-    }
-}
-
-/// Errors of the RunTask critical section.
-enum RunError {
-    Store(StoreError),
-    Placement(PlacementError),
-}
-
-impl From<StoreError> for RunError {
-    fn from(e: StoreError) -> Self {
-        RunError::Store(e)
     }
 }
 
@@ -406,7 +393,7 @@ impl Admin for AdminService {
         // know is refused off loopback, and could not be revoked.
         let record = admin_cert_record(&issued, &name, berth_proto::now_ms());
         self.core
-            .db(move |s| s.record_admin_cert(&record))
+            .db("record_admin_cert", move |s| s.record_admin_cert(&record))
             .await
             .map_err(store_status)?;
         info!(admin = %name, serial = %issued.serial, not_after = %issued.not_after, by = %caller, "admin certificate issued");
@@ -425,7 +412,7 @@ impl Admin for AdminService {
     ) -> Result<Response<ListAdminCertificatesResponse>, Status> {
         let certs = self
             .core
-            .db(|s| s.admin_certs())
+            .db("admin_certs", |s| s.admin_certs())
             .await
             .map_err(store_status)?;
         Ok(Response::new(ListAdminCertificatesResponse {
@@ -448,7 +435,7 @@ impl Admin for AdminService {
         let now = berth_proto::now_ms();
         let (cert, changed) = self
             .core
-            .db(move |s| s.revoke_admin_cert(&lookup, now))
+            .db("revoke_admin_cert", move |s| s.revoke_admin_cert(&lookup, now))
             .await
             .map_err(|e| match e {
                 StoreError::NoAdminCertificate(_) => Status::not_found(format!(
@@ -472,10 +459,12 @@ impl Admin for AdminService {
     ) -> Result<Response<ListInstancesResponse>, Status> {
         let (instances, usage) = self
             .core
-            .db(|s| Ok::<_, StoreError>((s.instances()?, s.usage()?)))
+            .db("list_instances", |s| {
+                Ok::<_, StoreError>((s.instances()?, s.usage()?))
+            })
             .await
             .map_err(store_status)?;
-        let connected = self.core.connected_instances();
+        let connected = self.core.sessions().connected_instances();
         let instances = instances
             .iter()
             .map(|i| {
@@ -494,7 +483,7 @@ impl Admin for AdminService {
         let lookup = id.clone();
         let (instance, usage) = self
             .core
-            .db(move |s| {
+            .db("describe_instance", move |s| {
                 let i = s.instance(&lookup)?;
                 let u = s.usage()?.get(&lookup).copied().unwrap_or_default();
                 Ok::<_, StoreError>((i, u))
@@ -502,7 +491,7 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         let instance = instance.ok_or_else(|| Status::not_found(format!("no instance {id}")))?;
-        let connected = self.core.is_connected(&id);
+        let connected = self.core.sessions().is_connected(&id);
         Ok(Response::new(instance_message(&instance, usage, connected)))
     }
 
@@ -514,7 +503,7 @@ impl Admin for AdminService {
         let lookup = id.clone();
         let (instance, usage) = self
             .core
-            .db(move |s| {
+            .db("deregister_instance", move |s| {
                 let i = s.deregister_instance(&lookup, USER_STOP_CODE, DEREGISTER_REASON)?;
                 let u = s.usage()?.get(&lookup).copied().unwrap_or_default();
                 Ok::<_, StoreError>((i, u))
@@ -524,8 +513,8 @@ impl Admin for AdminService {
         info!(instance_id = %id, "instance deregistered");
         // The agent learns to stop its tasks, then loses its session; it
         // cannot open another one.
-        self.core.notify_assignment(&id);
-        self.core.close_session(
+        self.core.sessions().notify_assignment(&id);
+        self.core.sessions().close_session(
             &id,
             Status::permission_denied(format!("instance {id} was deregistered")),
         );
@@ -541,7 +530,7 @@ impl Admin for AdminService {
         let lookup = id.clone();
         let (before, after, usage) = self
             .core
-            .db(move |s| {
+            .db("accept_capacity", move |s| {
                 let (before, after) = s.accept_capacity(&lookup)?;
                 let u = s.usage()?.get(&lookup).copied().unwrap_or_default();
                 Ok::<_, StoreError>((before, after, u))
@@ -557,88 +546,24 @@ impl Admin for AdminService {
             by = %caller,
             "registered the capacity the agent reports"
         );
-        let connected = self.core.is_connected(&id);
+        let connected = self.core.sessions().is_connected(&id);
         Ok(Response::new(instance_message(&after, usage, connected)))
     }
 
     async fn run_task(&self, request: Request<RunTaskRequest>) -> Result<Response<Task>, Status> {
         let req = request.into_inner();
-        let parsed = berth_taskdef::parse(&req.task_definition_json)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let reservation = parsed.definition.reservation();
-        let need = Need {
-            cpu: i64::try_from(reservation.cpu).unwrap_or(i64::MAX),
-            memory_mib: i64::try_from(reservation.memory_mib).unwrap_or(i64::MAX),
-        };
-        let task_id = uuid::Uuid::new_v4().simple().to_string();
-        let span = info_span!("task", %task_id, family = %parsed.definition.family);
-        let now = berth_proto::now_ms();
-        let task = TaskRecord {
-            task_id: task_id.clone(),
-            instance_id: String::new(),
-            family: parsed.definition.family.clone(),
-            definition_json: req.task_definition_json,
-            desired_status: RUNNING.to_owned(),
-            last_status: PENDING.to_owned(),
-            health_status: UNKNOWN.to_owned(),
-            created_at_ms: now,
-            reserved_cpu: need.cpu,
-            reserved_memory_mib: need.memory_mib,
-            ..TaskRecord::default()
-        };
         let explicit = non_empty(&req.instance_id);
-        let connected: HashSet<String> = self.core.connected_instances();
-        // Placement and insertion under one store lock: two tasks placed at
-        // once cannot both take the last free memory.
-        let placed = self
-            .core
-            .db(move |s| {
-                let instances = s.instances()?;
-                let usage = s.usage()?;
-                let candidates: Vec<Candidate> = instances
-                    .iter()
-                    .map(|i| {
-                        let u = usage.get(&i.instance_id).copied().unwrap_or_default();
-                        // Never more than registered, whatever a Hello said.
-                        let (cpu, memory_mib) = i.capacity();
-                        Candidate {
-                            instance_id: i.instance_id.clone(),
-                            active: i.status == ACTIVE,
-                            connected: connected.contains(&i.instance_id),
-                            free: Need {
-                                cpu: cpu - u.cpu,
-                                memory_mib: memory_mib - u.memory_mib,
-                            },
-                        }
-                    })
-                    .collect();
-                let instance_id =
-                    place(need, &candidates, explicit.as_deref()).map_err(RunError::Placement)?;
-                let task = TaskRecord {
-                    instance_id,
-                    ..task
-                };
-                s.insert_task(&task)?;
-                Ok::<_, RunError>(task)
-            })
-            .instrument(span.clone())
+        let scheduled = scheduler::run_task(&self.core, req.task_definition_json, explicit)
             .await
             .map_err(|e| match e {
-                RunError::Store(e) => store_status(e),
-                RunError::Placement(e) => {
-                    span.in_scope(|| info!(reason = %e, "task refused"));
-                    placement_status(e)
-                }
+                ScheduleError::Definition(e) => Status::invalid_argument(e),
+                ScheduleError::Placement(e) => placement_status(e),
+                ScheduleError::Store(e) => store_status(e),
             })?;
-        span.in_scope(|| {
-            info!(instance_id = %placed.instance_id, cpu = need.cpu, memory_mib = need.memory_mib, "task placed");
-            for w in &parsed.warnings {
-                info!(warning = %w, "task definition warning");
-            }
-        });
-        self.core.notify_assignment(&placed.instance_id);
-        let connected = self.core.is_connected(&placed.instance_id);
-        Ok(Response::new(task_message(&placed, connected)))
+        Ok(Response::new(task_message(
+            &scheduled.task,
+            scheduled.connected,
+        )))
     }
 
     async fn list_tasks(
@@ -648,10 +573,10 @@ impl Admin for AdminService {
         let filter = non_empty(&request.into_inner().instance_id);
         let tasks = self
             .core
-            .db(move |s| s.tasks(filter.as_deref()))
+            .db("tasks", move |s| s.tasks(filter.as_deref()))
             .await
             .map_err(store_status)?;
-        let connected = self.core.connected_instances();
+        let connected = self.core.sessions().connected_instances();
         let tasks = tasks
             .iter()
             .map(|t| task_message(t, connected.contains(&t.instance_id)))
@@ -664,11 +589,11 @@ impl Admin for AdminService {
         let lookup = id.clone();
         let task = self
             .core
-            .db(move |s| s.task(&lookup))
+            .db("task", move |s| s.task(&lookup))
             .await
             .map_err(store_status)?
             .ok_or_else(|| Status::not_found(format!("no task {id}")))?;
-        let connected = self.core.is_connected(&task.instance_id);
+        let connected = self.core.sessions().is_connected(&task.instance_id);
         Ok(Response::new(task_message(&task, connected)))
     }
 
@@ -689,15 +614,17 @@ impl Admin for AdminService {
         let lookup = id.clone();
         let (task, changed) = self
             .core
-            .db(move |s| s.stop_task(&lookup, USER_STOP_CODE, &reason))
+            .db("stop_task", move |s| {
+                s.stop_task(&lookup, USER_STOP_CODE, &reason)
+            })
             .instrument(span.clone())
             .await
             .map_err(store_status)?;
         if changed {
             span.in_scope(|| info!(instance_id = %task.instance_id, "task stop requested"));
-            self.core.notify_assignment(&task.instance_id);
+            self.core.sessions().notify_assignment(&task.instance_id);
         }
-        let connected = self.core.is_connected(&task.instance_id);
+        let connected = self.core.sessions().is_connected(&task.instance_id);
         Ok(Response::new(task_message(&task, connected)))
     }
 }
@@ -705,6 +632,7 @@ impl Admin for AdminService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::store::RUNNING;
 
     #[test]
     fn disconnected_tasks_show_unknown_unless_stopped() {

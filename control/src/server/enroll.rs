@@ -238,7 +238,7 @@ impl Enrollment for EnrollmentService {
             let found = {
                 let id = activation_id.clone();
                 self.core
-                    .db(move |s| s.activation(&id))
+                    .db("activation", move |s| s.activation(&id))
                     .await
                     .map_err(store_status)?
             };
@@ -333,7 +333,7 @@ impl Enrollment for EnrollmentService {
             let certificate_pem = issued.pem;
             let id = activation_id.clone();
             self.core
-                .db(move |s| s.enroll(&id, now, &new))
+                .db("enroll", move |s| s.enroll(&id, now, &new))
                 .await
                 .map_err(|e| match e {
                     StoreError::ActivationUsed(_) => Status::permission_denied(e.to_string()),

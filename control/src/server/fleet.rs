@@ -67,8 +67,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::protocol::{self, CheckedEvent, Step, shown};
+use super::sessions::SessionCommand;
 use super::store::{CertUse, INACTIVE, InstanceRecord, StoreError};
-use super::{Core, SessionCommand, peer_text, store_status};
+use super::{Core, peer_text, store_status};
 
 pub use super::protocol::MAX_COUNTER;
 
@@ -172,7 +173,7 @@ async fn check_certificate(
 ) -> Result<(), Status> {
     let used = {
         let (id, serial) = (instance_id.to_owned(), serial.to_owned());
-        core.db(move |s| s.use_certificate(&id, &serial))
+        core.db("use_certificate", move |s| s.use_certificate(&id, &serial))
             .await
             .map_err(store_status)?
     };
@@ -198,7 +199,7 @@ async fn active_instance(
 ) -> Result<InstanceRecord, Status> {
     let found = {
         let id = instance_id.to_owned();
-        core.db(move |s| s.instance(&id))
+        core.db("instance", move |s| s.instance(&id))
             .await
             .map_err(store_status)?
     };
@@ -238,7 +239,7 @@ impl Fleet for FleetService {
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         // Registered before the Hello, so that deregistration closes it.
         let (cmd_tx, commands) = mpsc::unbounded_channel();
-        let session_id = self.core.register_pending(&instance_id, cmd_tx);
+        let session_id = self.core.sessions().register_pending(&instance_id, cmd_tx);
         let registration = Registration {
             core: Arc::clone(&self.core),
             instance_id: instance_id.clone(),
@@ -325,7 +326,7 @@ impl Fleet for FleetService {
                     issued.serial.clone(),
                 );
                 self.core
-                    .db(move |s| s.record_renewal(&id, &presented, &new))
+                    .db("record_renewal", move |s| s.record_renewal(&id, &presented, &new))
                     .await
                     .map_err(store_status)?
             };
@@ -423,6 +424,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         if self
             .core
+            .sessions()
             .unregister_session(&self.instance_id, self.session_id)
         {
             info!("agent disconnected");
@@ -564,10 +566,11 @@ impl Session {
             }
             Err(e) => return store_end(e),
         };
-        if !self
-            .core
-            .promote_session(&self.instance_id, registration.session_id, self.peer)
-        {
+        if !self.core.sessions().promote_session(
+            &self.instance_id,
+            registration.session_id,
+            self.peer,
+        ) {
             return End::Closed(Status::permission_denied(format!(
                 "instance {} was deregistered",
                 self.instance_id
@@ -691,7 +694,7 @@ impl Session {
                 let id = self.instance_id.clone();
                 let now = berth_proto::now_ms();
                 self.core
-                    .db(move |s| s.record_heartbeat(&id, now))
+                    .db("record_heartbeat", move |s| s.record_heartbeat(&id, now))
                     .await
                     .map_err(store_end)
             }
@@ -699,7 +702,9 @@ impl Session {
                 debug!(generation, "assignment acknowledged");
                 let id = self.instance_id.clone();
                 self.core
-                    .db(move |s| s.record_assignment_ack(&id, generation))
+                    .db("record_assignment_ack", move |s| {
+                        s.record_assignment_ack(&id, generation)
+                    })
                     .await
                     .map_err(store_end)
             }
@@ -726,7 +731,7 @@ impl Session {
         let now = berth_proto::now_ms();
         let outcome = self
             .core
-            .db(move |s| s.apply_event(&id, &event, now))
+            .db("apply_event", move |s| s.apply_event(&id, &event, now))
             .instrument(span.clone())
             .await
             .map_err(store_end)?;
@@ -776,7 +781,9 @@ impl Session {
     async fn record_hello(&self, hello: &Hello) -> Result<super::store::HelloOutcome, StoreError> {
         let record = protocol::hello_record(hello, berth_proto::now_ms());
         let id = self.instance_id.clone();
-        self.core.db(move |s| s.record_hello(&id, &record)).await
+        self.core
+            .db("record_hello", move |s| s.record_hello(&id, &record))
+            .await
     }
 
     /// Sends the current assignment if `always` or if it is newer than the
@@ -785,7 +792,7 @@ impl Session {
         let id = self.instance_id.clone();
         let assignment = self
             .core
-            .db(move |s| s.assignment(&id))
+            .db("assignment", move |s| s.assignment(&id))
             .await
             .map_err(End::Store)?;
         if !always && assignment.generation <= self.last_sent_generation {

@@ -11,113 +11,25 @@
 //! |---|---|
 //! | `berth_server_connected_instances` | the session registry, at scrape time |
 //! | `berth_server_instances{status}`, `berth_server_tasks{status}` | the store, at scrape time |
-//! | `berth_server_sessions_opened_total`, `berth_server_sessions_replaced_total` | `Core::register_session` (`mod.rs`) |
+//! | `berth_server_sessions_opened_total`, `berth_server_sessions_replaced_total` | `LocalSessions::register_session` (`sessions.rs`) |
 //! | `berth_server_sessions_closed_total{reason}` | the end of every `Fleet.Connect` session (`fleet.rs`) |
 //! | `berth_server_events_applied_total`, `berth_server_events_ignored_total{reason}` | `fleet.rs`, after the store applied (or skipped) an agent's event |
 //! | `berth_server_assignments_sent_total` | `fleet.rs`, for every Assignment sent to an agent |
 //! | `berth_server_enrollments_total` | `enroll.rs`, for every host enrolled |
-//! | `berth_server_store_latency_seconds{operation}`, `berth_server_store_errors_total{operation}` | [`TimedStore`], around every [`Store`] call |
+//! | `berth_server_store_latency_seconds{operation}`, `berth_server_store_errors_total{operation}` | [`Core::db`], around every store operation (the label is the name its call site gives) |
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use berth_proto::metrics::{Counter, Encoder, Histogram, Kind, LATENCY_BUCKETS};
-use berth_proto::v1::{Assignment, TaskEvent};
 use tokio::sync::watch;
 
 use super::Core;
-use super::store::{
-    ACTIVE, ActivationRecord, AdminCertRecord, CertUse, EventOutcome, HelloOutcome, HelloRecord,
-    INACTIVE, InstanceRecord, NewInstance, Store, StoreError, TaskRecord, Usage,
-};
-
-/// The [`Store`] methods, as the `operation` label names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreOp {
-    CreateActivation,
-    Activation,
-    Enroll,
-    Instance,
-    Instances,
-    Usage,
-    RecordHello,
-    RecordHeartbeat,
-    RecordAssignmentAck,
-    DeregisterInstance,
-    ApplyEvent,
-    Assignment,
-    InsertTask,
-    Task,
-    Tasks,
-    StopTask,
-    RecordAdminCert,
-    AdminCert,
-    AdminCerts,
-    RevokeAdminCert,
-    AcceptCapacity,
-    UseCertificate,
-    RecordRenewal,
-}
-
-impl StoreOp {
-    pub const ALL: [StoreOp; 23] = [
-        StoreOp::CreateActivation,
-        StoreOp::Activation,
-        StoreOp::Enroll,
-        StoreOp::Instance,
-        StoreOp::Instances,
-        StoreOp::Usage,
-        StoreOp::RecordHello,
-        StoreOp::RecordHeartbeat,
-        StoreOp::RecordAssignmentAck,
-        StoreOp::DeregisterInstance,
-        StoreOp::ApplyEvent,
-        StoreOp::Assignment,
-        StoreOp::InsertTask,
-        StoreOp::Task,
-        StoreOp::Tasks,
-        StoreOp::StopTask,
-        StoreOp::RecordAdminCert,
-        StoreOp::AdminCert,
-        StoreOp::AdminCerts,
-        StoreOp::RevokeAdminCert,
-        StoreOp::AcceptCapacity,
-        StoreOp::UseCertificate,
-        StoreOp::RecordRenewal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoreOp::CreateActivation => "create_activation",
-            StoreOp::Activation => "activation",
-            StoreOp::Enroll => "enroll",
-            StoreOp::Instance => "instance",
-            StoreOp::Instances => "instances",
-            StoreOp::Usage => "usage",
-            StoreOp::RecordHello => "record_hello",
-            StoreOp::RecordHeartbeat => "record_heartbeat",
-            StoreOp::RecordAssignmentAck => "record_assignment_ack",
-            StoreOp::DeregisterInstance => "deregister_instance",
-            StoreOp::ApplyEvent => "apply_event",
-            StoreOp::Assignment => "assignment",
-            StoreOp::InsertTask => "insert_task",
-            StoreOp::Task => "task",
-            StoreOp::Tasks => "tasks",
-            StoreOp::StopTask => "stop_task",
-            StoreOp::RecordAdminCert => "record_admin_cert",
-            StoreOp::AdminCert => "admin_cert",
-            StoreOp::AdminCerts => "admin_certs",
-            StoreOp::RevokeAdminCert => "revoke_admin_cert",
-            StoreOp::AcceptCapacity => "accept_capacity",
-            StoreOp::UseCertificate => "use_certificate",
-            StoreOp::RecordRenewal => "record_renewal",
-        }
-    }
-}
+use super::store::{ACTIVE, EventOutcome, INACTIVE, StoreError};
 
 /// Why a `Fleet.Connect` session ended, as the `reason` label names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,8 +81,15 @@ pub struct ServerMetrics {
     pub events_foreign: Counter,
     pub assignments_sent: Counter,
     pub enrollments: Counter,
-    store_latency: Vec<Histogram>,
-    store_errors: Vec<Counter>,
+    /// Latency and failures of [`Core::db`] calls, by operation name.
+    store: Mutex<BTreeMap<&'static str, StoreTimes>>,
+}
+
+/// What `/metrics` shows of one store operation.
+#[derive(Debug)]
+struct StoreTimes {
+    latency: Histogram,
+    errors: Counter,
 }
 
 impl Default for ServerMetrics {
@@ -184,11 +103,7 @@ impl Default for ServerMetrics {
             events_foreign: Counter::new(),
             assignments_sent: Counter::new(),
             enrollments: Counter::new(),
-            store_latency: StoreOp::ALL
-                .iter()
-                .map(|_| Histogram::new(LATENCY_BUCKETS))
-                .collect(),
-            store_errors: StoreOp::ALL.iter().map(|_| Counter::new()).collect(),
+            store: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -220,20 +135,29 @@ impl ServerMetrics {
         }
     }
 
-    fn store_call(&self, op: StoreOp, took: std::time::Duration, failed: bool) {
-        if let Some(h) = self.store_latency.get(op as usize) {
-            h.observe_duration(took);
-        }
-        if failed && let Some(c) = self.store_errors.get(op as usize) {
-            c.inc();
+    fn store_times(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, StoreTimes>> {
+        // Counters and histograms hold no invariant a panic could break.
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records one store operation `op` that took `took`.
+    pub(crate) fn store_call(&self, op: &'static str, took: Duration, failed: bool) {
+        let mut times = self.store_times();
+        let t = times.entry(op).or_insert_with(|| StoreTimes {
+            latency: Histogram::new(LATENCY_BUCKETS),
+            errors: Counter::new(),
+        });
+        t.latency.observe_duration(took);
+        if failed {
+            t.errors.inc();
         }
     }
 
-    /// How many calls of `op` the store got.
-    pub fn store_calls(&self, op: StoreOp) -> u64 {
-        self.store_latency
-            .get(op as usize)
-            .map_or(0, Histogram::count)
+    /// How many store operations named `op` ran.
+    pub fn store_calls(&self, op: &str) -> u64 {
+        self.store_times().get(op).map_or(0, |t| t.latency.count())
     }
 
     fn render(&self, connected: usize, facts: Option<&StoreFacts>) -> String {
@@ -334,214 +258,36 @@ impl ServerMetrics {
             "Latency of the store's calls (SQLite, transactions included), by operation.",
             Kind::Histogram,
         );
-        for op in StoreOp::ALL {
-            if let Some(h) = self.store_latency.get(op as usize) {
-                e.histogram(
-                    "berth_server_store_latency_seconds",
-                    &[("operation", op.as_str())],
-                    &h.snapshot(),
-                );
-            }
+        let times = self.store_times();
+        for (op, t) in times.iter() {
+            e.histogram(
+                "berth_server_store_latency_seconds",
+                &[("operation", op)],
+                &t.latency.snapshot(),
+            );
         }
         e.family(
             "berth_server_store_errors_total",
             "Store calls that failed, by operation.",
             Kind::Counter,
         );
-        for op in StoreOp::ALL {
-            if let Some(c) = self.store_errors.get(op as usize) {
-                e.sample(
-                    "berth_server_store_errors_total",
-                    &[("operation", op.as_str())],
-                    c.get() as f64,
-                );
-            }
+        for (op, t) in times.iter() {
+            e.sample(
+                "berth_server_store_errors_total",
+                &[("operation", op)],
+                t.errors.get() as f64,
+            );
         }
+        drop(times);
         e.finish()
-    }
-}
-
-/// A [`Store`] that times every call of the one it wraps.
-pub struct TimedStore {
-    inner: Box<dyn Store>,
-    metrics: Arc<ServerMetrics>,
-}
-
-impl TimedStore {
-    pub fn new(inner: Box<dyn Store>, metrics: Arc<ServerMetrics>) -> TimedStore {
-        TimedStore { inner, metrics }
-    }
-
-    fn timed<T>(
-        &mut self,
-        op: StoreOp,
-        call: impl FnOnce(&mut dyn Store) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let started = Instant::now();
-        let result = call(self.inner.as_mut());
-        self.metrics
-            .store_call(op, started.elapsed(), result.is_err());
-        result
-    }
-
-    fn timed_ref<T>(
-        &self,
-        op: StoreOp,
-        call: impl FnOnce(&dyn Store) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let started = Instant::now();
-        let result = call(self.inner.as_ref());
-        self.metrics
-            .store_call(op, started.elapsed(), result.is_err());
-        result
-    }
-}
-
-impl Store for TimedStore {
-    fn create_activation(&mut self, activation: &ActivationRecord) -> Result<(), StoreError> {
-        self.timed(StoreOp::CreateActivation, |s| {
-            s.create_activation(activation)
-        })
-    }
-
-    fn activation(&self, id: &str) -> Result<Option<ActivationRecord>, StoreError> {
-        self.timed_ref(StoreOp::Activation, |s| s.activation(id))
-    }
-
-    fn enroll(
-        &mut self,
-        activation_id: &str,
-        now_ms: i64,
-        instance: &NewInstance,
-    ) -> Result<(), StoreError> {
-        self.timed(StoreOp::Enroll, |s| {
-            s.enroll(activation_id, now_ms, instance)
-        })
-    }
-
-    fn instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
-        self.timed_ref(StoreOp::Instance, |s| s.instance(id))
-    }
-
-    fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.timed_ref(StoreOp::Instances, |s| s.instances())
-    }
-
-    fn usage(&self) -> Result<HashMap<String, Usage>, StoreError> {
-        self.timed_ref(StoreOp::Usage, |s| s.usage())
-    }
-
-    fn record_hello(&mut self, id: &str, hello: &HelloRecord) -> Result<HelloOutcome, StoreError> {
-        self.timed(StoreOp::RecordHello, |s| s.record_hello(id, hello))
-    }
-
-    fn record_heartbeat(&mut self, id: &str, at_ms: i64) -> Result<(), StoreError> {
-        self.timed(StoreOp::RecordHeartbeat, |s| s.record_heartbeat(id, at_ms))
-    }
-
-    fn record_assignment_ack(&mut self, id: &str, generation: u64) -> Result<(), StoreError> {
-        self.timed(StoreOp::RecordAssignmentAck, |s| {
-            s.record_assignment_ack(id, generation)
-        })
-    }
-
-    fn accept_capacity(
-        &mut self,
-        id: &str,
-    ) -> Result<(InstanceRecord, InstanceRecord), StoreError> {
-        self.timed(StoreOp::AcceptCapacity, |s| s.accept_capacity(id))
-    }
-
-    fn use_certificate(&mut self, id: &str, serial: &str) -> Result<CertUse, StoreError> {
-        self.timed(StoreOp::UseCertificate, |s| s.use_certificate(id, serial))
-    }
-
-    fn record_renewal(
-        &mut self,
-        id: &str,
-        presented: &str,
-        issued: &str,
-    ) -> Result<CertUse, StoreError> {
-        self.timed(StoreOp::RecordRenewal, |s| {
-            s.record_renewal(id, presented, issued)
-        })
-    }
-
-    fn deregister_instance(
-        &mut self,
-        id: &str,
-        stop_code: &str,
-        reason: &str,
-    ) -> Result<InstanceRecord, StoreError> {
-        self.timed(StoreOp::DeregisterInstance, |s| {
-            s.deregister_instance(id, stop_code, reason)
-        })
-    }
-
-    fn apply_event(
-        &mut self,
-        instance_id: &str,
-        event: &TaskEvent,
-        now_ms: i64,
-    ) -> Result<EventOutcome, StoreError> {
-        self.timed(StoreOp::ApplyEvent, |s| {
-            s.apply_event(instance_id, event, now_ms)
-        })
-    }
-
-    fn assignment(&self, instance_id: &str) -> Result<Assignment, StoreError> {
-        self.timed_ref(StoreOp::Assignment, |s| s.assignment(instance_id))
-    }
-
-    fn insert_task(&mut self, task: &TaskRecord) -> Result<u64, StoreError> {
-        self.timed(StoreOp::InsertTask, |s| s.insert_task(task))
-    }
-
-    fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        self.timed_ref(StoreOp::Task, |s| s.task(id))
-    }
-
-    fn tasks(&self, instance_id: Option<&str>) -> Result<Vec<TaskRecord>, StoreError> {
-        self.timed_ref(StoreOp::Tasks, |s| s.tasks(instance_id))
-    }
-
-    fn stop_task(
-        &mut self,
-        id: &str,
-        stop_code: &str,
-        reason: &str,
-    ) -> Result<(TaskRecord, bool), StoreError> {
-        self.timed(StoreOp::StopTask, |s| s.stop_task(id, stop_code, reason))
-    }
-
-    fn record_admin_cert(&mut self, cert: &AdminCertRecord) -> Result<(), StoreError> {
-        self.timed(StoreOp::RecordAdminCert, |s| s.record_admin_cert(cert))
-    }
-
-    fn admin_cert(&self, serial: &str) -> Result<Option<AdminCertRecord>, StoreError> {
-        self.timed_ref(StoreOp::AdminCert, |s| s.admin_cert(serial))
-    }
-
-    fn admin_certs(&self) -> Result<Vec<AdminCertRecord>, StoreError> {
-        self.timed_ref(StoreOp::AdminCerts, |s| s.admin_certs())
-    }
-
-    fn revoke_admin_cert(
-        &mut self,
-        serial: &str,
-        now_ms: i64,
-    ) -> Result<(AdminCertRecord, bool), StoreError> {
-        self.timed(StoreOp::RevokeAdminCert, |s| {
-            s.revoke_admin_cert(serial, now_ms)
-        })
     }
 }
 
 /// The `/metrics` text of `core`.
 pub(crate) async fn render(core: &Core) -> String {
-    let connected = core.connected_instances().len();
+    let connected = core.sessions().connected_instances().len();
     let facts = core
-        .db(|s| -> Result<StoreFacts, StoreError> {
+        .db("metrics_facts", |s| -> Result<StoreFacts, StoreError> {
             let mut f = StoreFacts::default();
             for i in s.instances()? {
                 if i.status == ACTIVE {
@@ -595,18 +341,30 @@ mod tests {
     use super::*;
     use crate::server::store::SqliteStore;
 
-    #[test]
-    fn store_calls_are_timed_by_operation_and_errors_counted() {
-        let metrics = Arc::new(ServerMetrics::default());
-        let inner = SqliteStore::open_in_memory().expect("store");
-        let mut store = TimedStore::new(Box::new(inner), Arc::clone(&metrics));
-        assert!(store.instances().expect("instances").is_empty());
-        assert!(store.task("nope").expect("task").is_none());
-        assert!(store.stop_task("nope", "UserInitiated", "test").is_err());
-        assert_eq!(metrics.store_calls(StoreOp::Instances), 1);
-        assert_eq!(metrics.store_calls(StoreOp::Task), 1);
-        assert_eq!(metrics.store_calls(StoreOp::StopTask), 1);
-        assert_eq!(metrics.store_calls(StoreOp::ApplyEvent), 0);
+    #[tokio::test]
+    async fn store_calls_are_timed_by_operation_and_errors_counted() {
+        let store = SqliteStore::open_in_memory().expect("store");
+        let ca = crate::server::ca::Ca::ephemeral().expect("ca");
+        let cfg = crate::server::ServerConfig::loopback("/nonexistent");
+        let core = Core::new(Box::new(store), ca, "127.0.0.1:7420".into(), &cfg);
+        let instances = core
+            .db("instances", |s| s.instances())
+            .await
+            .expect("instances");
+        assert!(instances.is_empty());
+        let task = core.db("task", |s| s.task("nope")).await.expect("task");
+        assert!(task.is_none());
+        let stopped = core
+            .db("stop_task", |s| {
+                s.stop_task("nope", "UserInitiated", "test")
+            })
+            .await;
+        assert!(stopped.is_err());
+        let metrics = &core.metrics;
+        assert_eq!(metrics.store_calls("instances"), 1);
+        assert_eq!(metrics.store_calls("task"), 1);
+        assert_eq!(metrics.store_calls("stop_task"), 1);
+        assert_eq!(metrics.store_calls("apply_event"), 0);
         let text = metrics.render(3, None);
         let lines: Vec<&str> = text.lines().collect();
         for needle in [

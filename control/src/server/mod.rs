@@ -29,12 +29,18 @@
 //! client certificate are refused before their body is read.
 //!
 //! State ownership: the store is the single source of truth for
-//! everything durable; [`Core`] adds the one piece of state that lives in
-//! memory only, the session registry (which agents are connected right now).
+//! everything durable; [`Core`] (`core.rs`) adds the one piece of state that
+//! lives in memory only, the session registry (`sessions.rs`: which agents
+//! are connected right now). Layers: this module is the bootstrap and the
+//! configuration; `core` the shared state and domain operations;
+//! `scheduler` placing and storing new tasks (over the pure `placement`);
+//! `enroll`, `fleet` and `admin` the gRPC adapters; `store` the contract and
+//! its backends.
 
 pub mod admin;
 pub mod admission;
 pub mod ca;
+pub(crate) mod core;
 pub mod enroll;
 pub mod fleet;
 pub(crate) mod fsutil;
@@ -43,29 +49,30 @@ pub mod listener;
 pub mod metrics;
 pub mod placement;
 pub mod protocol;
+pub mod scheduler;
+pub(crate) mod sessions;
 pub mod store;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::v1::Token;
 use berth_proto::v1::admin_server::AdminServer;
 use berth_proto::v1::enrollment_server::EnrollmentServer;
 use berth_proto::v1::fleet_server::FleetServer;
-use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::Status;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
 use self::ca::Ca;
-use self::store::{ActivationRecord, SqliteStore, Store, StoreError};
+pub(crate) use self::core::{Core, peer_text, store_status, valid_hostname};
+pub use self::core::{RENEW_BURST, RENEW_INTERVAL, REPLACED_PREFIX, TokenError};
+use self::store::{PostgresStore, SqliteStore, Store, StoreError};
 
 /// Default fleet listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7420";
@@ -175,7 +182,66 @@ pub struct ServerConfig {
     /// Connection caps and idle timeout of the fleet API; the idle timeout
     /// also applies to the admin API.
     pub connections: listener::ConnectionLimits,
+    /// Where the durable state lives; `None`: `<data_dir>/berth.db`. The CA
+    /// key and `server.json` stay in the data dir either way (one server at
+    /// a time on PostgreSQL, for now).
+    pub store: Option<StoreLocation>,
 }
+
+/// `--store`: `sqlite://PATH` or `postgres://…` (also `postgresql://…`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    /// A libpq-style URL; it may carry a password, so it is never shown.
+    Postgres(String),
+}
+
+impl std::str::FromStr for StoreLocation {
+    type Err = StoreLocationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Some(path) = s.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(StoreLocationError(s.to_owned()));
+            }
+            return Ok(StoreLocation::Sqlite(PathBuf::from(path)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(StoreLocation::Postgres(s.to_owned()));
+        }
+        Err(StoreLocationError(redacted(s)))
+    }
+}
+
+/// A store URL without the user information (which may hold a password).
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            StoreLocation::Postgres(url) => f.write_str(&redacted(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid store {0:?}: use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE")]
+pub struct StoreLocationError(String);
 
 impl ServerConfig {
     /// The defaults of `berth server` with another data dir.
@@ -194,6 +260,7 @@ impl ServerConfig {
             stream_rate: DEFAULT_STREAM_RATE,
             stream_burst: DEFAULT_STREAM_BURST,
             connections: listener::ConnectionLimits::default(),
+            store: None,
         }
     }
 
@@ -250,388 +317,6 @@ pub enum ServerError {
     },
     #[error("the {what} API task failed: {reason}")]
     Task { what: &'static str, reason: String },
-}
-
-/// What a live session accepts from the rest of the server.
-#[derive(Debug)]
-pub(crate) enum SessionCommand {
-    /// The instance's assignment may have changed: send it if it is newer
-    /// than the last one sent.
-    AssignmentChanged,
-    /// End the session with this status.
-    Close(Status),
-}
-
-#[derive(Debug)]
-struct SessionHandle {
-    id: u64,
-    peer: Option<SocketAddr>,
-    tx: mpsc::UnboundedSender<SessionCommand>,
-}
-
-/// A session before its Hello: known so that deregistration closes it.
-#[derive(Debug)]
-struct PendingSession {
-    instance_id: String,
-    tx: mpsc::UnboundedSender<SessionCommand>,
-}
-
-/// Renewals one instance may make at once ...
-pub const RENEW_BURST: u32 = 3;
-/// ... and at most one per this long (or per a quarter of the certificate
-/// lifetime, when that is shorter).
-pub const RENEW_INTERVAL: Duration = Duration::from_secs(20 * 60);
-
-/// Shared state of the services.
-pub(crate) struct Core {
-    store: Arc<Mutex<Box<dyn Store>>>,
-    sessions: Mutex<HashMap<String, SessionHandle>>,
-    /// Sessions waiting for their Hello, by session id.
-    pending: Mutex<HashMap<u64, PendingSession>>,
-    next_session: AtomicU64,
-    pub(crate) ca: Ca,
-    pub(crate) advertise: String,
-    pub(crate) heartbeat_interval: Duration,
-    pub(crate) hello_timeout: Duration,
-    default_token_ttl: Duration,
-    /// Lifetime of agent certificates.
-    pub(crate) cert_lifetime: time::Duration,
-    /// Failed enrollments per source address.
-    pub(crate) enroll_failures: limits::FailureLimiter,
-    /// Token bucket parameters of every instance's sessions.
-    pub(crate) stream_rate: u32,
-    pub(crate) stream_burst: u32,
-    /// One bucket per instance, across its sessions: each Connect and each
-    /// message takes a token.
-    pub(crate) instance_rate: limits::InstanceBuckets,
-    /// One bucket per instance for `Fleet.Renew`.
-    pub(crate) renewals: limits::InstanceBuckets,
-    /// A renewal token comes back after this long.
-    renew_every: Duration,
-    /// Counters and histograms for `/metrics`.
-    pub(crate) metrics: Arc<metrics::ServerMetrics>,
-}
-
-impl Core {
-    pub(crate) fn new(
-        store: Box<dyn Store>,
-        ca: Ca,
-        advertise: String,
-        cfg: &ServerConfig,
-    ) -> Core {
-        let metrics = Arc::new(metrics::ServerMetrics::default());
-        // Every store call is timed for berth_server_store_latency_seconds.
-        let store: Box<dyn Store> = Box::new(metrics::TimedStore::new(store, Arc::clone(&metrics)));
-        // A legitimate agent renews once per half lifetime at most (retrying
-        // a failure every tenth of what is left): a few per hour is plenty.
-        let renew_every = (cfg.cert_lifetime / 4).clamp(Duration::from_secs(1), RENEW_INTERVAL);
-        Core {
-            store: Arc::new(Mutex::new(store)),
-            sessions: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
-            next_session: AtomicU64::new(1),
-            ca,
-            advertise,
-            heartbeat_interval: cfg.heartbeat_interval,
-            hello_timeout: HELLO_TIMEOUT,
-            default_token_ttl: cfg.default_token_ttl,
-            cert_lifetime: time::Duration::try_from(cfg.cert_lifetime)
-                .unwrap_or(ca::CLIENT_CERT_VALIDITY),
-            enroll_failures: limits::FailureLimiter::new(
-                cfg.enroll_failures_per_minute,
-                ENROLL_FAILURE_WINDOW,
-            ),
-            stream_rate: cfg.stream_rate,
-            stream_burst: cfg.stream_burst,
-            instance_rate: limits::InstanceBuckets::new(
-                f64::from(cfg.stream_rate),
-                cfg.stream_burst,
-            ),
-            renewals: limits::InstanceBuckets::new(1.0 / renew_every.as_secs_f64(), RENEW_BURST),
-            renew_every,
-            metrics,
-        }
-    }
-
-    /// Runs `f` on the store on the blocking pool, under the store lock:
-    /// everything `f` does is atomic with respect to other store users.
-    pub(crate) async fn db<R, E, F>(&self, f: F) -> Result<R, E>
-    where
-        F: FnOnce(&mut dyn Store) -> Result<R, E> + Send + 'static,
-        R: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-    {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || {
-            // A panic inside `f` rolled its transaction back when it dropped,
-            // so the store is consistent even if the lock is poisoned.
-            let mut guard = store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(guard.as_mut())
-        })
-        .await
-        .map_err(|e| E::from(StoreError::Join(e.to_string())))?
-    }
-
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionHandle>> {
-        // The map holds no invariant a panic could break half-way.
-        self.sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// How often an instance may renew its certificate, after the burst.
-    pub(crate) fn renew_interval(&self) -> Duration {
-        self.renew_every
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PendingSession>> {
-        // The map holds no invariant a panic could break half-way.
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Registers a session that has not sent its Hello yet, so that
-    /// deregistration (and shutdown) can close it. Returns its id.
-    pub(crate) fn register_pending(
-        &self,
-        instance_id: &str,
-        tx: mpsc::UnboundedSender<SessionCommand>,
-    ) -> u64 {
-        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        self.pending().insert(
-            id,
-            PendingSession {
-                instance_id: instance_id.to_owned(),
-                tx,
-            },
-        );
-        id
-    }
-
-    /// The pending session `session_id` said Hello: it becomes the current
-    /// session of its instance (an older one is told to close). `false`
-    /// when it was closed meanwhile (the instance was deregistered).
-    pub(crate) fn promote_session(
-        &self,
-        instance_id: &str,
-        session_id: u64,
-        peer: Option<SocketAddr>,
-    ) -> bool {
-        let Some(pending) = self.pending().remove(&session_id) else {
-            return false;
-        };
-        self.register_session(instance_id, session_id, peer, pending.tx);
-        true
-    }
-
-    /// Registers a session as the current one of its instance; an older
-    /// session of the same instance is told to close.
-    fn register_session(
-        &self,
-        instance_id: &str,
-        id: u64,
-        peer: Option<SocketAddr>,
-        tx: mpsc::UnboundedSender<SessionCommand>,
-    ) {
-        let old = self
-            .sessions()
-            .insert(instance_id.to_owned(), SessionHandle { id, peer, tx });
-        self.metrics.sessions_opened.inc();
-        if let Some(old) = old {
-            self.metrics.sessions_replaced.inc();
-            // Either a reconnect the server had not noticed the end of yet,
-            // or two hosts with one identity (a cloned disk or data dir).
-            warn!(
-                instance_id,
-                old_peer = %peer_text(old.peer),
-                new_peer = %peer_text(peer),
-                "two sessions for one instance: the newer one replaces the older; if both agents keep running, two hosts share this identity (cloned data dir?)"
-            );
-            let _ = old.tx.send(SessionCommand::Close(Status::aborted(format!(
-                "{REPLACED_PREFIX} from {} for instance {instance_id}; if that is not this host, two hosts share this identity: enroll each host on its own",
-                peer_text(peer)
-            ))));
-        }
-    }
-
-    /// Removes the session if it is still the instance's current one (or
-    /// still pending). `true` when it was the current one.
-    pub(crate) fn unregister_session(&self, instance_id: &str, session_id: u64) -> bool {
-        self.pending().remove(&session_id);
-        let mut sessions = self.sessions();
-        if sessions
-            .get(instance_id)
-            .is_some_and(|s| s.id == session_id)
-        {
-            sessions.remove(instance_id);
-            true
-        } else {
-            false
-        }
-    }
-
-    pub(crate) fn is_connected(&self, instance_id: &str) -> bool {
-        self.sessions().contains_key(instance_id)
-    }
-
-    pub(crate) fn connected_instances(&self) -> std::collections::HashSet<String> {
-        self.sessions().keys().cloned().collect()
-    }
-
-    /// Tells the instance's live session, if any, that its assignment may
-    /// have changed. Without a session the assignment goes out on the next
-    /// Hello.
-    pub(crate) fn notify_assignment(&self, instance_id: &str) {
-        if let Some(s) = self.sessions().get(instance_id) {
-            let _ = s.tx.send(SessionCommand::AssignmentChanged);
-        }
-    }
-
-    /// Closes the instance's live session and the sessions still waiting
-    /// for their Hello, if any.
-    pub(crate) fn close_session(&self, instance_id: &str, status: Status) {
-        self.pending().retain(|_, p| {
-            if p.instance_id == instance_id {
-                let _ = p.tx.send(SessionCommand::Close(status.clone()));
-                false
-            } else {
-                true
-            }
-        });
-        if let Some(s) = self.sessions().remove(instance_id) {
-            let _ = s.tx.send(SessionCommand::Close(status));
-        }
-    }
-
-    fn close_all_sessions(&self, status: &Status) {
-        for (_, p) in self.pending().drain() {
-            let _ = p.tx.send(SessionCommand::Close(status.clone()));
-        }
-        for (_, s) in self.sessions().drain() {
-            let _ = s.tx.send(SessionCommand::Close(status.clone()));
-        }
-    }
-
-    /// Creates a one-time activation valid for `ttl` (the default when
-    /// `None`), for any host or only for `hostname`, from any address or
-    /// only from `sources`. Only the code's hash is stored.
-    pub(crate) async fn create_token(
-        &self,
-        ttl: Option<Duration>,
-        hostname: Option<&str>,
-        sources: &[enroll::Cidr],
-    ) -> Result<Token, TokenError> {
-        let source_cidrs: Vec<String> = sources.iter().map(ToString::to_string).collect();
-        let ttl = ttl.unwrap_or(self.default_token_ttl);
-        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
-            return Err(TokenError::Ttl(ttl));
-        }
-        let hostname = match hostname.map(str::trim).filter(|h| !h.is_empty()) {
-            Some(h) if valid_hostname(h) => Some(h.to_owned()),
-            Some(h) => return Err(TokenError::Hostname(h.to_owned())),
-            None => None,
-        };
-        let id = uuid::Uuid::new_v4().to_string();
-        let code = random_code();
-        let now = berth_proto::now_ms();
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        let record = ActivationRecord {
-            id: id.clone(),
-            code_hash: hex::encode(Sha256::digest(code.as_bytes())),
-            created_at_ms: now,
-            expires_at_ms: now.saturating_add(ttl_ms),
-            used_at_ms: None,
-            instance_id: None,
-            hostname: hostname.clone(),
-            source_cidrs: source_cidrs.clone(),
-        };
-        let expires_at_ms = record.expires_at_ms;
-        self.db(move |s| s.create_activation(&record)).await?;
-        let from = if source_cidrs.is_empty() {
-            "(any)".to_owned()
-        } else {
-            source_cidrs.join(",")
-        };
-        info!(activation_id = %id, expires_at_ms, hostname = hostname.as_deref().unwrap_or("(any)"), from = %from, "activation created");
-        Ok(Token {
-            activation_id: id,
-            activation_code: code,
-            expires_at_ms,
-            ca_sha256: self.ca.sha256_hex(),
-            fleet_addresses: vec![self.advertise.clone()],
-            hostname: hostname.unwrap_or_default(),
-            source_cidrs,
-        })
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    #[error(
-        "token lifetime {} is out of range: it must be more than 0 and at most 365 days",
-        humantime::format_duration(*.0)
-    )]
-    Ttl(Duration),
-    #[error(
-        "invalid hostname {0:?}: use 1 to 253 letters, digits, '.', '-' or '_' (the name the host reports, as `hostname` prints it)"
-    )]
-    Hostname(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// The start of the status that tells an agent a newer session of its
-/// instance replaced its own; the agent recognises it.
-pub const REPLACED_PREFIX: &str = berth_proto::SESSION_REPLACED;
-
-/// A peer address for logs and messages.
-pub(crate) fn peer_text(peer: Option<SocketAddr>) -> String {
-    peer.map_or_else(|| "an unknown address".to_owned(), |p| p.to_string())
-}
-
-/// Whether `h` may be a host's name: the name an activation is bound to,
-/// and the name an agent reports at enrollment and in its Hello.
-pub(crate) fn valid_hostname(h: &str) -> bool {
-    (1..=253).contains(&h.len())
-        && h.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-}
-
-/// 32 letters and digits, each equally likely: about 190 bits (32 × log2 62).
-/// No `-` or `_` (unlike URL-safe base64): a code starting with `-`
-/// would read as a flag on the `berth-agent enroll` command line.
-fn random_code() -> String {
-    const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut out = String::with_capacity(32);
-    while out.len() < 32 {
-        let mut bytes = [0u8; 64];
-        rand::fill(&mut bytes);
-        // Rejection sampling keeps every character equally likely.
-        for b in bytes.iter().map(|b| usize::from(b & 63)) {
-            if let Some(c) = ALPHABET.get(b)
-                && out.len() < 32
-            {
-                out.push(char::from(*c));
-            }
-        }
-    }
-    out
-}
-
-/// Maps store errors to gRPC statuses; internal details go to the log.
-pub(crate) fn store_status(e: StoreError) -> Status {
-    match e {
-        StoreError::NoInstance(_) | StoreError::NoTask(_) => Status::not_found(e.to_string()),
-        StoreError::InstanceInactive(_) => Status::permission_denied(e.to_string()),
-        StoreError::ActivationUsed(_) => Status::permission_denied(e.to_string()),
-        other => {
-            tracing::error!(error = %other, "store failure");
-            Status::internal(format!("the control plane's store failed: {other}"))
-        }
-    }
 }
 
 /// Entry point: see [`Server::start`].
@@ -696,7 +381,8 @@ impl Server {
         let state_path = dir.join(STATE_FILE);
         let (ca, store) = tokio::task::spawn_blocking({
             let dir = dir.clone();
-            move || open_data_dir(&dir)
+            let location = cfg.store.clone();
+            move || open_data_dir(&dir, location.as_ref())
         })
         .await
         .map_err(|e| ServerError::Task {
@@ -954,7 +640,7 @@ impl RunningServer {
 
     /// Whether the instance has a live session right now.
     pub fn is_connected(&self, instance_id: &str) -> bool {
-        self.core.is_connected(instance_id)
+        self.core.sessions().is_connected(instance_id)
     }
 
     /// Serves until `signal` completes or a listener fails, then shuts down.
@@ -1002,6 +688,7 @@ impl RunningServer {
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         info!("shutting down");
         self.core
+            .sessions()
             .close_all_sessions(&Status::unavailable("the control plane is shutting down"));
         let _ = self.stop_tx.send(true);
         self.metrics_task.abort();
@@ -1072,7 +759,10 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// Creates the data dir 0700 or checks that it is no wider; opens the CA
 /// and the store (its files 0600).
-fn open_data_dir(dir: &Path) -> Result<(Ca, Box<dyn Store>), ServerError> {
+fn open_data_dir(
+    dir: &Path,
+    location: Option<&StoreLocation>,
+) -> Result<(Ca, Box<dyn Store>), ServerError> {
     use std::os::unix::fs::PermissionsExt;
     let io_err = |source| ServerError::DataDir {
         path: dir.to_owned(),
@@ -1094,8 +784,19 @@ fn open_data_dir(dir: &Path) -> Result<(Ca, Box<dyn Store>), ServerError> {
     if ca.not_after() < time::OffsetDateTime::now_utc() + time::Duration::days(90) {
         warn!(not_after = %ca.not_after(), "the fleet CA expires soon; agents will have to enroll again with a new CA");
     }
-    let db = dir.join(DB_FILE);
-    private_db_files(&db).map_err(io_err)?;
+    let db = match location {
+        Some(StoreLocation::Postgres(url)) => {
+            let store = PostgresStore::open(url)?;
+            info!(store = %redacted(url), "store: PostgreSQL");
+            return Ok((ca, Box::new(store)));
+        }
+        Some(StoreLocation::Sqlite(path)) => path.clone(),
+        None => dir.join(DB_FILE),
+    };
+    private_db_files(&db).map_err(|source| ServerError::DataDir {
+        path: db.clone(),
+        source,
+    })?;
     let store = SqliteStore::open(&db)?;
     Ok((ca, Box::new(store)))
 }
@@ -1213,7 +914,7 @@ mod tests {
     fn the_data_dir_is_created_0700_and_its_database_0600() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("data");
-        let (_ca, store) = open_data_dir(&dir).expect("open");
+        let (_ca, store) = open_data_dir(&dir, None).expect("open");
         assert_eq!(mode_of(&dir), 0o700);
         // Whatever the umask of the test process, SQLite's files included.
         let files: Vec<String> = std::fs::read_dir(&dir)
@@ -1236,7 +937,7 @@ mod tests {
         let dir = tmp.path().join("data");
         std::fs::create_dir(&dir).expect("mkdir");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let err = open_data_dir(&dir).err().expect("refused");
+        let err = open_data_dir(&dir, None).err().expect("refused");
         let text = err.to_string();
         assert!(
             text.contains("mode 0755") && text.contains(&format!("chmod 700 {}", dir.display())),
@@ -1261,15 +962,23 @@ mod tests {
     }
 
     #[test]
-    fn codes_are_letters_and_digits_and_random() {
-        let a = random_code();
-        let b = random_code();
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, b);
-        for _ in 0..500 {
-            let c = random_code();
-            assert_eq!(c.len(), 32);
-            assert!(c.chars().all(|c| c.is_ascii_alphanumeric()), "{c}");
+    fn store_locations_parse_and_never_show_a_password() {
+        let pg: StoreLocation = "postgres://berth:s3cret@db.example:5432/berth"
+            .parse()
+            .expect("postgres");
+        assert!(matches!(pg, StoreLocation::Postgres(_)));
+        assert_eq!(pg.to_string(), "postgres://…@db.example:5432/berth");
+        assert!(!format!("{pg:?}").contains("s3cret"));
+        let lite: StoreLocation = "sqlite:///var/lib/berth/x.db".parse().expect("sqlite");
+        assert_eq!(
+            lite,
+            StoreLocation::Sqlite(PathBuf::from("/var/lib/berth/x.db"))
+        );
+        assert!("postgresql://h/db".parse::<StoreLocation>().is_ok());
+        for bad in ["sqlite://", "mysql://u:pw@h/db", "/var/lib/berth.db"] {
+            let e = bad.parse::<StoreLocation>().expect_err(bad).to_string();
+            assert!(e.contains("sqlite://PATH or postgres://"), "{e}");
+            assert!(!e.contains("pw@"), "{e}");
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Placement: which instance runs a new task.
 //!
-//! Pure functions over a snapshot of the fleet; the caller takes the
-//! snapshot and stores the task under one store lock, so that two tasks
+//! Pure functions over a snapshot of the fleet; the caller
+//! (`scheduler::place_and_insert`) stores the task only if the chosen
+//! instance is still at the generation the snapshot saw, so that two tasks
 //! placed at the same time cannot both take the last free memory.
 //!
 //! Rules: an explicitly named instance must exist, be ACTIVE and have room

@@ -1,0 +1,238 @@
+//! The scheduler: turns a task definition into a placed, stored task and
+//! tells the chosen instance's agent. `RunTask` calls it today; a service
+//! reconciler would call the same [`run_task`].
+//!
+//! Steps: validate (parse the definition, compute its reservation) →
+//! place ([`placement::place`], pure, over a snapshot of the fleet) →
+//! insert (the task, with the instance's generation bump) → notify (the
+//! instance's live session, if any).
+//!
+//! Invariant (the placement critical section, [`place_and_insert`]): the
+//! insert holds only if the chosen instance is still at the generation the
+//! snapshot saw, so two tasks placed at once (on this server or another)
+//! cannot both take an instance's last free capacity.
+
+use std::collections::HashSet;
+
+use tracing::{Instrument, debug, info, info_span};
+
+use super::Core;
+use super::placement::{self, Candidate, Need, PlacementError};
+use super::store::{
+    ACTIVE, InstanceRecord, PENDING, RUNNING, Store, StoreError, TaskRecord, Usage,
+};
+
+/// The health status of a task nothing has reported on yet.
+const UNKNOWN_HEALTH: &str = "UNKNOWN";
+
+/// Why a task was not scheduled.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("{0}")]
+    Definition(String),
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A task the scheduler placed and stored.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    pub task: TaskRecord,
+    /// Whether the chosen instance has a live session right now.
+    pub connected: bool,
+}
+
+/// What a task reserves, from its parsed definition.
+fn need_of(definition: &berth_taskdef::TaskDefinition) -> Need {
+    let reservation = definition.reservation();
+    Need {
+        cpu: i64::try_from(reservation.cpu).unwrap_or(i64::MAX),
+        memory_mib: i64::try_from(reservation.memory_mib).unwrap_or(i64::MAX),
+    }
+}
+
+/// The fleet as placement sees it: every instance with what is left of its
+/// capacity (the lower of registered and reported, minus the reservations
+/// of its tasks not STOPPED).
+pub fn candidates(
+    instances: &[InstanceRecord],
+    usage: &std::collections::HashMap<String, Usage>,
+    connected: &HashSet<String>,
+) -> Vec<Candidate> {
+    instances
+        .iter()
+        .map(|i| {
+            let u = usage.get(&i.instance_id).copied().unwrap_or_default();
+            // Never more than registered, whatever a Hello said.
+            let (cpu, memory_mib) = i.capacity();
+            Candidate {
+                instance_id: i.instance_id.clone(),
+                active: i.status == ACTIVE,
+                connected: connected.contains(&i.instance_id),
+                free: Need {
+                    cpu: cpu - u.cpu,
+                    memory_mib: memory_mib - u.memory_mib,
+                },
+            }
+        })
+        .collect()
+}
+
+/// How many times placement runs again when the chosen instance changed
+/// between its snapshot and the insert (another task was placed on it).
+pub const PLACEMENT_ATTEMPTS: u32 = 8;
+
+/// The placement critical section: a snapshot of the fleet (one
+/// transaction), a choice ([`placement::place`]), and an insert that holds
+/// only if the chosen instance is still at the generation the snapshot saw
+/// ([`Store::insert_task_at`]). Every change that raises an instance's
+/// reservations bumps its generation, so two placements at once cannot
+/// both take its last free capacity: the later one sees a conflict and
+/// places again against a fresh snapshot.
+pub fn place_and_insert(
+    s: &dyn Store,
+    task: TaskRecord,
+    need: Need,
+    explicit: Option<&str>,
+    connected: &HashSet<String>,
+) -> Result<TaskRecord, ScheduleError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let snapshot = s.placement_snapshot()?;
+        let fleet = candidates(&snapshot.instances, &snapshot.usage, connected);
+        let instance_id = placement::place(need, &fleet, explicit)?;
+        let generation = snapshot
+            .instances
+            .iter()
+            .find(|i| i.instance_id == instance_id)
+            .map_or(0, |i| i.generation);
+        let placed = TaskRecord {
+            instance_id,
+            ..task.clone()
+        };
+        match s.insert_task_at(&placed, generation) {
+            Ok(_) => return Ok(placed),
+            Err(StoreError::Conflict { .. }) if tries < PLACEMENT_ATTEMPTS => {
+                debug!(instance_id = %placed.instance_id, attempt = tries, "instance changed during placement; placing again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Schedules one task of `definition_json`, on `instance_id` when given
+/// (it must exist, be ACTIVE and have room) or on the connected ACTIVE
+/// instance with the most free memory.
+pub(crate) async fn run_task(
+    core: &Core,
+    definition_json: String,
+    instance_id: Option<String>,
+) -> Result<Scheduled, ScheduleError> {
+    let parsed = berth_taskdef::parse(&definition_json)
+        .map_err(|e| ScheduleError::Definition(e.to_string()))?;
+    let need = need_of(&parsed.definition);
+    let task_id = uuid::Uuid::new_v4().simple().to_string();
+    let span = info_span!("task", %task_id, family = %parsed.definition.family);
+    let task = TaskRecord {
+        task_id,
+        instance_id: String::new(),
+        family: parsed.definition.family.clone(),
+        definition_json,
+        desired_status: RUNNING.to_owned(),
+        last_status: PENDING.to_owned(),
+        health_status: UNKNOWN_HEALTH.to_owned(),
+        created_at_ms: berth_proto::now_ms(),
+        reserved_cpu: need.cpu,
+        reserved_memory_mib: need.memory_mib,
+        ..TaskRecord::default()
+    };
+    let connected = core.sessions().connected_instances();
+    let placed = core
+        .db("place_task", move |s| {
+            place_and_insert(s, task, need, instance_id.as_deref(), &connected)
+        })
+        .instrument(span.clone())
+        .await;
+    let placed = match placed {
+        Ok(t) => t,
+        Err(ScheduleError::Placement(e)) => {
+            span.in_scope(|| info!(reason = %e, "task refused"));
+            return Err(e.into());
+        }
+        Err(e) => return Err(e),
+    };
+    span.in_scope(|| {
+        info!(instance_id = %placed.instance_id, cpu = need.cpu, memory_mib = need.memory_mib, "task placed");
+        for w in &parsed.warnings {
+            info!(warning = %w, "task definition warning");
+        }
+    });
+    core.sessions().notify_assignment(&placed.instance_id);
+    let connected = core.sessions().is_connected(&placed.instance_id);
+    Ok(Scheduled {
+        task: placed,
+        connected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str, status: &str, cpu: i64, memory_mib: i64) -> InstanceRecord {
+        InstanceRecord {
+            instance_id: id.into(),
+            status: status.into(),
+            cpu,
+            memory_mib,
+            reported_cpu: cpu,
+            reported_memory_mib: memory_mib,
+            ..InstanceRecord::default()
+        }
+    }
+
+    #[test]
+    fn candidates_subtract_usage_and_mark_connected_and_active() {
+        let instances = vec![
+            instance("i-1", ACTIVE, 1024, 2048),
+            instance("i-2", super::super::store::INACTIVE, 1024, 2048),
+        ];
+        let mut usage = std::collections::HashMap::new();
+        usage.insert(
+            "i-1".to_owned(),
+            Usage {
+                cpu: 256,
+                memory_mib: 512,
+                running: 1,
+                pending: 0,
+            },
+        );
+        let connected: HashSet<String> = ["i-1".to_owned()].into();
+        let c = candidates(&instances, &usage, &connected);
+        assert_eq!(
+            c[0],
+            Candidate {
+                instance_id: "i-1".into(),
+                active: true,
+                connected: true,
+                free: Need {
+                    cpu: 768,
+                    memory_mib: 1536
+                },
+            }
+        );
+        assert!(!c[1].active && !c[1].connected);
+        assert_eq!(c[1].free.memory_mib, 2048);
+    }
+
+    #[test]
+    fn a_reported_capacity_below_the_registered_one_is_what_placement_sees() {
+        let mut i = instance("i-1", ACTIVE, 1024, 2048);
+        i.reported_memory_mib = 1024;
+        let c = candidates(&[i], &Default::default(), &HashSet::new());
+        assert_eq!(c[0].free.memory_mib, 1024);
+    }
+}

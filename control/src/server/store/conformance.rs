@@ -1,0 +1,398 @@
+//! The store conformance suite: what every backend must do, as functions
+//! generic over the store. A backend's tests call each one with an opener
+//! that returns a new handle (its own connection) on one database, so that
+//! concurrent calls race in the database, not behind one lock.
+//!
+//! Every check asserts an outcome that a lost update or a half-applied
+//! change would break: exactly one winner, a value that only grows, a
+//! total that never exceeds a capacity.
+
+use std::collections::HashSet;
+use std::sync::Barrier;
+
+use berth_proto::v1::{TaskEvent, TaskState};
+
+use super::*;
+use crate::server::placement::{Need, PlacementError};
+use crate::server::scheduler::{ScheduleError, place_and_insert};
+
+/// Opens a new handle on the database under test.
+pub(crate) type Opener<'a> = &'a (dyn Fn() -> Box<dyn Store> + Sync);
+
+/// How many threads race in each concurrent check.
+const RACERS: usize = 8;
+
+pub(crate) fn activation(id: &str) -> ActivationRecord {
+    ActivationRecord {
+        id: id.into(),
+        code_hash: "00".repeat(32),
+        created_at_ms: 1,
+        expires_at_ms: i64::MAX,
+        used_at_ms: None,
+        instance_id: None,
+        hostname: None,
+        source_cidrs: Vec::new(),
+    }
+}
+
+fn new_instance(id: &str) -> NewInstance {
+    NewInstance {
+        instance_id: id.into(),
+        hostname: "h".into(),
+        registered_at_ms: 10,
+        cpu: 4096,
+        memory_mib: 1024,
+        ..NewInstance::default()
+    }
+}
+
+/// Enrolls `id` with 4096 CPU units and 1024 MiB, reported by a Hello.
+fn enrolled(s: &dyn Store, id: &str) {
+    let act = format!("act-{id}");
+    s.create_activation(&activation(&act)).expect("activation");
+    s.enroll(&act, 10, &new_instance(id)).expect("enroll");
+    s.record_hello(
+        id,
+        &HelloRecord {
+            hostname: "h".into(),
+            cpu: 4096,
+            memory_mib: 1024,
+            at_ms: 11,
+            ..HelloRecord::default()
+        },
+    )
+    .expect("hello");
+}
+
+fn task(id: &str, instance_id: &str, memory_mib: i64) -> TaskRecord {
+    TaskRecord {
+        task_id: id.into(),
+        instance_id: instance_id.into(),
+        family: "web".into(),
+        definition_json: "{}".into(),
+        desired_status: RUNNING.into(),
+        last_status: PENDING.into(),
+        health_status: "UNKNOWN".into(),
+        created_at_ms: 1,
+        reserved_cpu: 1,
+        reserved_memory_mib: memory_mib,
+        ..TaskRecord::default()
+    }
+}
+
+fn event(seq: u64, task_id: &str, last_status: &str) -> TaskEvent {
+    TaskEvent {
+        sequence: seq,
+        task: Some(TaskState {
+            task_id: task_id.into(),
+            family: "web".into(),
+            last_status: last_status.into(),
+            desired_status: RUNNING.into(),
+            ..TaskState::default()
+        }),
+        at_ms: 5,
+    }
+}
+
+/// Runs `f(i)` on [`RACERS`] threads, each with its own handle, released
+/// at once.
+fn race<T: Send>(open: Opener<'_>, f: impl Fn(&dyn Store, usize) -> T + Sync) -> Vec<T> {
+    let stores: Vec<Box<dyn Store>> = (0..RACERS).map(|_| open()).collect();
+    let start = Barrier::new(RACERS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let (start, f) = (&start, &f);
+                scope.spawn(move || {
+                    start.wait();
+                    f(s.as_ref(), i)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("racer panicked"))
+            .collect()
+    })
+}
+
+pub(crate) fn an_activation_is_used_once_under_concurrency(open: Opener<'_>) {
+    let s = open();
+    s.create_activation(&activation("act")).expect("activation");
+    let results = race(open, |s, i| {
+        s.enroll("act", 10, &new_instance(&format!("i-{i}")))
+    });
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "exactly one enrollment wins: {results:?}");
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(e, StoreError::ActivationUsed(_)),
+            "a loser is told the activation was used: {e}"
+        );
+    }
+    let instances = s.instances().expect("instances");
+    assert_eq!(instances.len(), 1, "the losers stored no instance");
+    let a = s.activation("act").expect("get").expect("exists");
+    assert_eq!(
+        a.instance_id.as_deref(),
+        Some(instances[0].instance_id.as_str())
+    );
+}
+
+pub(crate) fn an_event_is_applied_at_most_once_under_concurrency(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    s.insert_task(&task("t1", "i-1", 64)).expect("insert");
+    let results = race(open, |s, _| {
+        s.apply_event("i-1", &event(1, "t1", RUNNING), 100)
+            .expect("event")
+    });
+    assert_eq!(
+        results.iter().filter(|o| o.applied).count(),
+        1,
+        "{results:?}"
+    );
+    let i = s.instance("i-1").expect("get").expect("exists");
+    assert_eq!(i.last_event_seq, 1);
+    let t = s.task("t1").expect("get").expect("exists");
+    assert_eq!(t.last_status, RUNNING);
+}
+
+pub(crate) fn every_change_of_the_desired_set_bumps_the_generation_once(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    let before = s.assignment("i-1").expect("a").generation;
+    let generations = race(open, |s, i| {
+        s.insert_task(&task(&format!("t{i}"), "i-1", 1))
+            .expect("insert")
+    });
+    let after = s.assignment("i-1").expect("a");
+    assert_eq!(after.generation, before + RACERS as u64);
+    assert_eq!(after.tasks.len(), RACERS);
+    let distinct: HashSet<u64> = generations.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        RACERS,
+        "each insert got its own generation: {generations:?}"
+    );
+    let stops = race(open, |s, i| {
+        s.stop_task(&format!("t{i}"), "UserInitiated", "test")
+            .expect("stop")
+            .1
+    });
+    assert!(stops.iter().all(|changed| *changed));
+    assert_eq!(
+        s.assignment("i-1").expect("a").generation,
+        before + 2 * RACERS as u64
+    );
+}
+
+pub(crate) fn a_stop_racing_an_event_is_not_undone(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    for n in 0..RACERS {
+        s.insert_task(&task(&format!("t{n}"), "i-1", 1))
+            .expect("insert");
+    }
+    // Half the racers stop a task, half report it RUNNING.
+    let results = race(open, |s, i| {
+        let t = format!("t{}", i / 2);
+        if i % 2 == 0 {
+            s.stop_task(&t, "UserInitiated", "test").map(|_| ())
+        } else {
+            s.apply_event("i-1", &event(i as u64 + 1, &t, RUNNING), 100)
+                .map(|_| ())
+        }
+    });
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    for n in 0..RACERS / 2 {
+        let t = s.task(&format!("t{n}")).expect("get").expect("exists");
+        assert_eq!(t.desired_status, STOPPED, "the stop of t{n} was undone");
+        assert_eq!(t.stop_code, "UserInitiated");
+    }
+}
+
+pub(crate) fn concurrent_placements_never_over_commit_an_instance(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    let connected: HashSet<String> = ["i-1".to_owned()].into();
+    // 1024 MiB: room for four tasks of 256.
+    let need = Need {
+        cpu: 1,
+        memory_mib: 256,
+    };
+    let results = race(open, |s, i| {
+        place_and_insert(
+            s,
+            task(&format!("t{i}"), "", need.memory_mib),
+            need,
+            None,
+            &connected,
+        )
+    });
+    let placed = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(placed, 4, "{results:?}");
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(e, ScheduleError::Placement(PlacementError::NoneFits { .. })),
+            "a refused task is refused for room: {e}"
+        );
+    }
+    let usage = s.usage().expect("usage");
+    assert_eq!(usage.get("i-1").map(|u| u.memory_mib), Some(1024));
+}
+
+pub(crate) fn deregistration_is_once_and_stops_every_task(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    for n in 0..3 {
+        s.insert_task(&task(&format!("t{n}"), "i-1", 1))
+            .expect("insert");
+    }
+    let generation = s.assignment("i-1").expect("a").generation;
+    let results = race(open, |s, _| {
+        s.deregister_instance("i-1", "UserInitiated", "Instance deregistered")
+            .expect("deregister")
+    });
+    assert!(results.iter().all(|i| i.status == INACTIVE));
+    assert_eq!(
+        s.assignment("i-1").expect("a").generation,
+        generation + 1,
+        "one deregistration stopped the tasks, with one bump"
+    );
+    for t in s.tasks(Some("i-1")).expect("tasks") {
+        assert_eq!(t.desired_status, STOPPED);
+    }
+    assert!(matches!(
+        s.record_heartbeat("i-1", 50),
+        Err(StoreError::InstanceInactive(_))
+    ));
+    assert!(matches!(
+        s.apply_event("i-1", &event(9, "t0", RUNNING), 100),
+        Err(StoreError::InstanceInactive(_))
+    ));
+}
+
+pub(crate) fn constraint_violations_are_conflicts(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    s.insert_task(&task("t1", "i-1", 1)).expect("insert");
+    assert!(matches!(
+        s.insert_task(&task("t1", "i-1", 1)),
+        Err(StoreError::TaskExists(id)) if id == "t1"
+    ));
+    // A second enrollment under an instance id already taken.
+    s.create_activation(&activation("act-2"))
+        .expect("activation");
+    let e = s
+        .enroll("act-2", 10, &new_instance("i-1"))
+        .expect_err("duplicate instance");
+    assert!(
+        matches!(e, StoreError::Conflict { op: "enroll", .. }),
+        "{e}"
+    );
+    let a = s.activation("act-2").expect("get").expect("exists");
+    assert_eq!(a.used_at_ms, None, "the failed enrollment left nothing");
+    // Placement against a stale generation.
+    let generation = s.assignment("i-1").expect("a").generation;
+    s.insert_task(&task("t2", "i-1", 1)).expect("insert");
+    let e = s
+        .insert_task_at(&task("t3", "i-1", 1), generation)
+        .expect_err("stale");
+    assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+    assert!(s.task("t3").expect("get").is_none());
+    assert!(matches!(
+        s.insert_task_at(&task("t4", "nope", 1), 1),
+        Err(StoreError::NoInstance(_))
+    ));
+}
+
+pub(crate) fn listings_filter_by_instance(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    enrolled(s.as_ref(), "i-2");
+    s.insert_task(&task("a", "i-1", 1)).expect("insert");
+    s.insert_task(&task("b", "i-2", 1)).expect("insert");
+    let ids = |f: Option<&str>| -> Vec<String> {
+        let mut v: Vec<String> = s
+            .tasks(f)
+            .expect("tasks")
+            .into_iter()
+            .map(|t| t.task_id)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(None), ["a", "b"]);
+    assert_eq!(ids(Some("i-2")), ["b"]);
+    assert!(ids(Some("i-3")).is_empty());
+    let snapshot = s.placement_snapshot().expect("snapshot");
+    assert_eq!(snapshot.instances.len(), 2);
+    assert_eq!(snapshot.usage.get("i-1").map(|u| u.pending), Some(1));
+}
+
+/// One check of the suite.
+pub(crate) type Check = for<'a> fn(Opener<'a>);
+
+/// Every check, by name, for a backend that runs them in one test (one
+/// server for the run, a new database per check).
+pub(crate) const CHECKS: &[(&str, Check)] = &[
+    (
+        "an_activation_is_used_once_under_concurrency",
+        an_activation_is_used_once_under_concurrency,
+    ),
+    (
+        "an_event_is_applied_at_most_once_under_concurrency",
+        an_event_is_applied_at_most_once_under_concurrency,
+    ),
+    (
+        "every_change_of_the_desired_set_bumps_the_generation_once",
+        every_change_of_the_desired_set_bumps_the_generation_once,
+    ),
+    (
+        "a_stop_racing_an_event_is_not_undone",
+        a_stop_racing_an_event_is_not_undone,
+    ),
+    (
+        "concurrent_placements_never_over_commit_an_instance",
+        concurrent_placements_never_over_commit_an_instance,
+    ),
+    (
+        "deregistration_is_once_and_stops_every_task",
+        deregistration_is_once_and_stops_every_task,
+    ),
+    (
+        "constraint_violations_are_conflicts",
+        constraint_violations_are_conflicts,
+    ),
+    ("listings_filter_by_instance", listings_filter_by_instance),
+];
+
+/// One `#[test]` per check above, each on a fresh database: `$fresh()`
+/// returns what keeps the database alive and its opener.
+macro_rules! store_conformance {
+    ($fresh:expr) => {
+        $crate::server::store::conformance::store_conformance!(@ $fresh;
+            an_activation_is_used_once_under_concurrency,
+            an_event_is_applied_at_most_once_under_concurrency,
+            every_change_of_the_desired_set_bumps_the_generation_once,
+            a_stop_racing_an_event_is_not_undone,
+            concurrent_placements_never_over_commit_an_instance,
+            deregistration_is_once_and_stops_every_task,
+            constraint_violations_are_conflicts,
+            listings_filter_by_instance
+        );
+    };
+    (@ $fresh:expr; $($name:ident),*) => {
+        $(
+            #[test]
+            fn $name() {
+                let (_keep, open) = $fresh();
+                $crate::server::store::conformance::$name(&open);
+            }
+        )*
+    };
+}
+pub(crate) use store_conformance;

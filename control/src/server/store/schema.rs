@@ -1,0 +1,82 @@
+//! The schema and its versioned migrations, as SQL text. The runner that
+//! applies them lives with each backend; the text is written in the subset
+//! both SQLite and PostgreSQL accept unless a migration says otherwise.
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: i64 = 5;
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    instance_id TEXT NOT NULL PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    status TEXT NOT NULL,
+    registered_at_ms BIGINT NOT NULL,
+    agent_version TEXT NOT NULL,
+    boot_id TEXT NOT NULL,
+    cpu BIGINT NOT NULL,
+    memory_mib BIGINT NOT NULL,
+    attributes_json TEXT NOT NULL,
+    last_heartbeat_at_ms BIGINT NOT NULL,
+    last_event_seq BIGINT NOT NULL,
+    generation BIGINT NOT NULL,
+    acked_generation BIGINT NOT NULL,
+    os TEXT NOT NULL,
+    arch TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS activations (
+    id TEXT NOT NULL PRIMARY KEY,
+    code_hash TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT NOT NULL,
+    used_at_ms BIGINT,
+    instance_id TEXT REFERENCES instances (instance_id)
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT NOT NULL PRIMARY KEY,
+    instance_id TEXT NOT NULL REFERENCES instances (instance_id),
+    family TEXT NOT NULL,
+    definition_json TEXT NOT NULL,
+    desired_status TEXT NOT NULL,
+    last_status TEXT NOT NULL,
+    health_status TEXT NOT NULL,
+    stop_code TEXT NOT NULL,
+    stopped_reason TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    started_at_ms BIGINT NOT NULL,
+    stopped_at_ms BIGINT NOT NULL,
+    containers_json TEXT NOT NULL,
+    reserved_cpu BIGINT NOT NULL,
+    reserved_memory_mib BIGINT NOT NULL,
+    last_event_seq BIGINT NOT NULL,
+    last_seen_at_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_instance ON tasks (instance_id, created_at_ms);
+CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at_ms);
+";
+
+/// Migrations: `MIGRATIONS[i]` takes a database from version `i + 1` to
+/// `i + 2`. [`SCHEMA`] creates version 1 tables.
+pub(super) const MIGRATIONS: &[&str] = &[
+    "ALTER TABLE activations ADD COLUMN hostname TEXT",
+    "CREATE TABLE admin_certificates (
+        serial TEXT NOT NULL PRIMARY KEY,
+        name TEXT NOT NULL,
+        issued_at_ms BIGINT NOT NULL,
+        not_after_ms BIGINT NOT NULL,
+        revoked_at_ms BIGINT
+    )",
+    "ALTER TABLE activations ADD COLUMN source_cidrs TEXT",
+    "ALTER TABLE instances ADD COLUMN reported_cpu BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE instances ADD COLUMN reported_memory_mib BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE instances ADD COLUMN reported_hostname TEXT NOT NULL DEFAULT '';
+    ALTER TABLE instances ADD COLUMN cert_serial TEXT;
+    ALTER TABLE instances ADD COLUMN pending_cert_serial TEXT;
+    UPDATE instances SET
+        cpu = CASE WHEN cpu < 0 THEN 0 WHEN cpu > 4194304 THEN 4194304 ELSE cpu END,
+        memory_mib = CASE WHEN memory_mib < 0 THEN 0 WHEN memory_mib > 67108864 THEN 67108864 ELSE memory_mib END;
+    UPDATE instances SET reported_cpu = cpu, reported_memory_mib = memory_mib,
+        reported_hostname = hostname",
+];
