@@ -257,6 +257,7 @@ pub async fn run_task(
         .run_task(RunTaskRequest {
             task_definition_json: def.to_string(),
             instance_id: instance.to_string(),
+            ..Default::default()
         })
         .await
         .with_context(|| format!("RunTask on {instance}"))?
@@ -274,6 +275,7 @@ pub async fn tasks_of(
     let list = admin
         .list_tasks(ListTasksRequest {
             instance_id: instance.to_string(),
+            ..Default::default()
         })
         .await
         .context("ListTasks")?

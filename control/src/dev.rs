@@ -119,6 +119,7 @@ pub async fn run(
             .run_task(RunTaskRequest {
                 task_definition_json: text,
                 instance_id: instance_id.clone(),
+                ..Default::default()
             })
             .await
             .map_err(|s| anyhow!("{}: {}", path.display(), s.message()))?

@@ -170,6 +170,7 @@ async fn enroll_connect_run_and_replay() -> Result {
         .run_task(RunTaskRequest {
             task_definition_json: TASK_DEFINITION.into(),
             instance_id: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -206,6 +207,7 @@ async fn enroll_connect_run_and_replay() -> Result {
         .run_task(RunTaskRequest {
             task_definition_json: TASK_DEFINITION.replace("512", "100000"),
             instance_id: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("does not fit");
@@ -219,6 +221,7 @@ async fn enroll_connect_run_and_replay() -> Result {
         .run_task(RunTaskRequest {
             task_definition_json: r#"{"family": "x", "containerDefinitions": [{"name": "a", "image": "b", "memroy": 5}]}"#.into(),
             instance_id: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("invalid");
@@ -270,6 +273,7 @@ async fn enroll_connect_run_and_replay() -> Result {
         .run_task(RunTaskRequest {
             task_definition_json: TASK_DEFINITION.into(),
             instance_id: instance_id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -303,6 +307,7 @@ async fn enroll_connect_run_and_replay() -> Result {
     let listed = admin
         .list_tasks(ListTasksRequest {
             instance_id: instance_id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -135,6 +135,7 @@ async fn run_task(admin: &mut AdminClient<Channel>, instance_id: &str) -> Result
         .run_task(RunTaskRequest {
             task_definition_json: small_task(),
             instance_id: instance_id.into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -234,6 +235,7 @@ async fn h1_a_huge_capacity_and_a_stolen_hostname_lure_no_task() -> Result {
             .run_task(RunTaskRequest {
                 task_definition_json: TASK_DEFINITION.into(),
                 instance_id: String::new(),
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -255,6 +257,7 @@ async fn h1_a_huge_capacity_and_a_stolen_hostname_lure_no_task() -> Result {
         .run_task(RunTaskRequest {
             task_definition_json: TASK_DEFINITION.into(),
             instance_id: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -477,6 +480,7 @@ async fn m2_reconnecting_does_not_refill_the_instance_rate_and_loses_nothing() -
     let listed = admin
         .list_tasks(ListTasksRequest {
             instance_id: host.instance_id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner()

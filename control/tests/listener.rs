@@ -37,6 +37,7 @@ async fn a_session_keeps_its_connection_past_the_idle_timeout_an_idle_one_is_clo
         .run_task(RunTaskRequest {
             task_definition_json: TASK_DEFINITION.into(),
             instance_id: agent.instance_id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner();

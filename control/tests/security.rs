@@ -474,6 +474,7 @@ async fn admin_api_off_loopback_takes_admin_certificates_only() -> Result {
         .run_task(RunTaskRequest {
             task_definition_json: TASK_DEFINITION.into(),
             instance_id: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("agent certificate");
@@ -612,6 +613,7 @@ async fn a_revoked_admin_certificate_is_refused_on_its_next_call() -> Result {
         .run_task(RunTaskRequest {
             task_definition_json: TASK_DEFINITION.into(),
             instance_id: host.instance_id.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("revoked certificate");
@@ -714,6 +716,7 @@ async fn oversized_and_malformed_messages_are_refused_with_a_status() -> Result 
         .run_task(RunTaskRequest {
             task_definition_json: huge.clone(),
             instance_id: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("oversized definition");
@@ -736,6 +739,7 @@ async fn oversized_and_malformed_messages_are_refused_with_a_status() -> Result 
         .run_task(RunTaskRequest {
             task_definition_json: crowded,
             instance_id: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("too many containers");
@@ -840,6 +844,7 @@ async fn an_instance_cannot_report_events_for_another_instances_tasks() -> Resul
         .run_task(RunTaskRequest {
             task_definition_json: TASK_DEFINITION.replace("\"memory\": 512", "\"memory\": 64"),
             instance_id: b.instance_id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -856,6 +861,7 @@ async fn an_instance_cannot_report_events_for_another_instances_tasks() -> Resul
     let listed = admin
         .list_tasks(ListTasksRequest {
             instance_id: a.instance_id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner()

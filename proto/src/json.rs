@@ -279,6 +279,7 @@ mod tests {
                 memory_mib: 3900,
             }),
             reported_hostname: "host2".into(),
+            cluster: "default".into(),
         };
         let v = instance_json(&i);
         assert_eq!(

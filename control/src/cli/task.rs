@@ -45,6 +45,7 @@ pub(super) async fn task(
                 .client
                 .list_tasks(ListTasksRequest {
                     instance_id: instance.unwrap_or_default(),
+                    ..Default::default()
                 })
                 .await;
             let tasks = r.map_err(|s| admin.status(s))?.into_inner().tasks;
@@ -114,6 +115,7 @@ async fn task_run(
         .run_task(RunTaskRequest {
             task_definition_json: definition,
             instance_id: args.instance.unwrap_or_default(),
+            ..Default::default()
         })
         .await;
     let mut t = r.map_err(|s| admin.status(s))?.into_inner();

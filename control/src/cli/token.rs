@@ -59,6 +59,7 @@ pub(super) async fn token_create(
             ttl_seconds: ttl.as_secs(),
             hostname: hostname.unwrap_or_default(),
             source_cidrs: from.iter().map(ToString::to_string).collect(),
+            ..Default::default()
         })
         .await;
     let token = r.map_err(|s| admin.status(s))?.into_inner();
@@ -105,6 +106,7 @@ mod tests {
             fleet_addresses: vec!["berth.example:7420".into()],
             hostname: String::new(),
             source_cidrs: vec!["10.9.0.0/24".into()],
+            cluster: String::new(),
         };
         assert_eq!(
             enroll_command(&t).expect("line"),

@@ -25,11 +25,15 @@ use std::time::Duration;
 use berth_proto::json::format_time_ms;
 use berth_proto::v1::admin_server::Admin;
 use berth_proto::v1::{
-    AdminCertificate, AdminCertificateRecord, CreateAdminCertificateRequest, CreateTokenRequest,
-    Instance, InstanceRef, ListAdminCertificatesRequest, ListAdminCertificatesResponse,
-    ListInstancesRequest, ListInstancesResponse, ListTasksRequest, ListTasksResponse, Resources,
-    RevokeAdminCertificateRequest, RevokeAdminCertificateResponse, RunTaskRequest, StopTaskRequest,
-    Task, TaskRef, Token,
+    AdminCertificate, AdminCertificateRecord, Cluster, ClusterRef, CreateAdminCertificateRequest,
+    CreateTokenRequest, DeleteAttributesRequest, Instance, InstanceRef,
+    ListAdminCertificatesRequest, ListAdminCertificatesResponse, ListAttributesRequest,
+    ListAttributesResponse, ListClustersRequest, ListClustersResponse, ListInstancesRequest,
+    ListInstancesResponse, ListTaskDefinitionsRequest, ListTaskDefinitionsResponse,
+    ListTasksRequest, ListTasksResponse, PutAttributesRequest, RegisterTaskDefinitionRequest,
+    RegisteredTaskDefinition, Resources, RevokeAdminCertificateRequest,
+    RevokeAdminCertificateResponse, RunTaskRequest, StopTaskRequest, Task, TaskDefinitionRef,
+    TaskRef, Token, UpdateInstanceStateRequest,
 };
 use rustls_pki_types::CertificateDer;
 use tonic::codegen::{Service, http};
@@ -101,6 +105,7 @@ pub(crate) fn instance_message(i: &InstanceRecord, usage: Usage, connected: bool
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         registered_at_ms: i.registered_at_ms,
+        cluster: "default".to_owned(),
     }
 }
 
@@ -115,6 +120,7 @@ pub(crate) fn task_message(t: &TaskRecord, connected: bool) -> Task {
         instance_id: t.instance_id.clone(),
         state: Some(state),
         last_seen_at_ms: t.last_seen_at_ms,
+        ..Default::default()
     }
 }
 
@@ -550,6 +556,55 @@ impl Admin for AdminService {
         Ok(Response::new(instance_message(&after, usage, connected)))
     }
 
+    // ---- clusters, attributes, drain (to be implemented in server/clusters.rs)
+
+    async fn create_cluster(&self, _r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
+        Err(Status::unimplemented("CreateCluster"))
+    }
+
+    async fn list_clusters(
+        &self,
+        _r: Request<ListClustersRequest>,
+    ) -> Result<Response<ListClustersResponse>, Status> {
+        Err(Status::unimplemented("ListClusters"))
+    }
+
+    async fn describe_cluster(&self, _r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
+        Err(Status::unimplemented("DescribeCluster"))
+    }
+
+    async fn delete_cluster(&self, _r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
+        Err(Status::unimplemented("DeleteCluster"))
+    }
+
+    async fn put_attributes(
+        &self,
+        _r: Request<PutAttributesRequest>,
+    ) -> Result<Response<Instance>, Status> {
+        Err(Status::unimplemented("PutAttributes"))
+    }
+
+    async fn delete_attributes(
+        &self,
+        _r: Request<DeleteAttributesRequest>,
+    ) -> Result<Response<Instance>, Status> {
+        Err(Status::unimplemented("DeleteAttributes"))
+    }
+
+    async fn list_attributes(
+        &self,
+        _r: Request<ListAttributesRequest>,
+    ) -> Result<Response<ListAttributesResponse>, Status> {
+        Err(Status::unimplemented("ListAttributes"))
+    }
+
+    async fn update_instance_state(
+        &self,
+        _r: Request<UpdateInstanceStateRequest>,
+    ) -> Result<Response<Instance>, Status> {
+        Err(Status::unimplemented("UpdateInstanceState"))
+    }
+
     async fn run_task(&self, request: Request<RunTaskRequest>) -> Result<Response<Task>, Status> {
         let req = request.into_inner();
         let explicit = non_empty(&req.instance_id);
@@ -626,6 +681,36 @@ impl Admin for AdminService {
         }
         let connected = self.core.sessions().is_connected(&task.instance_id);
         Ok(Response::new(task_message(&task, connected)))
+    }
+
+    // ---- the task-definition registry (to be implemented in server/taskdefs.rs)
+
+    async fn register_task_definition(
+        &self,
+        _r: Request<RegisterTaskDefinitionRequest>,
+    ) -> Result<Response<RegisteredTaskDefinition>, Status> {
+        Err(Status::unimplemented("RegisterTaskDefinition"))
+    }
+
+    async fn list_task_definitions(
+        &self,
+        _r: Request<ListTaskDefinitionsRequest>,
+    ) -> Result<Response<ListTaskDefinitionsResponse>, Status> {
+        Err(Status::unimplemented("ListTaskDefinitions"))
+    }
+
+    async fn describe_task_definition(
+        &self,
+        _r: Request<TaskDefinitionRef>,
+    ) -> Result<Response<RegisteredTaskDefinition>, Status> {
+        Err(Status::unimplemented("DescribeTaskDefinition"))
+    }
+
+    async fn deregister_task_definition(
+        &self,
+        _r: Request<TaskDefinitionRef>,
+    ) -> Result<Response<RegisteredTaskDefinition>, Status> {
+        Err(Status::unimplemented("DeregisterTaskDefinition"))
     }
 }
 

@@ -184,6 +184,7 @@ impl Core {
             fleet_addresses: vec![self.advertise.clone()],
             hostname: hostname.unwrap_or_default(),
             source_cidrs,
+            ..Default::default()
         })
     }
 }

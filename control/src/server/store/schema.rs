@@ -3,7 +3,7 @@
 //! both SQLite and PostgreSQL accept unless a migration says otherwise.
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 7;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -79,4 +79,31 @@ pub(super) const MIGRATIONS: &[&str] = &[
         memory_mib = CASE WHEN memory_mib < 0 THEN 0 WHEN memory_mib > 67108864 THEN 67108864 ELSE memory_mib END;
     UPDATE instances SET reported_cpu = cpu, reported_memory_mib = memory_mib,
         reported_hostname = hostname",
+    // 6: clusters; every instance, activation and task in one (`default`
+    // for what existed before); attributes an operator put
+    // (`berth attribute put`), kept apart from what the agent reports.
+    "CREATE TABLE clusters (
+        name TEXT NOT NULL PRIMARY KEY,
+        status TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL
+    );
+    INSERT INTO clusters (name, status, created_at_ms) VALUES ('default', 'ACTIVE', 0);
+    ALTER TABLE instances ADD COLUMN cluster TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE instances ADD COLUMN custom_attributes_json TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE activations ADD COLUMN cluster TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE tasks ADD COLUMN cluster TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE tasks ADD COLUMN task_group TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN started_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN task_definition TEXT NOT NULL DEFAULT '';
+    CREATE INDEX tasks_by_cluster ON tasks (cluster, created_at_ms)",
+    // 7: the task-definition registry: immutable revisions per family.
+    "CREATE TABLE task_definitions (
+        family TEXT NOT NULL,
+        revision BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        definition_json TEXT NOT NULL,
+        registered_at_ms BIGINT NOT NULL,
+        deregistered_at_ms BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (family, revision)
+    )",
 ];
