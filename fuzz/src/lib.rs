@@ -248,6 +248,7 @@ pub fn show_task(instance_id: &str, state: &TaskState, last_seen_at_ms: i64) {
         instance_id: instance_id.to_owned(),
         state: Some(state.clone()),
         last_seen_at_ms,
+        ..Default::default()
     };
     let _ = berth_control::view::task_detail(&task, NOW_MS);
     let _ = berth_control::view::tasks_table(std::slice::from_ref(&task));
