@@ -45,8 +45,8 @@ use std::fmt;
 
 pub use berth_agent::ports::Protocol;
 pub use pipeline::{
-    Closest, PlacementError, Shortfall, Unplaceable, place, place_many, place_task,
-    unplaceable_anywhere,
+    Closest, PlacementError, Shortfall, Unplaceable, check_candidate, place, place_many,
+    place_task, unplaceable_anywhere,
 };
 pub use query::{Facts, Query, QueryError};
 pub use requirements::{Requirement, requirements};

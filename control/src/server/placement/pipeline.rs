@@ -178,6 +178,17 @@ fn check(
     Ok(())
 }
 
+/// Whether `c` could take a task of `req` now (ACTIVE, connected, fit,
+/// requirements, constraints), and if not, its first shortfall: what a
+/// DAEMON service asks of every instance. `None` in the error: not ACTIVE
+/// and connected.
+pub fn check_candidate(req: &Request, c: &Candidate) -> Result<(), Option<Shortfall>> {
+    if !eligible(c) {
+        return Err(None);
+    }
+    check(req, &ports_of(req), c).map_err(|(_, why)| Some(why))
+}
+
 fn eligible(c: &Candidate) -> bool {
     c.status == InstanceStatus::Active && c.connected
 }
