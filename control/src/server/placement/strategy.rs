@@ -254,6 +254,25 @@ impl fmt::Display for Constraint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::{prop_assert_eq, proptest};
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics_and_round_trips(s in "\\PC{0,60}") {
+            if let Ok(st) = s.parse::<Strategy>() {
+                prop_assert_eq!(st.to_string().parse::<Strategy>(), Ok(st.clone()));
+                let (kind, field) = st.to_ecs();
+                prop_assert_eq!(Strategy::from_ecs(kind, field.as_deref()), Ok(st));
+            }
+            if let Ok(c) = s.parse::<Constraint>() {
+                prop_assert_eq!(c.cli().parse::<Constraint>(), Ok(c.clone()));
+                let (kind, expr) = c.to_ecs();
+                prop_assert_eq!(Constraint::from_ecs(kind, expr.as_deref()), Ok(c));
+            }
+            let _ = Strategy::from_ecs("spread", Some(&s));
+            let _ = Constraint::from_ecs("memberOf", Some(&s));
+        }
+    }
 
     #[test]
     fn strategies_parse_in_both_forms_and_round_trip() {
