@@ -138,40 +138,67 @@ fn ports_of(req: &Request) -> Vec<(u16, Protocol)> {
     ports
 }
 
-/// The checks after eligibility, in order: `Err((passed, shortfall))`.
-fn check(
-    req: &Request,
-    ports: &[(u16, Protocol)],
-    c: &Candidate,
-) -> Result<(), (usize, Shortfall)> {
+/// A failed check, by position (materialized into a [`Shortfall`] only for
+/// the closest instance: no clone per refused candidate).
+#[derive(Debug, Clone, Copy)]
+enum Failed {
+    Cpu,
+    Memory,
+    Port(usize),
+    Requirement(usize),
+    Constraint(usize),
+}
+
+impl Failed {
+    fn shortfall(self, req: &Request, ports: &[(u16, Protocol)]) -> Shortfall {
+        match self {
+            Failed::Cpu => Shortfall::Cpu,
+            Failed::Memory => Shortfall::Memory,
+            Failed::Port(i) => ports
+                .get(i)
+                .map_or(Shortfall::Cpu, |p| Shortfall::HostPort(p.0, p.1)),
+            Failed::Requirement(i) => req
+                .requirements
+                .get(i)
+                .map_or(Shortfall::Cpu, |r| Shortfall::Requirement(r.clone())),
+            Failed::Constraint(i) => req
+                .constraints
+                .get(i)
+                .map_or(Shortfall::Cpu, |k| Shortfall::Constraint(k.clone())),
+        }
+    }
+}
+
+/// The checks after eligibility, in order: `Err((passed, failed))`.
+fn check(req: &Request, ports: &[(u16, Protocol)], c: &Candidate) -> Result<(), (usize, Failed)> {
     let mut passed = 0;
     if c.free.cpu < req.need.cpu {
-        return Err((passed, Shortfall::Cpu));
+        return Err((passed, Failed::Cpu));
     }
     passed += 1;
     if c.free.memory_mib < req.need.memory_mib {
-        return Err((passed, Shortfall::Memory));
+        return Err((passed, Failed::Memory));
     }
     passed += 1;
-    for p in ports {
+    for (i, p) in ports.iter().enumerate() {
         if c.used_host_ports.contains(p) {
-            return Err((passed, Shortfall::HostPort(p.0, p.1)));
+            return Err((passed, Failed::Port(i)));
         }
         passed += 1;
     }
-    for r in &req.requirements {
+    for (i, r) in req.requirements.iter().enumerate() {
         if !r.met_by(&c.attributes) {
-            return Err((passed, Shortfall::Requirement(r.clone())));
+            return Err((passed, Failed::Requirement(i)));
         }
         passed += 1;
     }
-    for k in &req.constraints {
+    for (i, k) in req.constraints.iter().enumerate() {
         let ok = match k {
             Constraint::DistinctInstance => c.group_count == 0,
             Constraint::MemberOf(q) => q.matches(&c.facts()),
         };
         if !ok {
-            return Err((passed, Shortfall::Constraint(k.clone())));
+            return Err((passed, Failed::Constraint(i)));
         }
         passed += 1;
     }
@@ -186,7 +213,8 @@ pub fn check_candidate(req: &Request, c: &Candidate) -> Result<(), Option<Shortf
     if !eligible(c) {
         return Err(None);
     }
-    check(req, &ports_of(req), c).map_err(|(_, why)| Some(why))
+    let ports = ports_of(req);
+    check(req, &ports, c).map_err(|(_, why)| Some(why.shortfall(req, &ports)))
 }
 
 fn eligible(c: &Candidate) -> bool {
@@ -263,7 +291,7 @@ fn choose<'a>(
 fn place_seeded(req: &Request, candidates: &[Candidate], seed: u64) -> Result<String, Unplaceable> {
     let ports = ports_of(req);
     let mut passed = Vec::new();
-    let mut closest: Option<(usize, &Candidate, Shortfall)> = None;
+    let mut closest: Option<(usize, &Candidate, Failed)> = None;
     for c in candidates.iter().filter(|c| eligible(c)) {
         match check(req, &ports, c) {
             Ok(()) => passed.push(c),
@@ -281,9 +309,9 @@ fn place_seeded(req: &Request, candidates: &[Candidate], seed: u64) -> Result<St
         return Ok(c.instance_id.clone());
     }
     Err(Unplaceable {
-        closest: closest.map(|(_, c, shortfall)| Closest {
+        closest: closest.map(|(_, c, failed)| Closest {
             instance_id: c.instance_id.clone(),
-            shortfall,
+            shortfall: failed.shortfall(req, &ports),
         }),
     })
 }
@@ -391,12 +419,13 @@ pub fn place_task(
                 free: c.free,
             });
         }
-        return match check(req, &ports_of(req), c) {
+        let ports = ports_of(req);
+        return match check(req, &ports, c) {
             Ok(()) => Ok(id.to_owned()),
-            Err((_, shortfall)) => Err(PlacementError::Unplaceable(Unplaceable {
+            Err((_, failed)) => Err(PlacementError::Unplaceable(Unplaceable {
                 closest: Some(Closest {
                     instance_id: id.to_owned(),
-                    shortfall,
+                    shortfall: failed.shortfall(req, &ports),
                 }),
             })),
         };
