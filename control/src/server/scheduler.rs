@@ -252,4 +252,21 @@ mod tests {
         let c = candidates(&[i], &Default::default(), &HashSet::new());
         assert_eq!(c[0].free.memory_mib, 1024);
     }
+
+    #[test]
+    fn candidates_carry_the_platform_attributes_unless_the_agent_sent_them() {
+        let mut i = instance("i-1", ACTIVE, 1024, 2048);
+        i.os = "linux".into();
+        i.arch = "x86_64".into();
+        i.agent_version = "0.13.0".into();
+        let mut j = i.clone();
+        j.instance_id = "i-2".into();
+        j.attributes
+            .insert("ecs.cpu-architecture".into(), "arm64".into());
+        let c = candidates(&[i, j], &Default::default(), &HashSet::new());
+        assert_eq!(c[0].attributes["ecs.os-type"], "linux");
+        assert_eq!(c[0].attributes["ecs.cpu-architecture"], "x86_64");
+        assert_eq!(c[0].agent_version, "0.13.0");
+        assert_eq!(c[1].attributes["ecs.cpu-architecture"], "arm64");
+    }
 }
