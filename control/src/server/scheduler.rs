@@ -3,7 +3,7 @@
 //! reconciler would call the same [`run_task`].
 //!
 //! Steps: validate (parse the definition, compute its reservation) →
-//! place ([`placement::place`], pure, over a snapshot of the fleet) →
+//! place ([`placement::place_task`], pure, over a snapshot of the fleet) →
 //! insert (the task, with the instance's generation bump) → notify (the
 //! instance's live session, if any).
 //!
@@ -17,10 +17,8 @@ use std::collections::HashSet;
 use tracing::{Instrument, debug, info, info_span};
 
 use super::Core;
-use super::placement::{self, Candidate, Need, PlacementError};
-use super::store::{
-    ACTIVE, InstanceRecord, PENDING, RUNNING, Store, StoreError, TaskRecord, Usage,
-};
+use super::placement::{self, Candidate, InstanceStatus, Need, PlacementError, Request};
+use super::store::{InstanceRecord, PENDING, RUNNING, Store, StoreError, TaskRecord, Usage};
 
 /// The health status of a task nothing has reported on yet.
 const UNKNOWN_HEALTH: &str = "UNKNOWN";
@@ -67,14 +65,30 @@ pub fn candidates(
             let u = usage.get(&i.instance_id).copied().unwrap_or_default();
             // Never more than registered, whatever a Hello said.
             let (cpu, memory_mib) = i.capacity();
+            let mut attributes = i.attributes.clone();
+            // The built-in platform attributes, unless the agent sent them.
+            for (name, value) in [
+                (placement::requirements::OS_ATTRIBUTE, &i.os),
+                (placement::requirements::ARCH_ATTRIBUTE, &i.arch),
+            ] {
+                if !value.is_empty() {
+                    attributes
+                        .entry(name.to_owned())
+                        .or_insert_with(|| value.clone());
+                }
+            }
             Candidate {
                 instance_id: i.instance_id.clone(),
-                active: i.status == ACTIVE,
+                status: InstanceStatus::from_store(&i.status),
                 connected: connected.contains(&i.instance_id),
                 free: Need {
                     cpu: cpu - u.cpu,
                     memory_mib: memory_mib - u.memory_mib,
                 },
+                attributes,
+                agent_version: i.agent_version.clone(),
+                running_tasks_count: u64::from(u.running),
+                ..Candidate::default()
             }
         })
         .collect()
@@ -85,7 +99,7 @@ pub fn candidates(
 pub const PLACEMENT_ATTEMPTS: u32 = 8;
 
 /// The placement critical section: a snapshot of the fleet (one
-/// transaction), a choice ([`placement::place`]), and an insert that holds
+/// transaction), a choice ([`placement::place_task`]), and an insert that holds
 /// only if the chosen instance is still at the generation the snapshot saw
 /// ([`Store::insert_task_at`]). Every change that raises an instance's
 /// reservations bumps its generation, so two placements at once cannot
@@ -103,7 +117,7 @@ pub fn place_and_insert(
         tries += 1;
         let snapshot = s.placement_snapshot()?;
         let fleet = candidates(&snapshot.instances, &snapshot.usage, connected);
-        let instance_id = placement::place(need, &fleet, explicit)?;
+        let instance_id = placement::place_task(&Request::new(need), &fleet, explicit)?;
         let generation = snapshot
             .instances
             .iter()
@@ -180,6 +194,7 @@ pub(crate) async fn run_task(
 
 #[cfg(test)]
 mod tests {
+    use super::super::store::ACTIVE;
     use super::*;
 
     fn instance(id: &str, status: &str, cpu: i64, memory_mib: i64) -> InstanceRecord {
@@ -216,15 +231,17 @@ mod tests {
             c[0],
             Candidate {
                 instance_id: "i-1".into(),
-                active: true,
+                status: InstanceStatus::Active,
                 connected: true,
                 free: Need {
                     cpu: 768,
                     memory_mib: 1536
                 },
+                running_tasks_count: 1,
+                ..Candidate::default()
             }
         );
-        assert!(!c[1].active && !c[1].connected);
+        assert!(c[1].status == InstanceStatus::Inactive && !c[1].connected);
         assert_eq!(c[1].free.memory_mib, 2048);
     }
 
@@ -234,5 +251,22 @@ mod tests {
         i.reported_memory_mib = 1024;
         let c = candidates(&[i], &Default::default(), &HashSet::new());
         assert_eq!(c[0].free.memory_mib, 1024);
+    }
+
+    #[test]
+    fn candidates_carry_the_platform_attributes_unless_the_agent_sent_them() {
+        let mut i = instance("i-1", ACTIVE, 1024, 2048);
+        i.os = "linux".into();
+        i.arch = "x86_64".into();
+        i.agent_version = "0.13.0".into();
+        let mut j = i.clone();
+        j.instance_id = "i-2".into();
+        j.attributes
+            .insert("ecs.cpu-architecture".into(), "arm64".into());
+        let c = candidates(&[i, j], &Default::default(), &HashSet::new());
+        assert_eq!(c[0].attributes["ecs.os-type"], "linux");
+        assert_eq!(c[0].attributes["ecs.cpu-architecture"], "x86_64");
+        assert_eq!(c[0].agent_version, "0.13.0");
+        assert_eq!(c[1].attributes["ecs.cpu-architecture"], "arm64");
     }
 }
