@@ -173,7 +173,9 @@ async fn enroll_connect_run_and_replay() -> Result {
             ..Default::default()
         })
         .await?
-        .into_inner();
+        .into_inner()
+        .tasks
+        .remove(0);
     assert_eq!(task.instance_id, instance_id);
     let state = task.state.clone().unwrap_or_default();
     let task_id = state.task_id.clone();
@@ -277,6 +279,8 @@ async fn enroll_connect_run_and_replay() -> Result {
         })
         .await?
         .into_inner()
+        .tasks
+        .remove(0)
         .state
         .unwrap_or_default()
         .task_id;

@@ -60,7 +60,10 @@ pub use postgres::PostgresStore;
 pub use rules::in_desired_set;
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
-pub use taskdefs::{RegistryError, StatusFilter, TaskDefinitionRecord, TaskDefinitionStore};
+pub use taskdefs::{
+    MAX_REVISIONS as MAX_TASK_DEFINITION_REVISIONS, RegistryError, StatusFilter,
+    TaskDefinitionRecord, TaskDefinitionStore, check_family,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
