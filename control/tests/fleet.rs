@@ -187,7 +187,14 @@ async fn enroll_connect_run_and_replay() -> Result {
     assert_eq!(assigned.tasks.len(), 1);
     assert_eq!(assigned.tasks[0].task_id, task_id);
     assert_eq!(assigned.tasks[0].desired_status, "RUNNING");
-    assert_eq!(assigned.tasks[0].task_definition_json, TASK_DEFINITION);
+    // The registered (normalized) form of the definition: the same
+    // definition.
+    assert_eq!(
+        berth_taskdef::parse(&assigned.tasks[0].task_definition_json)?.definition,
+        berth_taskdef::parse(TASK_DEFINITION)?.definition
+    );
+    assert_eq!(task.task_definition, "web:1");
+    assert_eq!(task.group, "family:web");
 
     let inst = admin
         .describe_instance(InstanceRef {
