@@ -261,3 +261,84 @@ async fn tasks_that_do_not_fit_are_failures_and_the_rest_runs() -> Result {
     server.shutdown().await?;
     Ok(())
 }
+
+/// The first assignment with `n` tasks (the server may send one for each
+/// task placed, or one for several).
+async fn assignment_of(agent: &mut FakeAgent, n: usize) -> Result<berth_proto::v1::Assignment> {
+    loop {
+        let a = next_assignment(&mut agent.inbound).await?;
+        if a.tasks.len() >= n {
+            return Ok(a);
+        }
+    }
+}
+
+fn spawn(server: &RunningServer, args: &[&str]) -> Result<tokio::process::Child> {
+    Ok(Command::new(BERTH)
+        .env_remove("BERTH_ADDR")
+        .arg("--server")
+        .arg(server.admin_addr().to_string())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_covers_every_task_of_a_run() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let mut agent = FakeAgent::start(&server, 4096, 8192).await?;
+    let file = dir.path().join("web.json");
+    std::fs::write(&file, TASK_DEFINITION)?;
+    let file = file.to_string_lossy().into_owned();
+    let args = [
+        "task",
+        "run",
+        "--task-definition",
+        &file,
+        "--count",
+        "2",
+        "--wait",
+        "--json",
+    ];
+
+    // Both RUNNING: done, with both in the answer.
+    let child = spawn(&server, &args)?;
+    let both = assignment_of(&mut agent, 2).await?;
+    let ids: Vec<String> = both.tasks.iter().map(|t| t.task_id.clone()).collect();
+    assert_eq!(ids.len(), 2);
+    // The second RUNNING first: the wait is for all of them, in any order.
+    agent.tx.send(event(1, &ids[1], "RUNNING")).await?;
+    assert_eq!(next_ack(&mut agent.inbound).await?, 1);
+    agent.tx.send(event(2, &ids[0], "RUNNING")).await?;
+    assert_eq!(next_ack(&mut agent.inbound).await?, 2);
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output()).await??;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let statuses: Vec<&str> = v["tasks"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t["lastStatus"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(statuses, ["RUNNING", "RUNNING"], "{v}");
+
+    // One stops before RUNNING: exit 1 naming it.
+    let child = spawn(&server, &args)?;
+    let four = assignment_of(&mut agent, 4).await?;
+    let new: Vec<String> = four
+        .tasks
+        .iter()
+        .map(|t| t.task_id.clone())
+        .filter(|id| !ids.contains(id))
+        .collect();
+    assert_eq!(new.len(), 2);
+    agent.tx.send(event(3, &new[1], "STOPPED")).await?;
+    assert_eq!(next_ack(&mut agent.inbound).await?, 3);
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output()).await??;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("task {} stopped", new[1])), "{err}");
+    server.shutdown().await?;
+    Ok(())
+}

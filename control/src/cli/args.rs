@@ -394,6 +394,49 @@ mod tests {
         }
         let err = Cli::try_parse_from(["berth", "task", "run"]).expect_err("missing file");
         assert_eq!(err.exit_code(), 2);
+        let cli = Cli::try_parse_from([
+            "berth",
+            "task",
+            "run",
+            "--task-definition",
+            "web:3",
+            "--count",
+            "4",
+            "--started-by",
+            "job",
+            "--group",
+            "batch",
+            "--placement-strategy",
+            "spread:attribute:zone",
+            "--placement-strategy",
+            "binpack:memory",
+            "--placement-constraint",
+            "distinctInstance",
+        ])
+        .expect("parse");
+        match cli.command {
+            Command::Task(TaskCommand::Run(a)) => {
+                assert_eq!(a.task_definition, "web:3");
+                assert_eq!(a.count, 4);
+                assert_eq!(a.started_by.as_deref(), Some("job"));
+                assert_eq!(a.group.as_deref(), Some("batch"));
+                assert_eq!(
+                    a.placement_strategy,
+                    ["spread:attribute:zone", "binpack:memory"]
+                );
+                assert_eq!(a.placement_constraint, ["distinctInstance"]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["berth", "taskdef", "ls", "--status", "all"])
+            .expect("status in any case");
+        assert!(matches!(
+            cli.command,
+            Command::Taskdef(TaskdefCommand::Ls { status, .. }) if status.eq_ignore_ascii_case("ALL")
+        ));
+        let err = Cli::try_parse_from(["berth", "taskdef", "ls", "--status", "GONE"])
+            .expect_err("unknown status");
+        assert_eq!(err.exit_code(), 2);
     }
 
     /// `berth` and every visible subcommand under it, as man page names.
@@ -411,6 +454,9 @@ mod tests {
             "revoke",
             "task-definition",
             "wait-timeout",
+            "taskdef",
+            "started-by",
+            "placement-strategy",
         ];
         cli_docs::check_completions(Cli::command(), &words).unwrap_or_else(|e| panic!("{e}"));
     }
