@@ -140,6 +140,12 @@ async fn files_register_revisions_and_families_run_by_name() -> Result {
     assert!(err.contains("web:1") && err.contains("INACTIVE"), "{err}");
     let described = json(&server, &["taskdef", "describe", "web:1", "--json"]).await?;
     assert_eq!(described["taskDefinition"]["status"], "INACTIVE");
+    assert!(described["taskDefinition"]["deregisteredAt"].is_string());
+    let out = berth(&server, &["taskdef", "describe", "web:1"]).await?;
+    let human = text(&out.stdout);
+    assert!(human.contains("Task definition: web:1"), "{human}");
+    assert!(human.contains("Status:          INACTIVE"), "{human}");
+    assert!(human.contains("nginx:1"), "{human}");
     let task = json(&server, &["task", "describe", &first_id, "--json"]).await?;
     assert_eq!(task["lastStatus"], "RUNNING");
     assert_eq!(task["desiredStatus"], "RUNNING");
