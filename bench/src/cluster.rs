@@ -262,7 +262,13 @@ pub async fn run_task(
         .await
         .with_context(|| format!("RunTask on {instance}"))?
         .into_inner();
-    let id = task.state.map(|s| s.task_id).unwrap_or_default();
+    let id = task
+        .tasks
+        .into_iter()
+        .next()
+        .and_then(|t| t.state)
+        .map(|s| s.task_id)
+        .unwrap_or_default();
     ensure!(!id.is_empty(), "RunTask answered a task without an id");
     Ok(id)
 }

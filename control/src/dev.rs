@@ -124,7 +124,13 @@ pub async fn run(
             .await
             .map_err(|s| anyhow!("{}: {}", path.display(), s.message()))?
             .into_inner();
-        let id = task.state.map(|s| s.task_id).unwrap_or_default();
+        let id = task
+            .tasks
+            .into_iter()
+            .next()
+            .and_then(|t| t.state)
+            .map(|s| s.task_id)
+            .unwrap_or_default();
         info!(task_id = %id, file = %path.display(), "submitted");
         submitted = Some((id, path));
     }

@@ -9,7 +9,9 @@ use std::fmt::Write as _;
 
 use berth_proto::json::format_time_ms;
 use berth_proto::text::escape_control;
-use berth_proto::v1::{AdminCertificateRecord, Instance, Task, TaskState};
+use berth_proto::v1::{
+    AdminCertificateRecord, Instance, RegisteredTaskDefinition, Task, TaskState,
+};
 
 /// A table with left-aligned columns separated by two spaces.
 #[derive(Debug, Default)]
@@ -259,6 +261,9 @@ pub fn task_detail(task: &Task, now_ms: i64) -> String {
         };
         kv("Task ID:", s.task_id.clone());
         kv("Family:", or_dash(&s.family));
+        kv("Definition:", or_dash(&task.task_definition));
+        kv("Group:", or_dash(&task.group));
+        kv("Started by:", or_dash(&task.started_by));
         kv("Instance:", task.instance_id.clone());
         kv("Last status:", or_dash(&s.last_status));
         kv("Desired status:", or_dash(&s.desired_status));
@@ -358,6 +363,43 @@ pub fn admin_certs_table(certs: &[AdminCertificateRecord], now_ms: i64) -> Strin
         ]);
     }
     t.render()
+}
+
+/// A registered revision: name, status, dates, its containers and the
+/// definition's warnings.
+pub fn task_definition_detail(r: &RegisteredTaskDefinition) -> String {
+    let mut out = String::new();
+    let mut kv = |k: &str, v: String| {
+        let _ = writeln!(out, "{k:<17}{}", escape_control(&v));
+    };
+    kv("Task definition:", format!("{}:{}", r.family, r.revision));
+    kv("Status:", r.status.clone());
+    kv("Registered:", time(r.registered_at_ms));
+    kv("Deregistered:", time(r.deregistered_at_ms));
+    let parsed = berth_taskdef::parse(&r.task_definition_json).ok();
+    if let Some(p) = &parsed {
+        let need = p.definition.reservation();
+        kv(
+            "Reserves:",
+            format!("{} CPU units, {} MiB", need.cpu, need.memory_mib),
+        );
+    }
+    for w in &r.warnings {
+        kv("Warning:", w.clone());
+    }
+    if let Some(p) = parsed {
+        out.push('\n');
+        let mut t = Table::new(&["CONTAINER", "IMAGE", "ESSENTIAL"]);
+        for c in &p.definition.container_definitions {
+            t.row(vec![
+                c.name.clone(),
+                c.image.clone(),
+                if c.is_essential() { "yes" } else { "no" }.to_owned(),
+            ]);
+        }
+        out.push_str(&t.render());
+    }
+    out
 }
 
 #[cfg(test)]

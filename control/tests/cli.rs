@@ -192,7 +192,13 @@ async fn errors_are_clear() -> Result {
     )?)
     .await?;
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains(&format!("cannot read task definition {missing}")));
+    // A path that does not exist is read as FAMILY[:REV], which it is not.
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&missing)
+            && err.contains("is neither an existing file nor a registered FAMILY[:REV]"),
+        "{err}"
+    );
 
     let out = finish(berth(&server, &["task", "describe", "nope"])?).await?;
     assert_eq!(out.status.code(), Some(1));

@@ -173,7 +173,9 @@ async fn enroll_connect_run_and_replay() -> Result {
             ..Default::default()
         })
         .await?
-        .into_inner();
+        .into_inner()
+        .tasks
+        .remove(0);
     assert_eq!(task.instance_id, instance_id);
     let state = task.state.clone().unwrap_or_default();
     let task_id = state.task_id.clone();
@@ -185,7 +187,14 @@ async fn enroll_connect_run_and_replay() -> Result {
     assert_eq!(assigned.tasks.len(), 1);
     assert_eq!(assigned.tasks[0].task_id, task_id);
     assert_eq!(assigned.tasks[0].desired_status, "RUNNING");
-    assert_eq!(assigned.tasks[0].task_definition_json, TASK_DEFINITION);
+    // The registered (normalized) form of the definition: the same
+    // definition.
+    assert_eq!(
+        berth_taskdef::parse(&assigned.tasks[0].task_definition_json)?.definition,
+        berth_taskdef::parse(TASK_DEFINITION)?.definition
+    );
+    assert_eq!(task.task_definition, "web:1");
+    assert_eq!(task.group, "family:web");
 
     let inst = admin
         .describe_instance(InstanceRef {
@@ -277,6 +286,8 @@ async fn enroll_connect_run_and_replay() -> Result {
         })
         .await?
         .into_inner()
+        .tasks
+        .remove(0)
         .state
         .unwrap_or_default()
         .task_id;

@@ -138,7 +138,9 @@ async fn run_task(admin: &mut AdminClient<Channel>, instance_id: &str) -> Result
             ..Default::default()
         })
         .await?
-        .into_inner();
+        .into_inner()
+        .tasks
+        .remove(0);
     Ok(task.state.map(|s| s.task_id).unwrap_or_default())
 }
 
@@ -238,7 +240,9 @@ async fn h1_a_huge_capacity_and_a_stolen_hostname_lure_no_task() -> Result {
                 ..Default::default()
             })
             .await?
-            .into_inner();
+            .into_inner()
+            .tasks
+            .remove(0);
         assert_eq!(
             task.instance_id, honest.instance_id,
             "the task went to the instance that lied about its capacity"
@@ -260,7 +264,9 @@ async fn h1_a_huge_capacity_and_a_stolen_hostname_lure_no_task() -> Result {
             ..Default::default()
         })
         .await?
-        .into_inner();
+        .into_inner()
+        .tasks
+        .remove(0);
     assert_eq!(task.instance_id, thief.instance_id);
     let missing = admin
         .accept_instance_capacity(InstanceRef {

@@ -40,7 +40,9 @@ async fn a_session_keeps_its_connection_past_the_idle_timeout_an_idle_one_is_clo
             ..Default::default()
         })
         .await?
-        .into_inner();
+        .into_inner()
+        .tasks
+        .remove(0);
     let assigned = next_assignment(&mut agent.inbound).await?;
     let task_id = task.state.map(|s| s.task_id).unwrap_or_default();
     assert!(

@@ -848,6 +848,8 @@ async fn an_instance_cannot_report_events_for_another_instances_tasks() -> Resul
         })
         .await?
         .into_inner()
+        .tasks
+        .remove(0)
         .state
         .unwrap_or_default()
         .task_id;

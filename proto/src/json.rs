@@ -18,7 +18,42 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use crate::v1::{ContainerState, Instance, NetworkBinding, Resources, TaskState};
+use crate::v1::{ContainerState, Instance, NetworkBinding, Resources, Task, TaskState};
+
+/// What ARNs start with where no request names a region or an account
+/// (the CLI's JSON): `arn:aws:ecs:local:000000000000:`.
+pub const LOCAL_ARN_PREFIX: &str = "arn:aws:ecs:local:000000000000:";
+
+/// The ARN of a registered task definition (`family:revision`), `null`
+/// for a task whose definition was never registered.
+pub fn task_definition_arn(family_revision: &str) -> Value {
+    if family_revision.is_empty() {
+        Value::Null
+    } else {
+        Value::String(format!(
+            "{LOCAL_ARN_PREFIX}task-definition/{family_revision}"
+        ))
+    }
+}
+
+/// A task of the control plane: [`task_json`] and `taskDefinitionArn`,
+/// `group`, `startedBy` (`null` when empty).
+pub fn admin_task_json(t: &Task) -> Value {
+    let mut v = task_json(
+        &t.instance_id,
+        &t.state.clone().unwrap_or_default(),
+        t.last_seen_at_ms,
+    );
+    if let Value::Object(m) = &mut v {
+        m.insert(
+            "taskDefinitionArn".into(),
+            task_definition_arn(&t.task_definition),
+        );
+        m.insert("group".into(), opt_str(&t.group));
+        m.insert("startedBy".into(), opt_str(&t.started_by));
+    }
+    v
+}
 
 /// A task: `taskId`, `instanceId`, `family`, `lastStatus`, `desiredStatus`,
 /// `healthStatus`, `stopCode`, `stoppedReason`, `createdAt`, `startedAt`,
@@ -171,6 +206,26 @@ mod tests {
             }],
             essential: true,
         }
+    }
+
+    #[test]
+    fn control_plane_tasks_name_their_definition_group_and_starter() {
+        let t = Task {
+            instance_id: "i-1".into(),
+            task_definition: "web:3".into(),
+            group: "family:web".into(),
+            ..Task::default()
+        };
+        let v = admin_task_json(&t);
+        assert_eq!(
+            v["taskDefinitionArn"],
+            "arn:aws:ecs:local:000000000000:task-definition/web:3"
+        );
+        assert_eq!(v["group"], "family:web");
+        assert_eq!(v["startedBy"], Value::Null);
+        assert_eq!(v["instanceId"], "i-1");
+        let unregistered = admin_task_json(&Task::default());
+        assert_eq!(unregistered["taskDefinitionArn"], Value::Null);
     }
 
     #[test]

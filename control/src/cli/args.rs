@@ -69,6 +69,9 @@ pub enum Command {
     /// Tasks: ECS task definitions placed on instances
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Registered task definitions: immutable revisions per family
+    #[command(subcommand)]
+    Taskdef(TaskdefCommand),
     /// Control plane and one agent in one process, against the local Docker Engine
     Dev(crate::dev::DevArgs),
     /// Client certificates for the admin API when it is not on loopback
@@ -246,13 +249,34 @@ pub enum TaskCommand {
 
 #[derive(Debug, Args)]
 pub struct TaskRunArgs {
-    /// ECS task definition (register-task-definition input or describe-task-definition output)
-    #[arg(long, value_name = "FILE")]
-    pub task_definition: PathBuf,
+    /// A registered task definition (FAMILY for the latest ACTIVE revision,
+    /// or FAMILY:REVISION), or an ECS task definition file
+    /// (register-task-definition input or describe-task-definition output),
+    /// which is registered first: as a new revision of its family, or as
+    /// the latest one when its content is equal
+    #[arg(long, value_name = "FAMILY[:REV]|FILE")]
+    pub task_definition: String,
     /// Run on this instance instead of letting the control plane choose
     #[arg(long, value_name = "ID")]
     pub instance: Option<String>,
-    /// Wait until the task is RUNNING; fail if it stops first
+    /// How many tasks to start (1 to 10)
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub count: u32,
+    /// A tag of who started the tasks (up to 36 letters, digits, -, / and _)
+    #[arg(long, value_name = "S")]
+    pub started_by: Option<String>,
+    /// The task group [default: family:FAMILY]
+    #[arg(long, value_name = "G")]
+    pub group: Option<String>,
+    /// A placement strategy (spread:instanceId, binpack:memory, random, …);
+    /// repeat for several, in order
+    #[arg(long = "placement-strategy", value_name = "TYPE[:FIELD]")]
+    pub placement_strategy: Vec<String>,
+    /// A placement constraint (distinctInstance, memberOf:EXPRESSION);
+    /// repeat for several
+    #[arg(long = "placement-constraint", value_name = "TYPE[:EXPR]")]
+    pub placement_constraint: Vec<String>,
+    /// Wait until every task is RUNNING; fail if one stops first
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits
@@ -261,6 +285,51 @@ pub struct TaskRunArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskdefCommand {
+    /// Register an ECS task definition file as the next revision of its
+    /// family; prints FAMILY:REVISION
+    Register {
+        /// register-task-definition input or describe-task-definition output
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Print JSON (the describe-task-definition shape)
+        #[arg(long)]
+        json: bool,
+    },
+    /// List registered revisions by family, then revision
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only this family
+        #[arg(long, value_name = "F")]
+        family: Option<String>,
+        /// Which revisions: ACTIVE, INACTIVE or ALL
+        #[arg(long, value_name = "STATUS", default_value = "ACTIVE", value_parser = ["ACTIVE", "INACTIVE", "ALL"], ignore_case = true)]
+        status: String,
+        /// Print JSON (the ListTaskDefinitions shape)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one revision (FAMILY alone: the latest ACTIVE one)
+    Describe {
+        /// FAMILY or FAMILY:REVISION
+        #[arg(value_name = "FAMILY[:REV]")]
+        task_definition: String,
+        /// Print JSON (the describe-task-definition shape)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark a revision INACTIVE: running tasks keep it, nothing new may use it
+    Deregister {
+        /// FAMILY:REVISION
+        #[arg(value_name = "FAMILY:REV")]
+        task_definition: String,
+        /// Print JSON (the describe-task-definition shape)
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A valid serial number as typed (the control plane compares it as an
@@ -325,6 +394,49 @@ mod tests {
         }
         let err = Cli::try_parse_from(["berth", "task", "run"]).expect_err("missing file");
         assert_eq!(err.exit_code(), 2);
+        let cli = Cli::try_parse_from([
+            "berth",
+            "task",
+            "run",
+            "--task-definition",
+            "web:3",
+            "--count",
+            "4",
+            "--started-by",
+            "job",
+            "--group",
+            "batch",
+            "--placement-strategy",
+            "spread:attribute:zone",
+            "--placement-strategy",
+            "binpack:memory",
+            "--placement-constraint",
+            "distinctInstance",
+        ])
+        .expect("parse");
+        match cli.command {
+            Command::Task(TaskCommand::Run(a)) => {
+                assert_eq!(a.task_definition, "web:3");
+                assert_eq!(a.count, 4);
+                assert_eq!(a.started_by.as_deref(), Some("job"));
+                assert_eq!(a.group.as_deref(), Some("batch"));
+                assert_eq!(
+                    a.placement_strategy,
+                    ["spread:attribute:zone", "binpack:memory"]
+                );
+                assert_eq!(a.placement_constraint, ["distinctInstance"]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["berth", "taskdef", "ls", "--status", "all"])
+            .expect("status in any case");
+        assert!(matches!(
+            cli.command,
+            Command::Taskdef(TaskdefCommand::Ls { status, .. }) if status.eq_ignore_ascii_case("ALL")
+        ));
+        let err = Cli::try_parse_from(["berth", "taskdef", "ls", "--status", "GONE"])
+            .expect_err("unknown status");
+        assert_eq!(err.exit_code(), 2);
     }
 
     /// `berth` and every visible subcommand under it, as man page names.
@@ -342,6 +454,9 @@ mod tests {
             "revoke",
             "task-definition",
             "wait-timeout",
+            "taskdef",
+            "started-by",
+            "placement-strategy",
         ];
         cli_docs::check_completions(Cli::command(), &words).unwrap_or_else(|e| panic!("{e}"));
     }

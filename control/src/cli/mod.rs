@@ -10,7 +10,7 @@
 //! | `args` | the clap definitions of every command but `server` |
 //! | `client` | `Admin`, the admin API client, and the error reports |
 //! | `server` | `berth server`: its flags and the embedded control plane |
-//! | `admin_cert`, `token`, `instance`, `task` | one handler per command |
+//! | `admin_cert`, `token`, `instance`, `task`, `taskdef` | one handler per command |
 
 mod admin_cert;
 mod args;
@@ -18,6 +18,7 @@ mod client;
 mod instance;
 mod server;
 mod task;
+mod taskdef;
 mod token;
 
 use anyhow::Context;
@@ -29,7 +30,7 @@ use tracing::info;
 pub use admin_cert::{ADMIN_CA_FILE, ADMIN_CERT_FILE, ADMIN_KEY_FILE, admin_cert_json};
 pub use args::{
     AdminCertCommand, Cli, Command, InstanceCommand, LogFormat, MAN_SECTIONS, TaskCommand,
-    TaskRunArgs, TokenCommand,
+    TaskRunArgs, TaskdefCommand, TokenCommand,
 };
 pub use client::error_report;
 pub use server::ServerArgs;
@@ -40,6 +41,7 @@ use client::Admin;
 use instance::instance;
 use server::server;
 use task::task;
+use taskdef::taskdef;
 use token::token_create;
 
 /// Runs a parsed command line.
@@ -60,6 +62,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             instance(&mut admin, cmd).await
         }
         Command::Task(cmd) => task(&cli.server, cli.admin_cert.as_deref(), cmd).await,
+        Command::Taskdef(cmd) => {
+            let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
+            taskdef(&mut admin, cmd).await
+        }
         Command::AdminCert(cmd) => admin_cert(&cli.server, cli.admin_cert.as_deref(), cmd).await,
         Command::Completions { shell } => Ok(cli_docs::print_completions(Cli::command(), shell)?),
         Command::Dev(args) => {

@@ -32,8 +32,8 @@ use berth_proto::v1::{
     ListInstancesResponse, ListTaskDefinitionsRequest, ListTaskDefinitionsResponse,
     ListTasksRequest, ListTasksResponse, PutAttributesRequest, RegisterTaskDefinitionRequest,
     RegisteredTaskDefinition, Resources, RevokeAdminCertificateRequest,
-    RevokeAdminCertificateResponse, RunTaskRequest, StopTaskRequest, Task, TaskDefinitionRef,
-    TaskRef, Token, UpdateInstanceStateRequest,
+    RevokeAdminCertificateResponse, RunTaskRequest, RunTaskResponse, StopTaskRequest, Task,
+    TaskDefinitionRef, TaskRef, Token, UpdateInstanceStateRequest,
 };
 use rustls_pki_types::CertificateDer;
 use tonic::codegen::{Service, http};
@@ -45,10 +45,10 @@ use tracing::{Instrument, info, info_span, warn};
 use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of, tidy_serial};
 use super::placement::PlacementError;
 use super::protocol;
-use super::scheduler::{self, ScheduleError};
 use super::store::{
     AdminCertRecord, InstanceRecord, STOPPED, SqliteStore, Store, StoreError, TaskRecord, Usage,
 };
+use super::taskdefs;
 use super::{
     Core, DB_FILE, DEFAULT_ADMIN_CERT_LIFETIME, MAX_CERT_LIFETIME, TokenError, peer_text,
     store_status,
@@ -120,6 +120,9 @@ pub(crate) fn task_message(t: &TaskRecord, connected: bool) -> Task {
         instance_id: t.instance_id.clone(),
         state: Some(state),
         last_seen_at_ms: t.last_seen_at_ms,
+        task_definition: t.task_definition.clone(),
+        group: t.group.clone(),
+        started_by: t.started_by.clone(),
         ..Default::default()
     }
 }
@@ -332,7 +335,7 @@ pub fn issue_admin_cert_offline(
     Ok((issued, ca.cert_pem().to_owned()))
 }
 
-fn placement_status(e: PlacementError) -> Status {
+pub(crate) fn placement_status(e: PlacementError) -> Status {
     match e {
         PlacementError::NoSuchInstance(_) => Status::not_found(e.to_string()),
         _ => Status::failed_precondition(e.to_string()),
@@ -605,20 +608,13 @@ impl Admin for AdminService {
         Err(Status::unimplemented("UpdateInstanceState"))
     }
 
-    async fn run_task(&self, request: Request<RunTaskRequest>) -> Result<Response<Task>, Status> {
-        let req = request.into_inner();
-        let explicit = non_empty(&req.instance_id);
-        let scheduled = scheduler::run_task(&self.core, req.task_definition_json, explicit)
+    async fn run_task(
+        &self,
+        request: Request<RunTaskRequest>,
+    ) -> Result<Response<RunTaskResponse>, Status> {
+        taskdefs::run_task(&self.core, request.into_inner())
             .await
-            .map_err(|e| match e {
-                ScheduleError::Definition(e) => Status::invalid_argument(e),
-                ScheduleError::Placement(e) => placement_status(e),
-                ScheduleError::Store(e) => store_status(e),
-            })?;
-        Ok(Response::new(task_message(
-            &scheduled.task,
-            scheduled.connected,
-        )))
+            .map(Response::new)
     }
 
     async fn list_tasks(
@@ -683,34 +679,42 @@ impl Admin for AdminService {
         Ok(Response::new(task_message(&task, connected)))
     }
 
-    // ---- the task-definition registry (to be implemented in server/taskdefs.rs)
+    // ---- the task-definition registry (server/taskdefs.rs)
 
     async fn register_task_definition(
         &self,
-        _r: Request<RegisterTaskDefinitionRequest>,
+        r: Request<RegisterTaskDefinitionRequest>,
     ) -> Result<Response<RegisteredTaskDefinition>, Status> {
-        Err(Status::unimplemented("RegisterTaskDefinition"))
+        taskdefs::register(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_task_definitions(
         &self,
-        _r: Request<ListTaskDefinitionsRequest>,
+        r: Request<ListTaskDefinitionsRequest>,
     ) -> Result<Response<ListTaskDefinitionsResponse>, Status> {
-        Err(Status::unimplemented("ListTaskDefinitions"))
+        taskdefs::list(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn describe_task_definition(
         &self,
-        _r: Request<TaskDefinitionRef>,
+        r: Request<TaskDefinitionRef>,
     ) -> Result<Response<RegisteredTaskDefinition>, Status> {
-        Err(Status::unimplemented("DescribeTaskDefinition"))
+        taskdefs::describe(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn deregister_task_definition(
         &self,
-        _r: Request<TaskDefinitionRef>,
+        r: Request<TaskDefinitionRef>,
     ) -> Result<Response<RegisteredTaskDefinition>, Status> {
-        Err(Status::unimplemented("DeregisterTaskDefinition"))
+        taskdefs::deregister(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

@@ -52,6 +52,7 @@ pub mod protocol;
 pub mod scheduler;
 pub(crate) mod sessions;
 pub mod store;
+pub mod taskdefs;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

@@ -137,6 +137,15 @@ pub fn place_and_insert(
     }
 }
 
+/// Where a task comes from: its registered definition (`family:revision`,
+/// '' for none), its task group and who started it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub task_definition: String,
+    pub group: String,
+    pub started_by: String,
+}
+
 /// Schedules one task of `definition_json`, on `instance_id` when given
 /// (it must exist, be ACTIVE and have room) or on the connected ACTIVE
 /// instance with the most free memory.
@@ -144,6 +153,7 @@ pub(crate) async fn run_task(
     core: &Core,
     definition_json: String,
     instance_id: Option<String>,
+    origin: Origin,
 ) -> Result<Scheduled, ScheduleError> {
     let parsed = berth_taskdef::parse(&definition_json)
         .map_err(|e| ScheduleError::Definition(e.to_string()))?;
@@ -161,6 +171,9 @@ pub(crate) async fn run_task(
         created_at_ms: berth_proto::now_ms(),
         reserved_cpu: need.cpu,
         reserved_memory_mib: need.memory_mib,
+        task_definition: origin.task_definition,
+        group: origin.group,
+        started_by: origin.started_by,
         ..TaskRecord::default()
     };
     let connected = core.sessions().connected_instances();

@@ -333,6 +333,193 @@ pub(crate) fn listings_filter_by_instance(open: Opener<'_>) {
     assert_eq!(snapshot.usage.get("i-1").map(|u| u.pending), Some(1));
 }
 
+pub(crate) fn registry_revisions_count_up_per_family_and_reuse_equal_content(open: Opener<'_>) {
+    let s = open();
+    let (a1, reused) = s
+        .register_task_definition("web", "{\"v\":1}", true, 100)
+        .expect("register");
+    assert_eq!(
+        (a1.revision, reused, a1.status.as_str()),
+        (1, false, ACTIVE)
+    );
+    assert_eq!(a1.name(), "web:1");
+    let (again, reused) = s
+        .register_task_definition("web", "{\"v\":1}", true, 200)
+        .expect("again");
+    assert!(reused, "equal content is the latest revision");
+    assert_eq!(again, a1, "a reused revision is returned unchanged");
+    let (forced, reused) = s
+        .register_task_definition("web", "{\"v\":1}", false, 300)
+        .expect("without reuse");
+    assert_eq!((forced.revision, reused), (2, false));
+    let (other, _) = s
+        .register_task_definition("db", "{\"v\":1}", true, 300)
+        .expect("another family");
+    assert_eq!(other.revision, 1, "revisions count per family");
+    let (changed, reused) = s
+        .register_task_definition("web", "{\"v\":2}", true, 400)
+        .expect("changed");
+    assert_eq!((changed.revision, reused), (3, false));
+    // The latest ACTIVE revision, or a given one.
+    let latest = s
+        .task_definition("web", None)
+        .expect("get")
+        .expect("exists");
+    assert_eq!(latest, changed);
+    let one = s
+        .task_definition("web", Some(1))
+        .expect("get")
+        .expect("exists");
+    assert_eq!(one.definition_json, "{\"v\":1}");
+    assert_eq!(one.registered_at_ms, 100);
+    assert!(s.task_definition("web", Some(9)).expect("get").is_none());
+    assert!(s.task_definition("nope", None).expect("get").is_none());
+    // Bad input is refused before anything is stored.
+    for bad in ["", "a:b", "a b"] {
+        let e = s
+            .register_task_definition(bad, "{}", true, 1)
+            .expect_err("bad family");
+        assert!(
+            matches!(e, StoreError::Registry(RegistryError::Family(_))),
+            "{e}"
+        );
+    }
+    let big = "x".repeat(berth_taskdef::MAX_DEFINITION_BYTES + 1);
+    assert!(matches!(
+        s.register_task_definition("web", &big, true, 1),
+        Err(StoreError::Registry(RegistryError::TooLarge(_)))
+    ));
+    assert_eq!(
+        s.task_definitions(None, StatusFilter::All)
+            .expect("list")
+            .len(),
+        4
+    );
+}
+
+pub(crate) fn registry_deregistration_is_idempotent_and_filters_listings(open: Opener<'_>) {
+    let s = open();
+    for v in 1..=3 {
+        s.register_task_definition("web", &format!("{{\"v\":{v}}}"), true, v)
+            .expect("register");
+    }
+    s.register_task_definition("api", "{}", true, 1)
+        .expect("register");
+    let d = s
+        .deregister_task_definition("web", 3, 50)
+        .expect("deregister");
+    assert_eq!((d.status.as_str(), d.deregistered_at_ms), (INACTIVE, 50));
+    let again = s
+        .deregister_task_definition("web", 3, 60)
+        .expect("deregister again");
+    assert_eq!(again.deregistered_at_ms, 50, "the first time is kept");
+    assert!(matches!(
+        s.deregister_task_definition("web", 7, 60),
+        Err(StoreError::Registry(RegistryError::NotFound(n))) if n == "web:7"
+    ));
+    // The latest ACTIVE revision skips the deregistered one.
+    let latest = s
+        .task_definition("web", None)
+        .expect("get")
+        .expect("exists");
+    assert_eq!(latest.revision, 2);
+    // An INACTIVE revision is still there to describe.
+    let three = s
+        .task_definition("web", Some(3))
+        .expect("get")
+        .expect("exists");
+    assert_eq!(three.status, INACTIVE);
+    let names = |f: Option<&str>, st| -> Vec<String> {
+        s.task_definitions(f, st)
+            .expect("list")
+            .iter()
+            .map(TaskDefinitionRecord::name)
+            .collect()
+    };
+    assert_eq!(
+        names(None, StatusFilter::Active),
+        ["api:1", "web:1", "web:2"]
+    );
+    assert_eq!(names(None, StatusFilter::Inactive), ["web:3"]);
+    assert_eq!(
+        names(Some("web"), StatusFilter::All),
+        ["web:1", "web:2", "web:3"]
+    );
+    assert!(names(Some("nope"), StatusFilter::All).is_empty());
+    // Equal content to a deregistered revision is a new revision: only an
+    // ACTIVE one is reused.
+    let (r, reused) = s
+        .register_task_definition("web", "{\"v\":3}", true, 70)
+        .expect("register");
+    assert_eq!((r.revision, reused), (4, false));
+    for n in 1..=2 {
+        s.deregister_task_definition("web", n, 80)
+            .expect("deregister");
+    }
+    s.deregister_task_definition("web", 4, 80)
+        .expect("deregister");
+    assert!(
+        s.task_definition("web", None).expect("get").is_none(),
+        "no ACTIVE revision left"
+    );
+    let (r, _) = s
+        .register_task_definition("web", "{\"v\":3}", true, 90)
+        .expect("register");
+    assert_eq!(r.revision, 5, "numbering goes on past INACTIVE revisions");
+}
+
+pub(crate) fn concurrent_registrations_get_distinct_revisions(open: Opener<'_>) {
+    let s = open();
+    let results = race(open, |s, i| {
+        s.register_task_definition("web", &format!("{{\"racer\":{i}}}"), true, 1)
+            .expect("register")
+    });
+    let mut revisions: Vec<i64> = results.iter().map(|(r, _)| r.revision).collect();
+    revisions.sort_unstable();
+    assert_eq!(
+        revisions,
+        (1..=RACERS as i64).collect::<Vec<_>>(),
+        "every registration got its own revision"
+    );
+    // The same content at once: one revision, the others reuse it.
+    let same = race(open, |s, _| {
+        s.register_task_definition("db", "{\"same\":true}", true, 1)
+            .expect("register")
+    });
+    assert_eq!(same.iter().filter(|(_, reused)| !reused).count(), 1);
+    assert!(same.iter().all(|(r, _)| r.revision == 1));
+    assert_eq!(
+        s.task_definitions(None, StatusFilter::All)
+            .expect("list")
+            .len(),
+        RACERS + 1
+    );
+}
+
+pub(crate) fn tasks_keep_their_definition_group_and_starter(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    let t = TaskRecord {
+        task_definition: "web:3".into(),
+        group: "family:web".into(),
+        started_by: "nightly-job".into(),
+        ..task("t1", "i-1", 1)
+    };
+    s.insert_task(&t).expect("insert");
+    let got = s.task("t1").expect("get").expect("exists");
+    assert_eq!(
+        (
+            got.task_definition.as_str(),
+            got.group.as_str(),
+            got.started_by.as_str()
+        ),
+        ("web:3", "family:web", "nightly-job")
+    );
+    let listed = s.tasks(None).expect("tasks");
+    assert_eq!(listed[0].task_definition, "web:3");
+    assert_eq!(listed[0].started_by, "nightly-job");
+}
+
 /// One check of the suite.
 pub(crate) type Check = for<'a> fn(Opener<'a>);
 
@@ -368,6 +555,22 @@ pub(crate) const CHECKS: &[(&str, Check)] = &[
         constraint_violations_are_conflicts,
     ),
     ("listings_filter_by_instance", listings_filter_by_instance),
+    (
+        "registry_revisions_count_up_per_family_and_reuse_equal_content",
+        registry_revisions_count_up_per_family_and_reuse_equal_content,
+    ),
+    (
+        "registry_deregistration_is_idempotent_and_filters_listings",
+        registry_deregistration_is_idempotent_and_filters_listings,
+    ),
+    (
+        "concurrent_registrations_get_distinct_revisions",
+        concurrent_registrations_get_distinct_revisions,
+    ),
+    (
+        "tasks_keep_their_definition_group_and_starter",
+        tasks_keep_their_definition_group_and_starter,
+    ),
 ];
 
 /// One `#[test]` per check above, each on a fresh database: `$fresh()`
@@ -382,7 +585,11 @@ macro_rules! store_conformance {
             concurrent_placements_never_over_commit_an_instance,
             deregistration_is_once_and_stops_every_task,
             constraint_violations_are_conflicts,
-            listings_filter_by_instance
+            listings_filter_by_instance,
+            registry_revisions_count_up_per_family_and_reuse_equal_content,
+            registry_deregistration_is_idempotent_and_filters_listings,
+            concurrent_registrations_get_distinct_revisions,
+            tasks_keep_their_definition_group_and_starter
         );
     };
     (@ $fresh:expr; $($name:ident),*) => {

@@ -54,11 +54,16 @@ mod rules;
 mod schema;
 mod sql;
 mod sqlite;
+mod taskdefs;
 
 pub use postgres::PostgresStore;
 pub use rules::in_desired_set;
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
+pub use taskdefs::{
+    MAX_REVISIONS as MAX_TASK_DEFINITION_REVISIONS, RegistryError, StatusFilter,
+    TaskDefinitionRecord, TaskDefinitionStore, check_family,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -121,6 +126,8 @@ pub enum StoreError {
     OpenPostgres { detail: String },
     #[error("{op}: the database cannot be reached: {detail}; nothing was changed")]
     Unavailable { op: &'static str, detail: String },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 /// A one-time activation. Only the code's SHA-256 is kept.
@@ -305,6 +312,12 @@ pub struct TaskRecord {
     pub reserved_memory_mib: i64,
     pub last_event_seq: u64,
     pub last_seen_at_ms: i64,
+    /// `family:revision` of the registered definition ('' before the
+    /// registry), the task group (`family:NAME`, `service:NAME`, …) and
+    /// who started it.
+    pub task_definition: String,
+    pub group: String,
+    pub started_by: String,
 }
 
 impl TaskRecord {
@@ -384,7 +397,7 @@ pub struct EventOutcome {
 /// [`StoreError::Database`], both naming the operation, and never a
 /// half-applied change. A constraint violation is a
 /// [`StoreError::Conflict`] (or one of the specific `…Exists` errors).
-pub trait Store: Send + Sync {
+pub trait Store: TaskDefinitionStore + Send + Sync {
     /// Stores a new activation.
     fn create_activation(&self, activation: &ActivationRecord) -> Result<(), StoreError>;
     fn activation(&self, id: &str) -> Result<Option<ActivationRecord>, StoreError>;

@@ -95,7 +95,7 @@ fn retryable(e: &StoreError) -> bool {
     }))
 }
 
-fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+pub(super) fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
@@ -174,7 +174,7 @@ impl PostgresStore {
 
     /// Runs `f` as one transaction, tried again when the database rolled
     /// it back for a conflict of its own.
-    fn run<T>(
+    pub(super) fn run<T>(
         &self,
         op: &'static str,
         mut f: impl AsyncFnMut(&Transaction<'_>) -> Result<T, StoreError>,
@@ -273,6 +273,9 @@ fn task_from_row(r: &Row) -> Result<TaskRecord, StoreError> {
             reserved_memory_mib: int(r, 14)?,
             last_event_seq: from_db(int(r, 15)?),
             last_seen_at_ms: int(r, 16)?,
+            task_definition: text(r, 17)?,
+            group: text(r, 18)?,
+            started_by: text(r, 19)?,
         },
         containers_json: text(r, 12)?,
     }
@@ -474,12 +477,16 @@ async fn insert_task_checked(
         &t.reserved_memory_mib,
         &seq,
         &t.last_seen_at_ms,
+        &t.task_definition,
+        &t.group,
+        &t.started_by,
     ];
     let inserted = tx
         .execute(
             &format!(
                 "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+                 $18, $19, $20)"
             ),
             params,
         )

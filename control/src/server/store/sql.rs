@@ -15,7 +15,7 @@ pub(super) const INSTANCE_COLUMNS: &str = "instance_id, hostname, status, regist
 pub(super) const TASK_COLUMNS: &str = "task_id, instance_id, family, definition_json, desired_status, \
      last_status, health_status, stop_code, stopped_reason, created_at_ms, started_at_ms, \
      stopped_at_ms, containers_json, reserved_cpu, reserved_memory_mib, last_event_seq, \
-     last_seen_at_ms";
+     last_seen_at_ms, task_definition, task_group, started_by";
 
 /// A row read before its JSON columns are decoded.
 pub(super) struct RawInstance {

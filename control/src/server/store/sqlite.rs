@@ -145,6 +145,9 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<RawTask> {
             reserved_memory_mib: r.get(14)?,
             last_event_seq: from_db(r.get(15)?),
             last_seen_at_ms: r.get(16)?,
+            task_definition: r.get(17)?,
+            group: r.get(18)?,
+            started_by: r.get(19)?,
         },
         containers_json: r.get(12)?,
     })
@@ -243,7 +246,8 @@ fn insert_task_row(tx: &Transaction<'_>, t: &TaskRecord) -> Result<(), StoreErro
     let inserted = tx.execute(
         &format!(
             "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+             ?18, ?19, ?20)"
         ),
         params![
             t.task_id,
@@ -263,6 +267,9 @@ fn insert_task_row(tx: &Transaction<'_>, t: &TaskRecord) -> Result<(), StoreErro
             t.reserved_memory_mib,
             to_db(t.last_event_seq),
             t.last_seen_at_ms,
+            t.task_definition,
+            t.group,
+            t.started_by,
         ],
     );
     match inserted {
@@ -359,7 +366,7 @@ impl SqliteStore {
         }
     }
 
-    fn write<T>(
+    pub(super) fn write<T>(
         &self,
         op: &'static str,
         f: impl FnMut(&Transaction<'_>) -> Result<T, StoreError>,
@@ -367,7 +374,7 @@ impl SqliteStore {
         self.run(op, TransactionBehavior::Immediate, f)
     }
 
-    fn read<T>(
+    pub(super) fn read<T>(
         &self,
         op: &'static str,
         f: impl FnMut(&Transaction<'_>) -> Result<T, StoreError>,
