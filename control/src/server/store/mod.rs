@@ -40,7 +40,10 @@
 //! `activations.source_cidrs` (the networks an activation may be used from,
 //! comma-separated CIDRs; NULL: any); 5 adds the reported capacity and
 //! hostname and the certificate serials of instances (and clamps stored
-//! capacities to the plausible range). Older
+//! capacities to the plausible range); 6 adds clusters (every instance,
+//! activation and task in one, `default` for what existed) and the task
+//! columns `task_group`, `started_by`, `task_definition`; 7 adds
+//! `task_definitions` (the registry's immutable revisions). Older
 //! databases are migrated when opened, in the same transaction that records
 //! the new version.
 //!
