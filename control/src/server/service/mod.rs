@@ -48,4 +48,6 @@ pub(crate) mod health;
 pub(crate) mod model;
 pub(crate) mod reconcile;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
