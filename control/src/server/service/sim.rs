@@ -387,3 +387,98 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Each instance: status, connected, eligible, room, and the state of
+    /// its task of the old and of the new deployment (0 = none).
+    #[test]
+    fn daemon_starts_only_on_active_eligible_instances(
+        insts in proptest::collection::vec(
+            (0u8..3, any::<bool>(), any::<bool>(), any::<bool>(), 0u8..4, 0u8..4), 1..6),
+        rolling in any::<bool>(),
+    ) {
+        let spec = ServiceSpec::daemon("agent", "default");
+        let mut deployments = vec![Deployment {
+            id: "d1".into(),
+            task_definition: "agent:1".into(),
+            status: DeploymentStatus::Primary,
+            rollout_state: RolloutState::InProgress,
+            rollout_state_reason: String::new(),
+            failed_tasks: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            retry: RetryState::default(),
+        }];
+        if rolling {
+            deployments[0].status = DeploymentStatus::Active;
+            deployments[0].rollout_state = RolloutState::Completed;
+            let mut d2 = deployments[0].clone();
+            d2.id = "d2".into();
+            d2.task_definition = "agent:2".into();
+            d2.status = DeploymentStatus::Primary;
+            d2.rollout_state = RolloutState::InProgress;
+            deployments.push(d2);
+        }
+        let primary = if rolling { "d2" } else { "d1" };
+        let now = 1_000_000;
+        let mut instances = Vec::new();
+        let mut tasks = Vec::new();
+        for (n, &(status, connected, eligible, room, old, new)) in insts.iter().enumerate() {
+            let id = format!("i{n}");
+            let fit = DaemonFit { eligible, room };
+            instances.push(InstanceView {
+                id: id.clone(),
+                status: [InstanceStatus::Active, InstanceStatus::Draining, InstanceStatus::Inactive][status as usize],
+                connected,
+                disconnected_since_ms: (!connected).then_some(now - 1_000),
+                daemon: [("d1".to_owned(), fit), ("d2".to_owned(), fit)].into_iter().collect(),
+                other_tasks: 0,
+            });
+            for (dep, state) in [("d1", old), ("d2", new)] {
+                if state == 0 || (dep == "d2" && !rolling) {
+                    continue;
+                }
+                let last = [LastStatus::Pending, LastStatus::Running, LastStatus::Stopped][(state - 1) as usize];
+                tasks.push(TaskView {
+                    id: format!("{dep}-{id}"),
+                    deployment_id: dep.into(),
+                    instance_id: id.clone(),
+                    last_status: last,
+                    desired_status: DesiredStatus::Running,
+                    has_health_check: false,
+                    health: Health::Unknown,
+                    created_at_ms: 0,
+                    started_at_ms: (last != LastStatus::Pending).then_some(0),
+                    stopped_reason: None,
+                    ever_healthy: last == LastStatus::Running,
+                    failure_counted: false,
+                });
+            }
+        }
+        let state = State {
+            spec: &spec,
+            deployments: &deployments,
+            tasks: &tasks,
+            instances: &instances,
+            events: &[],
+            now_ms: now,
+        };
+        let plan = reconcile(&state);
+        prop_assert_eq!(&plan, &reconcile(&state));
+        for s in &plan.starts {
+            prop_assert_eq!(s.deployment_id.as_str(), primary);
+            prop_assert_eq!(s.count, 1);
+            let i = instances.iter().find(|i| Some(&i.id) == s.instance_id.as_ref());
+            let i = i.expect("start on a known instance");
+            prop_assert_eq!(i.status, InstanceStatus::Active);
+            prop_assert!(i.connected);
+            prop_assert!(i.daemon[primary].eligible);
+            // At most one task per instance unless it has room for both.
+            let alive_here = tasks.iter().filter(|t| t.instance_id == i.id && t.last_status != LastStatus::Stopped).count();
+            prop_assert!(alive_here == 0 || i.daemon[primary].room, "{:?}", i);
+            prop_assert!(!tasks.iter().any(|t| t.instance_id == i.id && t.deployment_id == primary && t.last_status != LastStatus::Stopped));
+        }
+    }
+}
