@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod placement;
 pub mod protocol;
 pub mod scheduler;
+pub(crate) mod service;
 pub(crate) mod sessions;
 pub mod store;
 pub mod taskdefs;
