@@ -181,6 +181,13 @@ fn spawn(
         admin,
         "--metrics-listen",
         "127.0.0.1:0",
+        // Every simulated host connects from the same loopback address:
+        // lift the per-address cap (256 by default) and the total one
+        // above the largest fleet measured.
+        "--max-connections-per-address",
+        "20000",
+        "--max-connections",
+        "20000",
     ]);
     if let Some(h) = heartbeat {
         cmd.args(["--heartbeat-interval", h]);
