@@ -336,9 +336,71 @@ pub(crate) fn listings_filter_by_instance(open: Opener<'_>) {
 /// One check of the suite.
 pub(crate) type Check = for<'a> fn(Opener<'a>);
 
+/// Create is idempotent and revives a deleted cluster; `default` exists
+/// from the start and is never deleted; names follow ECS' rule.
+pub(crate) fn clusters_lifecycle(open: Opener<'_>) {
+    let s = open();
+    let all = s.clusters().expect("clusters");
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (all[0].name.as_str(), all[0].status.as_str()),
+        ("default", ACTIVE)
+    );
+    assert!(matches!(
+        s.delete_cluster(DEFAULT_CLUSTER),
+        Err(StoreError::DefaultCluster)
+    ));
+    let web = s.create_cluster("web-1_a", 5).expect("create");
+    assert_eq!((web.status.as_str(), web.created_at_ms), (ACTIVE, 5));
+    assert_eq!(
+        (
+            web.registered_instances,
+            web.running_tasks,
+            web.pending_tasks
+        ),
+        (0, 0, 0)
+    );
+    // Creating it again returns the one there is.
+    assert_eq!(s.create_cluster("web-1_a", 9).expect("again"), web);
+    for bad in ["", "a b", "a.b", &"x".repeat(256)] {
+        assert!(
+            matches!(
+                s.create_cluster(bad, 1),
+                Err(StoreError::InvalidClusterName(..))
+            ),
+            "{bad:?} accepted"
+        );
+    }
+    assert!(s.create_cluster(&"x".repeat(255), 1).is_ok());
+    assert!(matches!(
+        s.delete_cluster("nope"),
+        Err(StoreError::NoCluster(n)) if n == "nope"
+    ));
+    let gone = s.delete_cluster("web-1_a").expect("delete");
+    assert_eq!(gone.status, INACTIVE);
+    assert_eq!(
+        s.cluster("web-1_a").expect("get").expect("kept").status,
+        INACTIVE
+    );
+    assert_eq!(s.cluster("nope").expect("get"), None);
+    let back = s.create_cluster("web-1_a", 20).expect("revive");
+    assert_eq!(back.status, ACTIVE);
+    let names: Vec<String> = s
+        .clusters()
+        .expect("clusters")
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(
+        names,
+        vec!["default".to_owned(), "web-1_a".into(), "x".repeat(255)]
+    );
+}
+
 /// Every check, by name, for a backend that runs them in one test (one
 /// server for the run, a new database per check).
 pub(crate) const CHECKS: &[(&str, Check)] = &[
+    ("clusters_lifecycle", clusters_lifecycle),
     (
         "an_activation_is_used_once_under_concurrency",
         an_activation_is_used_once_under_concurrency,
@@ -382,7 +444,8 @@ macro_rules! store_conformance {
             concurrent_placements_never_over_commit_an_instance,
             deregistration_is_once_and_stops_every_task,
             constraint_violations_are_conflicts,
-            listings_filter_by_instance
+            listings_filter_by_instance,
+            clusters_lifecycle
         );
     };
     (@ $fresh:expr; $($name:ident),*) => {

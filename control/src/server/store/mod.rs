@@ -106,6 +106,22 @@ pub enum StoreError {
     AdminCertificateExists(String),
     #[error("a store operation failed: {0}")]
     Join(String),
+    #[error("no cluster {0}")]
+    NoCluster(String),
+    #[error("cluster {0} was deleted (INACTIVE); create it again first")]
+    ClusterInactive(String),
+    #[error("cluster name {0:?} is not valid: {1}")]
+    InvalidClusterName(String, &'static str),
+    #[error("the cluster default cannot be deleted")]
+    DefaultCluster,
+    #[error(
+        "cluster {name} is not empty: {instances} instance(s) not INACTIVE and {tasks} task(s) not STOPPED are left"
+    )]
+    ClusterNotEmpty {
+        name: String,
+        instances: i64,
+        tasks: i64,
+    },
     #[error("{0}: the database stayed locked by another writer; nothing was changed, try again")]
     Busy(&'static str),
     #[error("{op}: the change conflicts with the stored state ({detail}); nothing was changed")]
@@ -121,6 +137,25 @@ pub enum StoreError {
     OpenPostgres { detail: String },
     #[error("{op}: the database cannot be reached: {detail}; nothing was changed")]
     Unavailable { op: &'static str, detail: String },
+}
+
+/// The cluster every instance, activation and task belongs to unless it
+/// names another. It always exists and is never deleted.
+pub const DEFAULT_CLUSTER: &str = "default";
+
+/// A cluster with the counts ECS' `DescribeClusters` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRecord {
+    pub name: String,
+    /// `ACTIVE`, or `INACTIVE` once deleted.
+    pub status: String,
+    pub created_at_ms: i64,
+    /// Instances whose status is not `INACTIVE`.
+    pub registered_instances: i64,
+    /// Tasks whose last status is `RUNNING`.
+    pub running_tasks: i64,
+    /// Tasks neither `RUNNING` nor `STOPPED`.
+    pub pending_tasks: i64,
 }
 
 /// A one-time activation. Only the code's SHA-256 is kept.
@@ -482,4 +517,19 @@ pub trait Store: Send + Sync {
         serial: &str,
         now_ms: i64,
     ) -> Result<(AdminCertRecord, bool), StoreError>;
+
+    /// Creates the cluster (ACTIVE), or makes a deleted one ACTIVE again;
+    /// an ACTIVE one is returned as it is (ECS' `CreateCluster`).
+    /// [`StoreError::InvalidClusterName`] unless the name is 1–255 of
+    /// `[A-Za-z0-9_-]`.
+    fn create_cluster(&self, name: &str, now_ms: i64) -> Result<ClusterRecord, StoreError>;
+    /// Every cluster, INACTIVE ones included, by name.
+    fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError>;
+    fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError>;
+    /// Marks the cluster INACTIVE, in one transaction with the check that
+    /// no instance but INACTIVE ones and no task but STOPPED ones is left
+    /// in it ([`StoreError::ClusterNotEmpty`]). `default` is never deleted
+    /// ([`StoreError::DefaultCluster`]); [`StoreError::NoCluster`] for an
+    /// unknown name.
+    fn delete_cluster(&self, name: &str) -> Result<ClusterRecord, StoreError>;
 }

@@ -289,6 +289,28 @@ fn admin_cert_from_row(r: &Row) -> Result<AdminCertRecord, StoreError> {
     })
 }
 
+fn cluster_from_row(r: &Row) -> Result<ClusterRecord, StoreError> {
+    Ok(ClusterRecord {
+        name: text(r, 0)?,
+        status: text(r, 1)?,
+        created_at_ms: int(r, 2)?,
+        registered_instances: int(r, 3)?,
+        running_tasks: int(r, 4)?,
+        pending_tasks: int(r, 5)?,
+    })
+}
+
+async fn get_cluster(
+    tx: &Transaction<'_>,
+    name: &str,
+) -> Result<Option<ClusterRecord>, StoreError> {
+    tx.query_opt(&format!("{CLUSTER_SELECT} WHERE c.name = $1"), &[&name])
+        .await?
+        .as_ref()
+        .map(cluster_from_row)
+        .transpose()
+}
+
 async fn get_instance(
     tx: &Transaction<'_>,
     id: &str,
@@ -972,6 +994,72 @@ impl Store for PostgresStore {
                 .await?
                 .ok_or_else(|| StoreError::NoAdminCertificate(serial.to_owned()))?;
             Ok((cert, changed))
+        })
+    }
+
+    fn create_cluster(&self, name: &str, now_ms: i64) -> Result<ClusterRecord, StoreError> {
+        rules::check_cluster_name(name)
+            .map_err(|why| StoreError::InvalidClusterName(name.to_owned(), why))?;
+        self.run("create_cluster", async |tx| {
+            tx.execute(
+                "INSERT INTO clusters (name, status, created_at_ms) VALUES ($1, 'ACTIVE', $2) \
+                 ON CONFLICT (name) DO UPDATE SET status = 'ACTIVE'",
+                &[&name, &now_ms],
+            )
+            .await?;
+            get_cluster(tx, name)
+                .await?
+                .ok_or_else(|| StoreError::NoCluster(name.to_owned()))
+        })
+    }
+
+    fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        self.run("clusters", async |tx| {
+            tx.query(&format!("{CLUSTER_SELECT} ORDER BY c.name"), &[])
+                .await?
+                .iter()
+                .map(cluster_from_row)
+                .collect()
+        })
+    }
+
+    fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
+        self.run("cluster", async |tx| get_cluster(tx, name).await)
+    }
+
+    fn delete_cluster(&self, name: &str) -> Result<ClusterRecord, StoreError> {
+        if name == DEFAULT_CLUSTER {
+            return Err(StoreError::DefaultCluster);
+        }
+        self.run("delete_cluster", async |tx| {
+            // The row lock orders this against an enrollment into the cluster.
+            if tx
+                .query_opt(
+                    "SELECT name FROM clusters WHERE name = $1 FOR UPDATE",
+                    &[&name],
+                )
+                .await?
+                .is_none()
+            {
+                return Err(StoreError::NoCluster(name.to_owned()));
+            }
+            let left = tx.query_one(CLUSTER_LEFT_PG, &[&name]).await?;
+            let (instances, tasks) = (int(&left, 0)?, int(&left, 1)?);
+            if instances > 0 || tasks > 0 {
+                return Err(StoreError::ClusterNotEmpty {
+                    name: name.to_owned(),
+                    instances,
+                    tasks,
+                });
+            }
+            tx.execute(
+                "UPDATE clusters SET status = 'INACTIVE' WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+            get_cluster(tx, name)
+                .await?
+                .ok_or_else(|| StoreError::NoCluster(name.to_owned()))
         })
     }
 }

@@ -170,6 +170,27 @@ fn get_admin_cert(conn: &Connection, serial: &str) -> Result<Option<AdminCertRec
         .optional()?)
 }
 
+fn cluster_from_row(r: &Row<'_>) -> rusqlite::Result<ClusterRecord> {
+    Ok(ClusterRecord {
+        name: r.get(0)?,
+        status: r.get(1)?,
+        created_at_ms: r.get(2)?,
+        registered_instances: r.get(3)?,
+        running_tasks: r.get(4)?,
+        pending_tasks: r.get(5)?,
+    })
+}
+
+fn get_cluster(conn: &Connection, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("{CLUSTER_SELECT} WHERE c.name = ?1"),
+            params![name],
+            cluster_from_row,
+        )
+        .optional()?)
+}
+
 fn get_instance(conn: &Connection, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
     conn.query_row(
         &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?1"),
@@ -893,6 +914,58 @@ impl Store for SqliteStore {
             let cert = get_admin_cert(tx, serial)?
                 .ok_or_else(|| StoreError::NoAdminCertificate(serial.to_owned()))?;
             Ok((cert, changed))
+        })
+    }
+
+    fn create_cluster(&self, name: &str, now_ms: i64) -> Result<ClusterRecord, StoreError> {
+        rules::check_cluster_name(name)
+            .map_err(|why| StoreError::InvalidClusterName(name.to_owned(), why))?;
+        self.write("create_cluster", |tx| {
+            tx.execute(
+                "INSERT INTO clusters (name, status, created_at_ms) VALUES (?1, 'ACTIVE', ?2) \
+                 ON CONFLICT (name) DO UPDATE SET status = 'ACTIVE'",
+                params![name, now_ms],
+            )?;
+            get_cluster(tx, name)?.ok_or_else(|| StoreError::NoCluster(name.to_owned()))
+        })
+    }
+
+    fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        self.read("clusters", |tx| {
+            let mut stmt = tx.prepare(&format!("{CLUSTER_SELECT} ORDER BY c.name"))?;
+            let rows = stmt.query_map([], cluster_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
+        self.read("cluster", |tx| get_cluster(tx, name))
+    }
+
+    fn delete_cluster(&self, name: &str) -> Result<ClusterRecord, StoreError> {
+        if name == DEFAULT_CLUSTER {
+            return Err(StoreError::DefaultCluster);
+        }
+        self.write("delete_cluster", |tx| {
+            if get_cluster(tx, name)?.is_none() {
+                return Err(StoreError::NoCluster(name.to_owned()));
+            }
+            let (instances, tasks): (i64, i64) =
+                tx.query_row(CLUSTER_LEFT_SQLITE, params![name], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            if instances > 0 || tasks > 0 {
+                return Err(StoreError::ClusterNotEmpty {
+                    name: name.to_owned(),
+                    instances,
+                    tasks,
+                });
+            }
+            tx.execute(
+                "UPDATE clusters SET status = 'INACTIVE' WHERE name = ?1",
+                params![name],
+            )?;
+            get_cluster(tx, name)?.ok_or_else(|| StoreError::NoCluster(name.to_owned()))
         })
     }
 }
