@@ -43,6 +43,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of, tidy_serial};
+use super::clusters;
 use super::placement::PlacementError;
 use super::protocol;
 use super::scheduler::{self, ScheduleError};
@@ -558,23 +559,31 @@ impl Admin for AdminService {
 
     // ---- clusters, attributes, drain (to be implemented in server/clusters.rs)
 
-    async fn create_cluster(&self, _r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
-        Err(Status::unimplemented("CreateCluster"))
+    async fn create_cluster(&self, r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
+        let caller = caller_text(&r);
+        Ok(Response::new(
+            clusters::create(&self.core, r.into_inner(), &caller).await?,
+        ))
     }
 
     async fn list_clusters(
         &self,
         _r: Request<ListClustersRequest>,
     ) -> Result<Response<ListClustersResponse>, Status> {
-        Err(Status::unimplemented("ListClusters"))
+        Ok(Response::new(clusters::list(&self.core).await?))
     }
 
-    async fn describe_cluster(&self, _r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
-        Err(Status::unimplemented("DescribeCluster"))
+    async fn describe_cluster(&self, r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
+        Ok(Response::new(
+            clusters::describe(&self.core, r.into_inner()).await?,
+        ))
     }
 
-    async fn delete_cluster(&self, _r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
-        Err(Status::unimplemented("DeleteCluster"))
+    async fn delete_cluster(&self, r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
+        let caller = caller_text(&r);
+        Ok(Response::new(
+            clusters::delete(&self.core, r.into_inner(), &caller).await?,
+        ))
     }
 
     async fn put_attributes(
