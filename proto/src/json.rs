@@ -18,7 +18,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use crate::v1::{ContainerState, Instance, NetworkBinding, Resources, TaskState};
+use crate::v1::{Cluster, ContainerState, Instance, NetworkBinding, Resources, TaskState};
 
 /// A task: `taskId`, `instanceId`, `family`, `lastStatus`, `desiredStatus`,
 /// `healthStatus`, `stopCode`, `stoppedReason`, `createdAt`, `startedAt`,
@@ -103,6 +103,27 @@ pub fn instance_json(i: &Instance) -> Value {
         "pendingTasksCount": i.pending_tasks_count,
         "attributes": attributes,
         "registeredAt": time_json(i.registered_at_ms),
+    })
+}
+
+/// The ARN-shaped name of a cluster, as ECS scripts expect one:
+/// `arn:berth:ecs:local:cluster/NAME`.
+pub fn cluster_arn(name: &str) -> String {
+    format!("arn:berth:ecs:local:cluster/{name}")
+}
+
+/// A cluster in the shape of ECS' `DescribeClusters`: `clusterName`,
+/// `clusterArn`, `status`, `registeredContainerInstancesCount`,
+/// `runningTasksCount`, `pendingTasksCount`, `activeServicesCount`.
+pub fn cluster_json(c: &Cluster) -> Value {
+    json!({
+        "clusterName": c.name,
+        "clusterArn": cluster_arn(&c.name),
+        "status": c.status,
+        "registeredContainerInstancesCount": c.registered_instances_count,
+        "runningTasksCount": c.running_tasks_count,
+        "pendingTasksCount": c.pending_tasks_count,
+        "activeServicesCount": c.active_services_count,
     })
 }
 

@@ -69,6 +69,9 @@ pub enum Command {
     /// Tasks: ECS task definitions placed on instances
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Clusters: named groups of instances and tasks (`default` always exists)
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Control plane and one agent in one process, against the local Docker Engine
     Dev(crate::dev::DevArgs),
     /// Client certificates for the admin API when it is not on loopback
@@ -130,6 +133,41 @@ pub enum AdminCertCommand {
         /// separators and upper case are accepted)
         #[arg(value_name = "SERIAL", value_parser = parse_serial)]
         serial: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Create a cluster (or make a deleted one ACTIVE again); an existing
+    /// one is left as it is
+    Create {
+        /// 1–255 letters, digits, '_' and '-'
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List clusters, deleted (INACTIVE) ones included
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one cluster with its counts
+    Describe {
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a cluster: refused while it has instances that are not
+    /// INACTIVE or tasks that are not STOPPED; `default` is never deleted
+    Delete {
+        name: String,
         /// Print JSON
         #[arg(long)]
         json: bool,
