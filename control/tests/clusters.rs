@@ -90,3 +90,44 @@ async fn clusters_are_created_listed_and_deleted() -> Result {
     assert_eq!(again["status"], "ACTIVE");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_instance_gets_no_new_task_until_activated() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let mut agent = FakeAgent::start(&server, 2048, 4096).await?;
+    let id = agent.instance_id.clone();
+    let td = dir.path().join("task.json");
+    std::fs::write(&td, TASK_DEFINITION)?;
+    let td = td.to_string_lossy().into_owned();
+
+    let drained = json(&berth(&server, &["instance", "drain", &id, "--json"]).await?)?;
+    assert_eq!(drained["status"], "DRAINING");
+    let human = berth(&server, &["instance", "drain", &id]).await?;
+    assert!(human.status.success(), "stderr: {}", text(&human.stderr));
+    assert_eq!(text(&human.stdout), format!("instance {id} is DRAINING\n"));
+
+    refused(
+        &berth(&server, &["task", "run", "--task-definition", &td]).await?,
+        "no connected ACTIVE instance",
+    );
+
+    let active = json(&berth(&server, &["instance", "activate", &id, "--json"]).await?)?;
+    assert_eq!(active["status"], "ACTIVE");
+    let run = berth(
+        &server,
+        &["task", "run", "--task-definition", &td, "--json"],
+    )
+    .await?;
+    let task = json(&run)?;
+    assert_eq!(task["instanceId"], id.as_str());
+    // The session went on all along: the new task reaches the agent.
+    let assignment = next_assignment(&mut agent.inbound).await?;
+    assert_eq!(assignment.tasks.len(), 1);
+
+    refused(
+        &berth(&server, &["instance", "drain", "i-nope"]).await?,
+        "no instance i-nope",
+    );
+    Ok(())
+}

@@ -229,6 +229,23 @@ pub enum InstanceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stop placing new tasks on an instance (status DRAINING); its tasks
+    /// and its agent's session go on
+    Drain {
+        /// Instance id (i-…)
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let placement use a drained instance again (status ACTIVE)
+    Activate {
+        /// Instance id (i-…)
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Register the capacity the instance's agent reports (after adding
     /// cores or memory): until then placement never uses more than the
     /// capacity registered at enrollment

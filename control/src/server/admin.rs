@@ -609,9 +609,11 @@ impl Admin for AdminService {
 
     async fn update_instance_state(
         &self,
-        _r: Request<UpdateInstanceStateRequest>,
+        r: Request<UpdateInstanceStateRequest>,
     ) -> Result<Response<Instance>, Status> {
-        Err(Status::unimplemented("UpdateInstanceState"))
+        let caller = caller_text(&r);
+        let i = clusters::update_instance_state(&self.core, r.into_inner(), &caller).await?;
+        Ok(Response::new(i))
     }
 
     async fn run_task(&self, request: Request<RunTaskRequest>) -> Result<Response<Task>, Status> {

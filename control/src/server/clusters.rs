@@ -10,15 +10,24 @@
 //! Creating an existing cluster returns it, and makes a deleted one
 //! ACTIVE again.
 //!
+//! Draining (ECS' `UpdateContainerInstancesState`) lives here too: a
+//! DRAINING instance stays registered (its session, heartbeats, events and
+//! certificate renewal go on as before) but placement gives it no new
+//! task; ACTIVE again, it takes tasks. The session is not told: nothing
+//! changes for the agent.
+//!
 //! The handlers here only translate: the rules (names, what blocks a
 //! delete) live in the store, and each store error maps to the status a
 //! client can act on: INVALID_ARGUMENT for a bad name, NOT_FOUND for an
 //! unknown cluster, FAILED_PRECONDITION for a delete that is refused.
 
-use berth_proto::v1::{Cluster, ClusterRef, ListClustersResponse};
+use berth_proto::v1::{
+    Cluster, ClusterRef, Instance, ListClustersResponse, UpdateInstanceStateRequest,
+};
 use tonic::Status;
 use tracing::info;
 
+use super::admin::instance_message;
 use super::core::{Core, store_status};
 use super::store::{ClusterRecord, StoreError};
 
@@ -44,7 +53,9 @@ pub(crate) fn cluster_status(e: StoreError) -> Status {
         StoreError::NoCluster(_) => Status::not_found(e.to_string()),
         StoreError::ClusterInactive(_)
         | StoreError::ClusterNotEmpty { .. }
-        | StoreError::DefaultCluster => Status::failed_precondition(e.to_string()),
+        | StoreError::DefaultCluster
+        | StoreError::InstanceInactive(_) => Status::failed_precondition(e.to_string()),
+        StoreError::InvalidInstanceStatus(_) => Status::invalid_argument(e.to_string()),
         other => store_status(other),
     }
 }
@@ -95,6 +106,28 @@ pub(crate) async fn delete(core: &Core, r: ClusterRef, caller: &str) -> Result<C
         .map_err(cluster_status)?;
     info!(cluster = %c.name, by = %caller, "cluster deleted");
     Ok(cluster_message(&c))
+}
+
+/// Sets an instance ACTIVE or DRAINING.
+pub(crate) async fn update_instance_state(
+    core: &Core,
+    r: UpdateInstanceStateRequest,
+    caller: &str,
+) -> Result<Instance, Status> {
+    let id = r.instance_id.trim().to_owned();
+    let status = r.status.trim().to_ascii_uppercase();
+    let (lookup, target) = (id.clone(), status.clone());
+    let (instance, usage) = core
+        .db("update_instance_state", move |s| {
+            let i = s.update_instance_state(&lookup, &target)?;
+            let u = s.usage()?.get(&lookup).copied().unwrap_or_default();
+            Ok::<_, StoreError>((i, u))
+        })
+        .await
+        .map_err(cluster_status)?;
+    info!(instance_id = %id, status = %status, by = %caller, "instance state set");
+    let connected = core.sessions().is_connected(&id);
+    Ok(instance_message(&instance, usage, connected))
 }
 
 #[cfg(test)]

@@ -336,6 +336,82 @@ pub(crate) fn listings_filter_by_instance(open: Opener<'_>) {
 /// One check of the suite.
 pub(crate) type Check = for<'a> fn(Opener<'a>);
 
+/// DRAINING is still registered: heartbeats, Hellos and events of its
+/// tasks are recorded; placement puts nothing new on it; ACTIVE again, it
+/// takes tasks. A deregistered instance's status cannot be changed.
+pub(crate) fn a_draining_instance_keeps_its_session_but_gets_no_placement(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    let connected: HashSet<String> = ["i-1".to_owned()].into();
+    let need = Need {
+        cpu: 1,
+        memory_mib: 256,
+    };
+    place_and_insert(s.as_ref(), task("t1", "", 256), need, None, &connected).expect("placed");
+    let drained = s.update_instance_state("i-1", DRAINING).expect("drain");
+    assert_eq!(drained.status, DRAINING);
+    // Again: nothing changes.
+    assert_eq!(
+        s.update_instance_state("i-1", DRAINING)
+            .expect("again")
+            .status,
+        DRAINING
+    );
+    s.record_heartbeat("i-1", 50)
+        .expect("heartbeat while draining");
+    assert_eq!(
+        s.instance("i-1")
+            .expect("get")
+            .expect("i-1")
+            .last_heartbeat_at_ms,
+        50
+    );
+    s.record_hello(
+        "i-1",
+        &HelloRecord {
+            hostname: "h".into(),
+            cpu: 4096,
+            memory_mib: 1024,
+            at_ms: 51,
+            ..HelloRecord::default()
+        },
+    )
+    .expect("hello while draining");
+    s.apply_event("i-1", &event(1, "t1", RUNNING), 52)
+        .expect("event while draining");
+    assert_eq!(s.task("t1").expect("get").expect("t1").last_status, RUNNING);
+    let refused = place_and_insert(s.as_ref(), task("t2", "", 256), need, None, &connected);
+    assert!(
+        matches!(
+            refused,
+            Err(ScheduleError::Placement(PlacementError::NoInstances))
+        ),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        s.update_instance_state("i-1", "PAUSED"),
+        Err(StoreError::InvalidInstanceStatus(_))
+    ));
+    assert_eq!(
+        s.update_instance_state("i-1", ACTIVE)
+            .expect("activate")
+            .status,
+        ACTIVE
+    );
+    place_and_insert(s.as_ref(), task("t2", "", 256), need, None, &connected)
+        .expect("placed again");
+    s.deregister_instance("i-1", "UserInitiated", "gone")
+        .expect("deregister");
+    assert!(matches!(
+        s.update_instance_state("i-1", ACTIVE),
+        Err(StoreError::InstanceInactive(_))
+    ));
+    assert!(matches!(
+        s.update_instance_state("i-9", DRAINING),
+        Err(StoreError::NoInstance(_))
+    ));
+}
+
 /// Create is idempotent and revives a deleted cluster; `default` exists
 /// from the start and is never deleted; names follow ECS' rule.
 pub(crate) fn clusters_lifecycle(open: Opener<'_>) {
@@ -402,6 +478,10 @@ pub(crate) fn clusters_lifecycle(open: Opener<'_>) {
 pub(crate) const CHECKS: &[(&str, Check)] = &[
     ("clusters_lifecycle", clusters_lifecycle),
     (
+        "a_draining_instance_keeps_its_session_but_gets_no_placement",
+        a_draining_instance_keeps_its_session_but_gets_no_placement,
+    ),
+    (
         "an_activation_is_used_once_under_concurrency",
         an_activation_is_used_once_under_concurrency,
     ),
@@ -445,7 +525,8 @@ macro_rules! store_conformance {
             deregistration_is_once_and_stops_every_task,
             constraint_violations_are_conflicts,
             listings_filter_by_instance,
-            clusters_lifecycle
+            clusters_lifecycle,
+            a_draining_instance_keeps_its_session_but_gets_no_placement
         );
     };
     (@ $fresh:expr; $($name:ident),*) => {

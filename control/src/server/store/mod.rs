@@ -26,8 +26,10 @@
 //!   and change only by `accept_capacity`; a Hello only records what it
 //!   reports (`reported_*`), and placement uses the lower of the two
 //!   ([`InstanceRecord::capacity`]);
-//! - only an ACTIVE instance's Hello, heartbeat or event is recorded: the
-//!   status is checked in the same transaction as the write;
+//! - only a registered (ACTIVE or DRAINING) instance's Hello, heartbeat or
+//!   event is recorded: the status is checked in the same transaction as
+//!   the write; a DRAINING one keeps its session and tasks but placement
+//!   gives it no new task;
 //! - an event is stored only for a task this server assigned to the
 //!   reporting instance; others move the sequence and nothing else;
 //! - an instance's `cert_serial` is the newest client certificate it has
@@ -70,6 +72,9 @@ pub const PENDING: &str = "PENDING";
 pub const STOPPED: &str = "STOPPED";
 pub const ACTIVE: &str = "ACTIVE";
 pub const INACTIVE: &str = "INACTIVE";
+/// A registered instance that keeps its tasks and session but gets no new
+/// placements (`berth instance drain`).
+pub const DRAINING: &str = "DRAINING";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -106,6 +111,8 @@ pub enum StoreError {
     AdminCertificateExists(String),
     #[error("a store operation failed: {0}")]
     Join(String),
+    #[error("status {0:?} is not one an instance can be set to: ACTIVE or DRAINING")]
+    InvalidInstanceStatus(String),
     #[error("no cluster {0}")]
     NoCluster(String),
     #[error("cluster {0} was deleted (INACTIVE); create it again first")]
@@ -532,4 +539,10 @@ pub trait Store: Send + Sync {
     /// ([`StoreError::DefaultCluster`]); [`StoreError::NoCluster`] for an
     /// unknown name.
     fn delete_cluster(&self, name: &str) -> Result<ClusterRecord, StoreError>;
+
+    /// Sets a registered instance's status to ACTIVE or DRAINING (ECS'
+    /// `UpdateContainerInstancesState`); setting the status it has changes
+    /// nothing. [`StoreError::InstanceInactive`] for a deregistered one,
+    /// [`StoreError::InvalidInstanceStatus`] for any other status.
+    fn update_instance_state(&self, id: &str, status: &str) -> Result<InstanceRecord, StoreError>;
 }

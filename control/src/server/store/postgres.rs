@@ -327,11 +327,12 @@ async fn get_instance(
     .transpose()
 }
 
-/// The instance, locked, if it exists and is ACTIVE.
+/// The instance, locked, if it exists and is registered (ACTIVE or
+/// DRAINING).
 async fn active_instance(tx: &Transaction<'_>, id: &str) -> Result<InstanceRecord, StoreError> {
     match get_instance(tx, id, true).await? {
         None => Err(StoreError::NoInstance(id.to_owned())),
-        Some(i) if i.status != ACTIVE => Err(StoreError::InstanceInactive(id.to_owned())),
+        Some(i) if i.status == INACTIVE => Err(StoreError::InstanceInactive(id.to_owned())),
         Some(i) => Ok(i),
     }
 }
@@ -678,7 +679,7 @@ impl Store for PostgresStore {
             let updated = tx
                 .execute(
                     "UPDATE instances SET last_heartbeat_at_ms = $2 \
-                     WHERE instance_id = $1 AND status = 'ACTIVE'",
+                     WHERE instance_id = $1 AND status <> 'INACTIVE'",
                     &[&id, &at_ms],
                 )
                 .await?;
@@ -802,7 +803,7 @@ impl Store for PostgresStore {
             let claimed = tx
                 .execute(
                     "UPDATE instances SET last_event_seq = $2 \
-                     WHERE instance_id = $1 AND status = 'ACTIVE' AND last_event_seq < $2",
+                     WHERE instance_id = $1 AND status <> 'INACTIVE' AND last_event_seq < $2",
                     &[&instance_id, &to_db(event.sequence)],
                 )
                 .await?;
@@ -1060,6 +1061,27 @@ impl Store for PostgresStore {
             get_cluster(tx, name)
                 .await?
                 .ok_or_else(|| StoreError::NoCluster(name.to_owned()))
+        })
+    }
+
+    fn update_instance_state(&self, id: &str, status: &str) -> Result<InstanceRecord, StoreError> {
+        if status != ACTIVE && status != DRAINING {
+            return Err(StoreError::InvalidInstanceStatus(status.to_owned()));
+        }
+        self.run("update_instance_state", async |tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE instances SET status = $2 WHERE instance_id = $1 AND status <> 'INACTIVE'",
+                    &[&id, &status],
+                )
+                .await?;
+            if changed == 0 {
+                // Says which: missing or deregistered.
+                active_instance(tx, id).await?;
+            }
+            get_instance(tx, id, false)
+                .await?
+                .ok_or_else(|| StoreError::NoInstance(id.to_owned()))
         })
     }
 }

@@ -202,12 +202,12 @@ fn get_instance(conn: &Connection, id: &str) -> Result<Option<InstanceRecord>, S
     .transpose()
 }
 
-/// The instance, if it exists and is ACTIVE: what every write of an
-/// agent's session checks in its own transaction.
+/// The instance, if it exists and is registered (ACTIVE or DRAINING):
+/// what every write of an agent's session checks in its own transaction.
 fn active_instance(conn: &Connection, id: &str) -> Result<InstanceRecord, StoreError> {
     match get_instance(conn, id)? {
         None => Err(StoreError::NoInstance(id.to_owned())),
-        Some(i) if i.status != ACTIVE => Err(StoreError::InstanceInactive(id.to_owned())),
+        Some(i) if i.status == INACTIVE => Err(StoreError::InstanceInactive(id.to_owned())),
         Some(i) => Ok(i),
     }
 }
@@ -622,7 +622,7 @@ impl Store for SqliteStore {
         self.write("record_heartbeat", |tx| {
             let updated = tx.execute(
                 "UPDATE instances SET last_heartbeat_at_ms = ?2 \
-                 WHERE instance_id = ?1 AND status = 'ACTIVE'",
+                 WHERE instance_id = ?1 AND status <> 'INACTIVE'",
                 params![id, at_ms],
             )?;
             if updated == 0 {
@@ -735,7 +735,7 @@ impl Store for SqliteStore {
             // applications of one event, the second changes nothing.
             let claimed = tx.execute(
                 "UPDATE instances SET last_event_seq = ?2 \
-                 WHERE instance_id = ?1 AND status = 'ACTIVE' AND last_event_seq < ?2",
+                 WHERE instance_id = ?1 AND status <> 'INACTIVE' AND last_event_seq < ?2",
                 params![instance_id, to_db(event.sequence)],
             )?;
             if claimed == 0 {
@@ -966,6 +966,23 @@ impl Store for SqliteStore {
                 params![name],
             )?;
             get_cluster(tx, name)?.ok_or_else(|| StoreError::NoCluster(name.to_owned()))
+        })
+    }
+
+    fn update_instance_state(&self, id: &str, status: &str) -> Result<InstanceRecord, StoreError> {
+        if status != ACTIVE && status != DRAINING {
+            return Err(StoreError::InvalidInstanceStatus(status.to_owned()));
+        }
+        self.write("update_instance_state", |tx| {
+            let changed = tx.execute(
+                "UPDATE instances SET status = ?2 WHERE instance_id = ?1 AND status <> 'INACTIVE'",
+                params![id, status],
+            )?;
+            if changed == 0 {
+                // Says which: missing or deregistered.
+                active_instance(tx, id)?;
+            }
+            get_instance(tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))
         })
     }
 }
