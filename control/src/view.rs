@@ -175,6 +175,7 @@ pub fn instance_detail(i: &Instance, now_ms: i64) -> String {
         let _ = writeln!(out, "{k:<20}{}", escape_control(&v));
     };
     kv("Instance ID:", i.instance_id.clone());
+    kv("Cluster:", i.cluster.clone());
     kv(
         "Hostname:",
         if hostname_mismatch(i) {

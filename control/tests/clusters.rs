@@ -103,6 +103,7 @@ async fn a_drained_instance_gets_no_new_task_until_activated() -> Result {
 
     let drained = json(&berth(&server, &["instance", "drain", &id, "--json"]).await?)?;
     assert_eq!(drained["status"], "DRAINING");
+    assert_eq!(drained["cluster"], "default");
     let human = berth(&server, &["instance", "drain", &id]).await?;
     assert!(human.status.success(), "stderr: {}", text(&human.stderr));
     assert_eq!(text(&human.stdout), format!("instance {id} is DRAINING\n"));

@@ -74,7 +74,7 @@ pub fn binding_json(b: &NetworkBinding) -> Value {
     })
 }
 
-/// An instance: `instanceId`, `hostname`, `status`, `agentConnected`,
+/// An instance: `instanceId`, `hostname`, `status`, `cluster`, `agentConnected`,
 /// `lastHeartbeatAt`, `agentVersion`, `registeredResources` and
 /// `remainingResources` (`cpu` units, `memory` MiB), `runningTasksCount`,
 /// `pendingTasksCount`, `attributes` (keys sorted), `registeredAt`.
@@ -92,6 +92,7 @@ pub fn instance_json(i: &Instance) -> Value {
         "instanceId": i.instance_id,
         "hostname": i.hostname,
         "status": i.status,
+        "cluster": i.cluster,
         "agentConnected": i.agent_connected,
         "lastHeartbeatAt": time_json(i.last_heartbeat_at_ms),
         "agentVersion": opt_str(&i.agent_version),

@@ -82,6 +82,7 @@ pub(crate) fn instance_message(i: &InstanceRecord, usage: Usage, connected: bool
         instance_id: i.instance_id.clone(),
         hostname: i.hostname.clone(),
         status: i.status.clone(),
+        cluster: i.cluster.clone(),
         agent_connected: connected,
         last_heartbeat_at_ms: i.last_heartbeat_at_ms,
         agent_version: i.agent_version.clone(),
@@ -106,7 +107,6 @@ pub(crate) fn instance_message(i: &InstanceRecord, usage: Usage, connected: bool
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         registered_at_ms: i.registered_at_ms,
-        cluster: "default".to_owned(),
     }
 }
 

@@ -350,6 +350,12 @@ pub(crate) fn a_draining_instance_keeps_its_session_but_gets_no_placement(open: 
     place_and_insert(s.as_ref(), task("t1", "", 256), need, None, &connected).expect("placed");
     let drained = s.update_instance_state("i-1", DRAINING).expect("drain");
     assert_eq!(drained.status, DRAINING);
+    assert_eq!(drained.cluster, DEFAULT_CLUSTER);
+    let default = s.cluster(DEFAULT_CLUSTER).expect("get").expect("default");
+    assert_eq!(
+        (default.registered_instances, default.pending_tasks),
+        (1, 1)
+    );
     // Again: nothing changes.
     assert_eq!(
         s.update_instance_state("i-1", DRAINING)

@@ -217,7 +217,7 @@ pub struct NewInstance {
 pub struct InstanceRecord {
     pub instance_id: String,
     pub hostname: String,
-    /// `ACTIVE` or `INACTIVE`.
+    /// `ACTIVE`, `DRAINING` or `INACTIVE`.
     pub status: String,
     pub registered_at_ms: i64,
     pub agent_version: String,
@@ -244,6 +244,8 @@ pub struct InstanceRecord {
     pub cert_serial: Option<String>,
     /// The certificate the last renewal issued, until it connects.
     pub pending_cert_serial: Option<String>,
+    /// The cluster it joined at enrollment: its activation's.
+    pub cluster: String,
 }
 
 impl InstanceRecord {

@@ -247,6 +247,7 @@ fn instance_from_row(r: &Row) -> Result<InstanceRecord, StoreError> {
             reported_hostname: text(r, 17)?,
             cert_serial: r.try_get(18)?,
             pending_cert_serial: r.try_get(19)?,
+            cluster: text(r, 20)?,
         },
         attributes_json: text(r, 8)?,
     }
@@ -579,6 +580,20 @@ impl Store for PostgresStore {
             if updated != 1 {
                 return Err(StoreError::ActivationUsed(activation_id.to_owned()));
             }
+            // The host joins the activation's cluster, if it is still there;
+            // the share lock orders this against a delete of the cluster.
+            let row = tx
+                .query_one("SELECT cluster FROM activations WHERE id = $1", &[&activation_id])
+                .await?;
+            let cluster = text(&row, 0)?;
+            let status = tx
+                .query_opt("SELECT status FROM clusters WHERE name = $1 FOR SHARE", &[&cluster])
+                .await?
+                .map(|r| text(&r, 0))
+                .transpose()?;
+            if status.as_deref() != Some(ACTIVE) {
+                return Err(StoreError::ClusterInactive(cluster));
+            }
             let params: Params<'_> = &[
                 &i.instance_id,
                 &i.hostname,
@@ -590,11 +605,12 @@ impl Store for PostgresStore {
                 &i.cpu,
                 &i.memory_mib,
                 &i.cert_serial,
+                &cluster,
             ];
             tx.execute(
                 &format!(
                     "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES \
-                     ($1, $2, $3, $4, $5, '', $8, $9, '{{}}', 0, 0, 1, 0, $6, $7, 0, 0, '', $10, NULL)"
+                     ($1, $2, $3, $4, $5, '', $8, $9, '{{}}', 0, 0, 1, 0, $6, $7, 0, 0, '', $10, NULL, $11)"
                 ),
                 params,
             )

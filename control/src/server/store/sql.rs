@@ -10,7 +10,7 @@ use super::{InstanceRecord, StoreError, TaskRecord};
 pub(super) const INSTANCE_COLUMNS: &str = "instance_id, hostname, status, registered_at_ms, agent_version, \
      boot_id, cpu, memory_mib, attributes_json, last_heartbeat_at_ms, last_event_seq, \
      generation, acked_generation, os, arch, reported_cpu, reported_memory_mib, \
-     reported_hostname, cert_serial, pending_cert_serial";
+     reported_hostname, cert_serial, pending_cert_serial, cluster";
 
 pub(super) const TASK_COLUMNS: &str = "task_id, instance_id, family, definition_json, desired_status, \
      last_status, health_status, stop_code, stopped_reason, created_at_ms, started_at_ms, \

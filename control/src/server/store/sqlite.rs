@@ -120,6 +120,7 @@ fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<RawInstance> {
             reported_hostname: r.get(17)?,
             cert_serial: r.get(18)?,
             pending_cert_serial: r.get(19)?,
+            cluster: r.get(20)?,
         },
         attributes_json: r.get(8)?,
     })
@@ -530,10 +531,20 @@ impl Store for SqliteStore {
             if updated != 1 {
                 return Err(StoreError::ActivationUsed(activation_id.to_owned()));
             }
+            // The host joins the activation's cluster, if it is still there.
+            let (cluster, status): (String, Option<String>) = tx.query_row(
+                "SELECT a.cluster, c.status FROM activations a \
+                 LEFT JOIN clusters c ON c.name = a.cluster WHERE a.id = ?1",
+                params![activation_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if status.as_deref() != Some(ACTIVE) {
+                return Err(StoreError::ClusterInactive(cluster));
+            }
             tx.execute(
                 &format!(
                     "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, '', ?8, ?9, '{{}}', 0, 0, 1, 0, ?6, ?7, 0, 0, '', ?10, NULL)"
+                     (?1, ?2, ?3, ?4, ?5, '', ?8, ?9, '{{}}', 0, 0, 1, 0, ?6, ?7, 0, 0, '', ?10, NULL, ?11)"
                 ),
                 params![
                     i.instance_id,
@@ -546,6 +557,7 @@ impl Store for SqliteStore {
                     i.cpu,
                     i.memory_mib,
                     i.cert_serial,
+                    cluster,
                 ],
             )?;
             tx.execute(
