@@ -310,6 +310,7 @@ mod tests {
                 "instanceId": "i-0011223344556677",
                 "hostname": "host1",
                 "status": "ACTIVE",
+                "cluster": "default",
                 "agentConnected": true,
                 "lastHeartbeatAt": "2023-11-14T22:13:20.000Z",
                 "agentVersion": "0.1.0",
