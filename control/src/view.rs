@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use berth_proto::json::format_time_ms;
 use berth_proto::text::escape_control;
 use berth_proto::v1::{
-    AdminCertificateRecord, Instance, RegisteredTaskDefinition, Task, TaskState,
+    AdminCertificateRecord, Cluster, Instance, RegisteredTaskDefinition, Task, TaskState,
 };
 
 /// A table with left-aligned columns separated by two spaces.
@@ -115,6 +115,28 @@ pub fn hostname_mismatch(i: &Instance) -> bool {
     !i.reported_hostname.is_empty() && !i.reported_hostname.eq_ignore_ascii_case(&i.hostname)
 }
 
+pub fn clusters_table(clusters: &[Cluster]) -> String {
+    let mut t = Table::new(&[
+        "NAME",
+        "STATUS",
+        "INSTANCES",
+        "RUNNING",
+        "PENDING",
+        "SERVICES",
+    ]);
+    for c in clusters {
+        t.row(vec![
+            c.name.clone(),
+            c.status.clone(),
+            c.registered_instances_count.to_string(),
+            c.running_tasks_count.to_string(),
+            c.pending_tasks_count.to_string(),
+            c.active_services_count.to_string(),
+        ]);
+    }
+    t.render()
+}
+
 pub fn instances_table(instances: &[Instance], now_ms: i64) -> String {
     let mut t = Table::new(&[
         "INSTANCE ID",
@@ -155,6 +177,7 @@ pub fn instance_detail(i: &Instance, now_ms: i64) -> String {
         let _ = writeln!(out, "{k:<20}{}", escape_control(&v));
     };
     kv("Instance ID:", i.instance_id.clone());
+    kv("Cluster:", i.cluster.clone());
     kv(
         "Hostname:",
         if hostname_mismatch(i) {

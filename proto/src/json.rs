@@ -18,7 +18,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use crate::v1::{ContainerState, Instance, NetworkBinding, Resources, Task, TaskState};
+use crate::v1::{Cluster, ContainerState, Instance, NetworkBinding, Resources, Task, TaskState};
 
 /// What ARNs start with where no request names a region or an account
 /// (the CLI's JSON): `arn:aws:ecs:local:000000000000:`.
@@ -109,7 +109,7 @@ pub fn binding_json(b: &NetworkBinding) -> Value {
     })
 }
 
-/// An instance: `instanceId`, `hostname`, `status`, `agentConnected`,
+/// An instance: `instanceId`, `hostname`, `status`, `cluster`, `agentConnected`,
 /// `lastHeartbeatAt`, `agentVersion`, `registeredResources` and
 /// `remainingResources` (`cpu` units, `memory` MiB), `runningTasksCount`,
 /// `pendingTasksCount`, `attributes` (keys sorted), `registeredAt`.
@@ -127,6 +127,7 @@ pub fn instance_json(i: &Instance) -> Value {
         "instanceId": i.instance_id,
         "hostname": i.hostname,
         "status": i.status,
+        "cluster": i.cluster,
         "agentConnected": i.agent_connected,
         "lastHeartbeatAt": time_json(i.last_heartbeat_at_ms),
         "agentVersion": opt_str(&i.agent_version),
@@ -138,6 +139,27 @@ pub fn instance_json(i: &Instance) -> Value {
         "pendingTasksCount": i.pending_tasks_count,
         "attributes": attributes,
         "registeredAt": time_json(i.registered_at_ms),
+    })
+}
+
+/// The ARN-shaped name of a cluster, as ECS scripts expect one:
+/// `{LOCAL_ARN_PREFIX}cluster/NAME`.
+pub fn cluster_arn(name: &str) -> String {
+    format!("{LOCAL_ARN_PREFIX}cluster/{name}")
+}
+
+/// A cluster in the shape of ECS' `DescribeClusters`: `clusterName`,
+/// `clusterArn`, `status`, `registeredContainerInstancesCount`,
+/// `runningTasksCount`, `pendingTasksCount`, `activeServicesCount`.
+pub fn cluster_json(c: &Cluster) -> Value {
+    json!({
+        "clusterName": c.name,
+        "clusterArn": cluster_arn(&c.name),
+        "status": c.status,
+        "registeredContainerInstancesCount": c.registered_instances_count,
+        "runningTasksCount": c.running_tasks_count,
+        "pendingTasksCount": c.pending_tasks_count,
+        "activeServicesCount": c.active_services_count,
     })
 }
 
@@ -343,6 +365,7 @@ mod tests {
                 "instanceId": "i-0011223344556677",
                 "hostname": "host1",
                 "status": "ACTIVE",
+                "cluster": "default",
                 "agentConnected": true,
                 "lastHeartbeatAt": "2023-11-14T22:13:20.000Z",
                 "agentVersion": "0.1.0",

@@ -72,6 +72,9 @@ pub enum Command {
     /// Registered task definitions: immutable revisions per family
     #[command(subcommand)]
     Taskdef(TaskdefCommand),
+    /// Clusters: named groups of instances and tasks (`default` always exists)
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Control plane and one agent in one process, against the local Docker Engine
     Dev(crate::dev::DevArgs),
     /// Client certificates for the admin API when it is not on loopback
@@ -140,6 +143,41 @@ pub enum AdminCertCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Create a cluster (or make a deleted one ACTIVE again); an existing
+    /// one is left as it is
+    Create {
+        /// 1–255 letters, digits, '_' and '-'
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List clusters, deleted (INACTIVE) ones included
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one cluster with its counts
+    Describe {
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a cluster: refused while it has instances that are not
+    /// INACTIVE or tasks that are not STOPPED; `default` is never deleted
+    Delete {
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a one-time activation and print the `berth-agent enroll` line
     Create {
@@ -188,6 +226,23 @@ pub enum InstanceCommand {
     /// Take an instance out of the fleet: its tasks are told to stop and its
     /// certificate is no longer accepted
     Deregister {
+        /// Instance id (i-…)
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop placing new tasks on an instance (status DRAINING); its tasks
+    /// and its agent's session go on
+    Drain {
+        /// Instance id (i-…)
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let placement use a drained instance again (status ACTIVE)
+    Activate {
         /// Instance id (i-…)
         id: String,
         /// Print JSON

@@ -1,8 +1,8 @@
-//! `berth instance ls|describe|deregister|accept-capacity`.
+//! `berth instance ls|describe|deregister|drain|activate|accept-capacity`.
 
 use berth_proto::json::instance_json;
 use berth_proto::text::escape_control;
-use berth_proto::v1::{InstanceRef, ListInstancesRequest};
+use berth_proto::v1::{InstanceRef, ListInstancesRequest, UpdateInstanceStateRequest};
 use serde_json::Value;
 
 use super::args::InstanceCommand;
@@ -49,6 +49,8 @@ pub(super) async fn instance(admin: &mut Admin, cmd: InstanceCommand) -> anyhow:
                 Ok(())
             }
         }
+        InstanceCommand::Drain { id, json } => set_state(admin, id, "DRAINING", json).await,
+        InstanceCommand::Activate { id, json } => set_state(admin, id, "ACTIVE", json).await,
         InstanceCommand::AcceptCapacity { id, json } => {
             let r = admin
                 .client
@@ -66,5 +68,27 @@ pub(super) async fn instance(admin: &mut Admin, cmd: InstanceCommand) -> anyhow:
                 Ok(())
             }
         }
+    }
+}
+
+async fn set_state(admin: &mut Admin, id: String, status: &str, json: bool) -> anyhow::Result<()> {
+    let r = admin
+        .client
+        .update_instance_state(UpdateInstanceStateRequest {
+            cluster: String::new(),
+            instance_id: id,
+            status: status.to_owned(),
+        })
+        .await;
+    let i = r.map_err(|s| admin.status(s))?.into_inner();
+    if json {
+        print_json(&instance_json(&i))
+    } else {
+        println!(
+            "instance {} is {}",
+            escape_control(&i.instance_id),
+            escape_control(&i.status)
+        );
+        Ok(())
     }
 }

@@ -10,11 +10,12 @@
 //! | `args` | the clap definitions of every command but `server` |
 //! | `client` | `Admin`, the admin API client, and the error reports |
 //! | `server` | `berth server`: its flags and the embedded control plane |
-//! | `admin_cert`, `token`, `instance`, `task`, `taskdef` | one handler per command |
+//! | `admin_cert`, `token`, `instance`, `task`, `taskdef`, `cluster` | one handler per command |
 
 mod admin_cert;
 mod args;
 mod client;
+mod cluster;
 mod instance;
 mod server;
 mod task;
@@ -29,8 +30,8 @@ use tracing::info;
 
 pub use admin_cert::{ADMIN_CA_FILE, ADMIN_CERT_FILE, ADMIN_KEY_FILE, admin_cert_json};
 pub use args::{
-    AdminCertCommand, Cli, Command, InstanceCommand, LogFormat, MAN_SECTIONS, TaskCommand,
-    TaskRunArgs, TaskdefCommand, TokenCommand,
+    AdminCertCommand, Cli, ClusterCommand, Command, InstanceCommand, LogFormat, MAN_SECTIONS,
+    TaskCommand, TaskRunArgs, TaskdefCommand, TokenCommand,
 };
 pub use client::error_report;
 pub use server::ServerArgs;
@@ -38,6 +39,7 @@ pub use token::{enroll_command, token_json};
 
 use admin_cert::admin_cert;
 use client::Admin;
+use cluster::cluster;
 use instance::instance;
 use server::server;
 use task::task;
@@ -60,6 +62,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Instance(cmd) => {
             let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
             instance(&mut admin, cmd).await
+        }
+        Command::Cluster(cmd) => {
+            let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
+            cluster(&mut admin, cmd).await
         }
         Command::Task(cmd) => task(&cli.server, cli.admin_cert.as_deref(), cmd).await,
         Command::Taskdef(cmd) => {

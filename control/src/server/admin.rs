@@ -43,6 +43,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of, tidy_serial};
+use super::clusters;
 use super::placement::PlacementError;
 use super::protocol;
 use super::store::{
@@ -81,6 +82,7 @@ pub(crate) fn instance_message(i: &InstanceRecord, usage: Usage, connected: bool
         instance_id: i.instance_id.clone(),
         hostname: i.hostname.clone(),
         status: i.status.clone(),
+        cluster: i.cluster.clone(),
         agent_connected: connected,
         last_heartbeat_at_ms: i.last_heartbeat_at_ms,
         agent_version: i.agent_version.clone(),
@@ -105,7 +107,6 @@ pub(crate) fn instance_message(i: &InstanceRecord, usage: Usage, connected: bool
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         registered_at_ms: i.registered_at_ms,
-        cluster: "default".to_owned(),
     }
 }
 
@@ -561,23 +562,31 @@ impl Admin for AdminService {
 
     // ---- clusters, attributes, drain (to be implemented in server/clusters.rs)
 
-    async fn create_cluster(&self, _r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
-        Err(Status::unimplemented("CreateCluster"))
+    async fn create_cluster(&self, r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
+        let caller = caller_text(&r);
+        Ok(Response::new(
+            clusters::create(&self.core, r.into_inner(), &caller).await?,
+        ))
     }
 
     async fn list_clusters(
         &self,
         _r: Request<ListClustersRequest>,
     ) -> Result<Response<ListClustersResponse>, Status> {
-        Err(Status::unimplemented("ListClusters"))
+        Ok(Response::new(clusters::list(&self.core).await?))
     }
 
-    async fn describe_cluster(&self, _r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
-        Err(Status::unimplemented("DescribeCluster"))
+    async fn describe_cluster(&self, r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
+        Ok(Response::new(
+            clusters::describe(&self.core, r.into_inner()).await?,
+        ))
     }
 
-    async fn delete_cluster(&self, _r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
-        Err(Status::unimplemented("DeleteCluster"))
+    async fn delete_cluster(&self, r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
+        let caller = caller_text(&r);
+        Ok(Response::new(
+            clusters::delete(&self.core, r.into_inner(), &caller).await?,
+        ))
     }
 
     async fn put_attributes(
@@ -603,9 +612,11 @@ impl Admin for AdminService {
 
     async fn update_instance_state(
         &self,
-        _r: Request<UpdateInstanceStateRequest>,
+        r: Request<UpdateInstanceStateRequest>,
     ) -> Result<Response<Instance>, Status> {
-        Err(Status::unimplemented("UpdateInstanceState"))
+        let caller = caller_text(&r);
+        let i = clusters::update_instance_state(&self.core, r.into_inner(), &caller).await?;
+        Ok(Response::new(i))
     }
 
     async fn run_task(

@@ -40,6 +40,7 @@
 pub mod admin;
 pub mod admission;
 pub mod ca;
+pub(crate) mod clusters;
 pub(crate) mod core;
 pub mod enroll;
 pub mod fleet;

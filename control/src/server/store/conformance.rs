@@ -523,9 +523,157 @@ pub(crate) fn tasks_keep_their_definition_group_and_starter(open: Opener<'_>) {
 /// One check of the suite.
 pub(crate) type Check = for<'a> fn(Opener<'a>);
 
+/// DRAINING is still registered: heartbeats, Hellos and events of its
+/// tasks are recorded; placement puts nothing new on it; ACTIVE again, it
+/// takes tasks. A deregistered instance's status cannot be changed.
+pub(crate) fn a_draining_instance_keeps_its_session_but_gets_no_placement(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    let connected: HashSet<String> = ["i-1".to_owned()].into();
+    let need = Need {
+        cpu: 1,
+        memory_mib: 256,
+    };
+    place_and_insert(s.as_ref(), task("t1", "", 256), need, None, &connected).expect("placed");
+    let drained = s.update_instance_state("i-1", DRAINING).expect("drain");
+    assert_eq!(drained.status, DRAINING);
+    assert_eq!(drained.cluster, DEFAULT_CLUSTER);
+    let default = s.cluster(DEFAULT_CLUSTER).expect("get").expect("default");
+    assert_eq!(
+        (default.registered_instances, default.pending_tasks),
+        (1, 1)
+    );
+    // Again: nothing changes.
+    assert_eq!(
+        s.update_instance_state("i-1", DRAINING)
+            .expect("again")
+            .status,
+        DRAINING
+    );
+    s.record_heartbeat("i-1", 50)
+        .expect("heartbeat while draining");
+    assert_eq!(
+        s.instance("i-1")
+            .expect("get")
+            .expect("i-1")
+            .last_heartbeat_at_ms,
+        50
+    );
+    s.record_hello(
+        "i-1",
+        &HelloRecord {
+            hostname: "h".into(),
+            cpu: 4096,
+            memory_mib: 1024,
+            at_ms: 51,
+            ..HelloRecord::default()
+        },
+    )
+    .expect("hello while draining");
+    s.apply_event("i-1", &event(1, "t1", RUNNING), 52)
+        .expect("event while draining");
+    assert_eq!(s.task("t1").expect("get").expect("t1").last_status, RUNNING);
+    let refused = place_and_insert(s.as_ref(), task("t2", "", 256), need, None, &connected);
+    assert!(
+        matches!(
+            refused,
+            Err(ScheduleError::Placement(PlacementError::NoInstances))
+        ),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        s.update_instance_state("i-1", "PAUSED"),
+        Err(StoreError::InvalidInstanceStatus(_))
+    ));
+    assert_eq!(
+        s.update_instance_state("i-1", ACTIVE)
+            .expect("activate")
+            .status,
+        ACTIVE
+    );
+    place_and_insert(s.as_ref(), task("t2", "", 256), need, None, &connected)
+        .expect("placed again");
+    s.deregister_instance("i-1", "UserInitiated", "gone")
+        .expect("deregister");
+    assert!(matches!(
+        s.update_instance_state("i-1", ACTIVE),
+        Err(StoreError::InstanceInactive(_))
+    ));
+    assert!(matches!(
+        s.update_instance_state("i-9", DRAINING),
+        Err(StoreError::NoInstance(_))
+    ));
+}
+
+/// Create is idempotent and revives a deleted cluster; `default` exists
+/// from the start and is never deleted; names follow ECS' rule.
+pub(crate) fn clusters_lifecycle(open: Opener<'_>) {
+    let s = open();
+    let all = s.clusters().expect("clusters");
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (all[0].name.as_str(), all[0].status.as_str()),
+        ("default", ACTIVE)
+    );
+    assert!(matches!(
+        s.delete_cluster(DEFAULT_CLUSTER),
+        Err(StoreError::DefaultCluster)
+    ));
+    let web = s.create_cluster("web-1_a", 5).expect("create");
+    assert_eq!((web.status.as_str(), web.created_at_ms), (ACTIVE, 5));
+    assert_eq!(
+        (
+            web.registered_instances,
+            web.running_tasks,
+            web.pending_tasks
+        ),
+        (0, 0, 0)
+    );
+    // Creating it again returns the one there is.
+    assert_eq!(s.create_cluster("web-1_a", 9).expect("again"), web);
+    for bad in ["", "a b", "a.b", &"x".repeat(256)] {
+        assert!(
+            matches!(
+                s.create_cluster(bad, 1),
+                Err(StoreError::InvalidClusterName(..))
+            ),
+            "{bad:?} accepted"
+        );
+    }
+    assert!(s.create_cluster(&"x".repeat(255), 1).is_ok());
+    assert!(matches!(
+        s.delete_cluster("nope"),
+        Err(StoreError::NoCluster(n)) if n == "nope"
+    ));
+    let gone = s.delete_cluster("web-1_a").expect("delete");
+    assert_eq!(gone.status, INACTIVE);
+    assert_eq!(
+        s.cluster("web-1_a").expect("get").expect("kept").status,
+        INACTIVE
+    );
+    assert_eq!(s.cluster("nope").expect("get"), None);
+    let back = s.create_cluster("web-1_a", 20).expect("revive");
+    assert_eq!(back.status, ACTIVE);
+    let names: Vec<String> = s
+        .clusters()
+        .expect("clusters")
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(
+        names,
+        vec!["default".to_owned(), "web-1_a".into(), "x".repeat(255)]
+    );
+}
+
 /// Every check, by name, for a backend that runs them in one test (one
 /// server for the run, a new database per check).
 pub(crate) const CHECKS: &[(&str, Check)] = &[
+    ("clusters_lifecycle", clusters_lifecycle),
+    (
+        "a_draining_instance_keeps_its_session_but_gets_no_placement",
+        a_draining_instance_keeps_its_session_but_gets_no_placement,
+    ),
     (
         "an_activation_is_used_once_under_concurrency",
         an_activation_is_used_once_under_concurrency,
@@ -589,7 +737,9 @@ macro_rules! store_conformance {
             registry_revisions_count_up_per_family_and_reuse_equal_content,
             registry_deregistration_is_idempotent_and_filters_listings,
             concurrent_registrations_get_distinct_revisions,
-            tasks_keep_their_definition_group_and_starter
+            tasks_keep_their_definition_group_and_starter,
+            clusters_lifecycle,
+            a_draining_instance_keeps_its_session_but_gets_no_placement
         );
     };
     (@ $fresh:expr; $($name:ident),*) => {

@@ -26,8 +26,10 @@
 //!   and change only by `accept_capacity`; a Hello only records what it
 //!   reports (`reported_*`), and placement uses the lower of the two
 //!   ([`InstanceRecord::capacity`]);
-//! - only an ACTIVE instance's Hello, heartbeat or event is recorded: the
-//!   status is checked in the same transaction as the write;
+//! - only a registered (ACTIVE or DRAINING) instance's Hello, heartbeat or
+//!   event is recorded: the status is checked in the same transaction as
+//!   the write; a DRAINING one keeps its session and tasks but placement
+//!   gives it no new task;
 //! - an event is stored only for a task this server assigned to the
 //!   reporting instance; others move the sequence and nothing else;
 //! - an instance's `cert_serial` is the newest client certificate it has
@@ -78,6 +80,9 @@ pub const PENDING: &str = "PENDING";
 pub const STOPPED: &str = "STOPPED";
 pub const ACTIVE: &str = "ACTIVE";
 pub const INACTIVE: &str = "INACTIVE";
+/// A registered instance that keeps its tasks and session but gets no new
+/// placements (`berth instance drain`).
+pub const DRAINING: &str = "DRAINING";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -114,6 +119,24 @@ pub enum StoreError {
     AdminCertificateExists(String),
     #[error("a store operation failed: {0}")]
     Join(String),
+    #[error("status {0:?} is not one an instance can be set to: ACTIVE or DRAINING")]
+    InvalidInstanceStatus(String),
+    #[error("no cluster {0}")]
+    NoCluster(String),
+    #[error("cluster {0} was deleted (INACTIVE); create it again first")]
+    ClusterInactive(String),
+    #[error("cluster name {0:?} is not valid: {1}")]
+    InvalidClusterName(String, &'static str),
+    #[error("the cluster default cannot be deleted")]
+    DefaultCluster,
+    #[error(
+        "cluster {name} is not empty: {instances} instance(s) not INACTIVE and {tasks} task(s) not STOPPED are left"
+    )]
+    ClusterNotEmpty {
+        name: String,
+        instances: i64,
+        tasks: i64,
+    },
     #[error("{0}: the database stayed locked by another writer; nothing was changed, try again")]
     Busy(&'static str),
     #[error("{op}: the change conflicts with the stored state ({detail}); nothing was changed")]
@@ -131,6 +154,25 @@ pub enum StoreError {
     Unavailable { op: &'static str, detail: String },
     #[error(transparent)]
     Registry(#[from] RegistryError),
+}
+
+/// The cluster every instance, activation and task belongs to unless it
+/// names another. It always exists and is never deleted.
+pub const DEFAULT_CLUSTER: &str = "default";
+
+/// A cluster with the counts ECS' `DescribeClusters` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRecord {
+    pub name: String,
+    /// `ACTIVE`, or `INACTIVE` once deleted.
+    pub status: String,
+    pub created_at_ms: i64,
+    /// Instances whose status is not `INACTIVE`.
+    pub registered_instances: i64,
+    /// Tasks whose last status is `RUNNING`.
+    pub running_tasks: i64,
+    /// Tasks neither `RUNNING` nor `STOPPED`.
+    pub pending_tasks: i64,
 }
 
 /// A one-time activation. Only the code's SHA-256 is kept.
@@ -185,7 +227,7 @@ pub struct NewInstance {
 pub struct InstanceRecord {
     pub instance_id: String,
     pub hostname: String,
-    /// `ACTIVE` or `INACTIVE`.
+    /// `ACTIVE`, `DRAINING` or `INACTIVE`.
     pub status: String,
     pub registered_at_ms: i64,
     pub agent_version: String,
@@ -212,6 +254,8 @@ pub struct InstanceRecord {
     pub cert_serial: Option<String>,
     /// The certificate the last renewal issued, until it connects.
     pub pending_cert_serial: Option<String>,
+    /// The cluster it joined at enrollment: its activation's.
+    pub cluster: String,
 }
 
 impl InstanceRecord {
@@ -498,4 +542,25 @@ pub trait Store: TaskDefinitionStore + Send + Sync {
         serial: &str,
         now_ms: i64,
     ) -> Result<(AdminCertRecord, bool), StoreError>;
+
+    /// Creates the cluster (ACTIVE), or makes a deleted one ACTIVE again;
+    /// an ACTIVE one is returned as it is (ECS' `CreateCluster`).
+    /// [`StoreError::InvalidClusterName`] unless the name is 1–255 of
+    /// `[A-Za-z0-9_-]`.
+    fn create_cluster(&self, name: &str, now_ms: i64) -> Result<ClusterRecord, StoreError>;
+    /// Every cluster, INACTIVE ones included, by name.
+    fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError>;
+    fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError>;
+    /// Marks the cluster INACTIVE, in one transaction with the check that
+    /// no instance but INACTIVE ones and no task but STOPPED ones is left
+    /// in it ([`StoreError::ClusterNotEmpty`]). `default` is never deleted
+    /// ([`StoreError::DefaultCluster`]); [`StoreError::NoCluster`] for an
+    /// unknown name.
+    fn delete_cluster(&self, name: &str) -> Result<ClusterRecord, StoreError>;
+
+    /// Sets a registered instance's status to ACTIVE or DRAINING (ECS'
+    /// `UpdateContainerInstancesState`); setting the status it has changes
+    /// nothing. [`StoreError::InstanceInactive`] for a deregistered one,
+    /// [`StoreError::InvalidInstanceStatus`] for any other status.
+    fn update_instance_state(&self, id: &str, status: &str) -> Result<InstanceRecord, StoreError>;
 }

@@ -247,6 +247,7 @@ fn instance_from_row(r: &Row) -> Result<InstanceRecord, StoreError> {
             reported_hostname: text(r, 17)?,
             cert_serial: r.try_get(18)?,
             pending_cert_serial: r.try_get(19)?,
+            cluster: text(r, 20)?,
         },
         attributes_json: text(r, 8)?,
     }
@@ -292,6 +293,28 @@ fn admin_cert_from_row(r: &Row) -> Result<AdminCertRecord, StoreError> {
     })
 }
 
+fn cluster_from_row(r: &Row) -> Result<ClusterRecord, StoreError> {
+    Ok(ClusterRecord {
+        name: text(r, 0)?,
+        status: text(r, 1)?,
+        created_at_ms: int(r, 2)?,
+        registered_instances: int(r, 3)?,
+        running_tasks: int(r, 4)?,
+        pending_tasks: int(r, 5)?,
+    })
+}
+
+async fn get_cluster(
+    tx: &Transaction<'_>,
+    name: &str,
+) -> Result<Option<ClusterRecord>, StoreError> {
+    tx.query_opt(&format!("{CLUSTER_SELECT} WHERE c.name = $1"), &[&name])
+        .await?
+        .as_ref()
+        .map(cluster_from_row)
+        .transpose()
+}
+
 async fn get_instance(
     tx: &Transaction<'_>,
     id: &str,
@@ -308,11 +331,12 @@ async fn get_instance(
     .transpose()
 }
 
-/// The instance, locked, if it exists and is ACTIVE.
+/// The instance, locked, if it exists and is registered (ACTIVE or
+/// DRAINING).
 async fn active_instance(tx: &Transaction<'_>, id: &str) -> Result<InstanceRecord, StoreError> {
     match get_instance(tx, id, true).await? {
         None => Err(StoreError::NoInstance(id.to_owned())),
-        Some(i) if i.status != ACTIVE => Err(StoreError::InstanceInactive(id.to_owned())),
+        Some(i) if i.status == INACTIVE => Err(StoreError::InstanceInactive(id.to_owned())),
         Some(i) => Ok(i),
     }
 }
@@ -563,6 +587,20 @@ impl Store for PostgresStore {
             if updated != 1 {
                 return Err(StoreError::ActivationUsed(activation_id.to_owned()));
             }
+            // The host joins the activation's cluster, if it is still there;
+            // the share lock orders this against a delete of the cluster.
+            let row = tx
+                .query_one("SELECT cluster FROM activations WHERE id = $1", &[&activation_id])
+                .await?;
+            let cluster = text(&row, 0)?;
+            let status = tx
+                .query_opt("SELECT status FROM clusters WHERE name = $1 FOR SHARE", &[&cluster])
+                .await?
+                .map(|r| text(&r, 0))
+                .transpose()?;
+            if status.as_deref() != Some(ACTIVE) {
+                return Err(StoreError::ClusterInactive(cluster));
+            }
             let params: Params<'_> = &[
                 &i.instance_id,
                 &i.hostname,
@@ -574,11 +612,12 @@ impl Store for PostgresStore {
                 &i.cpu,
                 &i.memory_mib,
                 &i.cert_serial,
+                &cluster,
             ];
             tx.execute(
                 &format!(
                     "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES \
-                     ($1, $2, $3, $4, $5, '', $8, $9, '{{}}', 0, 0, 1, 0, $6, $7, 0, 0, '', $10, NULL)"
+                     ($1, $2, $3, $4, $5, '', $8, $9, '{{}}', 0, 0, 1, 0, $6, $7, 0, 0, '', $10, NULL, $11)"
                 ),
                 params,
             )
@@ -663,7 +702,7 @@ impl Store for PostgresStore {
             let updated = tx
                 .execute(
                     "UPDATE instances SET last_heartbeat_at_ms = $2 \
-                     WHERE instance_id = $1 AND status = 'ACTIVE'",
+                     WHERE instance_id = $1 AND status <> 'INACTIVE'",
                     &[&id, &at_ms],
                 )
                 .await?;
@@ -787,7 +826,7 @@ impl Store for PostgresStore {
             let claimed = tx
                 .execute(
                     "UPDATE instances SET last_event_seq = $2 \
-                     WHERE instance_id = $1 AND status = 'ACTIVE' AND last_event_seq < $2",
+                     WHERE instance_id = $1 AND status <> 'INACTIVE' AND last_event_seq < $2",
                     &[&instance_id, &to_db(event.sequence)],
                 )
                 .await?;
@@ -979,6 +1018,93 @@ impl Store for PostgresStore {
                 .await?
                 .ok_or_else(|| StoreError::NoAdminCertificate(serial.to_owned()))?;
             Ok((cert, changed))
+        })
+    }
+
+    fn create_cluster(&self, name: &str, now_ms: i64) -> Result<ClusterRecord, StoreError> {
+        rules::check_cluster_name(name)
+            .map_err(|why| StoreError::InvalidClusterName(name.to_owned(), why))?;
+        self.run("create_cluster", async |tx| {
+            tx.execute(
+                "INSERT INTO clusters (name, status, created_at_ms) VALUES ($1, 'ACTIVE', $2) \
+                 ON CONFLICT (name) DO UPDATE SET status = 'ACTIVE'",
+                &[&name, &now_ms],
+            )
+            .await?;
+            get_cluster(tx, name)
+                .await?
+                .ok_or_else(|| StoreError::NoCluster(name.to_owned()))
+        })
+    }
+
+    fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        self.run("clusters", async |tx| {
+            tx.query(&format!("{CLUSTER_SELECT} ORDER BY c.name"), &[])
+                .await?
+                .iter()
+                .map(cluster_from_row)
+                .collect()
+        })
+    }
+
+    fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
+        self.run("cluster", async |tx| get_cluster(tx, name).await)
+    }
+
+    fn delete_cluster(&self, name: &str) -> Result<ClusterRecord, StoreError> {
+        if name == DEFAULT_CLUSTER {
+            return Err(StoreError::DefaultCluster);
+        }
+        self.run("delete_cluster", async |tx| {
+            // The row lock orders this against an enrollment into the cluster.
+            if tx
+                .query_opt(
+                    "SELECT name FROM clusters WHERE name = $1 FOR UPDATE",
+                    &[&name],
+                )
+                .await?
+                .is_none()
+            {
+                return Err(StoreError::NoCluster(name.to_owned()));
+            }
+            let left = tx.query_one(CLUSTER_LEFT_PG, &[&name]).await?;
+            let (instances, tasks) = (int(&left, 0)?, int(&left, 1)?);
+            if instances > 0 || tasks > 0 {
+                return Err(StoreError::ClusterNotEmpty {
+                    name: name.to_owned(),
+                    instances,
+                    tasks,
+                });
+            }
+            tx.execute(
+                "UPDATE clusters SET status = 'INACTIVE' WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+            get_cluster(tx, name)
+                .await?
+                .ok_or_else(|| StoreError::NoCluster(name.to_owned()))
+        })
+    }
+
+    fn update_instance_state(&self, id: &str, status: &str) -> Result<InstanceRecord, StoreError> {
+        if status != ACTIVE && status != DRAINING {
+            return Err(StoreError::InvalidInstanceStatus(status.to_owned()));
+        }
+        self.run("update_instance_state", async |tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE instances SET status = $2 WHERE instance_id = $1 AND status <> 'INACTIVE'",
+                    &[&id, &status],
+                )
+                .await?;
+            if changed == 0 {
+                // Says which: missing or deregistered.
+                active_instance(tx, id).await?;
+            }
+            get_instance(tx, id, false)
+                .await?
+                .ok_or_else(|| StoreError::NoInstance(id.to_owned()))
         })
     }
 }

@@ -15,6 +15,24 @@ use super::{
     CertUse, HelloOutcome, HelloRecord, InstanceRecord, PENDING, RUNNING, STOPPED, TaskRecord,
 };
 
+/// ECS' rule for a cluster name: 1–255 of `[A-Za-z0-9_-]`. `Err` says
+/// which part of the rule the name breaks.
+pub fn check_cluster_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > 255 {
+        return Err("it is longer than 255 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err("only letters, digits, '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
 /// Whether a task belongs in its instance's assignment: every task except
 /// those both desired and last STOPPED. A task whose definition the server
 /// does not know cannot be assigned.

@@ -10,12 +10,30 @@ use super::{InstanceRecord, StoreError, TaskRecord};
 pub(super) const INSTANCE_COLUMNS: &str = "instance_id, hostname, status, registered_at_ms, agent_version, \
      boot_id, cpu, memory_mib, attributes_json, last_heartbeat_at_ms, last_event_seq, \
      generation, acked_generation, os, arch, reported_cpu, reported_memory_mib, \
-     reported_hostname, cert_serial, pending_cert_serial";
+     reported_hostname, cert_serial, pending_cert_serial, cluster";
 
 pub(super) const TASK_COLUMNS: &str = "task_id, instance_id, family, definition_json, desired_status, \
      last_status, health_status, stop_code, stopped_reason, created_at_ms, started_at_ms, \
      stopped_at_ms, containers_json, reserved_cpu, reserved_memory_mib, last_event_seq, \
      last_seen_at_ms, task_definition, task_group, started_by";
+
+/// A cluster with its counts; the caller appends `WHERE c.name = …` or an
+/// `ORDER BY`. Columns in [`super::ClusterRecord`]'s order.
+pub(super) const CLUSTER_SELECT: &str = "SELECT c.name, c.status, c.created_at_ms, \
+     (SELECT COUNT(*) FROM instances i WHERE i.cluster = c.name AND i.status <> 'INACTIVE'), \
+     (SELECT COUNT(*) FROM tasks t WHERE t.cluster = c.name AND t.last_status = 'RUNNING'), \
+     (SELECT COUNT(*) FROM tasks t WHERE t.cluster = c.name \
+        AND t.last_status <> 'RUNNING' AND t.last_status <> 'STOPPED') \
+     FROM clusters c";
+
+/// What is left in a cluster that keeps it from being deleted: instances
+/// not INACTIVE, tasks not STOPPED. One parameter, the cluster's name.
+pub(super) const CLUSTER_LEFT_SQLITE: &str = "SELECT \
+     (SELECT COUNT(*) FROM instances WHERE cluster = ?1 AND status <> 'INACTIVE'), \
+     (SELECT COUNT(*) FROM tasks WHERE cluster = ?1 AND last_status <> 'STOPPED')";
+pub(super) const CLUSTER_LEFT_PG: &str = "SELECT \
+     (SELECT COUNT(*) FROM instances WHERE cluster = $1 AND status <> 'INACTIVE'), \
+     (SELECT COUNT(*) FROM tasks WHERE cluster = $1 AND last_status <> 'STOPPED')";
 
 /// A row read before its JSON columns are decoded.
 pub(super) struct RawInstance {

@@ -120,6 +120,7 @@ fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<RawInstance> {
             reported_hostname: r.get(17)?,
             cert_serial: r.get(18)?,
             pending_cert_serial: r.get(19)?,
+            cluster: r.get(20)?,
         },
         attributes_json: r.get(8)?,
     })
@@ -173,6 +174,27 @@ fn get_admin_cert(conn: &Connection, serial: &str) -> Result<Option<AdminCertRec
         .optional()?)
 }
 
+fn cluster_from_row(r: &Row<'_>) -> rusqlite::Result<ClusterRecord> {
+    Ok(ClusterRecord {
+        name: r.get(0)?,
+        status: r.get(1)?,
+        created_at_ms: r.get(2)?,
+        registered_instances: r.get(3)?,
+        running_tasks: r.get(4)?,
+        pending_tasks: r.get(5)?,
+    })
+}
+
+fn get_cluster(conn: &Connection, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("{CLUSTER_SELECT} WHERE c.name = ?1"),
+            params![name],
+            cluster_from_row,
+        )
+        .optional()?)
+}
+
 fn get_instance(conn: &Connection, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
     conn.query_row(
         &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?1"),
@@ -184,12 +206,12 @@ fn get_instance(conn: &Connection, id: &str) -> Result<Option<InstanceRecord>, S
     .transpose()
 }
 
-/// The instance, if it exists and is ACTIVE: what every write of an
-/// agent's session checks in its own transaction.
+/// The instance, if it exists and is registered (ACTIVE or DRAINING):
+/// what every write of an agent's session checks in its own transaction.
 fn active_instance(conn: &Connection, id: &str) -> Result<InstanceRecord, StoreError> {
     match get_instance(conn, id)? {
         None => Err(StoreError::NoInstance(id.to_owned())),
-        Some(i) if i.status != ACTIVE => Err(StoreError::InstanceInactive(id.to_owned())),
+        Some(i) if i.status == INACTIVE => Err(StoreError::InstanceInactive(id.to_owned())),
         Some(i) => Ok(i),
     }
 }
@@ -516,10 +538,20 @@ impl Store for SqliteStore {
             if updated != 1 {
                 return Err(StoreError::ActivationUsed(activation_id.to_owned()));
             }
+            // The host joins the activation's cluster, if it is still there.
+            let (cluster, status): (String, Option<String>) = tx.query_row(
+                "SELECT a.cluster, c.status FROM activations a \
+                 LEFT JOIN clusters c ON c.name = a.cluster WHERE a.id = ?1",
+                params![activation_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if status.as_deref() != Some(ACTIVE) {
+                return Err(StoreError::ClusterInactive(cluster));
+            }
             tx.execute(
                 &format!(
                     "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, '', ?8, ?9, '{{}}', 0, 0, 1, 0, ?6, ?7, 0, 0, '', ?10, NULL)"
+                     (?1, ?2, ?3, ?4, ?5, '', ?8, ?9, '{{}}', 0, 0, 1, 0, ?6, ?7, 0, 0, '', ?10, NULL, ?11)"
                 ),
                 params![
                     i.instance_id,
@@ -532,6 +564,7 @@ impl Store for SqliteStore {
                     i.cpu,
                     i.memory_mib,
                     i.cert_serial,
+                    cluster,
                 ],
             )?;
             tx.execute(
@@ -608,7 +641,7 @@ impl Store for SqliteStore {
         self.write("record_heartbeat", |tx| {
             let updated = tx.execute(
                 "UPDATE instances SET last_heartbeat_at_ms = ?2 \
-                 WHERE instance_id = ?1 AND status = 'ACTIVE'",
+                 WHERE instance_id = ?1 AND status <> 'INACTIVE'",
                 params![id, at_ms],
             )?;
             if updated == 0 {
@@ -721,7 +754,7 @@ impl Store for SqliteStore {
             // applications of one event, the second changes nothing.
             let claimed = tx.execute(
                 "UPDATE instances SET last_event_seq = ?2 \
-                 WHERE instance_id = ?1 AND status = 'ACTIVE' AND last_event_seq < ?2",
+                 WHERE instance_id = ?1 AND status <> 'INACTIVE' AND last_event_seq < ?2",
                 params![instance_id, to_db(event.sequence)],
             )?;
             if claimed == 0 {
@@ -900,6 +933,75 @@ impl Store for SqliteStore {
             let cert = get_admin_cert(tx, serial)?
                 .ok_or_else(|| StoreError::NoAdminCertificate(serial.to_owned()))?;
             Ok((cert, changed))
+        })
+    }
+
+    fn create_cluster(&self, name: &str, now_ms: i64) -> Result<ClusterRecord, StoreError> {
+        rules::check_cluster_name(name)
+            .map_err(|why| StoreError::InvalidClusterName(name.to_owned(), why))?;
+        self.write("create_cluster", |tx| {
+            tx.execute(
+                "INSERT INTO clusters (name, status, created_at_ms) VALUES (?1, 'ACTIVE', ?2) \
+                 ON CONFLICT (name) DO UPDATE SET status = 'ACTIVE'",
+                params![name, now_ms],
+            )?;
+            get_cluster(tx, name)?.ok_or_else(|| StoreError::NoCluster(name.to_owned()))
+        })
+    }
+
+    fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        self.read("clusters", |tx| {
+            let mut stmt = tx.prepare(&format!("{CLUSTER_SELECT} ORDER BY c.name"))?;
+            let rows = stmt.query_map([], cluster_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
+        self.read("cluster", |tx| get_cluster(tx, name))
+    }
+
+    fn delete_cluster(&self, name: &str) -> Result<ClusterRecord, StoreError> {
+        if name == DEFAULT_CLUSTER {
+            return Err(StoreError::DefaultCluster);
+        }
+        self.write("delete_cluster", |tx| {
+            if get_cluster(tx, name)?.is_none() {
+                return Err(StoreError::NoCluster(name.to_owned()));
+            }
+            let (instances, tasks): (i64, i64) =
+                tx.query_row(CLUSTER_LEFT_SQLITE, params![name], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            if instances > 0 || tasks > 0 {
+                return Err(StoreError::ClusterNotEmpty {
+                    name: name.to_owned(),
+                    instances,
+                    tasks,
+                });
+            }
+            tx.execute(
+                "UPDATE clusters SET status = 'INACTIVE' WHERE name = ?1",
+                params![name],
+            )?;
+            get_cluster(tx, name)?.ok_or_else(|| StoreError::NoCluster(name.to_owned()))
+        })
+    }
+
+    fn update_instance_state(&self, id: &str, status: &str) -> Result<InstanceRecord, StoreError> {
+        if status != ACTIVE && status != DRAINING {
+            return Err(StoreError::InvalidInstanceStatus(status.to_owned()));
+        }
+        self.write("update_instance_state", |tx| {
+            let changed = tx.execute(
+                "UPDATE instances SET status = ?2 WHERE instance_id = ?1 AND status <> 'INACTIVE'",
+                params![id, status],
+            )?;
+            if changed == 0 {
+                // Says which: missing or deregistered.
+                active_instance(tx, id)?;
+            }
+            get_instance(tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))
         })
     }
 }

@@ -1,0 +1,137 @@
+//! `berth cluster …` against the real server (in-process, on loopback).
+
+mod common;
+
+use std::process::{Output, Stdio};
+
+use berth_control::{RunningServer, Server, ServerConfig};
+use common::*;
+use tokio::process::Command;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+async fn berth(server: &RunningServer, args: &[&str]) -> Result<Output> {
+    let child = Command::new(BERTH)
+        .env_remove("BERTH_ADDR")
+        .arg("--server")
+        .arg(server.admin_addr().to_string())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    Ok(tokio::time::timeout(DEADLINE, child.wait_with_output()).await??)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn json(out: &Output) -> Result<serde_json::Value> {
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Fails unless the command exited 1 with `needle` on stderr.
+fn refused(out: &Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(needle),
+        "stderr lacks {needle:?}: {}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_are_created_listed_and_deleted() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+
+    let web = json(&berth(&server, &["cluster", "create", "web", "--json"]).await?)?;
+    assert_eq!(web["clusterName"], "web");
+    assert_eq!(
+        web["clusterArn"],
+        "arn:aws:ecs:local:000000000000:cluster/web"
+    );
+    assert_eq!(web["status"], "ACTIVE");
+    assert_eq!(web["registeredContainerInstancesCount"], 0);
+    assert_eq!(web["runningTasksCount"], 0);
+
+    let all = json(&berth(&server, &["cluster", "ls", "--json"]).await?)?;
+    let names: Vec<&str> = all
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["clusterName"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["default", "web"]);
+
+    let table = berth(&server, &["cluster", "ls"]).await?;
+    assert!(table.status.success());
+    assert!(
+        text(&table.stdout).contains("web"),
+        "{}",
+        text(&table.stdout)
+    );
+
+    refused(
+        &berth(&server, &["cluster", "create", "a b"]).await?,
+        "only letters, digits, '_' and '-' are allowed",
+    );
+    refused(
+        &berth(&server, &["cluster", "delete", "default"]).await?,
+        "default cannot be deleted",
+    );
+    refused(
+        &berth(&server, &["cluster", "describe", "nope"]).await?,
+        "no cluster nope",
+    );
+
+    let gone = json(&berth(&server, &["cluster", "delete", "web", "--json"]).await?)?;
+    assert_eq!(gone["status"], "INACTIVE");
+    let described = json(&berth(&server, &["cluster", "describe", "web", "--json"]).await?)?;
+    assert_eq!(described["status"], "INACTIVE");
+    let again = json(&berth(&server, &["cluster", "create", "web", "--json"]).await?)?;
+    assert_eq!(again["status"], "ACTIVE");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_instance_gets_no_new_task_until_activated() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let mut agent = FakeAgent::start(&server, 2048, 4096).await?;
+    let id = agent.instance_id.clone();
+    let td = dir.path().join("task.json");
+    std::fs::write(&td, TASK_DEFINITION)?;
+    let td = td.to_string_lossy().into_owned();
+
+    let drained = json(&berth(&server, &["instance", "drain", &id, "--json"]).await?)?;
+    assert_eq!(drained["status"], "DRAINING");
+    assert_eq!(drained["cluster"], "default");
+    let human = berth(&server, &["instance", "drain", &id]).await?;
+    assert!(human.status.success(), "stderr: {}", text(&human.stderr));
+    assert_eq!(text(&human.stdout), format!("instance {id} is DRAINING\n"));
+
+    refused(
+        &berth(&server, &["task", "run", "--task-definition", &td]).await?,
+        "no connected ACTIVE instance",
+    );
+
+    let active = json(&berth(&server, &["instance", "activate", &id, "--json"]).await?)?;
+    assert_eq!(active["status"], "ACTIVE");
+    let run = berth(
+        &server,
+        &["task", "run", "--task-definition", &td, "--json"],
+    )
+    .await?;
+    let task = json(&run)?;
+    assert_eq!(task["instanceId"], id.as_str());
+    // The session went on all along: the new task reaches the agent.
+    let assignment = next_assignment(&mut agent.inbound).await?;
+    assert_eq!(assignment.tasks.len(), 1);
+
+    refused(
+        &berth(&server, &["instance", "drain", "i-nope"]).await?,
+        "no instance i-nope",
+    );
+    Ok(())
+}
