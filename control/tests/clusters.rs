@@ -135,3 +135,57 @@ async fn a_drained_instance_gets_no_new_task_until_activated() -> Result {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_of_a_cluster_enrolls_the_host_into_it() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    refused(
+        &berth(&server, &["token", "create", "--cluster", "edge"]).await?,
+        "no cluster edge",
+    );
+    assert!(
+        berth(&server, &["cluster", "create", "edge"])
+            .await?
+            .status
+            .success()
+    );
+    let token = json(&berth(&server, &["token", "create", "--cluster", "edge", "--json"]).await?)?;
+    assert_eq!(token["cluster"], "edge");
+    let human = berth(&server, &["token", "create", "--cluster", "edge"]).await?;
+    assert!(text(&human.stdout).contains("Cluster:         edge"));
+
+    let plain = fleet_channel(server.fleet_addr(), server.ca_pem(), None).await?;
+    let (_key, csr_pem) = csr()?;
+    let enrolled = berth_proto::v1::enrollment_client::EnrollmentClient::new(plain)
+        .enroll(enroll_request(
+            token["activationId"].as_str().unwrap_or_default(),
+            token["activationCode"].as_str().unwrap_or_default(),
+            &csr_pem,
+        ))
+        .await?
+        .into_inner();
+    let id = enrolled.instance_id;
+    let described = json(&berth(&server, &["instance", "describe", &id, "--json"]).await?)?;
+    assert_eq!(described["cluster"], "edge");
+    let edge = json(&berth(&server, &["cluster", "describe", "edge", "--json"]).await?)?;
+    assert_eq!(edge["registeredContainerInstancesCount"], 1);
+    refused(
+        &berth(&server, &["cluster", "delete", "edge"]).await?,
+        "edge",
+    );
+    // Deregistered, the host no longer keeps the cluster alive.
+    assert!(
+        berth(&server, &["instance", "deregister", &id])
+            .await?
+            .status
+            .success()
+    );
+    let gone = json(&berth(&server, &["cluster", "delete", "edge", "--json"]).await?)?;
+    assert_eq!(gone["status"], "INACTIVE");
+    refused(
+        &berth(&server, &["token", "create", "--cluster", "edge"]).await?,
+        "cluster edge was deleted",
+    );
+    Ok(())
+}

@@ -196,6 +196,14 @@ pub enum TokenCommand {
         /// (not a proxy's or a NAT's)
         #[arg(long = "from", value_name = "CIDR", value_parser = parse_cidr)]
         from: Vec<crate::server::enroll::Cidr>,
+        /// The cluster the host joins (it must exist: `berth cluster create`)
+        #[arg(
+            long,
+            env = "BERTH_CLUSTER",
+            value_name = "NAME",
+            default_value = "default"
+        )]
+        cluster: String,
         /// Print JSON
         #[arg(long)]
         json: bool,

@@ -54,10 +54,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ttl,
             hostname,
             from,
+            cluster,
             json,
         }) => {
             let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
-            token_create(&mut admin, ttl, hostname, &from, json).await
+            token_create(&mut admin, ttl, hostname, &from, &cluster, json).await
         }
         Command::Instance(cmd) => {
             let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;

@@ -32,6 +32,7 @@ pub fn token_json(token: &Token) -> anyhow::Result<Value> {
         "caHash": format!("sha256:{}", token.ca_sha256),
         "hostname": (!token.hostname.is_empty()).then_some(&token.hostname),
         "from": (!token.source_cidrs.is_empty()).then_some(&token.source_cidrs),
+        "cluster": (!token.cluster.is_empty()).then_some(&token.cluster),
         "enrollCommand": enroll_command(token)?,
     }))
 }
@@ -41,6 +42,7 @@ pub(super) async fn token_create(
     ttl: Duration,
     hostname: Option<String>,
     from: &[crate::server::enroll::Cidr],
+    cluster: &str,
     json: bool,
 ) -> anyhow::Result<()> {
     if ttl < Duration::from_secs(1) {
@@ -59,7 +61,7 @@ pub(super) async fn token_create(
             ttl_seconds: ttl.as_secs(),
             hostname: hostname.unwrap_or_default(),
             source_cidrs: from.iter().map(ToString::to_string).collect(),
-            ..Default::default()
+            cluster: cluster.to_owned(),
         })
         .await;
     let token = r.map_err(|s| admin.status(s))?.into_inner();
@@ -78,6 +80,9 @@ pub(super) async fn token_create(
     );
     if !token.hostname.is_empty() {
         println!("Only for host:   {}", escape_control(&token.hostname));
+    }
+    if !token.cluster.is_empty() {
+        println!("Cluster:         {}", escape_control(&token.cluster));
     }
     if !token.source_cidrs.is_empty() {
         println!(

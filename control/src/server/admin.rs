@@ -364,13 +364,13 @@ impl Admin for AdminService {
             .map_err(|e| Status::invalid_argument(format!("source network: {e}")))?;
         let token = self
             .core
-            .create_token(ttl, hostname, &sources)
+            .create_token(ttl, hostname, &sources, Some(req.cluster.as_str()))
             .await
             .map_err(|e| match e {
                 TokenError::Ttl(_) | TokenError::Hostname(_) => {
                     Status::invalid_argument(e.to_string())
                 }
-                TokenError::Store(e) => store_status(e),
+                TokenError::Store(e) => super::clusters::cluster_status(e),
             })?;
         Ok(Response::new(token))
     }

@@ -22,7 +22,7 @@ use tracing::info;
 
 use super::ca::{self, Ca};
 use super::sessions::{LocalSessions, SessionRegistry};
-use super::store::{ActivationRecord, Store, StoreError};
+use super::store::{ActivationRecord, DEFAULT_CLUSTER, Store, StoreError};
 use super::{
     ENROLL_FAILURE_WINDOW, HELLO_TIMEOUT, MAX_TOKEN_TTL, ServerConfig, enroll, limits, metrics,
 };
@@ -142,7 +142,13 @@ impl Core {
         ttl: Option<Duration>,
         hostname: Option<&str>,
         sources: &[enroll::Cidr],
+        cluster: Option<&str>,
     ) -> Result<Token, TokenError> {
+        let cluster = cluster
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .unwrap_or(DEFAULT_CLUSTER)
+            .to_owned();
         let source_cidrs: Vec<String> = sources.iter().map(ToString::to_string).collect();
         let ttl = ttl.unwrap_or(self.default_token_ttl);
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
@@ -166,6 +172,7 @@ impl Core {
             instance_id: None,
             hostname: hostname.clone(),
             source_cidrs: source_cidrs.clone(),
+            cluster: cluster.clone(),
         };
         let expires_at_ms = record.expires_at_ms;
         self.db("create_activation", move |s| s.create_activation(&record))
@@ -175,7 +182,7 @@ impl Core {
         } else {
             source_cidrs.join(",")
         };
-        info!(activation_id = %id, expires_at_ms, hostname = hostname.as_deref().unwrap_or("(any)"), from = %from, "activation created");
+        info!(activation_id = %id, expires_at_ms, hostname = hostname.as_deref().unwrap_or("(any)"), from = %from, %cluster, "activation created");
         Ok(Token {
             activation_id: id,
             activation_code: code,
@@ -184,7 +191,7 @@ impl Core {
             fleet_addresses: vec![self.advertise.clone()],
             hostname: hostname.unwrap_or_default(),
             source_cidrs,
-            ..Default::default()
+            cluster,
         })
     }
 }

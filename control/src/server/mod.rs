@@ -615,7 +615,7 @@ impl RunningServer {
     /// Creates a one-time activation in-process (what `berth token create`
     /// does over the admin API). `None`: the default lifetime.
     pub async fn create_token(&self, ttl: Option<Duration>) -> Result<Token, TokenError> {
-        self.core.create_token(ttl, None, &[]).await
+        self.core.create_token(ttl, None, &[], None).await
     }
 
     /// Like [`RunningServer::create_token`], bound to one hostname.
@@ -624,7 +624,7 @@ impl RunningServer {
         ttl: Option<Duration>,
         hostname: &str,
     ) -> Result<Token, TokenError> {
-        self.core.create_token(ttl, Some(hostname), &[]).await
+        self.core.create_token(ttl, Some(hostname), &[], None).await
     }
 
     /// Like [`RunningServer::create_token`], usable only from `sources`.
@@ -633,7 +633,16 @@ impl RunningServer {
         ttl: Option<Duration>,
         sources: &[enroll::Cidr],
     ) -> Result<Token, TokenError> {
-        self.core.create_token(ttl, None, sources).await
+        self.core.create_token(ttl, None, sources, None).await
+    }
+
+    /// Like [`RunningServer::create_token`]: the host joins `cluster`.
+    pub async fn create_token_in_cluster(
+        &self,
+        ttl: Option<Duration>,
+        cluster: &str,
+    ) -> Result<Token, TokenError> {
+        self.core.create_token(ttl, None, &[], Some(cluster)).await
     }
 
     /// Whether the admin API speaks TLS (it is not on loopback).

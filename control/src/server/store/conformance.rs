@@ -32,6 +32,7 @@ pub(crate) fn activation(id: &str) -> ActivationRecord {
         instance_id: None,
         hostname: None,
         source_cidrs: Vec::new(),
+        cluster: DEFAULT_CLUSTER.into(),
     }
 }
 
@@ -666,10 +667,62 @@ pub(crate) fn clusters_lifecycle(open: Opener<'_>) {
     );
 }
 
+/// An activation names an ACTIVE cluster; its host joins it, and the
+/// cluster cannot be deleted while the host is registered.
+pub(crate) fn an_activation_joins_its_cluster(open: Opener<'_>) {
+    let s = open();
+    let in_edge = ActivationRecord {
+        cluster: "edge".into(),
+        ..activation("a-edge")
+    };
+    assert!(matches!(
+        s.create_activation(&in_edge),
+        Err(StoreError::NoCluster(c)) if c == "edge"
+    ));
+    assert_eq!(s.activation("a-edge").expect("get"), None);
+    s.create_cluster("edge", 1).expect("cluster");
+    s.create_activation(&in_edge).expect("activation");
+    assert_eq!(s.activation("a-edge").expect("get"), Some(in_edge));
+    s.enroll("a-edge", 10, &new_instance("i-edge"))
+        .expect("enroll");
+    let i = s.instance("i-edge").expect("get").expect("stored");
+    assert_eq!(i.cluster, "edge");
+    assert!(matches!(
+        s.delete_cluster("edge"),
+        Err(StoreError::ClusterNotEmpty { .. })
+    ));
+    // An empty cluster name is `default`.
+    let unnamed = ActivationRecord {
+        cluster: String::new(),
+        ..activation("a-default")
+    };
+    s.create_activation(&unnamed).expect("activation");
+    assert_eq!(
+        s.activation("a-default")
+            .expect("get")
+            .expect("stored")
+            .cluster,
+        DEFAULT_CLUSTER
+    );
+    s.create_cluster("gone", 1).expect("cluster");
+    s.delete_cluster("gone").expect("delete");
+    assert!(matches!(
+        s.create_activation(&ActivationRecord {
+            cluster: "gone".into(),
+            ..activation("a-gone")
+        }),
+        Err(StoreError::ClusterInactive(c)) if c == "gone"
+    ));
+}
+
 /// Every check, by name, for a backend that runs them in one test (one
 /// server for the run, a new database per check).
 pub(crate) const CHECKS: &[(&str, Check)] = &[
     ("clusters_lifecycle", clusters_lifecycle),
+    (
+        "an_activation_joins_its_cluster",
+        an_activation_joins_its_cluster,
+    ),
     (
         "a_draining_instance_keeps_its_session_but_gets_no_placement",
         a_draining_instance_keeps_its_session_but_gets_no_placement,
@@ -739,6 +792,7 @@ macro_rules! store_conformance {
             concurrent_registrations_get_distinct_revisions,
             tasks_keep_their_definition_group_and_starter,
             clusters_lifecycle,
+            an_activation_joins_its_cluster,
             a_draining_instance_keeps_its_session_but_gets_no_placement
         );
     };

@@ -190,6 +190,8 @@ pub struct ActivationRecord {
     /// Networks (CIDR notation, as `enroll::Cidr` prints them) the
     /// activation may be used from; empty: any source address.
     pub source_cidrs: Vec<String>,
+    /// The cluster the host joins; empty: `default`.
+    pub cluster: String,
 }
 
 /// An admin certificate the control plane issued. No key material: the key

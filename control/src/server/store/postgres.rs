@@ -525,10 +525,22 @@ async fn insert_task_checked(
 impl Store for PostgresStore {
     fn create_activation(&self, a: &ActivationRecord) -> Result<(), StoreError> {
         let cidrs = (!a.source_cidrs.is_empty()).then(|| a.source_cidrs.join(","));
+        let cluster = rules::activation_cluster(&a.cluster).to_owned();
         self.run("create_activation", async |tx| {
+            // FOR SHARE: a delete of the cluster waits for this activation
+            // (or this one for the delete), as enroll does.
+            let status: Option<String> = tx
+                .query_opt(
+                    "SELECT status FROM clusters WHERE name = $1 FOR SHARE",
+                    &[&cluster],
+                )
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+            rules::cluster_open_for_enrollment(&cluster, status.as_deref())?;
             tx.execute(
-                "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs, cluster) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 &[
                     &a.id,
                     &a.code_hash,
@@ -538,6 +550,7 @@ impl Store for PostgresStore {
                     &a.instance_id,
                     &a.hostname,
                     &cidrs,
+                    &cluster,
                 ],
             )
             .await?;
@@ -549,7 +562,7 @@ impl Store for PostgresStore {
         self.run("activation", async |tx| {
             let Some(r) = tx
                 .query_opt(
-                    "SELECT id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs \
+                    "SELECT id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs, cluster \
                      FROM activations WHERE id = $1",
                     &[&id],
                 )
@@ -569,6 +582,7 @@ impl Store for PostgresStore {
                     .try_get::<_, Option<String>>(7)?
                     .map(|s| s.split(',').map(str::to_owned).collect())
                     .unwrap_or_default(),
+                cluster: text(&r, 8)?,
             }))
         })
     }

@@ -12,8 +12,28 @@
 use berth_proto::v1::TaskState;
 
 use super::{
-    CertUse, HelloOutcome, HelloRecord, InstanceRecord, PENDING, RUNNING, STOPPED, TaskRecord,
+    CertUse, HelloOutcome, HelloRecord, InstanceRecord, PENDING, RUNNING, STOPPED, StoreError,
+    TaskRecord,
 };
+
+/// The cluster an activation's host joins: `default` when none is named.
+pub fn activation_cluster(cluster: &str) -> &str {
+    if cluster.is_empty() {
+        super::DEFAULT_CLUSTER
+    } else {
+        cluster
+    }
+}
+
+/// Whether a new activation may name `cluster`, whose stored status is
+/// `status` (`None`: no such cluster): only an ACTIVE one.
+pub fn cluster_open_for_enrollment(cluster: &str, status: Option<&str>) -> Result<(), StoreError> {
+    match status {
+        None => Err(StoreError::NoCluster(cluster.to_owned())),
+        Some(super::ACTIVE) => Ok(()),
+        Some(_) => Err(StoreError::ClusterInactive(cluster.to_owned())),
+    }
+}
 
 /// ECS' rule for a cluster name: 1–255 of `[A-Za-z0-9_-]`. `Err` says
 /// which part of the rule the name breaks.

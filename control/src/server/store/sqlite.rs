@@ -480,10 +480,19 @@ fn insert_task_checked(
 
 impl Store for SqliteStore {
     fn create_activation(&self, a: &ActivationRecord) -> Result<(), StoreError> {
+        let cluster = rules::activation_cluster(&a.cluster);
         self.write("create_activation", |tx| {
+            let status: Option<String> = tx
+                .query_row(
+                    "SELECT status FROM clusters WHERE name = ?1",
+                    params![cluster],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            rules::cluster_open_for_enrollment(cluster, status.as_deref())?;
             tx.execute(
-                "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO activations (id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs, cluster) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     a.id,
                     a.code_hash,
@@ -492,7 +501,8 @@ impl Store for SqliteStore {
                     a.used_at_ms,
                     a.instance_id,
                     a.hostname,
-                    (!a.source_cidrs.is_empty()).then(|| a.source_cidrs.join(","))
+                    (!a.source_cidrs.is_empty()).then(|| a.source_cidrs.join(",")),
+                    cluster
                 ],
             )?;
             Ok(())
@@ -503,7 +513,7 @@ impl Store for SqliteStore {
         self.read("activation", |tx| {
             Ok(tx
                 .query_row(
-                    "SELECT id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs \
+                    "SELECT id, code_hash, created_at_ms, expires_at_ms, used_at_ms, instance_id, hostname, source_cidrs, cluster \
                      FROM activations WHERE id = ?1",
                     params![id],
                     |r| {
@@ -519,6 +529,7 @@ impl Store for SqliteStore {
                                 .get::<_, Option<String>>(7)?
                                 .map(|s| s.split(',').map(str::to_owned).collect())
                                 .unwrap_or_default(),
+                            cluster: r.get(8)?,
                         })
                     },
                 )
@@ -1026,6 +1037,7 @@ mod tests {
             instance_id: None,
             hostname: None,
             source_cidrs: Vec::new(),
+            cluster: DEFAULT_CLUSTER.into(),
         }
     }
 
