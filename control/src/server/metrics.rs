@@ -29,7 +29,7 @@ use berth_proto::metrics::{Counter, Encoder, Histogram, Kind, LATENCY_BUCKETS};
 use tokio::sync::watch;
 
 use super::Core;
-use super::store::{ACTIVE, EventOutcome, INACTIVE, StoreError};
+use super::store::{ACTIVE, DRAINING, EventOutcome, INACTIVE, StoreError};
 
 /// Why a `Fleet.Connect` session ended, as the `reason` label names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +112,7 @@ impl Default for ServerMetrics {
 #[derive(Debug, Default)]
 struct StoreFacts {
     active: u64,
+    draining: u64,
     inactive: u64,
     running: u64,
     pending: u64,
@@ -170,13 +171,18 @@ impl ServerMetrics {
         if let Some(f) = facts {
             e.family(
                 "berth_server_instances",
-                "Enrolled instances by status (INACTIVE: deregistered).",
+                "Enrolled instances by status (DRAINING: no new tasks; INACTIVE: deregistered).",
                 Kind::Gauge,
             );
             e.sample(
                 "berth_server_instances",
                 &[("status", ACTIVE)],
                 f.active as f64,
+            );
+            e.sample(
+                "berth_server_instances",
+                &[("status", DRAINING)],
+                f.draining as f64,
             );
             e.sample(
                 "berth_server_instances",
@@ -290,10 +296,10 @@ pub(crate) async fn render(core: &Core) -> String {
         .db("metrics_facts", |s| -> Result<StoreFacts, StoreError> {
             let mut f = StoreFacts::default();
             for i in s.instances()? {
-                if i.status == ACTIVE {
-                    f.active += 1;
-                } else {
-                    f.inactive += 1;
+                match i.status.as_str() {
+                    ACTIVE => f.active += 1,
+                    DRAINING => f.draining += 1,
+                    _ => f.inactive += 1,
                 }
             }
             for u in s.usage()?.values() {
@@ -400,6 +406,7 @@ mod tests {
             0,
             Some(&StoreFacts {
                 active: 2,
+                draining: 3,
                 inactive: 1,
                 running: 4,
                 pending: 0,
@@ -413,6 +420,7 @@ mod tests {
             "berth_server_sessions_closed_total{reason=\"silent\"} 1",
             "berth_server_sessions_closed_total{reason=\"refused\"} 0",
             "berth_server_instances{status=\"ACTIVE\"} 2",
+            "berth_server_instances{status=\"DRAINING\"} 3",
             "berth_server_instances{status=\"INACTIVE\"} 1",
             "berth_server_tasks{status=\"RUNNING\"} 4",
         ] {
