@@ -47,6 +47,10 @@ echo "==> test: cargo fmt --all --check"
 cargo fmt --all --check
 echo "==> test: cargo clippy --workspace --all-targets --locked -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The fuzz crate is not a workspace member: check it compiles here, before
+# the long suites, rather than at the end when the fuzzers are built.
+echo "==> test: cargo check --manifest-path fuzz/Cargo.toml"
+cargo check --manifest-path fuzz/Cargo.toml
 
 echo "==> test: cargo build --workspace --bins --locked"
 cargo build --workspace --bins --locked

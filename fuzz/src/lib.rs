@@ -280,6 +280,7 @@ impl Fleet {
                     instance_id: None,
                     hostname: None,
                     source_cidrs: Vec::new(),
+                    cluster: String::new(),
                 })
                 .expect("activation");
             store
