@@ -2,30 +2,10 @@
 
 mod common;
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 
-use berth_control::{RunningServer, Server, ServerConfig};
+use berth_control::{Server, ServerConfig};
 use common::*;
-use tokio::process::Command;
-
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-async fn berth(server: &RunningServer, args: &[&str]) -> Result<Output> {
-    let child = Command::new(BERTH)
-        .env_remove("BERTH_ADDR")
-        .arg("--server")
-        .arg(server.admin_addr().to_string())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    Ok(tokio::time::timeout(DEADLINE, child.wait_with_output()).await??)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn json(out: &Output) -> Result<serde_json::Value> {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));

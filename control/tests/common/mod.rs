@@ -243,3 +243,25 @@ impl FakeAgent {
         })
     }
 }
+
+/// The `berth` binary of this build.
+pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// Runs `berth --server ADMIN args` to its end, within the deadline.
+pub async fn berth(server: &RunningServer, args: &[&str]) -> Result<std::process::Output> {
+    let child = tokio::process::Command::new(BERTH)
+        .env_remove("BERTH_ADDR")
+        .arg("--server")
+        .arg(server.admin_addr().to_string())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    Ok(tokio::time::timeout(DEADLINE, child.wait_with_output()).await??)
+}
+
+/// Output bytes as text (lossy).
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
