@@ -57,6 +57,7 @@ pub(crate) mod conformance;
 mod postgres;
 mod rules;
 mod schema;
+mod services;
 mod sql;
 mod sqlite;
 mod taskdefs;
@@ -64,6 +65,11 @@ mod taskdefs;
 pub use postgres::PostgresStore;
 pub use rules::in_desired_set;
 pub use schema::SCHEMA_VERSION;
+pub use services::{
+    DeploymentRecord, MAX_EVENT_MESSAGE, MAX_EVENTS, MAX_SERVICE_CONFIG_BYTES, PlanOutcome,
+    SERVICE_DRAINING, ServiceEventRecord, ServicePlanRecord, ServiceRecord, ServiceSnapshot,
+    ServiceStore, ServiceUpdate, TaskMarkKind,
+};
 pub use sqlite::SqliteStore;
 pub use taskdefs::{
     MAX_REVISIONS as MAX_TASK_DEFINITION_REVISIONS, RegistryError, StatusFilter,
@@ -154,6 +160,10 @@ pub enum StoreError {
     Unavailable { op: &'static str, detail: String },
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error("service {name} already exists in cluster {cluster}")]
+    ServiceExists { cluster: String, name: String },
+    #[error("no service {name} in cluster {cluster}")]
+    NoService { cluster: String, name: String },
 }
 
 /// The cluster every instance, activation and task belongs to unless it
@@ -367,6 +377,15 @@ pub struct TaskRecord {
     pub task_definition: String,
     pub group: String,
     pub started_by: String,
+    /// The cluster of its instance (`default` before clusters).
+    pub cluster: String,
+    /// Service bookkeeping (schema 8), each only ever set: the reconciler
+    /// saw the task healthy once; its failure was counted by the circuit
+    /// breaker and the retry throttle; its instance was lost and the task
+    /// counts as UNKNOWN (not running) from then on.
+    pub ever_healthy: bool,
+    pub failure_counted: bool,
+    pub lost: bool,
 }
 
 impl TaskRecord {
@@ -446,7 +465,7 @@ pub struct EventOutcome {
 /// [`StoreError::Database`], both naming the operation, and never a
 /// half-applied change. A constraint violation is a
 /// [`StoreError::Conflict`] (or one of the specific `…Exists` errors).
-pub trait Store: TaskDefinitionStore + Send + Sync {
+pub trait Store: TaskDefinitionStore + ServiceStore + Send + Sync {
     /// Stores a new activation.
     fn create_activation(&self, activation: &ActivationRecord) -> Result<(), StoreError>;
     fn activation(&self, id: &str) -> Result<Option<ActivationRecord>, StoreError>;

@@ -277,6 +277,8 @@ fn task_from_row(r: &Row) -> Result<TaskRecord, StoreError> {
             task_definition: text(r, 17)?,
             group: text(r, 18)?,
             started_by: text(r, 19)?,
+            // Schema 8 columns: read by the service store.
+            ..TaskRecord::default()
         },
         containers_json: text(r, 12)?,
     }

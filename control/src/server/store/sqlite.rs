@@ -149,6 +149,8 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<RawTask> {
             task_definition: r.get(17)?,
             group: r.get(18)?,
             started_by: r.get(19)?,
+            // Schema 8 columns: read by the service store.
+            ..TaskRecord::default()
         },
         containers_json: r.get(12)?,
     })
