@@ -18,6 +18,7 @@ mod client;
 mod cluster;
 mod instance;
 mod server;
+mod service;
 mod task;
 mod taskdef;
 mod token;
@@ -42,6 +43,7 @@ use client::Admin;
 use cluster::cluster;
 use instance::instance;
 use server::server;
+use service::service;
 use task::task;
 use taskdef::taskdef;
 use token::token_create;
@@ -67,6 +69,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(cmd) => {
             let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
             cluster(&mut admin, cmd).await
+        }
+        Command::Service(args) => {
+            let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
+            service(&mut admin, args).await
         }
         Command::Task(cmd) => task(&cli.server, cli.admin_cert.as_deref(), cmd).await,
         Command::Taskdef(cmd) => {

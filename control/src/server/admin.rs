@@ -35,6 +35,10 @@ use berth_proto::v1::{
     RevokeAdminCertificateResponse, RunTaskRequest, RunTaskResponse, StopTaskRequest, Task,
     TaskDefinitionRef, TaskRef, Token, UpdateInstanceStateRequest,
 };
+use berth_proto::v1::{
+    CreateServiceRequest, DeleteServiceRequest, ListServicesRequest, ListServicesResponse,
+    ServiceDescription, ServiceRef, UpdateServiceRequest,
+};
 use rustls_pki_types::CertificateDer;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
@@ -46,6 +50,7 @@ use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of, tidy_serial};
 use super::clusters;
 use super::placement::PlacementError;
 use super::protocol;
+use super::services;
 use super::store::{
     AdminCertRecord, InstanceRecord, STOPPED, SqliteStore, Store, StoreError, TaskRecord, Usage,
 };
@@ -521,6 +526,7 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         info!(instance_id = %id, "instance deregistered");
+        self.core.wake_services();
         // The agent learns to stop its tasks, then loses its session; it
         // cannot open another one.
         self.core.sessions().notify_assignment(&id);
@@ -724,6 +730,62 @@ impl Admin for AdminService {
         r: Request<TaskDefinitionRef>,
     ) -> Result<Response<RegisteredTaskDefinition>, Status> {
         taskdefs::deregister(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    // ---- services (server/services.rs)
+
+    async fn create_service(
+        &self,
+        r: Request<CreateServiceRequest>,
+    ) -> Result<Response<ServiceDescription>, Status> {
+        services::create(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn update_service(
+        &self,
+        r: Request<UpdateServiceRequest>,
+    ) -> Result<Response<ServiceDescription>, Status> {
+        services::update(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_services(
+        &self,
+        r: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        services::list(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn describe_service(
+        &self,
+        r: Request<ServiceRef>,
+    ) -> Result<Response<ServiceDescription>, Status> {
+        services::describe(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_service(
+        &self,
+        r: Request<DeleteServiceRequest>,
+    ) -> Result<Response<ServiceDescription>, Status> {
+        services::delete(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn rollback_service(
+        &self,
+        r: Request<ServiceRef>,
+    ) -> Result<Response<ServiceDescription>, Status> {
+        services::rollback(&self.core, r.into_inner())
             .await
             .map(Response::new)
     }

@@ -227,6 +227,21 @@ async fn lookup(core: &Core, r: &TaskDefRef) -> Result<TaskDefinitionRecord, Sta
     })
 }
 
+/// The ACTIVE revision `s` names (`FAMILY`, `FAMILY:REVISION` or an ARN)
+/// for something new to use: NOT_FOUND naming it when there is none,
+/// FAILED_PRECONDITION when it was deregistered.
+pub(crate) async fn resolve_active(core: &Core, s: &str) -> Result<TaskDefinitionRecord, Status> {
+    let r = parse_ref(s)?;
+    let rec = lookup(core, &r).await?;
+    if rec.status == INACTIVE {
+        return Err(Status::failed_precondition(format!(
+            "task definition {} is INACTIVE (deregistered): nothing new may use it; use an ACTIVE revision or register it again",
+            rec.name()
+        )));
+    }
+    Ok(rec)
+}
+
 /// `DescribeTaskDefinition`.
 pub(crate) async fn describe(
     core: &Core,
@@ -368,17 +383,7 @@ pub(crate) async fn run_task(core: &Core, req: RunTaskRequest) -> Result<RunTask
             let (family, stored, _) = checked(&req.task_definition_json)?;
             register_checked(core, family, stored, true).await?.0
         }
-        (false, true) => {
-            let r = parse_ref(&req.task_definition)?;
-            let rec = lookup(core, &r).await?;
-            if rec.status == INACTIVE {
-                return Err(Status::failed_precondition(format!(
-                    "task definition {} is INACTIVE (deregistered): nothing new may use it; run an ACTIVE revision or register it again",
-                    rec.name()
-                )));
-            }
-            rec
-        }
+        (false, true) => resolve_active(core, &req.task_definition).await?,
     };
     let group = group_of(&req.group, &rec.family)?;
     let origin = Origin {
