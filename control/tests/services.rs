@@ -494,12 +494,10 @@ async fn bad_service_input_is_refused_naming_what_is_wrong() -> Result {
     let body = write(
         &dir,
         "svc.json",
-        &format!(
-            r#"{{"serviceName":"web","taskDefinition":"web","desiredCount":0,"launchType":"EXTERNAL",
-                "deploymentConfiguration":{{"deploymentCircuitBreaker":{{"enable":true,"rollback":true}},"maximumPercent":150,"minimumHealthyPercent":50}},
-                "placementConstraints":[{{"type":"memberOf","expression":"attribute:zone == rack-3"}}],
-                "placementStrategy":[{{"type":"binpack","field":"memory"}}],"tags":[],"networkConfiguration":null}}"#
-        ),
+        r#"{"serviceName":"web","taskDefinition":"web","desiredCount":0,"launchType":"EXTERNAL",
+                "deploymentConfiguration":{"deploymentCircuitBreaker":{"enable":true,"rollback":true},"maximumPercent":150,"minimumHealthyPercent":50},
+                "placementConstraints":[{"type":"memberOf","expression":"attribute:zone == rack-3"}],
+                "placementStrategy":[{"type":"binpack","field":"memory"}],"tags":[],"networkConfiguration":null}"#,
     )?;
     // The family must be registered first for a name to resolve.
     json(&server, &["taskdef", "register", &file, "--json"]).await?;
