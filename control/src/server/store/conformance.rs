@@ -521,6 +521,732 @@ pub(crate) fn tasks_keep_their_definition_group_and_starter(open: Opener<'_>) {
     assert_eq!(listed[0].started_by, "nightly-job");
 }
 
+// ---- Services
+
+const SVC_GROUP: &str = "service:web";
+
+fn service_rec(cluster: &str, name: &str) -> ServiceRecord {
+    ServiceRecord {
+        cluster: cluster.into(),
+        name: name.into(),
+        status: ACTIVE.into(),
+        config_json: "{\"launchType\":\"EXTERNAL\"}".into(),
+        desired_count: 2,
+        created_at_ms: 100,
+        updated_at_ms: 100,
+        ..ServiceRecord::default()
+    }
+}
+
+fn deployment(id: &str, task_definition: &str) -> DeploymentRecord {
+    DeploymentRecord {
+        id: id.into(),
+        task_definition: task_definition.into(),
+        status: "PRIMARY".into(),
+        rollout_state: "IN_PROGRESS".into(),
+        created_at_ms: 100,
+        updated_at_ms: 100,
+        ..DeploymentRecord::default()
+    }
+}
+
+fn svc_event(id: &str, at_ms: i64, message: &str) -> ServiceEventRecord {
+    ServiceEventRecord {
+        id: id.into(),
+        created_at_ms: at_ms,
+        message: message.into(),
+    }
+}
+
+/// `web` in `default`, deployment `ecs-svc/1` of `web:1`, generation 1.
+fn web_service(s: &dyn Store) -> ServiceRecord {
+    s.create_service(
+        &service_rec(DEFAULT_CLUSTER, "web"),
+        &deployment("ecs-svc/1", "web:1"),
+        &[svc_event("e0", 100, "(service web) was created.")],
+    )
+    .expect("create")
+}
+
+fn svc_task(id: &str, instance_id: &str) -> TaskRecord {
+    TaskRecord {
+        group: SVC_GROUP.into(),
+        started_by: "ecs-svc/1".into(),
+        task_definition: "web:1".into(),
+        ..task(id, instance_id, 1)
+    }
+}
+
+fn generation_of(s: &dyn Store, instance_id: &str) -> u64 {
+    s.instance(instance_id)
+        .expect("get")
+        .expect("instance")
+        .generation
+}
+
+/// A plan that starts `ids` on `instance_id` at its current generation.
+fn starting(s: &dyn Store, instance_id: &str, ids: &[&str]) -> ServicePlanRecord {
+    let generation = generation_of(s, instance_id);
+    ServicePlanRecord {
+        new_tasks: ids
+            .iter()
+            .map(|id| (svc_task(id, instance_id), generation))
+            .collect(),
+        ..ServicePlanRecord::default()
+    }
+}
+
+pub(crate) fn services_round_trip_and_are_unique_per_cluster(open: Opener<'_>) {
+    let s = open();
+    let created = web_service(s.as_ref());
+    assert_eq!(created.generation, 1);
+    assert_eq!(created.task_definition, "web:1");
+    assert_eq!(created.status, ACTIVE);
+    assert_eq!(
+        s.service(DEFAULT_CLUSTER, "web").expect("get"),
+        Some(created.clone())
+    );
+    let snap = s
+        .service_snapshot(DEFAULT_CLUSTER, "web")
+        .expect("snapshot")
+        .expect("exists");
+    assert_eq!(snap.service, created);
+    assert_eq!(snap.deployments.len(), 1);
+    let d = &snap.deployments[0];
+    assert_eq!(
+        (
+            d.id.as_str(),
+            d.cluster.as_str(),
+            d.service.as_str(),
+            d.status.as_str(),
+            d.rollout_state.as_str()
+        ),
+        (
+            "ecs-svc/1",
+            DEFAULT_CLUSTER,
+            "web",
+            "PRIMARY",
+            "IN_PROGRESS"
+        )
+    );
+    assert!(snap.tasks.is_empty());
+    assert_eq!(
+        snap.events,
+        vec![svc_event("e0", 100, "(service web) was created.")]
+    );
+    // One of a name per cluster while ACTIVE.
+    let e = s
+        .create_service(
+            &service_rec(DEFAULT_CLUSTER, "web"),
+            &deployment("ecs-svc/2", "web:2"),
+            &[],
+        )
+        .expect_err("twice");
+    assert!(
+        matches!(e, StoreError::ServiceExists { ref name, .. } if name == "web"),
+        "{e}"
+    );
+    s.create_cluster("edge", 1).expect("cluster");
+    s.create_service(
+        &service_rec("edge", "web"),
+        &deployment("ecs-svc/3", "web:1"),
+        &[],
+    )
+    .expect("same name in another cluster");
+    s.create_service(
+        &service_rec(DEFAULT_CLUSTER, "api"),
+        &deployment("ecs-svc/4", "api:1"),
+        &[],
+    )
+    .expect("api");
+    let names = |c: Option<&str>| -> Vec<(String, String)> {
+        s.services(c)
+            .expect("list")
+            .into_iter()
+            .map(|r| (r.cluster, r.name))
+            .collect()
+    };
+    assert_eq!(
+        names(None),
+        [
+            ("default".to_owned(), "api".to_owned()),
+            ("default".into(), "web".into()),
+            ("edge".into(), "web".into())
+        ]
+    );
+    assert_eq!(names(Some("edge")), [("edge".to_owned(), "web".to_owned())]);
+    assert!(s.service(DEFAULT_CLUSTER, "nope").expect("get").is_none());
+    assert!(s.service_snapshot("edge", "nope").expect("get").is_none());
+    // A deployment id is unique across services.
+    let e = s
+        .create_service(
+            &service_rec(DEFAULT_CLUSTER, "db"),
+            &deployment("ecs-svc/1", "db:1"),
+            &[],
+        )
+        .expect_err("deployment id taken");
+    assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+    assert!(s.service(DEFAULT_CLUSTER, "db").expect("get").is_none());
+    // Bounds, before anything is stored.
+    let big = ServiceRecord {
+        config_json: "x".repeat(MAX_SERVICE_CONFIG_BYTES + 1),
+        ..service_rec(DEFAULT_CLUSTER, "big")
+    };
+    assert!(matches!(
+        s.create_service(&big, &deployment("ecs-svc/9", "web:1"), &[]),
+        Err(StoreError::Invalid { .. })
+    ));
+    assert!(matches!(
+        s.create_service(
+            &service_rec(DEFAULT_CLUSTER, "a:b"),
+            &deployment("ecs-svc/9", "web:1"),
+            &[]
+        ),
+        Err(StoreError::Invalid { .. })
+    ));
+    assert_eq!(s.services(None).expect("list").len(), 3);
+}
+
+pub(crate) fn a_deleted_service_is_replaced_by_a_new_create(open: Opener<'_>) {
+    let s = open();
+    web_service(s.as_ref());
+    let draining = s
+        .update_service(
+            DEFAULT_CLUSTER,
+            "web",
+            1,
+            &ServiceUpdate {
+                status: Some(SERVICE_DRAINING.into()),
+                ..ServiceUpdate::default()
+            },
+        )
+        .expect("delete");
+    assert_eq!(
+        (draining.status.as_str(), draining.generation),
+        (SERVICE_DRAINING, 2)
+    );
+    assert!(
+        matches!(
+            s.create_service(
+                &service_rec(DEFAULT_CLUSTER, "web"),
+                &deployment("ecs-svc/2", "web:2"),
+                &[]
+            ),
+            Err(StoreError::ServiceExists { .. })
+        ),
+        "a DRAINING service still holds its name"
+    );
+    let outcome = s
+        .apply_service_plan(
+            DEFAULT_CLUSTER,
+            "web",
+            2,
+            &ServicePlanRecord {
+                status: Some(INACTIVE.into()),
+                ..ServicePlanRecord::default()
+            },
+        )
+        .expect("inactive");
+    assert_eq!(outcome.generation, 3);
+    assert!(matches!(
+        s.update_service(DEFAULT_CLUSTER, "web", 3, &ServiceUpdate::default()),
+        Err(StoreError::NoService { .. })
+    ));
+    assert!(matches!(
+        s.apply_service_plan(DEFAULT_CLUSTER, "web", 3, &ServicePlanRecord::default()),
+        Err(StoreError::NoService { .. })
+    ));
+    let again = s
+        .create_service(
+            &service_rec(DEFAULT_CLUSTER, "web"),
+            &deployment("ecs-svc/2", "web:2"),
+            &[svc_event("e1", 200, "created again")],
+        )
+        .expect("recreate");
+    assert_eq!((again.status.as_str(), again.generation), (ACTIVE, 1));
+    let snap = s
+        .service_snapshot(DEFAULT_CLUSTER, "web")
+        .expect("snapshot")
+        .expect("exists");
+    let ids: Vec<&str> = snap.deployments.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["ecs-svc/2"],
+        "the deleted service's deployments went with it"
+    );
+    assert_eq!(snap.events.len(), 1);
+    assert!(matches!(
+        s.update_service(DEFAULT_CLUSTER, "nope", 1, &ServiceUpdate::default()),
+        Err(StoreError::NoService { .. })
+    ));
+}
+
+pub(crate) fn a_service_is_created_only_in_an_active_cluster(open: Opener<'_>) {
+    let s = open();
+    let e = s
+        .create_service(
+            &service_rec("edge", "web"),
+            &deployment("ecs-svc/1", "web:1"),
+            &[],
+        )
+        .expect_err("no cluster");
+    assert!(
+        matches!(e, StoreError::NoCluster(ref c) if c == "edge"),
+        "{e}"
+    );
+    s.create_cluster("edge", 1).expect("cluster");
+    s.delete_cluster("edge").expect("delete");
+    let e = s
+        .create_service(
+            &service_rec("edge", "web"),
+            &deployment("ecs-svc/1", "web:1"),
+            &[],
+        )
+        .expect_err("deleted cluster");
+    assert!(
+        matches!(e, StoreError::ClusterInactive(ref c) if c == "edge"),
+        "{e}"
+    );
+    assert!(s.services(None).expect("list").is_empty());
+    // Nothing half-stored: the deployment id is still free.
+    s.create_service(
+        &service_rec(DEFAULT_CLUSTER, "web"),
+        &deployment("ecs-svc/1", "web:1"),
+        &[],
+    )
+    .expect("in default");
+}
+
+pub(crate) fn a_stale_update_conflicts_and_a_new_deployment_becomes_primary(open: Opener<'_>) {
+    let s = open();
+    web_service(s.as_ref());
+    let up = s
+        .update_service(
+            DEFAULT_CLUSTER,
+            "web",
+            1,
+            &ServiceUpdate {
+                desired_count: Some(5),
+                config_json: Some("{\"v\":2}".into()),
+                new_deployment: Some(DeploymentRecord {
+                    created_at_ms: 300,
+                    updated_at_ms: 300,
+                    ..deployment("ecs-svc/2", "web:2")
+                }),
+                events: vec![svc_event("e1", 300, "updated")],
+                ..ServiceUpdate::default()
+            },
+        )
+        .expect("update");
+    assert_eq!(
+        (up.generation, up.desired_count, up.task_definition.as_str()),
+        (2, 5, "web:2")
+    );
+    let e = s
+        .update_service(
+            DEFAULT_CLUSTER,
+            "web",
+            1,
+            &ServiceUpdate {
+                desired_count: Some(9),
+                events: vec![svc_event("e2", 400, "lost update")],
+                ..ServiceUpdate::default()
+            },
+        )
+        .expect_err("stale");
+    assert!(
+        matches!(
+            e,
+            StoreError::Conflict {
+                op: "update_service",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let snap = s
+        .service_snapshot(DEFAULT_CLUSTER, "web")
+        .expect("snapshot")
+        .expect("exists");
+    assert_eq!(snap.service, up, "the stale update changed nothing");
+    assert_eq!(snap.service.config_json, "{\"v\":2}");
+    let ids: Vec<&str> = snap.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e0"]);
+    let deployments: Vec<(&str, &str)> = snap
+        .deployments
+        .iter()
+        .map(|d| (d.id.as_str(), d.status.as_str()))
+        .collect();
+    assert_eq!(
+        deployments,
+        [("ecs-svc/1", ACTIVE), ("ecs-svc/2", "PRIMARY")],
+        "the old PRIMARY is ACTIVE, oldest first"
+    );
+    assert_eq!(snap.deployments[0].updated_at_ms, 300);
+}
+
+pub(crate) fn a_plan_starts_tasks_in_the_service_and_bumps_instance_generations(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    enrolled(s.as_ref(), "i-2");
+    web_service(s.as_ref());
+    let (g1, g2) = (
+        generation_of(s.as_ref(), "i-1"),
+        generation_of(s.as_ref(), "i-2"),
+    );
+    let mut plan = starting(s.as_ref(), "i-1", &["t1", "t2"]);
+    plan.new_tasks.push((svc_task("t3", "i-2"), g2));
+    plan.events
+        .push(svc_event("e1", 200, "has started 3 tasks"));
+    let out = s
+        .apply_service_plan(DEFAULT_CLUSTER, "web", 1, &plan)
+        .expect("apply");
+    assert_eq!(out.generation, 2);
+    assert_eq!(out.instances_changed, ["i-1", "i-2"]);
+    assert_eq!(
+        generation_of(s.as_ref(), "i-1"),
+        g1 + 2,
+        "one bump per new task"
+    );
+    assert_eq!(generation_of(s.as_ref(), "i-2"), g2 + 1);
+    let a = s.assignment("i-1").expect("assignment");
+    assert_eq!(a.tasks.len(), 2);
+    let t = s.task("t3").expect("get").expect("stored");
+    assert_eq!(
+        (
+            t.cluster.as_str(),
+            t.group.as_str(),
+            t.started_by.as_str(),
+            t.definition_json.as_str()
+        ),
+        (DEFAULT_CLUSTER, SVC_GROUP, "ecs-svc/1", "{}")
+    );
+    assert!(!t.ever_healthy && !t.failure_counted && !t.lost);
+    let snap = s
+        .service_snapshot(DEFAULT_CLUSTER, "web")
+        .expect("snapshot")
+        .expect("exists");
+    let ids: Vec<&str> = snap.tasks.iter().map(|t| t.task_id.as_str()).collect();
+    assert_eq!(ids, ["t1", "t2", "t3"]);
+    assert!(snap.tasks.iter().all(|t| t.definition_json.is_empty()));
+    assert_eq!(snap.service.generation, 2);
+    // A task outside the service is not in its snapshot.
+    s.insert_task(&task("other", "i-1", 1)).expect("insert");
+    let snap = s
+        .service_snapshot(DEFAULT_CLUSTER, "web")
+        .expect("snapshot")
+        .expect("exists");
+    assert_eq!(snap.tasks.len(), 3);
+    // An empty plan changes nothing, not even the generation.
+    let out = s
+        .apply_service_plan(DEFAULT_CLUSTER, "web", 2, &ServicePlanRecord::default())
+        .expect("empty");
+    assert_eq!(
+        out,
+        PlanOutcome {
+            generation: 2,
+            instances_changed: vec![]
+        }
+    );
+}
+
+pub(crate) fn a_plan_against_a_moved_instance_stores_nothing(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    enrolled(s.as_ref(), "i-2");
+    web_service(s.as_ref());
+    let mut plan = starting(s.as_ref(), "i-1", &["t1"]);
+    plan.new_tasks
+        .extend(starting(s.as_ref(), "i-2", &["t2"]).new_tasks);
+    plan.events.push(svc_event("e1", 200, "started"));
+    plan.deployments.push(DeploymentRecord {
+        rollout_state: "COMPLETED".into(),
+        ..deployment("ecs-svc/1", "web:1")
+    });
+    // i-2 moves after the plan was computed.
+    s.insert_task(&task("x", "i-2", 1)).expect("insert");
+    let g1 = generation_of(s.as_ref(), "i-1");
+    let e = s
+        .apply_service_plan(DEFAULT_CLUSTER, "web", 1, &plan)
+        .expect_err("stale instance");
+    assert!(
+        matches!(
+            e,
+            StoreError::Conflict {
+                op: "apply_service_plan",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(s.task("t1").expect("get").is_none(), "t1 was not kept");
+    assert!(s.task("t2").expect("get").is_none());
+    assert_eq!(generation_of(s.as_ref(), "i-1"), g1);
+    let snap = s
+        .service_snapshot(DEFAULT_CLUSTER, "web")
+        .expect("snapshot")
+        .expect("exists");
+    assert_eq!(snap.service.generation, 1);
+    assert_eq!(snap.events.len(), 1, "no event was added");
+    assert_eq!(snap.deployments[0].rollout_state, "IN_PROGRESS");
+    // A DRAINING instance takes no new task either.
+    s.update_instance_state("i-1", DRAINING).expect("drain");
+    let e = s
+        .apply_service_plan(
+            DEFAULT_CLUSTER,
+            "web",
+            1,
+            &starting(s.as_ref(), "i-1", &["t1"]),
+        )
+        .expect_err("draining");
+    assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+    // Nor one of another cluster.
+    s.update_instance_state("i-1", ACTIVE).expect("activate");
+    let mut foreign = starting(s.as_ref(), "i-1", &["t1"]);
+    foreign.new_tasks[0].0.cluster = "edge".into();
+    assert!(
+        s.apply_service_plan(DEFAULT_CLUSTER, "web", 1, &foreign)
+            .is_err()
+    );
+    assert!(s.task("t1").expect("get").is_none());
+}
+
+pub(crate) fn a_plan_stops_and_marks_only_its_own_tasks(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    web_service(s.as_ref());
+    s.apply_service_plan(
+        DEFAULT_CLUSTER,
+        "web",
+        1,
+        &starting(s.as_ref(), "i-1", &["t1", "t2"]),
+    )
+    .expect("start");
+    s.insert_task(&task("other", "i-1", 1)).expect("insert");
+    let before = generation_of(s.as_ref(), "i-1");
+    let out = s
+        .apply_service_plan(
+            DEFAULT_CLUSTER,
+            "web",
+            2,
+            &ServicePlanRecord {
+                stops: vec![(
+                    "t1".into(),
+                    "ServiceSchedulerInitiated".into(),
+                    "Scaling activity initiated by deployment ecs-svc/1".into(),
+                )],
+                marks: vec![("t2".into(), TaskMarkKind::EverHealthy)],
+                ..ServicePlanRecord::default()
+            },
+        )
+        .expect("stop");
+    assert_eq!(out.generation, 3);
+    assert_eq!(out.instances_changed, ["i-1"]);
+    assert_eq!(
+        generation_of(s.as_ref(), "i-1"),
+        before + 1,
+        "the stop bumped, the mark did not"
+    );
+    let t1 = s.task("t1").expect("get").expect("t1");
+    assert_eq!(
+        (
+            t1.desired_status.as_str(),
+            t1.stop_code.as_str(),
+            t1.stopped_reason.as_str()
+        ),
+        (
+            STOPPED,
+            "ServiceSchedulerInitiated",
+            "Scaling activity initiated by deployment ecs-svc/1"
+        )
+    );
+    // A second stop of it is left as it is: no bump, the first reason stays.
+    let out = s
+        .apply_service_plan(
+            DEFAULT_CLUSTER,
+            "web",
+            3,
+            &ServicePlanRecord {
+                stops: vec![("t1".into(), "Other".into(), "again".into())],
+                marks: vec![
+                    ("t2".into(), TaskMarkKind::Lost),
+                    ("t1".into(), TaskMarkKind::FailureCounted),
+                ],
+                ..ServicePlanRecord::default()
+            },
+        )
+        .expect("again");
+    assert!(out.instances_changed.is_empty());
+    assert_eq!(generation_of(s.as_ref(), "i-1"), before + 1);
+    assert_eq!(
+        s.task("t1").expect("get").expect("t1").stop_code,
+        "ServiceSchedulerInitiated"
+    );
+    let t2 = s.task("t2").expect("get").expect("t2");
+    assert!(
+        t2.ever_healthy && t2.lost && !t2.failure_counted,
+        "marks add up: {t2:?}"
+    );
+    assert!(s.task("t1").expect("get").expect("t1").failure_counted);
+    // A task of no service, or of another, is refused, and the plan with it.
+    for plan in [
+        ServicePlanRecord {
+            stops: vec![("other".into(), "x".into(), "y".into())],
+            ..ServicePlanRecord::default()
+        },
+        ServicePlanRecord {
+            marks: vec![("nope".into(), TaskMarkKind::Lost)],
+            events: vec![svc_event("e9", 1, "never")],
+            ..ServicePlanRecord::default()
+        },
+    ] {
+        let e = s
+            .apply_service_plan(DEFAULT_CLUSTER, "web", 4, &plan)
+            .expect_err("not its task");
+        assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+    }
+    assert_eq!(
+        s.task("other").expect("get").expect("other").desired_status,
+        RUNNING
+    );
+    let snap = s
+        .service_snapshot(DEFAULT_CLUSTER, "web")
+        .expect("snapshot")
+        .expect("exists");
+    assert_eq!(snap.service.generation, 4);
+    assert_eq!(snap.events.len(), 1);
+}
+
+pub(crate) fn events_keep_the_newest_hundred_with_bounded_messages(open: Opener<'_>) {
+    let s = open();
+    web_service(s.as_ref());
+    let long = format!("{}€€€", "x".repeat(MAX_EVENT_MESSAGE - 2));
+    let events = |from: usize, n: usize| -> Vec<ServiceEventRecord> {
+        (from..from + n)
+            .map(|i| svc_event(&format!("e{i:03}"), 1_000 + i as i64, &long))
+            .collect()
+    };
+    let out = s
+        .apply_service_plan(
+            DEFAULT_CLUSTER,
+            "web",
+            1,
+            &ServicePlanRecord {
+                events: events(1, 70),
+                ..ServicePlanRecord::default()
+            },
+        )
+        .expect("first");
+    // Two in one millisecond keep their order.
+    let mut more = events(71, 60);
+    more.push(svc_event("same-a", 2_000, "a"));
+    more.push(svc_event("same-b", 2_000, "b"));
+    s.apply_service_plan(
+        DEFAULT_CLUSTER,
+        "web",
+        out.generation,
+        &ServicePlanRecord {
+            events: more,
+            ..ServicePlanRecord::default()
+        },
+    )
+    .expect("second");
+    let snap = s
+        .service_snapshot(DEFAULT_CLUSTER, "web")
+        .expect("snapshot")
+        .expect("exists");
+    assert_eq!(snap.events.len(), MAX_EVENTS);
+    assert_eq!(snap.events[0].id, "same-b");
+    assert_eq!(snap.events[1].id, "same-a");
+    assert_eq!(snap.events[2].id, "e130");
+    assert_eq!(
+        snap.events[MAX_EVENTS - 1].id,
+        "e033",
+        "the oldest were deleted"
+    );
+    let m = &snap.events[2].message;
+    assert_eq!(
+        m.len(),
+        MAX_EVENT_MESSAGE - 2,
+        "cut before the euro sign that straddles"
+    );
+    assert!(m.chars().all(|c| c == 'x'));
+}
+
+pub(crate) fn plans_from_one_generation_have_one_winner(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    web_service(s.as_ref());
+    let generation = generation_of(s.as_ref(), "i-1");
+    let results = race(open, |s, i| {
+        s.apply_service_plan(
+            DEFAULT_CLUSTER,
+            "web",
+            1,
+            &ServicePlanRecord {
+                new_tasks: vec![(svc_task(&format!("t{i}"), "i-1"), generation)],
+                events: vec![svc_event(&format!("e{i}"), 200, "started")],
+                ..ServicePlanRecord::default()
+            },
+        )
+    });
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "exactly one plan wins: {results:?}"
+    );
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(e, StoreError::Conflict { .. }),
+            "a loser conflicts: {e}"
+        );
+    }
+    let snap = s
+        .service_snapshot(DEFAULT_CLUSTER, "web")
+        .expect("snapshot")
+        .expect("exists");
+    assert_eq!(snap.service.generation, 2);
+    assert_eq!(snap.tasks.len(), 1);
+    assert_eq!(snap.events.len(), 2);
+    assert_eq!(generation_of(s.as_ref(), "i-1"), generation + 1);
+}
+
+pub(crate) fn a_task_is_in_its_instance_cluster(open: Opener<'_>) {
+    let s = open();
+    s.create_cluster("edge", 1).expect("cluster");
+    s.create_activation(&ActivationRecord {
+        cluster: "edge".into(),
+        ..activation("a-edge")
+    })
+    .expect("activation");
+    s.enroll("a-edge", 10, &new_instance("i-edge"))
+        .expect("enroll");
+    s.insert_task(&task("t1", "i-edge", 1)).expect("insert");
+    assert_eq!(s.task("t1").expect("get").expect("t1").cluster, "edge");
+    assert_eq!(s.tasks(None).expect("tasks")[0].cluster, "edge");
+    let e = s
+        .insert_task(&TaskRecord {
+            cluster: DEFAULT_CLUSTER.into(),
+            ..task("t2", "i-edge", 1)
+        })
+        .expect_err("another cluster");
+    assert!(
+        matches!(
+            e,
+            StoreError::Conflict {
+                op: "insert_task",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(s.task("t2").expect("get").is_none());
+    let edge = s.cluster("edge").expect("get").expect("edge");
+    assert_eq!(edge.pending_tasks, 1);
+    let default = s.cluster(DEFAULT_CLUSTER).expect("get").expect("default");
+    assert_eq!(default.pending_tasks, 0);
+}
+
 /// One check of the suite.
 pub(crate) type Check = for<'a> fn(Opener<'a>);
 
@@ -772,6 +1498,46 @@ pub(crate) const CHECKS: &[(&str, Check)] = &[
         "tasks_keep_their_definition_group_and_starter",
         tasks_keep_their_definition_group_and_starter,
     ),
+    (
+        "services_round_trip_and_are_unique_per_cluster",
+        services_round_trip_and_are_unique_per_cluster,
+    ),
+    (
+        "a_deleted_service_is_replaced_by_a_new_create",
+        a_deleted_service_is_replaced_by_a_new_create,
+    ),
+    (
+        "a_service_is_created_only_in_an_active_cluster",
+        a_service_is_created_only_in_an_active_cluster,
+    ),
+    (
+        "a_stale_update_conflicts_and_a_new_deployment_becomes_primary",
+        a_stale_update_conflicts_and_a_new_deployment_becomes_primary,
+    ),
+    (
+        "a_plan_starts_tasks_in_the_service_and_bumps_instance_generations",
+        a_plan_starts_tasks_in_the_service_and_bumps_instance_generations,
+    ),
+    (
+        "a_plan_against_a_moved_instance_stores_nothing",
+        a_plan_against_a_moved_instance_stores_nothing,
+    ),
+    (
+        "a_plan_stops_and_marks_only_its_own_tasks",
+        a_plan_stops_and_marks_only_its_own_tasks,
+    ),
+    (
+        "events_keep_the_newest_hundred_with_bounded_messages",
+        events_keep_the_newest_hundred_with_bounded_messages,
+    ),
+    (
+        "plans_from_one_generation_have_one_winner",
+        plans_from_one_generation_have_one_winner,
+    ),
+    (
+        "a_task_is_in_its_instance_cluster",
+        a_task_is_in_its_instance_cluster,
+    ),
 ];
 
 /// One `#[test]` per check above, each on a fresh database: `$fresh()`
@@ -793,7 +1559,17 @@ macro_rules! store_conformance {
             tasks_keep_their_definition_group_and_starter,
             clusters_lifecycle,
             an_activation_joins_its_cluster,
-            a_draining_instance_keeps_its_session_but_gets_no_placement
+            a_draining_instance_keeps_its_session_but_gets_no_placement,
+            services_round_trip_and_are_unique_per_cluster,
+            a_deleted_service_is_replaced_by_a_new_create,
+            a_service_is_created_only_in_an_active_cluster,
+            a_stale_update_conflicts_and_a_new_deployment_becomes_primary,
+            a_plan_starts_tasks_in_the_service_and_bumps_instance_generations,
+            a_plan_against_a_moved_instance_stores_nothing,
+            a_plan_stops_and_marks_only_its_own_tasks,
+            events_keep_the_newest_hundred_with_bounded_messages,
+            plans_from_one_generation_have_one_winner,
+            a_task_is_in_its_instance_cluster
         );
     };
     (@ $fresh:expr; $($name:ident),*) => {

@@ -45,7 +45,9 @@
 //! capacities to the plausible range); 6 adds clusters (every instance,
 //! activation and task in one, `default` for what existed) and the task
 //! columns `task_group`, `started_by`, `task_definition`; 7 adds
-//! `task_definitions` (the registry's immutable revisions). Older
+//! `task_definitions` (the registry's immutable revisions); 8 adds
+//! `services`, `deployments` and `service_events` (see `services`) and the
+//! task marks `ever_healthy`, `failure_counted`, `lost`. Older
 //! databases are migrated when opened, in the same transaction that records
 //! the new version.
 //!
@@ -164,6 +166,10 @@ pub enum StoreError {
     ServiceExists { cluster: String, name: String },
     #[error("no service {name} in cluster {cluster}")]
     NoService { cluster: String, name: String },
+    /// Input the store refuses before anything is written: a name, a
+    /// length or a count out of bounds.
+    #[error("{op}: {detail}; nothing was changed")]
+    Invalid { op: &'static str, detail: String },
 }
 
 /// The cluster every instance, activation and task belongs to unless it

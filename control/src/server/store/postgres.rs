@@ -224,6 +224,11 @@ fn int(r: &Row, i: usize) -> Result<i64, StoreError> {
     Ok(r.try_get(i)?)
 }
 
+/// An INTEGER (PostgreSQL `int4`) column holding 0 or 1.
+fn flag(r: &Row, i: usize) -> Result<bool, StoreError> {
+    Ok(r.try_get::<_, i32>(i)? != 0)
+}
+
 fn instance_from_row(r: &Row) -> Result<InstanceRecord, StoreError> {
     RawInstance {
         rec: InstanceRecord {
@@ -254,7 +259,7 @@ fn instance_from_row(r: &Row) -> Result<InstanceRecord, StoreError> {
     .decode()
 }
 
-fn task_from_row(r: &Row) -> Result<TaskRecord, StoreError> {
+pub(super) fn task_from_row(r: &Row) -> Result<TaskRecord, StoreError> {
     RawTask {
         rec: TaskRecord {
             task_id: text(r, 0)?,
@@ -277,8 +282,10 @@ fn task_from_row(r: &Row) -> Result<TaskRecord, StoreError> {
             task_definition: text(r, 17)?,
             group: text(r, 18)?,
             started_by: text(r, 19)?,
-            // Schema 8 columns: read by the service store.
-            ..TaskRecord::default()
+            cluster: text(r, 20)?,
+            ever_healthy: flag(r, 21)?,
+            failure_counted: flag(r, 22)?,
+            lost: flag(r, 23)?,
         },
         containers_json: text(r, 12)?,
     }
@@ -368,7 +375,10 @@ async fn get_admin_cert(
     .transpose()
 }
 
-async fn bump_generation(tx: &Transaction<'_>, instance_id: &str) -> Result<u64, StoreError> {
+pub(super) async fn bump_generation(
+    tx: &Transaction<'_>,
+    instance_id: &str,
+) -> Result<u64, StoreError> {
     let row = tx
         .query_one(
             "UPDATE instances SET generation = generation + 1 WHERE instance_id = $1 RETURNING generation",
@@ -445,18 +455,23 @@ async fn write_task(tx: &Transaction<'_>, t: &TaskRecord) -> Result<(), StoreErr
     Ok(())
 }
 
-async fn insert_task_checked(
+/// Stores a task in its instance's cluster and bumps the instance's
+/// generation; with `expected`, only if the instance is ACTIVE and still at
+/// that generation (one conditional `UPDATE`). `op` names the operation in
+/// a conflict.
+pub(super) async fn insert_task_checked(
     tx: &Transaction<'_>,
+    op: &'static str,
     t: &TaskRecord,
     expected: Option<u64>,
 ) -> Result<u64, StoreError> {
+    // An instance's cluster never changes: no lock needed to read it.
+    let Some(instance) = get_instance(tx, &t.instance_id, false).await? else {
+        return Err(StoreError::NoInstance(t.instance_id.clone()));
+    };
+    let cluster = rules::task_cluster(op, t, &instance.cluster)?;
     let generation = match expected {
-        None => {
-            if get_instance(tx, &t.instance_id, false).await?.is_none() {
-                return Err(StoreError::NoInstance(t.instance_id.clone()));
-            }
-            bump_generation(tx, &t.instance_id).await?
-        }
+        None => bump_generation(tx, &t.instance_id).await?,
         Some(expected) => {
             let row = tx
                 .query_opt(
@@ -466,21 +481,16 @@ async fn insert_task_checked(
                     &[&t.instance_id, &to_db(expected)],
                 )
                 .await?;
-            match row {
-                Some(row) => from_db(int(&row, 0)?),
-                None if get_instance(tx, &t.instance_id, false).await?.is_none() => {
-                    return Err(StoreError::NoInstance(t.instance_id.clone()));
-                }
-                None => {
-                    return Err(StoreError::Conflict {
-                        op: "insert_task_at",
-                        detail: format!(
-                            "instance {} is no longer ACTIVE at generation {expected}",
-                            t.instance_id
-                        ),
-                    });
-                }
-            }
+            let Some(row) = row else {
+                return Err(StoreError::Conflict {
+                    op,
+                    detail: format!(
+                        "instance {} is no longer ACTIVE at generation {expected}",
+                        t.instance_id
+                    ),
+                });
+            };
+            from_db(int(&row, 0)?)
         }
     };
     let containers = containers_json(&t.containers);
@@ -506,13 +516,17 @@ async fn insert_task_checked(
         &t.task_definition,
         &t.group,
         &t.started_by,
+        &cluster,
+        &i32::from(t.ever_healthy),
+        &i32::from(t.failure_counted),
+        &i32::from(t.lost),
     ];
     let inserted = tx
         .execute(
             &format!(
                 "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
                  ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-                 $18, $19, $20)"
+                 $18, $19, $20, $21, $22, $23, $24)"
             ),
             params,
         )
@@ -904,13 +918,13 @@ impl Store for PostgresStore {
 
     fn insert_task(&self, t: &TaskRecord) -> Result<u64, StoreError> {
         self.run("insert_task", async |tx| {
-            insert_task_checked(tx, t, None).await
+            insert_task_checked(tx, "insert_task", t, None).await
         })
     }
 
     fn insert_task_at(&self, t: &TaskRecord, generation: u64) -> Result<u64, StoreError> {
         self.run("insert_task_at", async |tx| {
-            insert_task_checked(tx, t, Some(generation)).await
+            insert_task_checked(tx, "insert_task_at", t, Some(generation)).await
         })
     }
 
@@ -1180,6 +1194,61 @@ mod tests {
         pg.psql("migrations", "UPDATE schema_version SET version = 99");
         let e = PostgresStore::open(&url).expect_err("too new");
         assert!(e.to_string().contains("99"), "{e}");
+    }
+
+    #[test]
+    fn a_version_7_database_migrates_to_services_and_task_marks() {
+        let pg = berth_e2e::Postgres::start(&berth_e2e::RunId::new());
+        let url = pg.create_database("from_v7");
+        let mut v7 = String::from(SCHEMA);
+        for m in &MIGRATIONS[..6] {
+            v7.push_str(m);
+            v7.push_str(";\n");
+        }
+        v7.push_str(
+            "INSERT INTO schema_version (version) VALUES (7);
+             INSERT INTO instances (instance_id, hostname, status, registered_at_ms,
+               agent_version, boot_id, cpu, memory_mib, attributes_json, last_heartbeat_at_ms,
+               last_event_seq, generation, acked_generation, os, arch)
+             VALUES ('i-1', 'vm', 'ACTIVE', 1, '0.1', 'b', 1024, 1024, '{}', 0, 0, 1, 0,
+               'linux', 'x86_64');
+             INSERT INTO tasks (task_id, instance_id, family, definition_json, desired_status,
+               last_status, health_status, stop_code, stopped_reason, created_at_ms,
+               started_at_ms, stopped_at_ms, containers_json, reserved_cpu, reserved_memory_mib,
+               last_event_seq, last_seen_at_ms, task_group)
+             VALUES ('t1', 'i-1', 'web', '{}', 'RUNNING', 'RUNNING', 'UNKNOWN', '', '', 1, 2, 0,
+               '[]', 1, 1, 0, 0, 'family:web');",
+        );
+        pg.psql("from_v7", &v7);
+        let s = PostgresStore::open(&url).expect("migrate");
+        assert_eq!(
+            pg.psql("from_v7", "SELECT version FROM schema_version"),
+            SCHEMA_VERSION.to_string()
+        );
+        let t = s.task("t1").expect("get").expect("kept");
+        assert_eq!(
+            (t.cluster.as_str(), t.group.as_str()),
+            ("default", "family:web")
+        );
+        assert!(!t.ever_healthy && !t.failure_counted && !t.lost);
+        let created = s
+            .create_service(
+                &ServiceRecord {
+                    cluster: DEFAULT_CLUSTER.into(),
+                    name: "web".into(),
+                    ..ServiceRecord::default()
+                },
+                &DeploymentRecord {
+                    id: "ecs-svc/1".into(),
+                    status: "PRIMARY".into(),
+                    rollout_state: "IN_PROGRESS".into(),
+                    ..DeploymentRecord::default()
+                },
+                &[],
+            )
+            .expect("a service in the migrated database");
+        assert_eq!(created.generation, 1);
+        assert_eq!(s.services(None).expect("services"), vec![created]);
     }
 
     #[test]

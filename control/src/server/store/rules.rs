@@ -35,6 +35,27 @@ pub fn cluster_open_for_enrollment(cluster: &str, status: Option<&str>) -> Resul
     }
 }
 
+/// The cluster a new task is stored in: its instance's (`instance_cluster`).
+/// A task that names another cluster is refused ([`StoreError::Conflict`]
+/// under `op`): a task never runs outside its cluster.
+pub fn task_cluster<'a>(
+    op: &'static str,
+    task: &TaskRecord,
+    instance_cluster: &'a str,
+) -> Result<&'a str, StoreError> {
+    if task.cluster.is_empty() || task.cluster == instance_cluster {
+        Ok(instance_cluster)
+    } else {
+        Err(StoreError::Conflict {
+            op,
+            detail: format!(
+                "task {} names cluster {} but its instance {} is in cluster {instance_cluster}",
+                task.task_id, task.cluster, task.instance_id
+            ),
+        })
+    }
+}
+
 /// ECS' rule for a cluster name: 1–255 of `[A-Za-z0-9_-]`. `Err` says
 /// which part of the rule the name breaks.
 pub fn check_cluster_name(name: &str) -> Result<(), &'static str> {

@@ -3,7 +3,7 @@
 //! both SQLite and PostgreSQL accept unless a migration says otherwise.
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -106,4 +106,47 @@ pub(super) const MIGRATIONS: &[&str] = &[
         deregistered_at_ms BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (family, revision)
     )",
+    // 8: services (their record, deployments and events) and the marks
+    // the service reconciler keeps on tasks. `position` orders a service's
+    // events that share a millisecond.
+    "CREATE TABLE services (
+        cluster TEXT NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        config_json TEXT NOT NULL,
+        desired_count BIGINT NOT NULL,
+        task_definition TEXT NOT NULL,
+        generation BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        updated_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (cluster, name)
+    );
+    CREATE TABLE deployments (
+        id TEXT NOT NULL PRIMARY KEY,
+        cluster TEXT NOT NULL,
+        service TEXT NOT NULL,
+        task_definition TEXT NOT NULL,
+        status TEXT NOT NULL,
+        rollout_state TEXT NOT NULL,
+        rollout_state_reason TEXT NOT NULL,
+        failed_tasks BIGINT NOT NULL,
+        consecutive_failures BIGINT NOT NULL,
+        next_retry_at_ms BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        updated_at_ms BIGINT NOT NULL
+    );
+    CREATE INDEX deployments_by_service ON deployments (cluster, service);
+    CREATE TABLE service_events (
+        id TEXT NOT NULL PRIMARY KEY,
+        cluster TEXT NOT NULL,
+        service TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        position BIGINT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX service_events_by_service ON service_events (cluster, service, created_at_ms);
+    ALTER TABLE tasks ADD COLUMN ever_healthy INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN failure_counted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX tasks_by_group ON tasks (cluster, task_group)",
 ];

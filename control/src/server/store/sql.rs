@@ -15,7 +15,8 @@ pub(super) const INSTANCE_COLUMNS: &str = "instance_id, hostname, status, regist
 pub(super) const TASK_COLUMNS: &str = "task_id, instance_id, family, definition_json, desired_status, \
      last_status, health_status, stop_code, stopped_reason, created_at_ms, started_at_ms, \
      stopped_at_ms, containers_json, reserved_cpu, reserved_memory_mib, last_event_seq, \
-     last_seen_at_ms, task_definition, task_group, started_by";
+     last_seen_at_ms, task_definition, task_group, started_by, cluster, ever_healthy, \
+     failure_counted, lost";
 
 /// A cluster with its counts; the caller appends `WHERE c.name = …` or an
 /// `ORDER BY`. Columns in [`super::ClusterRecord`]'s order.

@@ -126,7 +126,7 @@ fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<RawInstance> {
     })
 }
 
-fn task_from_row(r: &Row<'_>) -> rusqlite::Result<RawTask> {
+pub(super) fn task_from_row(r: &Row<'_>) -> rusqlite::Result<RawTask> {
     Ok(RawTask {
         rec: TaskRecord {
             task_id: r.get(0)?,
@@ -149,8 +149,10 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<RawTask> {
             task_definition: r.get(17)?,
             group: r.get(18)?,
             started_by: r.get(19)?,
-            // Schema 8 columns: read by the service store.
-            ..TaskRecord::default()
+            cluster: r.get(20)?,
+            ever_healthy: r.get::<_, i64>(21)? != 0,
+            failure_counted: r.get::<_, i64>(22)? != 0,
+            lost: r.get::<_, i64>(23)? != 0,
         },
         containers_json: r.get(12)?,
     })
@@ -229,7 +231,7 @@ fn get_task(conn: &Connection, id: &str) -> Result<Option<TaskRecord>, StoreErro
     .transpose()
 }
 
-fn bump_generation(tx: &Transaction<'_>, instance_id: &str) -> Result<u64, StoreError> {
+pub(super) fn bump_generation(tx: &Transaction<'_>, instance_id: &str) -> Result<u64, StoreError> {
     let generation: i64 = tx.query_row(
         "UPDATE instances SET generation = generation + 1 WHERE instance_id = ?1 RETURNING generation",
         params![instance_id],
@@ -266,12 +268,13 @@ fn write_task(tx: &Transaction<'_>, t: &TaskRecord) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn insert_task_row(tx: &Transaction<'_>, t: &TaskRecord) -> Result<(), StoreError> {
+/// Inserts the task in `cluster` (its instance's), marks as given.
+fn insert_task_row(tx: &Transaction<'_>, t: &TaskRecord, cluster: &str) -> Result<(), StoreError> {
     let inserted = tx.execute(
         &format!(
             "INSERT INTO tasks ({TASK_COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-             ?18, ?19, ?20)"
+             ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
         ),
         params![
             t.task_id,
@@ -294,6 +297,10 @@ fn insert_task_row(tx: &Transaction<'_>, t: &TaskRecord) -> Result<(), StoreErro
             t.task_definition,
             t.group,
             t.started_by,
+            cluster,
+            i64::from(t.ever_healthy),
+            i64::from(t.failure_counted),
+            i64::from(t.lost),
         ],
     );
     match inserted {
@@ -442,16 +449,19 @@ fn usage_by_instance(conn: &Connection) -> Result<HashMap<String, Usage>, StoreE
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Stores a task and bumps its instance's generation; with `expected`,
-/// only if the instance is ACTIVE and still at that generation.
-fn insert_task_checked(
+/// Stores a task in its instance's cluster and bumps the instance's
+/// generation; with `expected`, only if the instance is ACTIVE and still at
+/// that generation. `op` names the operation in a conflict.
+pub(super) fn insert_task_checked(
     tx: &Transaction<'_>,
+    op: &'static str,
     t: &TaskRecord,
     expected: Option<u64>,
 ) -> Result<u64, StoreError> {
-    if get_instance(tx, &t.instance_id)?.is_none() {
+    let Some(instance) = get_instance(tx, &t.instance_id)? else {
         return Err(StoreError::NoInstance(t.instance_id.clone()));
-    }
+    };
+    let cluster = rules::task_cluster(op, t, &instance.cluster)?;
     let generation = match expected {
         None => bump_generation(tx, &t.instance_id)?,
         Some(expected) => {
@@ -466,7 +476,7 @@ fn insert_task_checked(
                 .optional()?;
             let Some(generation) = moved else {
                 return Err(StoreError::Conflict {
-                    op: "insert_task_at",
+                    op,
                     detail: format!(
                         "instance {} is no longer ACTIVE at generation {expected}",
                         t.instance_id
@@ -476,7 +486,7 @@ fn insert_task_checked(
             from_db(generation)
         }
     };
-    insert_task_row(tx, t)?;
+    insert_task_row(tx, t, cluster)?;
     Ok(generation)
 }
 
@@ -830,12 +840,14 @@ impl Store for SqliteStore {
     }
 
     fn insert_task(&self, t: &TaskRecord) -> Result<u64, StoreError> {
-        self.write("insert_task", |tx| insert_task_checked(tx, t, None))
+        self.write("insert_task", |tx| {
+            insert_task_checked(tx, "insert_task", t, None)
+        })
     }
 
     fn insert_task_at(&self, t: &TaskRecord, generation: u64) -> Result<u64, StoreError> {
         self.write("insert_task_at", |tx| {
-            insert_task_checked(tx, t, Some(generation))
+            insert_task_checked(tx, "insert_task_at", t, Some(generation))
         })
     }
 
@@ -1644,6 +1656,56 @@ mod tests {
         };
         s.create_activation(&bound).expect("create");
         assert_eq!(s.activation("a2").expect("get"), Some(bound));
+    }
+
+    #[test]
+    fn a_version_7_database_gains_services_and_task_marks() {
+        let (_dir, path, s) = migrated_from(
+            7,
+            "INSERT INTO instances (instance_id, hostname, status, registered_at_ms, \
+               agent_version, boot_id, cpu, memory_mib, attributes_json, last_heartbeat_at_ms, \
+               last_event_seq, generation, acked_generation, os, arch, cluster) \
+             VALUES ('i-1', 'vm', 'ACTIVE', 1, '0.1', 'b', 1024, 1024, '{}', 0, 0, 1, 0, \
+               'linux', 'x86_64', 'default'); \
+             INSERT INTO tasks (task_id, instance_id, family, definition_json, desired_status, \
+               last_status, health_status, stop_code, stopped_reason, created_at_ms, \
+               started_at_ms, stopped_at_ms, containers_json, reserved_cpu, reserved_memory_mib, \
+               last_event_seq, last_seen_at_ms, task_group) \
+             VALUES ('t1', 'i-1', 'web', '{}', 'RUNNING', 'RUNNING', 'UNKNOWN', '', '', 1, 2, 0, \
+               '[]', 1, 1, 0, 0, 'family:web');",
+        );
+        let t = s.task("t1").expect("get").expect("kept");
+        assert_eq!(
+            (t.cluster.as_str(), t.group.as_str()),
+            ("default", "family:web")
+        );
+        assert!(!t.ever_healthy && !t.failure_counted && !t.lost);
+        assert!(s.services(None).expect("services").is_empty());
+        let created = s
+            .create_service(
+                &ServiceRecord {
+                    cluster: DEFAULT_CLUSTER.into(),
+                    name: "web".into(),
+                    ..ServiceRecord::default()
+                },
+                &DeploymentRecord {
+                    id: "ecs-svc/1".into(),
+                    status: "PRIMARY".into(),
+                    rollout_state: "IN_PROGRESS".into(),
+                    ..DeploymentRecord::default()
+                },
+                &[],
+            )
+            .expect("a service in the migrated database");
+        assert_eq!(created.generation, 1);
+        let version: i64 = s
+            .conn()
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        drop(s);
+        let s = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(s.services(None).expect("services").len(), 1);
     }
 
     #[test]
