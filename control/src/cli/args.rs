@@ -226,15 +226,15 @@ pub struct ServiceFlags {
     #[arg(long, value_name = "FAMILY[:REV]|FILE")]
     pub task_definition: Option<String>,
     /// REPLICA: how many tasks to keep running (0 to 5000)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub desired_count: Option<i64>,
     /// The fewest healthy tasks during a deployment, in percent of the
     /// desired count [default: REPLICA 100, DAEMON 0]
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
     pub min_healthy_percent: Option<i64>,
     /// The most tasks during a deployment, in percent of the desired count
     /// [default: REPLICA 200, DAEMON 100]
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
     pub max_percent: Option<i64>,
     /// The deployment circuit breaker: off, enable (mark a failing
     /// deployment FAILED) or rollback (and go back to the last completed one)
@@ -250,7 +250,7 @@ pub struct ServiceFlags {
     pub placement_constraint: Vec<String>,
     /// Unhealthy health-check results are ignored this long after a task
     /// starts (healthCheckGracePeriodSeconds)
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub health_check_grace_period: Option<i64>,
     /// A task without a health check counts healthy after RUNNING this
     /// long [default: 10s]
