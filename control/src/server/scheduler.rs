@@ -53,7 +53,8 @@ fn need_of(definition: &berth_taskdef::TaskDefinition) -> Need {
 
 /// The fleet as placement sees it: every instance with what is left of its
 /// capacity (the lower of registered and reported, minus the reservations
-/// of its tasks not STOPPED).
+/// of its tasks not STOPPED) and all its attributes
+/// ([`InstanceRecord::all_attributes`]).
 pub fn candidates(
     instances: &[InstanceRecord],
     usage: &std::collections::HashMap<String, Usage>,
@@ -65,18 +66,9 @@ pub fn candidates(
             let u = usage.get(&i.instance_id).copied().unwrap_or_default();
             // Never more than registered, whatever a Hello said.
             let (cpu, memory_mib) = i.capacity();
-            let mut attributes = i.attributes.clone();
-            // The built-in platform attributes, unless the agent sent them.
-            for (name, value) in [
-                (placement::requirements::OS_ATTRIBUTE, &i.os),
-                (placement::requirements::ARCH_ATTRIBUTE, &i.arch),
-            ] {
-                if !value.is_empty() {
-                    attributes
-                        .entry(name.to_owned())
-                        .or_insert_with(|| value.clone());
-                }
-            }
+            // The agent's, the platform recorded at enrollment, the
+            // operator's custom ones over them.
+            let attributes = i.all_attributes();
             Candidate {
                 instance_id: i.instance_id.clone(),
                 status: InstanceStatus::from_store(&i.status),
@@ -281,5 +273,32 @@ mod tests {
         assert_eq!(c[0].attributes["ecs.cpu-architecture"], "x86_64");
         assert_eq!(c[0].agent_version, "0.13.0");
         assert_eq!(c[1].attributes["ecs.cpu-architecture"], "arm64");
+    }
+
+    #[test]
+    fn candidates_see_custom_attributes_over_the_agents_but_never_over_built_in_ones() {
+        let mut i = instance("i-1", ACTIVE, 1024, 1024);
+        i.attributes = [
+            ("zone".to_owned(), "rack-1".to_owned()),
+            ("team".to_owned(), "web".to_owned()),
+            (
+                "berth.policy.allow_privileged".to_owned(),
+                "false".to_owned(),
+            ),
+        ]
+        .into();
+        i.custom_attributes = [
+            ("zone".to_owned(), "rack-3".to_owned()),
+            // Never stored (the store refuses it); ignored if it were.
+            (
+                "berth.policy.allow_privileged".to_owned(),
+                "true".to_owned(),
+            ),
+        ]
+        .into();
+        let c = candidates(&[i], &Default::default(), &HashSet::new());
+        assert_eq!(c[0].attributes["zone"], "rack-3");
+        assert_eq!(c[0].attributes["team"], "web");
+        assert_eq!(c[0].attributes["berth.policy.allow_privileged"], "false");
     }
 }
