@@ -218,12 +218,26 @@ pub struct FakeAgent {
 
 impl FakeAgent {
     pub async fn start(server: &RunningServer, cpu: i64, memory_mib: i64) -> Result<FakeAgent> {
+        Self::start_with_attributes(server, cpu, memory_mib, &[]).await
+    }
+
+    /// [`FakeAgent::start`] with these attributes in its Hello.
+    pub async fn start_with_attributes(
+        server: &RunningServer,
+        cpu: i64,
+        memory_mib: i64,
+        attributes: &[(&str, &str)],
+    ) -> Result<FakeAgent> {
         let enrolled = enroll(server).await?;
         let mtls = enrolled.mtls(server).await?;
         let (tx, rx) = mpsc::channel::<AgentMessage>(16);
         tx.send(agent(AgentMsg::Hello(Hello {
             instance_id: enrolled.instance_id.clone(),
             capacity: Some(Resources { cpu, memory_mib }),
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             ..Hello::default()
         })))
         .await?;
