@@ -4,26 +4,9 @@
 
 mod common;
 
-use std::process::Output;
-
 use berth_control::{Server, ServerConfig};
 use common::*;
 use serde_json::Value;
-
-fn json(out: &Output) -> Result<Value> {
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-/// Fails unless the command exited 1 with `needle` on stderr.
-fn refused(out: &Output, needle: &str) {
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains(needle),
-        "stderr lacks {needle:?}: {}",
-        text(&out.stderr)
-    );
-}
 
 /// `(name, value)` of the attributes of `id` in `berth attribute ls --json`.
 fn of(list: &Value, id: &str) -> Vec<(String, String)> {
@@ -73,7 +56,7 @@ async fn attributes_are_put_listed_deleted_and_kept_across_a_restart() -> Result
         text(&put.stdout),
         format!("instance {id}: attributes zone, team put\n")
     );
-    let listed = json(&berth(&server, &["attribute", "ls", "--json"]).await?)?;
+    let listed = json_of(&berth(&server, &["attribute", "ls", "--json"]).await?)?;
     // The agent's, with the custom ones over them, by name.
     assert_eq!(
         of(&listed, &id),
@@ -86,7 +69,7 @@ async fn attributes_are_put_listed_deleted_and_kept_across_a_restart() -> Result
         ])
     );
     assert_eq!(listed[0]["targetType"], "container-instance");
-    let described = json(&berth(&server, &["instance", "describe", &id, "--json"]).await?)?;
+    let described = json_of(&berth(&server, &["instance", "describe", &id, "--json"]).await?)?;
     let zone: Vec<&Value> = described["attributes"]
         .as_array()
         .map(|a| a.iter().filter(|x| x["name"] == "zone").collect())
@@ -118,19 +101,19 @@ async fn attributes_are_put_listed_deleted_and_kept_across_a_restart() -> Result
     ] {
         let mut argv = vec!["attribute", "put", id.as_str()];
         argv.extend(args.iter().copied());
-        refused(&berth(&server, &argv).await?, needle);
+        assert_refused(&berth(&server, &argv).await?, needle);
     }
     let long = format!("zone={}", "v".repeat(129));
-    refused(
+    assert_refused(
         &berth(&server, &["attribute", "put", &id, &long]).await?,
         "use 1 to 128",
     );
     let eleven: Vec<String> = (0..11).map(|n| format!("a{n}=v")).collect();
     let mut argv = vec!["attribute", "put", id.as_str()];
     argv.extend(eleven.iter().map(String::as_str));
-    refused(&berth(&server, &argv).await?, "at most 10");
+    assert_refused(&berth(&server, &argv).await?, "at most 10");
     // The control plane's own refusals.
-    refused(
+    assert_refused(
         &berth(&server, &["attribute", "put", "i-nope", "zone=a"]).await?,
         "no instance i-nope",
     );
@@ -140,7 +123,7 @@ async fn attributes_are_put_listed_deleted_and_kept_across_a_restart() -> Result
             .status
             .success()
     );
-    refused(
+    assert_refused(
         &berth(
             &server,
             &["attribute", "put", &id, "zone=a", "--cluster", "edge"],
@@ -148,17 +131,19 @@ async fn attributes_are_put_listed_deleted_and_kept_across_a_restart() -> Result
         .await?,
         &format!("instance {id} is not in cluster edge (it is in default)"),
     );
-    refused(
+    assert_refused(
         &berth(&server, &["attribute", "delete", &id, "team", "nope"]).await?,
         &format!("instance {id} has no attribute nope"),
     );
-    refused(
+    assert_refused(
         &berth(&server, &["attribute", "ls", "--cluster", "nope"]).await?,
         "no cluster nope",
     );
-    let edge = json(&berth(&server, &["attribute", "ls", "--cluster", "edge", "--json"]).await?)?;
+    let edge =
+        json_of(&berth(&server, &["attribute", "ls", "--cluster", "edge", "--json"]).await?)?;
     assert_eq!(edge, serde_json::json!([]));
-    let listed = json(&berth(&server, &["attribute", "ls", "--instance", &id, "--json"]).await?)?;
+    let listed =
+        json_of(&berth(&server, &["attribute", "ls", "--instance", &id, "--json"]).await?)?;
     let custom: Vec<(String, String)> = of(&listed, &id)
         .into_iter()
         .filter(|(k, _)| k == "team" || k == "zone" || k == "ok")
@@ -170,7 +155,7 @@ async fn attributes_are_put_listed_deleted_and_kept_across_a_restart() -> Result
     );
 
     // Deleting the custom zone shows the agent's again.
-    let deleted = json(&berth(&server, &["attribute", "delete", &id, "zone", "--json"]).await?)?;
+    let deleted = json_of(&berth(&server, &["attribute", "delete", &id, "zone", "--json"]).await?)?;
     let zone: Vec<&Value> = deleted["attributes"]
         .as_array()
         .map(|a| a.iter().filter(|x| x["name"] == "zone").collect())
@@ -181,7 +166,8 @@ async fn attributes_are_put_listed_deleted_and_kept_across_a_restart() -> Result
     drop(agent);
     server.shutdown().await?;
     let server = Server::start(ServerConfig::loopback(&data)).await?;
-    let listed = json(&berth(&server, &["attribute", "ls", "--instance", &id, "--json"]).await?)?;
+    let listed =
+        json_of(&berth(&server, &["attribute", "ls", "--instance", &id, "--json"]).await?)?;
     let got = of(&listed, &id);
     assert!(got.contains(&("team".into(), "web".into())), "{got:?}");
     assert!(
@@ -196,12 +182,170 @@ async fn attributes_are_put_listed_deleted_and_kept_across_a_restart() -> Result
             .status
             .success()
     );
-    refused(
+    assert_refused(
         &berth(&server, &["attribute", "put", &id, "zone=a"]).await?,
         "deregistered",
     );
-    let listed = json(&berth(&server, &["attribute", "ls", "--json"]).await?)?;
+    let listed = json_of(&berth(&server, &["attribute", "ls", "--json"]).await?)?;
     assert!(of(&listed, &id).is_empty(), "{listed}");
+    server.shutdown().await?;
+    Ok(())
+}
+
+/// `task run` places by the instances' attributes: a `memberOf` constraint
+/// on a custom attribute put by the operator, `distinctInstance`, a spread
+/// over an attribute, and the agent's policy attributes for what the
+/// definition needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_run_places_by_attributes_constraints_and_strategies() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    // a: the most free memory, no privileged containers; b: privileged ones.
+    let a = FakeAgent::start_with_attributes(
+        &server,
+        4096,
+        8192,
+        &[
+            ("berth.policy.allow_privileged", "false"),
+            ("zone", "rack-1"),
+        ],
+    )
+    .await?;
+    let b = FakeAgent::start_with_attributes(
+        &server,
+        4096,
+        4096,
+        &[
+            ("berth.policy.allow_privileged", "true"),
+            ("zone", "rack-1"),
+        ],
+    )
+    .await?;
+    let (a_id, b_id) = (a.instance_id.clone(), b.instance_id.clone());
+    let td = dir.path().join("task.json");
+    std::fs::write(&td, TASK_DEFINITION)?;
+    let td = td.to_string_lossy().into_owned();
+    let run = |extra: &[&str]| {
+        let mut argv = vec!["task", "run", "--task-definition", td.as_str(), "--json"];
+        argv.extend_from_slice(extra);
+        argv.iter()
+            .map(|s| (*s).to_owned())
+            .collect::<Vec<String>>()
+    };
+    let run_on = async |extra: &[&str]| -> Result<String> {
+        let argv = run(extra);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let t = json_of(&berth(&server, &argv).await?)?;
+        Ok(t["instanceId"].as_str().unwrap_or_default().to_owned())
+    };
+
+    // Without a constraint: the most free memory.
+    assert_eq!(run_on(&[]).await?, a_id);
+    // The operator's custom zone wins over the agent's.
+    let put = berth(&server, &["attribute", "put", &b_id, "zone=rack-3"]).await?;
+    assert!(put.status.success(), "stderr: {}", text(&put.stderr));
+    let rack3 = [
+        "--placement-constraint",
+        "memberOf:attribute:zone == rack-3",
+    ];
+    assert_eq!(run_on(&rack3).await?, b_id);
+    assert_eq!(run_on(&rack3).await?, b_id);
+    let argv = run(&[
+        "--placement-constraint",
+        "memberOf:attribute:zone == rack-9",
+    ]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    assert_refused(
+        &berth(&server, &argv).await?,
+        "no container instance met all of its requirements",
+    );
+    // Refused up front: a strategy that does not parse, too many of them.
+    let argv = run(&["--placement-strategy", "spread:nothing"]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    assert_refused(&berth(&server, &argv).await?, "placement strategy");
+    let mut argv = run(&[]);
+    for _ in 0..6 {
+        argv.extend(["--placement-strategy".to_owned(), "random".to_owned()]);
+    }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    assert_refused(&berth(&server, &argv).await?, "at most 5");
+
+    // distinctInstance: one task of a new group per instance, so the third
+    // of three fits nowhere.
+    let argv = run(&[
+        "--group",
+        "batch",
+        "--count",
+        "3",
+        "--placement-constraint",
+        "distinctInstance",
+    ]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = berth(&server, &argv).await?;
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let body: Value = serde_json::from_slice(&out.stdout)?;
+    let mut placed: Vec<&str> = body["tasks"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["instanceId"].as_str()).collect())
+        .unwrap_or_default();
+    placed.sort_unstable();
+    let mut both = vec![a_id.as_str(), b_id.as_str()];
+    both.sort_unstable();
+    assert_eq!(placed, both, "{body}");
+    assert!(
+        text(&out.stderr).contains("1 of 3 tasks could not be started"),
+        "{}",
+        text(&out.stderr)
+    );
+    // spread over the zone: rack-1 (a) and rack-3 (b) take turns.
+    let mut zones = Vec::new();
+    for _ in 0..2 {
+        zones.push(
+            run_on(&[
+                "--group",
+                "spread",
+                "--placement-strategy",
+                "spread:attribute:zone",
+            ])
+            .await?,
+        );
+    }
+    zones.sort_unstable();
+    assert_eq!(zones, both);
+
+    // A privileged definition goes only where the agent's policy allows it,
+    // although a has more free memory.
+    let privileged = dir.path().join("privileged.json");
+    std::fs::write(
+        &privileged,
+        r#"{"family": "root", "containerDefinitions": [
+            {"name": "root", "image": "busybox", "essential": true, "memory": 64, "privileged": true}
+        ]}"#,
+    )?;
+    let privileged = privileged.to_string_lossy().into_owned();
+    let t = json_of(
+        &berth(
+            &server,
+            &["task", "run", "--task-definition", &privileged, "--json"],
+        )
+        .await?,
+    )?;
+    assert_eq!(t["instanceId"], b_id.as_str());
+    assert_refused(
+        &berth(
+            &server,
+            &[
+                "task",
+                "run",
+                "--task-definition",
+                &privileged,
+                "--instance",
+                &a_id,
+            ],
+        )
+        .await?,
+        "berth.policy.allow_privileged = true",
+    );
     server.shutdown().await?;
     Ok(())
 }

@@ -102,18 +102,35 @@ fn requested(r: &PutAttributesRequest, id: &str) -> Result<BTreeMap<String, Stri
     Ok(out)
 }
 
-/// An instance as the API shows it, with its usage and session.
-async fn shown_instance(core: &Core, i: InstanceRecord) -> Result<Instance, Status> {
-    let lookup = i.instance_id.clone();
-    let usage = core
-        .db("usage", move |s| s.usage())
+/// A change of the custom attributes of instance `id` of `cluster` (`op`
+/// on the store, in one transaction), logged with the names it names; the
+/// instance after it, as the API shows it.
+async fn change(
+    core: &Core,
+    what: &'static str,
+    (id, cluster): (String, String),
+    names: Vec<String>,
+    caller: &str,
+    op: impl FnOnce(&dyn Store, &str) -> Result<InstanceRecord, StoreError> + Send + 'static,
+) -> Result<Instance, Status> {
+    let lookup = id.clone();
+    let (i, usage) = core
+        .db(what, move |s| {
+            instance_in(s, &lookup, &cluster)?;
+            let i = op(s, &lookup)?;
+            let usage = s.usage()?.get(&lookup).copied().unwrap_or_default();
+            Ok::<_, StoreError>((i, usage))
+        })
         .await
-        .map_err(attribute_status)?
-        .get(&lookup)
-        .copied()
-        .unwrap_or_default();
-    let connected = core.sessions().is_connected(&i.instance_id);
+        .map_err(attribute_status)?;
+    info!(op = what, instance_id = %id, names = ?names, by = %caller, "custom attributes changed");
+    let connected = core.sessions().is_connected(&id);
     Ok(instance_message(&i, usage, connected))
+}
+
+/// The instance and cluster a request names.
+fn target(instance_id: &str, cluster: &str) -> (String, String) {
+    (instance_id.trim().to_owned(), cluster_of(cluster))
 }
 
 pub(crate) async fn put(
@@ -121,20 +138,18 @@ pub(crate) async fn put(
     r: PutAttributesRequest,
     caller: &str,
 ) -> Result<Instance, Status> {
-    let id = r.instance_id.trim().to_owned();
-    let cluster = cluster_of(&r.cluster);
-    let put = requested(&r, &id)?;
-    let names: Vec<String> = put.keys().cloned().collect();
-    let lookup = id.clone();
-    let i = core
-        .db("put_attributes", move |s| {
-            instance_in(s, &lookup, &cluster)?;
-            s.put_attributes(&lookup, &put)
-        })
-        .await
-        .map_err(attribute_status)?;
-    info!(instance_id = %id, names = ?names, by = %caller, "attributes put");
-    shown_instance(core, i).await
+    let target = target(&r.instance_id, &r.cluster);
+    let put = requested(&r, &target.0)?;
+    let names = put.keys().cloned().collect();
+    change(
+        core,
+        "put_attributes",
+        target,
+        names,
+        caller,
+        move |s, id| s.put_attributes(id, &put),
+    )
+    .await
 }
 
 pub(crate) async fn delete(
@@ -142,25 +157,22 @@ pub(crate) async fn delete(
     r: DeleteAttributesRequest,
     caller: &str,
 ) -> Result<Instance, Status> {
-    let id = r.instance_id.trim().to_owned();
-    let cluster = cluster_of(&r.cluster);
     if r.names.len() > MAX_PER_CALL {
         return Err(attribute_status(StoreError::TooManyAttributesInCall(
             r.names.len(),
         )));
     }
+    let target = target(&r.instance_id, &r.cluster);
     let names = r.names;
-    let logged = names.clone();
-    let lookup = id.clone();
-    let i = core
-        .db("delete_attributes", move |s| {
-            instance_in(s, &lookup, &cluster)?;
-            s.delete_attributes(&lookup, &names)
-        })
-        .await
-        .map_err(attribute_status)?;
-    info!(instance_id = %id, names = ?logged, by = %caller, "attributes deleted");
-    shown_instance(core, i).await
+    change(
+        core,
+        "delete_attributes",
+        target,
+        names.clone(),
+        caller,
+        move |s, id| s.delete_attributes(id, &names),
+    )
+    .await
 }
 
 /// Every attribute of the cluster's registered instances (or of the one

@@ -279,3 +279,19 @@ pub async fn berth(server: &RunningServer, args: &[&str]) -> Result<std::process
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// The JSON a command printed; fails unless it succeeded.
+pub fn json_of(out: &std::process::Output) -> Result<serde_json::Value> {
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Fails unless the command exited 1 with `needle` on stderr.
+pub fn assert_refused(out: &std::process::Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(needle),
+        "stderr lacks {needle:?}: {}",
+        text(&out.stderr)
+    );
+}
