@@ -583,8 +583,18 @@ async fn a_service_without_instances_says_why_its_tasks_are_not_placed_and_survi
     assert_eq!(d["desiredCount"], 2);
     assert_eq!(d["taskDefinition"], "web:1");
     assert_eq!(d["events"].as_array().map(Vec::len), Some(1), "{d}");
-    // An agent joins: the tasks are placed.
-    let mut a = FakeAgent::start(&server, 4096, 8192).await?;
-    tasks_until(&mut a, 2).await?;
+    // An agent joins: the tasks are placed (perhaps already in the first
+    // assignment, which FakeAgent::start reads, so the store is asked).
+    let a = FakeAgent::start(&server, 4096, 8192).await?;
+    eventually("two tasks placed on the new agent", async || {
+        let tasks = json(&server, &["task", "ls", "--json"]).await?;
+        let n = tasks.as_array().map_or(0, |ts| {
+            ts.iter()
+                .filter(|t| t["instanceId"] == a.instance_id.as_str())
+                .count()
+        });
+        Ok((n == 2).then_some(()))
+    })
+    .await?;
     Ok(())
 }

@@ -78,6 +78,10 @@ pub enum Command {
     /// Services: a desired count of tasks (or one per instance) kept
     /// running, rolled out to new task definitions
     Service(ServiceArgs),
+    /// Instance attributes (ECS attributes) for placement constraints and
+    /// strategies: the agent's built-in and configured ones, and custom ones
+    #[command(subcommand)]
+    Attribute(AttributeCommand),
     /// Control plane and one agent in one process, against the local Docker Engine
     Dev(crate::dev::DevArgs),
     /// Client certificates for the admin API when it is not on loopback
@@ -370,6 +374,68 @@ pub enum TokenCommand {
 
 fn parse_cidr(s: &str) -> Result<crate::server::enroll::Cidr, String> {
     crate::server::enroll::Cidr::parse(s)
+}
+
+/// `--cluster NAME` (env `BERTH_CLUSTER`, default `default`).
+#[derive(Debug, Args)]
+pub struct ClusterArg {
+    /// The instance's cluster
+    #[arg(
+        long,
+        env = "BERTH_CLUSTER",
+        value_name = "NAME",
+        default_value = "default"
+    )]
+    pub cluster: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AttributeCommand {
+    /// Put custom attributes on an instance (ECS PutAttributes): at most 10
+    /// per call, 64 per instance; a name already there takes the new value.
+    /// Names and values: 1 to 128 letters, digits, '_', '.', '-', '/' or
+    /// ':'; names starting with "ecs." or "berth." are built in and cannot
+    /// be put
+    Put {
+        /// Instance id (i-…)
+        instance: String,
+        /// The attributes, e.g. zone=rack-3
+        #[arg(value_name = "NAME=VALUE", required = true)]
+        attributes: Vec<String>,
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// Print the instance as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete custom attributes of an instance (ECS DeleteAttributes): only
+    /// those put with `berth attribute put`; the agent's change in its
+    /// config
+    Delete {
+        /// Instance id (i-…)
+        instance: String,
+        /// The attribute names
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// Print the instance as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the attributes of the cluster's instances (ECS ListAttributes):
+    /// built-in, from the agents' config, and custom ones over those
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only the attributes of this instance
+        #[arg(long, value_name = "ID")]
+        instance: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

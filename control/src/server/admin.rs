@@ -46,6 +46,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, warn};
 
+use super::attributes;
 use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of, tidy_serial};
 use super::clusters;
 use super::placement::PlacementError;
@@ -106,11 +107,7 @@ pub(crate) fn instance_message(i: &InstanceRecord, usage: Usage, connected: bool
         reported_hostname: i.reported_hostname.clone(),
         running_tasks_count: usage.running,
         pending_tasks_count: usage.pending,
-        attributes: i
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        attributes: i.all_attributes().into_iter().collect(),
         registered_at_ms: i.registered_at_ms,
     }
 }
@@ -566,7 +563,7 @@ impl Admin for AdminService {
         Ok(Response::new(instance_message(&after, usage, connected)))
     }
 
-    // ---- clusters, attributes, drain (to be implemented in server/clusters.rs)
+    // ---- clusters, drain (server/clusters.rs), attributes (server/attributes.rs)
 
     async fn create_cluster(&self, r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
         let caller = caller_text(&r);
@@ -597,23 +594,29 @@ impl Admin for AdminService {
 
     async fn put_attributes(
         &self,
-        _r: Request<PutAttributesRequest>,
+        r: Request<PutAttributesRequest>,
     ) -> Result<Response<Instance>, Status> {
-        Err(Status::unimplemented("PutAttributes"))
+        let caller = caller_text(&r);
+        let i = attributes::put(&self.core, r.into_inner(), &caller).await?;
+        Ok(Response::new(i))
     }
 
     async fn delete_attributes(
         &self,
-        _r: Request<DeleteAttributesRequest>,
+        r: Request<DeleteAttributesRequest>,
     ) -> Result<Response<Instance>, Status> {
-        Err(Status::unimplemented("DeleteAttributes"))
+        let caller = caller_text(&r);
+        let i = attributes::delete(&self.core, r.into_inner(), &caller).await?;
+        Ok(Response::new(i))
     }
 
     async fn list_attributes(
         &self,
-        _r: Request<ListAttributesRequest>,
+        r: Request<ListAttributesRequest>,
     ) -> Result<Response<ListAttributesResponse>, Status> {
-        Err(Status::unimplemented("ListAttributes"))
+        Ok(Response::new(
+            attributes::list(&self.core, r.into_inner()).await?,
+        ))
     }
 
     async fn update_instance_state(

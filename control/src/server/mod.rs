@@ -39,6 +39,7 @@
 
 pub mod admin;
 pub mod admission;
+pub(crate) mod attributes;
 pub mod ca;
 pub(crate) mod clusters;
 pub(crate) mod core;

@@ -36,6 +36,7 @@ use tonic::Status;
 use tracing::info;
 
 use super::admin::{placement_status, task_message};
+use super::placement::{Constraint, SpecError, Strategy};
 use super::scheduler::{self, Origin, ScheduleError};
 use super::store::{
     INACTIVE, MAX_TASK_DEFINITION_REVISIONS, RegistryError, StatusFilter, StoreError,
@@ -356,13 +357,45 @@ fn schedule_status(e: ScheduleError) -> Status {
     }
 }
 
+/// ECS' limits on the placement strategies and constraints of one
+/// `RunTask`.
+pub const MAX_STRATEGIES: usize = 5;
+pub const MAX_CONSTRAINTS: usize = 10;
+
+/// The placement of `RunTask`: its strategies and constraints in their
+/// command-line forms (`spread:attribute:zone`, `memberOf:…`), in order.
+fn placement_of(
+    strategies: &[String],
+    constraints: &[String],
+) -> Result<scheduler::Placement, Status> {
+    if strategies.len() > MAX_STRATEGIES {
+        return Err(Status::invalid_argument(format!(
+            "placement strategies: {} given, at most {MAX_STRATEGIES} are allowed",
+            strategies.len()
+        )));
+    }
+    if constraints.len() > MAX_CONSTRAINTS {
+        return Err(Status::invalid_argument(format!(
+            "placement constraints: {} given, at most {MAX_CONSTRAINTS} are allowed",
+            constraints.len()
+        )));
+    }
+    let invalid = |e: SpecError| Status::invalid_argument(e.to_string());
+    Ok(scheduler::Placement {
+        strategies: strategies
+            .iter()
+            .map(|s| s.parse::<Strategy>().map_err(invalid))
+            .collect::<Result<_, _>>()?,
+        constraints: constraints
+            .iter()
+            .map(|c| c.parse::<Constraint>().map_err(invalid))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
 /// `RunTask`.
 pub(crate) async fn run_task(core: &Core, req: RunTaskRequest) -> Result<RunTaskResponse, Status> {
-    if !req.placement_strategies.is_empty() || !req.placement_constraints.is_empty() {
-        return Err(Status::invalid_argument(
-            "placement strategies and constraints are not supported by task run yet",
-        ));
-    }
+    let placement = placement_of(&req.placement_strategies, &req.placement_constraints)?;
     let count = task_count(req.count)?;
     let started_by = req.started_by.trim().to_owned();
     check_started_by(&started_by)?;
@@ -401,6 +434,7 @@ pub(crate) async fn run_task(core: &Core, req: RunTaskRequest) -> Result<RunTask
             rec.definition_json.clone(),
             explicit.clone(),
             origin.clone(),
+            placement.clone(),
         )
         .await
         {
@@ -462,6 +496,38 @@ mod tests {
         }
         // A file name with a dot is not a family.
         assert!(TaskDefRef::parse("task.json").is_err());
+    }
+
+    #[test]
+    fn run_task_placement_is_parsed_and_bounded() {
+        let p = placement_of(
+            &["spread:attribute:zone".into(), "binpack:memory".into()],
+            &[
+                "distinctInstance".into(),
+                "memberOf:attribute:zone == rack-3".into(),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(p.strategies.len(), 2);
+        assert_eq!(p.constraints[0], Constraint::DistinctInstance);
+        let e = placement_of(&["spread:disk".into()], &[]).expect_err("bad");
+        assert!(e.message().contains("spread:disk"), "{}", e.message());
+        let e = placement_of(&[], &["memberOf:(".into()]).expect_err("bad");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let six = vec!["random".to_owned(); 6];
+        let e = placement_of(&six, &[]).expect_err("too many");
+        assert!(
+            e.message().contains("6 given, at most 5"),
+            "{}",
+            e.message()
+        );
+        let eleven = vec!["distinctInstance".to_owned(); 11];
+        let e = placement_of(&[], &eleven).expect_err("too many");
+        assert!(
+            e.message().contains("11 given, at most 10"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]
