@@ -252,6 +252,37 @@ pub fn instance_detail(i: &Instance, now_ms: i64) -> String {
     out
 }
 
+/// The tasks of an instance not STOPPED, counted by task group
+/// (`service:NAME`, `family:FAMILY`, …): running and pending.
+pub fn tasks_by_group(tasks: &[Task]) -> String {
+    let mut groups: std::collections::BTreeMap<&str, (u32, u32)> = Default::default();
+    for t in tasks {
+        let status = t.state.as_ref().map_or("", |s| s.last_status.as_str());
+        let group = if t.group.is_empty() {
+            "-"
+        } else {
+            t.group.as_str()
+        };
+        let e = groups.entry(group).or_default();
+        match status {
+            "RUNNING" => e.0 += 1,
+            "STOPPED" => {}
+            _ => e.1 += 1,
+        }
+    }
+    groups.retain(|_, (r, p)| *r + *p > 0);
+    let mut out = String::new();
+    if groups.is_empty() {
+        let _ = writeln!(out, "{:<20}-", "Tasks by group:");
+        return out;
+    }
+    let _ = writeln!(out, "Tasks by group:");
+    for (g, (r, p)) in groups {
+        let _ = writeln!(out, "  {}: {r} running, {p} pending", escape_control(g));
+    }
+    out
+}
+
 pub fn tasks_table(tasks: &[Task]) -> String {
     let mut t = Table::new(&[
         "TASK ID", "FAMILY", "INSTANCE", "LAST", "DESIRED", "HEALTH", "CREATED",
@@ -428,6 +459,30 @@ pub fn task_definition_detail(r: &RegisteredTaskDefinition) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tasks_by_group_counts_running_and_pending_and_leaves_out_stopped() {
+        let task = |group: &str, status: &str| Task {
+            group: group.into(),
+            state: Some(berth_proto::v1::TaskState {
+                last_status: status.into(),
+                ..Default::default()
+            }),
+            ..Task::default()
+        };
+        let out = tasks_by_group(&[
+            task("service:web", "RUNNING"),
+            task("service:web", "PENDING"),
+            task("service:web", "RUNNING"),
+            task("family:x", "STOPPED"),
+            task("", "RUNNING"),
+        ]);
+        assert_eq!(
+            out,
+            "Tasks by group:\n  -: 1 running, 0 pending\n  service:web: 2 running, 1 pending\n"
+        );
+        assert_eq!(tasks_by_group(&[]), "Tasks by group:     -\n");
+    }
 
     #[test]
     fn table_aligns_columns() {

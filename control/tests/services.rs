@@ -598,3 +598,108 @@ async fn a_service_without_instances_says_why_its_tasks_are_not_placed_and_survi
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definition_no_instance_may_run_is_refused_up_front() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    // An agent that publishes no policy: nothing privileged may run there.
+    let _a = FakeAgent::start(&server, 4096, 8192).await?;
+    let file = write(
+        &dir,
+        "priv.json",
+        &TASK_DEFINITION.replace(
+            r#""essential": true"#,
+            r#""essential": true, "privileged": true"#,
+        ),
+    )?;
+    refused(
+        &server,
+        &[
+            "service",
+            "create",
+            "web",
+            "--task-definition",
+            &file,
+            "--desired-count",
+            "1",
+        ],
+        "can never be placed in cluster default",
+    )
+    .await?;
+    refused(&server, &["service", "describe", "web"], "no service web").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_resumes_after_a_control_plane_restart_with_nothing_doubled() -> Result {
+    let dir = private_dir()?;
+    let data = dir.path().join("data");
+    let server = Server::start(ServerConfig::loopback(data.clone())).await?;
+    let host = enroll(&server).await?;
+    let mut a = FakeAgent::connect(&server, &host, 4096, 8192, &[]).await?;
+    let v1 = write(&dir, "v1.json", TASK_DEFINITION)?;
+    let v2 = write(
+        &dir,
+        "v2.json",
+        &TASK_DEFINITION.replace("nginx:1", "nginx:2"),
+    )?;
+    json(
+        &server,
+        &[
+            "service",
+            "create",
+            "web",
+            "--task-definition",
+            &v1,
+            "--desired-count",
+            "2",
+            "--min-healthy-time",
+            "0s",
+            "--json",
+        ],
+    )
+    .await?;
+    let old = tasks_until(&mut a, 2).await?;
+    a.tx.send(event(1, &old[0], "RUNNING")).await?;
+    a.tx.send(event(2, &old[1], "RUNNING")).await?;
+    wait_service(&server, "web", "steady on web:1", steady).await?;
+    json(
+        &server,
+        &[
+            "service",
+            "update",
+            "web",
+            "--task-definition",
+            &v2,
+            "--json",
+        ],
+    )
+    .await?;
+    // Up to 200 %: two new tasks beside the old two.
+    let four = tasks_until(&mut a, 4).await?;
+    server.shutdown().await?;
+    drop(a);
+
+    let server = Server::start(ServerConfig::loopback(data)).await?;
+    let d = describe(&server, "web").await?;
+    assert_eq!(d["deployments"].as_array().map(Vec::len), Some(2), "{d}");
+    assert_eq!(d["deployments"][0]["taskDefinition"], "web:2");
+    let mut a = FakeAgent::connect(&server, &host, 4096, 8192, &[]).await?;
+    let new: Vec<&String> = four.iter().filter(|t| !old.contains(t)).collect();
+    a.tx.send(event(3, new[0], "RUNNING")).await?;
+    a.tx.send(event(4, new[1], "RUNNING")).await?;
+    let left = tasks_until(&mut a, 2).await?;
+    assert_eq!(
+        left.iter().collect::<std::collections::BTreeSet<_>>(),
+        new.iter().copied().collect(),
+    );
+    a.tx.send(event(5, &old[0], "STOPPED")).await?;
+    a.tx.send(event(6, &old[1], "STOPPED")).await?;
+    let d = wait_service(&server, "web", "steady on web:2", steady).await?;
+    assert_eq!(d["taskDefinition"], "web:2");
+    // Nothing was started twice: the four tasks of before, no more.
+    let tasks = json(&server, &["task", "ls", "--json"]).await?;
+    assert_eq!(tasks.as_array().map(Vec::len), Some(4), "{tasks}");
+    Ok(())
+}

@@ -2,7 +2,9 @@
 
 use berth_proto::json::instance_json;
 use berth_proto::text::escape_control;
-use berth_proto::v1::{InstanceRef, ListInstancesRequest, UpdateInstanceStateRequest};
+use berth_proto::v1::{
+    InstanceRef, ListInstancesRequest, ListTasksRequest, UpdateInstanceStateRequest,
+};
 use serde_json::Value;
 
 use super::args::InstanceCommand;
@@ -32,7 +34,16 @@ pub(super) async fn instance(admin: &mut Admin, cmd: InstanceCommand) -> anyhow:
             if json {
                 print_json(&instance_json(&i))
             } else {
+                let r = admin
+                    .client
+                    .list_tasks(ListTasksRequest {
+                        instance_id: i.instance_id.clone(),
+                        cluster: String::new(),
+                    })
+                    .await;
+                let tasks = r.map_err(|s| admin.status(s))?.into_inner().tasks;
                 print!("{}", view::instance_detail(&i, now));
+                print!("{}", view::tasks_by_group(&tasks));
                 Ok(())
             }
         }

@@ -5,6 +5,7 @@
 //! `update-service` (merged over `--cli-input-json`, flags winning), so the
 //! control plane reads one shape whatever the client.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
@@ -339,8 +340,15 @@ async fn wait_steady(
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut d = first;
+    let progress = std::io::stderr().is_terminal();
+    let done = |progress: bool| {
+        if progress {
+            eprintln!();
+        }
+    };
     loop {
         if primary_id(&d) != started {
+            done(progress);
             let v = value(&d);
             let failed = v
                 .get("deployments")
@@ -360,6 +368,7 @@ async fn wait_steady(
             );
         }
         if d.rollout_state == "FAILED" {
+            done(progress);
             bail!(
                 "service {}: deployment {started} failed: {}",
                 d.name,
@@ -367,12 +376,15 @@ async fn wait_steady(
             );
         }
         if d.steady {
+            done(progress);
             return Ok(d);
         }
         if d.status != "ACTIVE" {
+            done(progress);
             bail!("service {} was deleted while waiting", d.name);
         }
         if tokio::time::Instant::now() >= deadline {
+            done(progress);
             let v = value(&d);
             bail!(
                 "timed out after {} waiting for service {} to reach a steady state ({} running of {} desired; last event: {})",
@@ -386,10 +398,37 @@ async fn wait_steady(
                     .unwrap_or_else(|| "none".to_owned())
             );
         }
+        if progress {
+            eprint!("\r\x1b[2K{}", progress_line(&d));
+        }
         tick.tick().await;
         let (cluster, name) = (d.cluster.clone(), d.name.clone());
         d = describe(admin, &cluster, &name).await?;
     }
+}
+
+/// One line of `--wait`'s progress on a terminal: each deployment's
+/// desired, running and pending counts.
+fn progress_line(d: &ServiceDescription) -> String {
+    let v = value(d);
+    let mut line = format!("{}:", escape_control(&d.name));
+    for x in v
+        .get("deployments")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        line.push_str(&format!(
+            " {} {} {}/{} running, {} pending;",
+            str_of(x, "status"),
+            escape_control(str_of(x, "taskDefinition")),
+            num_of(x, "runningCount"),
+            num_of(x, "desiredCount"),
+            num_of(x, "pendingCount"),
+        ));
+    }
+    line.pop();
+    line
 }
 
 fn primary_id(d: &ServiceDescription) -> String {

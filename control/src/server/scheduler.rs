@@ -197,6 +197,35 @@ pub struct Placement {
     pub strategies: Vec<placement::Strategy>,
 }
 
+/// Why a definition can never be placed in `cluster` as its fleet is now:
+/// no ACTIVE instance offers every requirement of the definition
+/// (`runtimePlatform`, the agents' policy attributes), whatever their free
+/// capacity. `None` when one does, or when the cluster has no ACTIVE
+/// instance at all (a service created before its hosts enroll waits for
+/// them). What the caller refuses up front instead of leaving it PENDING.
+pub(crate) async fn never_placeable(
+    core: &Core,
+    cluster: &str,
+    definition_json: &str,
+) -> Result<Option<placement::Unplaceable>, ScheduleError> {
+    let parsed = berth_taskdef::parse(definition_json)
+        .map_err(|e| ScheduleError::Definition(e.to_string()))?;
+    let request = Request::for_definition(&parsed.definition);
+    let snapshot = core
+        .db("placement_snapshot", |s| s.placement_snapshot())
+        .await?;
+    let in_cluster: Vec<InstanceRecord> = snapshot
+        .instances
+        .into_iter()
+        .filter(|i| i.cluster == cluster)
+        .collect();
+    let fleet = candidates(&in_cluster, &snapshot.usage, &HashSet::new());
+    Ok(placement::unplaceable_anywhere(
+        &request.requirements,
+        &fleet,
+    ))
+}
+
 /// Schedules one task of `definition_json`, on `instance_id` when given
 /// (it must exist, be ACTIVE, have room and meet the requirements and
 /// constraints) or by the placement pipeline: the definition's

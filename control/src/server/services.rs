@@ -28,12 +28,14 @@ use tonic::Status;
 use tracing::info;
 
 use super::core::{Core, store_status};
+use super::scheduler::{self, ScheduleError};
 use super::service::config::{Body, ConfigError, ServiceConfig, ServiceInput, read_input};
 use super::service::controller::new_deployment_id;
 use super::service::model::SchedulingStrategy;
 use super::store::{
     ACTIVE, DEFAULT_CLUSTER, DeploymentRecord, INACTIVE, PENDING, RUNNING, SERVICE_DRAINING,
     STOPPED, ServiceEventRecord, ServiceRecord, ServiceSnapshot, ServiceUpdate, StoreError,
+    TaskDefinitionRecord,
 };
 use super::taskdefs::resolve_active;
 
@@ -100,6 +102,7 @@ pub(crate) async fn create(
         ));
     };
     let td = resolve_active(core, td).await?;
+    refuse_unplaceable(core, &cluster, &td).await?;
     let now = berth_proto::now_ms();
     let record = ServiceRecord {
         cluster: cluster.clone(),
@@ -122,6 +125,24 @@ pub(crate) async fn create(
     info!(cluster = %created.cluster, service = %created.name, task_definition = %created.task_definition, desired_count = created.desired_count, "service created");
     core.wake_services();
     describe_named(core, &created.cluster, &created.name).await
+}
+
+/// Refuses a task definition that no ACTIVE instance of the cluster could
+/// ever run (SPEC §6: refused up front, not PENDING forever).
+async fn refuse_unplaceable(
+    core: &Core,
+    cluster: &str,
+    td: &TaskDefinitionRecord,
+) -> Result<(), Status> {
+    match scheduler::never_placeable(core, cluster, &td.definition_json).await {
+        Ok(None) => Ok(()),
+        Ok(Some(why)) => Err(Status::failed_precondition(format!(
+            "task definition {} can never be placed in cluster {cluster}: {why}",
+            td.name()
+        ))),
+        Err(ScheduleError::Store(e)) => Err(service_status(e)),
+        Err(e) => Err(Status::invalid_argument(e.to_string())),
+    }
 }
 
 fn new_deployment(svc: &ServiceRecord, task_definition: &str, now: i64) -> DeploymentRecord {
@@ -207,7 +228,11 @@ pub(crate) async fn update(
     let cluster = cluster_of(&input.cluster, &req.cluster);
     let name = service_name(&input, "service")?;
     let td = match input.task_definition.as_deref() {
-        Some(t) => Some(resolve_active(core, t).await?.name()),
+        Some(t) => {
+            let rec = resolve_active(core, t).await?;
+            refuse_unplaceable(core, &cluster, &rec).await?;
+            Some(rec.name())
+        }
         None => None,
     };
     let rec = change(core, &cluster, &name, "update_service", |snap| {

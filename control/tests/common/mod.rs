@@ -229,6 +229,17 @@ impl FakeAgent {
         attributes: &[(&str, &str)],
     ) -> Result<FakeAgent> {
         let enrolled = enroll(server).await?;
+        FakeAgent::connect(server, &enrolled, cpu, memory_mib, attributes).await
+    }
+
+    /// Connects an enrolled host (again, after a server restart).
+    pub async fn connect(
+        server: &RunningServer,
+        enrolled: &Enrolled,
+        cpu: i64,
+        memory_mib: i64,
+        attributes: &[(&str, &str)],
+    ) -> Result<FakeAgent> {
         let mtls = enrolled.mtls(server).await?;
         let (tx, rx) = mpsc::channel::<AgentMessage>(16);
         tx.send(agent(AgentMsg::Hello(Hello {
@@ -251,7 +262,7 @@ impl FakeAgent {
         }
         next_assignment(&mut inbound).await?;
         Ok(FakeAgent {
-            instance_id: enrolled.instance_id,
+            instance_id: enrolled.instance_id.clone(),
             tx,
             inbound,
         })
