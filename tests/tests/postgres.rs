@@ -119,3 +119,92 @@ fn events_of_a_control_plane_outage_and_an_agent_restart_are_replayed_on_postgre
     );
     stop(&fleet, &task_id);
 }
+
+#[test]
+fn a_service_is_kept_rolled_out_and_deleted_on_postgres() {
+    let mut fleet = Fleet::start_on_postgres();
+    let mut second = Agent::enroll(&fleet.server, &fleet.run);
+    second.start_connected(&fleet.server);
+    let family = fleet.family("svc");
+    let v1 = fleet.task_def_file(&family, app_and_side());
+    let v1 = v1.to_string_lossy().into_owned();
+    let out = fleet.server.cli(&[
+        "service",
+        "create",
+        "web",
+        "--task-definition",
+        &v1,
+        "--desired-count",
+        "2",
+        "--min-healthy-time",
+        "1s",
+        "--wait",
+    ]);
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let running = |fleet: &Fleet| -> Vec<Value> {
+        let all = fleet.server.cli_json(&["task", "ls", "--json"]);
+        all.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| {
+                str_field(t, "group") == "service:web"
+                    && str_field(t, "lastStatus") == "RUNNING"
+                    && str_field(t, "desiredStatus") == "RUNNING"
+            })
+            .cloned()
+            .collect()
+    };
+    let first = running(&fleet);
+    assert_eq!(first.len(), 2, "{first:?}");
+    let instances: std::collections::BTreeSet<&str> =
+        first.iter().map(|t| str_field(t, "instanceId")).collect();
+    assert_eq!(instances.len(), 2, "spread over both agents: {first:?}");
+
+    // A new revision rolls out.
+    let v2 = fleet.task_def_file(
+        &family,
+        json!([{"name": "app", "essential": true, "command": LONG_RUNNING,
+                "environment": [{"name": "V", "value": "2"}]}]),
+    );
+    let v2 = v2.to_string_lossy().into_owned();
+    let out = fleet.server.cli(&[
+        "service",
+        "update",
+        "web",
+        "--task-definition",
+        &v2,
+        "--wait",
+    ]);
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let now = running(&fleet);
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(
+        now.iter()
+            .all(|t| str_field(t, "taskDefinitionArn").ends_with(&format!("{family}:2"))),
+        "{now:?}"
+    );
+
+    // The control plane restarts: the service is still there and steady.
+    fleet.server.restart();
+    fleet.server.wait_connected(fleet.agent.instance_id());
+    fleet.server.wait_connected(second.instance_id());
+    let d = fleet
+        .server
+        .cli_json(&["service", "describe", "web", "--json"]);
+    assert_eq!(d["runningCount"], 2, "{d}");
+
+    let out = fleet.server.cli(&["service", "delete", "web", "--force"]);
+    assert!(out.status.success(), "{}", describe_output(&out));
+    wait_for("service web INACTIVE", DEADLINE, || {
+        let d = fleet
+            .server
+            .cli_json(&["service", "describe", "web", "--json"]);
+        if str_field(&d, "status") == "INACTIVE" {
+            Ok(())
+        } else {
+            Err(format!("{d}"))
+        }
+    });
+    assert!(running(&fleet).is_empty());
+    drop(second);
+}
