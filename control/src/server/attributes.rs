@@ -310,6 +310,65 @@ mod tests {
         );
     }
 
+    /// End to end, without the network: what an agent publishes for its
+    /// config passes the control plane's Hello checks, and placement reads
+    /// the platform and policy names the agent sends.
+    #[test]
+    fn what_an_agent_publishes_passes_the_hello_checks_and_placement_reads_it() {
+        use berth_agent::policy::Policy;
+        use berth_proto::v1::agent_message::Msg;
+        use berth_proto::v1::{AgentMessage, Hello};
+
+        use crate::server::placement::requirements;
+        use crate::server::protocol;
+
+        let policy = Policy {
+            allow_privileged: true,
+            // Longer than a Hello value may be: cut by the agent.
+            allowed_host_paths: (0..400)
+                .map(|n| std::path::PathBuf::from(format!("/srv/data-{n:04}")))
+                .collect(),
+            ..Policy::default()
+        };
+        let custom: BTreeMap<String, String> = (0..48)
+            .map(|n| (format!("custom-{n}"), "v".repeat(128)))
+            .collect();
+        berth_agent::attributes::check_config(&custom).expect("the most the config allows");
+        let attributes = berth_agent::attributes::host_attributes(&policy, "web-1", &custom);
+        let hello = AgentMessage {
+            msg: Some(Msg::Hello(Hello {
+                instance_id: "i-1".into(),
+                hostname: "web-1".into(),
+                attributes: attributes.clone().into_iter().collect(),
+                ..Hello::default()
+            })),
+        };
+        let accepted = protocol::first_message(&hello, "i-1");
+        assert!(accepted.is_ok(), "{:?}", accepted.err());
+
+        let instance = InstanceRecord {
+            attributes,
+            ..InstanceRecord::default()
+        };
+        let all = instance.all_attributes();
+        let arch = if std::env::consts::ARCH == "aarch64" {
+            "ARM64"
+        } else {
+            "X86_64"
+        };
+        let def = berth_taskdef::parse(&format!(
+            r#"{{"family": "root", "runtimePlatform": {{"cpuArchitecture": "{arch}", "operatingSystemFamily": "LINUX"}},
+                "containerDefinitions": [{{"name": "root", "image": "busybox", "memory": 64,
+                  "privileged": true}}]}}"#
+        ))
+        .expect("definition");
+        let needs = requirements::requirements(&def.definition);
+        assert_eq!(needs.len(), 3, "{needs:?}");
+        for need in &needs {
+            assert!(need.met_by(&all), "{need} not met by {all:?}");
+        }
+    }
+
     #[test]
     fn the_list_holds_every_attribute_by_instance() {
         let i = |id: &str, zone: &str| InstanceRecord {
