@@ -443,6 +443,9 @@ pub enum InstanceCommand {
     /// List instances
     #[command(visible_alias = "list")]
     Ls {
+        /// Only the instances of this cluster [default: every cluster]
+        #[arg(long, env = "BERTH_CLUSTER", value_name = "NAME")]
+        cluster: Option<String>,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -503,6 +506,9 @@ pub enum TaskCommand {
         /// Only the tasks of this instance
         #[arg(long, value_name = "ID")]
         instance: Option<String>,
+        /// Only the tasks of this cluster [default: every cluster]
+        #[arg(long, env = "BERTH_CLUSTER", value_name = "NAME")]
+        cluster: Option<String>,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -546,6 +552,14 @@ pub struct TaskRunArgs {
     /// Run on this instance instead of letting the control plane choose
     #[arg(long, value_name = "ID")]
     pub instance: Option<String>,
+    /// The cluster to run in: placement chooses among its instances
+    #[arg(
+        long,
+        env = "BERTH_CLUSTER",
+        default_value = "default",
+        value_name = "NAME"
+    )]
+    pub cluster: String,
     /// How many tasks to start (1 to 10)
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub count: u32,

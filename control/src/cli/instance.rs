@@ -15,8 +15,13 @@ use crate::view;
 pub(super) async fn instance(admin: &mut Admin, cmd: InstanceCommand) -> anyhow::Result<()> {
     let now = berth_proto::now_ms();
     match cmd {
-        InstanceCommand::Ls { json } => {
-            let r = admin.client.list_instances(ListInstancesRequest {}).await;
+        InstanceCommand::Ls { cluster, json } => {
+            let r = admin
+                .client
+                .list_instances(ListInstancesRequest {
+                    cluster: cluster.unwrap_or_default(),
+                })
+                .await;
             let list = r.map_err(|s| admin.status(s))?.into_inner().instances;
             if json {
                 print_json(&Value::Array(list.iter().map(instance_json).collect()))

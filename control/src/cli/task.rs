@@ -36,13 +36,17 @@ pub(super) async fn task(
 ) -> anyhow::Result<()> {
     match cmd {
         TaskCommand::Run(args) => task_run(server, admin_cert, args).await,
-        TaskCommand::Ls { instance, json } => {
+        TaskCommand::Ls {
+            instance,
+            cluster,
+            json,
+        } => {
             let mut admin = Admin::connect(server, admin_cert).await?;
             let r = admin
                 .client
                 .list_tasks(ListTasksRequest {
                     instance_id: instance.unwrap_or_default(),
-                    ..Default::default()
+                    cluster: cluster.unwrap_or_default(),
                 })
                 .await;
             let tasks = r.map_err(|s| admin.status(s))?.into_inner().tasks;
@@ -136,6 +140,7 @@ async fn task_run(
     }
     let request = RunTaskRequest {
         instance_id: args.instance.unwrap_or_default(),
+        cluster: args.cluster,
         count: args.count,
         started_by: args.started_by.unwrap_or_default(),
         group: args.group.unwrap_or_default(),

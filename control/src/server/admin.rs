@@ -467,8 +467,9 @@ impl Admin for AdminService {
 
     async fn list_instances(
         &self,
-        _request: Request<ListInstancesRequest>,
+        request: Request<ListInstancesRequest>,
     ) -> Result<Response<ListInstancesResponse>, Status> {
+        let cluster = non_empty(&request.into_inner().cluster);
         let (instances, usage) = self
             .core
             .db("list_instances", |s| {
@@ -479,6 +480,7 @@ impl Admin for AdminService {
         let connected = self.core.sessions().connected_instances();
         let instances = instances
             .iter()
+            .filter(|i| cluster.as_deref().is_none_or(|c| i.cluster == c))
             .map(|i| {
                 let u = usage.get(&i.instance_id).copied().unwrap_or_default();
                 instance_message(i, u, connected.contains(&i.instance_id))
@@ -641,12 +643,17 @@ impl Admin for AdminService {
         &self,
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        let filter = non_empty(&request.into_inner().instance_id);
-        let tasks = self
+        let request = request.into_inner();
+        let filter = non_empty(&request.instance_id);
+        let cluster = non_empty(&request.cluster);
+        let mut tasks = self
             .core
             .db("tasks", move |s| s.tasks(filter.as_deref()))
             .await
             .map_err(store_status)?;
+        if let Some(c) = cluster {
+            tasks.retain(|t| t.cluster == c);
+        }
         let connected = self.core.sessions().connected_instances();
         let tasks = tasks
             .iter()

@@ -21,7 +21,8 @@ use tracing::{Instrument, debug, info, info_span};
 use super::Core;
 use super::placement::{self, Candidate, InstanceStatus, Need, PlacementError, Request};
 use super::store::{
-    InstanceRecord, PENDING, RUNNING, STOPPED, Store, StoreError, TaskRecord, Usage,
+    DEFAULT_CLUSTER, InstanceRecord, PENDING, RUNNING, STOPPED, Store, StoreError, TaskRecord,
+    Usage,
 };
 
 /// The health status of a task nothing has reported on yet.
@@ -152,7 +153,20 @@ pub fn place_request_and_insert(
     let mut tries = 0;
     loop {
         tries += 1;
-        let snapshot = s.placement_snapshot()?;
+        let mut snapshot = s.placement_snapshot()?;
+        if !task.cluster.is_empty() {
+            // The first step of placement: the task's cluster.
+            if let Some(id) = explicit
+                && let Some(i) = snapshot.instances.iter().find(|i| i.instance_id == id)
+                && i.cluster != task.cluster
+            {
+                return Err(ScheduleError::Definition(format!(
+                    "instance {id} is in cluster {}, not {}: name its cluster (--cluster {})",
+                    i.cluster, task.cluster, i.cluster
+                )));
+            }
+            snapshot.instances.retain(|i| i.cluster == task.cluster);
+        }
         let mut fleet = candidates(&snapshot.instances, &snapshot.usage, connected);
         if uses_group_counts(req) {
             // Read after the snapshot: a task of the group inserted since
@@ -193,6 +207,9 @@ pub struct Origin {
 /// constraints and strategies of the command line, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Placement {
+    /// The cluster whose instances are chosen from ('' or `default`: the
+    /// default cluster).
+    pub cluster: String,
     pub constraints: Vec<placement::Constraint>,
     pub strategies: Vec<placement::Strategy>,
 }
@@ -258,6 +275,11 @@ pub(crate) async fn run_task(
         task_definition: origin.task_definition,
         group: origin.group,
         started_by: origin.started_by,
+        cluster: if placement.cluster.is_empty() {
+            DEFAULT_CLUSTER.to_owned()
+        } else {
+            placement.cluster.clone()
+        },
         ..TaskRecord::default()
     };
     let request = Request {

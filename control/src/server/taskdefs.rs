@@ -382,6 +382,7 @@ fn placement_of(
     }
     let invalid = |e: SpecError| Status::invalid_argument(e.to_string());
     Ok(scheduler::Placement {
+        cluster: String::new(),
         strategies: strategies
             .iter()
             .map(|s| s.parse::<Strategy>().map_err(invalid))
@@ -395,7 +396,8 @@ fn placement_of(
 
 /// `RunTask`.
 pub(crate) async fn run_task(core: &Core, req: RunTaskRequest) -> Result<RunTaskResponse, Status> {
-    let placement = placement_of(&req.placement_strategies, &req.placement_constraints)?;
+    let mut placement = placement_of(&req.placement_strategies, &req.placement_constraints)?;
+    placement.cluster = req.cluster.trim().to_owned();
     let count = task_count(req.count)?;
     let started_by = req.started_by.trim().to_owned();
     check_started_by(&started_by)?;
