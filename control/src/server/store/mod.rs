@@ -138,12 +138,14 @@ pub enum StoreError {
     #[error("the cluster default cannot be deleted")]
     DefaultCluster,
     #[error(
-        "cluster {name} is not empty: {instances} instance(s) not INACTIVE and {tasks} task(s) not STOPPED are left"
+        "cluster {name} is not empty: {instances} instance(s) not INACTIVE, {tasks} task(s) not STOPPED and {services} service(s) not deleted are left"
     )]
     ClusterNotEmpty {
         name: String,
         instances: i64,
         tasks: i64,
+        /// Services not INACTIVE (DRAINING ones included).
+        services: i64,
     },
     #[error("{0}: the database stayed locked by another writer; nothing was changed, try again")]
     Busy(&'static str),
@@ -579,8 +581,9 @@ pub trait Store: TaskDefinitionStore + ServiceStore + Send + Sync {
     fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError>;
     fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError>;
     /// Marks the cluster INACTIVE, in one transaction with the check that
-    /// no instance but INACTIVE ones and no task but STOPPED ones is left
-    /// in it ([`StoreError::ClusterNotEmpty`]). `default` is never deleted
+    /// no instance but INACTIVE ones, no task but STOPPED ones and no
+    /// service but INACTIVE ones is left in it
+    /// ([`StoreError::ClusterNotEmpty`]). `default` is never deleted
     /// ([`StoreError::DefaultCluster`]); [`StoreError::NoCluster`] for an
     /// unknown name.
     fn delete_cluster(&self, name: &str) -> Result<ClusterRecord, StoreError>;

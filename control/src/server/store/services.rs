@@ -415,8 +415,32 @@ fn check_create(
     check_names(op, &s.cluster, &s.name)?;
     check_config(op, &s.config_json)?;
     check_desired_count(op, s.desired_count)?;
-    check_deployment(op, first, &s.cluster, &s.name)?;
+    check_deployment(op, &first_deployment(first), &s.cluster, &s.name)?;
     check_events(op, events)
+}
+
+/// A service's first deployment as stored: PRIMARY, IN_PROGRESS.
+fn first_deployment(d: &DeploymentRecord) -> DeploymentRecord {
+    DeploymentRecord {
+        status: DEPLOYMENT_PRIMARY.to_owned(),
+        rollout_state: ROLLOUT_IN_PROGRESS.to_owned(),
+        ..d.clone()
+    }
+}
+
+/// An update's new deployment as stored: PRIMARY; IN_PROGRESS unless it
+/// names its rollout state.
+fn new_primary(d: &DeploymentRecord) -> DeploymentRecord {
+    let rollout_state = if d.rollout_state.is_empty() {
+        ROLLOUT_IN_PROGRESS.to_owned()
+    } else {
+        d.rollout_state.clone()
+    };
+    DeploymentRecord {
+        status: DEPLOYMENT_PRIMARY.to_owned(),
+        rollout_state,
+        ..d.clone()
+    }
 }
 
 fn check_update(cluster: &str, name: &str, u: &ServiceUpdate) -> Result<(), StoreError> {
@@ -429,7 +453,7 @@ fn check_update(cluster: &str, name: &str, u: &ServiceUpdate) -> Result<(), Stor
         check_desired_count(op, n)?;
     }
     if let Some(d) = &u.new_deployment {
-        check_deployment(op, d, cluster, name)?;
+        check_deployment(op, &new_primary(d), cluster, name)?;
     }
     if let Some(st) = &u.status {
         check_status(op, st)?;
@@ -921,12 +945,7 @@ async fn create<T: ServiceTx>(
         Err(e) if T::is_unique_violation(&e) => return Err(exists()),
         other => other?,
     };
-    let first = DeploymentRecord {
-        status: DEPLOYMENT_PRIMARY.to_owned(),
-        rollout_state: ROLLOUT_IN_PROGRESS.to_owned(),
-        ..first.clone()
-    };
-    put_deployment(tx, op, &first, cluster, name).await?;
+    put_deployment(tx, op, &first_deployment(first), cluster, name).await?;
     add_events(tx, cluster, name, events).await?;
     Ok(rec)
 }
@@ -1040,10 +1059,7 @@ async fn update<T: ServiceTx>(
             ],
         )
         .await?;
-        let d = DeploymentRecord {
-            status: DEPLOYMENT_PRIMARY.to_owned(),
-            ..d.clone()
-        };
+        let d = new_primary(d);
         put_deployment(tx, op, &d, cluster, name).await?;
         rec.task_definition.clone_from(&d.task_definition);
     }
@@ -1174,7 +1190,7 @@ async fn apply<T: ServiceTx>(
 
 // ---- SQLite
 
-struct SqliteTx<'a, 'c>(&'a rusqlite::Transaction<'c>);
+pub(super) struct SqliteTx<'t>(&'t rusqlite::Transaction<'t>);
 
 impl rusqlite::ToSql for Val<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -1190,7 +1206,7 @@ fn sqlite_sql(sql: &str) -> String {
     sql.replace('$', "?")
 }
 
-impl ServiceTx for SqliteTx<'_, '_> {
+impl ServiceTx for SqliteTx<'_> {
     const FOR_UPDATE: &'static str = "";
     const FOR_SHARE: &'static str = "";
 
@@ -1269,80 +1285,27 @@ fn at_once<T>(
     })
 }
 
-impl ServiceStore for SqliteStore {
-    fn create_service(
+impl ServiceBackend for SqliteStore {
+    type Tx<'t> = SqliteTx<'t>;
+
+    fn transaction<R>(
         &self,
-        service: &ServiceRecord,
-        first: &DeploymentRecord,
-        events: &[ServiceEventRecord],
-    ) -> Result<ServiceRecord, StoreError> {
-        check_create(service, first, events)?;
-        self.write("create_service", |tx| {
-            at_once(
-                "create_service",
-                create(&SqliteTx(tx), service, first, events),
-            )
-        })
-    }
-
-    fn service(&self, cluster: &str, name: &str) -> Result<Option<ServiceRecord>, StoreError> {
-        self.read("service", |tx| {
-            at_once("service", get_service(&SqliteTx(tx), cluster, name, false))
-        })
-    }
-
-    fn services(&self, cluster: Option<&str>) -> Result<Vec<ServiceRecord>, StoreError> {
-        self.read("services", |tx| {
-            at_once("services", list(&SqliteTx(tx), cluster))
-        })
-    }
-
-    fn service_snapshot(
-        &self,
-        cluster: &str,
-        name: &str,
-    ) -> Result<Option<ServiceSnapshot>, StoreError> {
-        self.read("service_snapshot", |tx| {
-            at_once("service_snapshot", snapshot(&SqliteTx(tx), cluster, name))
-        })
-    }
-
-    fn update_service(
-        &self,
-        cluster: &str,
-        name: &str,
-        generation: u64,
-        update_: &ServiceUpdate,
-    ) -> Result<ServiceRecord, StoreError> {
-        check_update(cluster, name, update_)?;
-        self.write("update_service", |tx| {
-            at_once(
-                "update_service",
-                update(&SqliteTx(tx), cluster, name, generation, update_),
-            )
-        })
-    }
-
-    fn apply_service_plan(
-        &self,
-        cluster: &str,
-        name: &str,
-        generation: u64,
-        plan: &ServicePlanRecord,
-    ) -> Result<PlanOutcome, StoreError> {
-        check_plan(cluster, name, plan)?;
-        self.write("apply_service_plan", |tx| {
-            at_once(
-                "apply_service_plan",
-                apply(&SqliteTx(tx), cluster, name, generation, plan),
-            )
-        })
+        op: &'static str,
+        write: bool,
+        mut f: impl AsyncFnMut(&SqliteTx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let run = |tx: &rusqlite::Transaction<'_>| at_once(op, f(&SqliteTx(tx)));
+        if write {
+            self.write(op, run)
+        } else {
+            self.read(op, run)
+        }
     }
 }
 
 // ---- PostgreSQL
 
-struct PgTx<'a, 'c>(&'a tokio_postgres::Transaction<'c>);
+pub(super) struct PgTx<'t>(&'t tokio_postgres::Transaction<'t>);
 
 fn pg_params<'a>(params: &'a [Val<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
     params
@@ -1374,7 +1337,7 @@ fn pg_cells(row: &tokio_postgres::Row) -> Result<Cells, StoreError> {
     Ok(Cells(cells))
 }
 
-impl ServiceTx for PgTx<'_, '_> {
+impl ServiceTx for PgTx<'_> {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const FOR_SHARE: &'static str = " FOR SHARE";
 
@@ -1426,7 +1389,34 @@ impl ServiceTx for PgTx<'_, '_> {
     }
 }
 
-impl ServiceStore for PostgresStore {
+impl ServiceBackend for PostgresStore {
+    type Tx<'t> = PgTx<'t>;
+
+    fn transaction<R>(
+        &self,
+        op: &'static str,
+        _write: bool,
+        mut f: impl AsyncFnMut(&PgTx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.run(op, async |tx| f(&PgTx(tx)).await)
+    }
+}
+
+/// A backend the service transactions run on.
+pub(super) trait ServiceBackend {
+    type Tx<'t>: ServiceTx;
+    /// Runs `f` as one transaction; a write transaction when `write`.
+    fn transaction<R>(
+        &self,
+        op: &'static str,
+        write: bool,
+        f: impl AsyncFnMut(&Self::Tx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError>;
+}
+
+/// Every method once, on whichever backend: the bounds first, then one
+/// transaction.
+impl<B: ServiceBackend> ServiceStore for B {
     fn create_service(
         &self,
         service: &ServiceRecord,
@@ -1434,19 +1424,19 @@ impl ServiceStore for PostgresStore {
         events: &[ServiceEventRecord],
     ) -> Result<ServiceRecord, StoreError> {
         check_create(service, first, events)?;
-        self.run("create_service", async |tx| {
-            create(&PgTx(tx), service, first, events).await
+        self.transaction("create_service", true, async |tx| {
+            create(tx, service, first, events).await
         })
     }
 
     fn service(&self, cluster: &str, name: &str) -> Result<Option<ServiceRecord>, StoreError> {
-        self.run("service", async |tx| {
-            get_service(&PgTx(tx), cluster, name, false).await
+        self.transaction("service", false, async |tx| {
+            get_service(tx, cluster, name, false).await
         })
     }
 
     fn services(&self, cluster: Option<&str>) -> Result<Vec<ServiceRecord>, StoreError> {
-        self.run("services", async |tx| list(&PgTx(tx), cluster).await)
+        self.transaction("services", false, async |tx| list(tx, cluster).await)
     }
 
     fn service_snapshot(
@@ -1454,8 +1444,8 @@ impl ServiceStore for PostgresStore {
         cluster: &str,
         name: &str,
     ) -> Result<Option<ServiceSnapshot>, StoreError> {
-        self.run("service_snapshot", async |tx| {
-            snapshot(&PgTx(tx), cluster, name).await
+        self.transaction("service_snapshot", false, async |tx| {
+            snapshot(tx, cluster, name).await
         })
     }
 
@@ -1464,11 +1454,11 @@ impl ServiceStore for PostgresStore {
         cluster: &str,
         name: &str,
         generation: u64,
-        update_: &ServiceUpdate,
+        change: &ServiceUpdate,
     ) -> Result<ServiceRecord, StoreError> {
-        check_update(cluster, name, update_)?;
-        self.run("update_service", async |tx| {
-            update(&PgTx(tx), cluster, name, generation, update_).await
+        check_update(cluster, name, change)?;
+        self.transaction("update_service", true, async |tx| {
+            update(tx, cluster, name, generation, change).await
         })
     }
 
@@ -1480,8 +1470,8 @@ impl ServiceStore for PostgresStore {
         plan: &ServicePlanRecord,
     ) -> Result<PlanOutcome, StoreError> {
         check_plan(cluster, name, plan)?;
-        self.run("apply_service_plan", async |tx| {
-            apply(&PgTx(tx), cluster, name, generation, plan).await
+        self.transaction("apply_service_plan", true, async |tx| {
+            apply(tx, cluster, name, generation, plan).await
         })
     }
 }
