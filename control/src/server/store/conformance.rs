@@ -1304,23 +1304,27 @@ pub(crate) fn a_task_is_in_its_instance_cluster(open: Opener<'_>) {
     assert_eq!(default.pending_tasks, 0);
 }
 
-/// An instance and a task as a version 7 database holds them, for the
-/// backends' migration tests (SQL both accept).
+/// Instances and tasks as a version 7 database holds them, for the
+/// backends' migration tests (SQL both accept): `t2` runs on an instance of
+/// `edge` but was stored in `default`, as version 7 did.
 pub(crate) const VERSION_7_ROWS: &str = "\
     INSERT INTO instances (instance_id, hostname, status, registered_at_ms, agent_version, \
       boot_id, cpu, memory_mib, attributes_json, last_heartbeat_at_ms, last_event_seq, \
       generation, acked_generation, os, arch, cluster) \
     VALUES ('i-1', 'vm', 'ACTIVE', 1, '0.1', 'b', 1024, 1024, '{}', 0, 0, 1, 0, 'linux', \
-      'x86_64', 'default'); \
+      'x86_64', 'default'), ('i-2', 'vm2', 'ACTIVE', 1, '0.1', 'b', 1024, 1024, '{}', 0, 0, 1, \
+      0, 'linux', 'x86_64', 'edge'); \
+    INSERT INTO clusters (name, status, created_at_ms) VALUES ('edge', 'ACTIVE', 1); \
     INSERT INTO tasks (task_id, instance_id, family, definition_json, desired_status, \
       last_status, health_status, stop_code, stopped_reason, created_at_ms, started_at_ms, \
       stopped_at_ms, containers_json, reserved_cpu, reserved_memory_mib, last_event_seq, \
       last_seen_at_ms, task_group) \
     VALUES ('t1', 'i-1', 'web', '{}', 'RUNNING', 'RUNNING', 'UNKNOWN', '', '', 1, 2, 0, '[]', \
-      1, 1, 0, 0, 'family:web');";
+      1, 1, 0, 0, 'family:web'), ('t2', 'i-2', 'web', '{}', 'RUNNING', 'RUNNING', 'UNKNOWN', \
+      '', '', 1, 2, 0, '[]', 1, 1, 0, 0, 'family:web');";
 
-/// A database that held [`VERSION_7_ROWS`], migrated: the task kept, with
-/// no marks, and services can be stored.
+/// A database that held [`VERSION_7_ROWS`], migrated: the tasks kept, in
+/// their instances' clusters, with no marks, and services can be stored.
 pub(crate) fn a_migrated_version_7_database(s: &dyn Store) {
     let t = s.task("t1").expect("get").expect("kept");
     assert_eq!(
@@ -1328,6 +1332,10 @@ pub(crate) fn a_migrated_version_7_database(s: &dyn Store) {
         (DEFAULT_CLUSTER, "family:web")
     );
     assert!(!t.ever_healthy && !t.failure_counted && !t.lost);
+    let t2 = s.task("t2").expect("get").expect("kept");
+    assert_eq!(t2.cluster, "edge", "moved to its instance's cluster");
+    let edge = s.cluster("edge").expect("get").expect("edge");
+    assert_eq!(edge.running_tasks, 1);
     assert!(s.services(None).expect("services").is_empty());
     let created = web_service(s);
     assert_eq!(s.services(None).expect("services"), vec![created]);

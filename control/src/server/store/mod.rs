@@ -8,8 +8,10 @@
 //! Layout: this module is the contract (records, [`StoreError`], the
 //! trait); `rules` holds the domain rules as pure functions (the desired
 //! set, how a report merges, the generation rule); `schema` the schema and
-//! migrations as SQL text; `sqlite` the backend; `conformance` (tests) the
-//! checks every backend passes, concurrency included.
+//! migrations as SQL text; `sqlite` and `postgres` the backends;
+//! `taskdefs` and `services` the registry's and the services' halves of
+//! the contract, each on both backends; `conformance` (tests) the checks
+//! every backend passes, concurrency included.
 //!
 //! Invariants:
 //! - every change that touches more than one row runs in one transaction

@@ -26,7 +26,29 @@
 //!   from false to true;
 //! - events: at most [`MAX_EVENTS`] kept per service (the oldest are
 //!   deleted in the same transaction), each message at most
-//!   [`MAX_EVENT_MESSAGE`] bytes (cut at a character boundary).
+//!   [`MAX_EVENT_MESSAGE`] bytes (cut at a character boundary);
+//! - a plan's stops and marks name tasks of the service (its group in its
+//!   cluster), its new tasks are in that group and cluster: anything else
+//!   is refused and nothing stored;
+//! - every name, text and count is bounded ([`MAX_PLAN_ITEMS`] items per
+//!   change, ids 255 bytes, the configuration
+//!   [`MAX_SERVICE_CONFIG_BYTES`]), checked before the transaction
+//!   ([`StoreError::Invalid`]).
+//!
+//! Also: a create over an INACTIVE service replaces it with its
+//! deployments and events (its STOPPED tasks stay, as tasks do); a change
+//! that changes nothing (an empty plan or update) is checked against the
+//! generation but does not bump it; the first deployment is stored PRIMARY
+//! and IN_PROGRESS, an update's new one PRIMARY.
+//!
+//! Implementation: the transactions are written once, generic over
+//! `ServiceTx` (a backend's open transaction) and run by each backend's
+//! `ServiceBackend::transaction`; `impl<B: ServiceBackend> ServiceStore for
+//! B` is the only implementation. On SQLite a write transaction holds the
+//! write lock from its start (`BEGIN IMMEDIATE`) and the futures complete
+//! on their first poll; on PostgreSQL (READ COMMITTED) the service row is
+//! locked `FOR UPDATE` before its generation is checked, the cluster
+//! `FOR SHARE` at a create, and a snapshot reads at REPEATABLE READ.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
