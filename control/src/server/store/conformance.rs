@@ -1268,6 +1268,48 @@ pub(crate) fn plans_from_one_generation_have_one_winner(open: Opener<'_>) {
     assert_eq!(generation_of(s.as_ref(), "i-1"), generation + 1);
 }
 
+pub(crate) fn concurrent_creates_of_one_service_have_one_winner(open: Opener<'_>) {
+    let s = open();
+    let create = |s: &dyn Store, i: usize| {
+        s.create_service(
+            &service_rec(DEFAULT_CLUSTER, "web"),
+            &deployment(&format!("ecs-svc/{i}"), "web:1"),
+            &[svc_event(&format!("e{i}"), 100, "created")],
+        )
+    };
+    for round in 0..2 {
+        let results = race(open, |s, i| create(s, round * RACERS + i));
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "round {round}: exactly one create wins: {results:?}"
+        );
+        for e in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(e, StoreError::ServiceExists { .. }),
+                "a loser is told the service exists: {e}"
+            );
+        }
+        let snap = s
+            .service_snapshot(DEFAULT_CLUSTER, "web")
+            .expect("snapshot")
+            .expect("exists");
+        assert_eq!(snap.deployments.len(), 1, "the losers stored nothing");
+        assert_eq!(snap.events.len(), 1);
+        // Deleted: the next round races over an INACTIVE service.
+        s.update_service(
+            DEFAULT_CLUSTER,
+            "web",
+            1,
+            &ServiceUpdate {
+                status: Some(INACTIVE.into()),
+                ..ServiceUpdate::default()
+            },
+        )
+        .expect("inactive");
+    }
+}
+
 pub(crate) fn a_task_is_in_its_instance_cluster(open: Opener<'_>) {
     let s = open();
     s.create_cluster("edge", 1).expect("cluster");
@@ -1632,6 +1674,10 @@ pub(crate) const CHECKS: &[(&str, Check)] = &[
         "a_task_is_in_its_instance_cluster",
         a_task_is_in_its_instance_cluster,
     ),
+    (
+        "concurrent_creates_of_one_service_have_one_winner",
+        concurrent_creates_of_one_service_have_one_winner,
+    ),
 ];
 
 /// One `#[test]` per check above, each on a fresh database: `$fresh()`
@@ -1663,7 +1709,8 @@ macro_rules! store_conformance {
             a_plan_stops_and_marks_only_its_own_tasks,
             events_keep_the_newest_hundred_with_bounded_messages,
             plans_from_one_generation_have_one_winner,
-            a_task_is_in_its_instance_cluster
+            a_task_is_in_its_instance_cluster,
+            concurrent_creates_of_one_service_have_one_winner
         );
     };
     (@ $fresh:expr; $($name:ident),*) => {
