@@ -196,9 +196,12 @@ pub struct PlanOutcome {
 pub trait ServiceStore {
     /// Stores a new ACTIVE service with its first (PRIMARY, IN_PROGRESS)
     /// deployment. [`StoreError::ServiceExists`] when an ACTIVE or DRAINING
-    /// service of that name is in the cluster; [`StoreError::NoCluster`] /
+    /// service of that name is in the cluster (also when another create
+    /// wins a race); [`StoreError::NoCluster`] /
     /// [`StoreError::ClusterInactive`] for a missing or deleted cluster.
-    /// Returns the record as stored (generation 1).
+    /// An INACTIVE service of that name is replaced, with its deployments
+    /// and events. Returns the record as stored (generation 1; its
+    /// `task_definition` the first deployment's).
     fn create_service(
         &self,
         service: &ServiceRecord,
@@ -219,7 +222,8 @@ pub trait ServiceStore {
     ) -> Result<Option<ServiceSnapshot>, StoreError>;
     /// Applies an operator's change if the service is still at
     /// `generation`: [`StoreError::NoService`] when missing or INACTIVE,
-    /// [`StoreError::Conflict`] when the generation moved.
+    /// [`StoreError::Conflict`] when the generation moved. Returns the
+    /// record as stored.
     fn update_service(
         &self,
         cluster: &str,
@@ -230,7 +234,11 @@ pub trait ServiceStore {
     /// Applies a plan whole if the service is still at `generation` and
     /// every instance of a new task still at the generation given with it
     /// (and ACTIVE); otherwise [`StoreError::Conflict`] and nothing is
-    /// stored.
+    /// stored. Several new tasks on one instance carry the same
+    /// generation (each bumps it in turn). A stop or mark of a task that is
+    /// not the service's is a conflict too; [`StoreError::NoService`] when
+    /// the service is missing or INACTIVE. An empty plan stores nothing and
+    /// keeps the generation.
     fn apply_service_plan(
         &self,
         cluster: &str,
