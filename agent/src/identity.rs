@@ -365,7 +365,7 @@ pub fn host_facts() -> HostFacts {
     HostFacts {
         hostname: hostname(),
         os: sysinfo::System::long_os_version().unwrap_or_default(),
-        arch: std::env::consts::ARCH.to_string(),
+        arch: berth_proto::attributes::ecs_architecture(std::env::consts::ARCH).to_owned(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         kernel: sysinfo::System::kernel_version().unwrap_or_default(),
         // The whole host, before `reserved_memory_mib`: the control plane

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod attributes;
 pub mod cli_docs;
 pub mod clock;
 pub mod commands;
@@ -42,7 +43,6 @@ pub mod supervisor;
 pub mod tls;
 pub mod volumes;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -198,17 +198,12 @@ pub async fn start(cfg: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<Ru
         }
     });
 
-    let mut attributes = HashMap::new();
-    attributes.insert(
-        "berth.os-type".to_string(),
-        std::env::consts::OS.to_string(),
-    );
-    attributes.insert(
-        "berth.cpu-architecture".to_string(),
-        std::env::consts::ARCH.to_string(),
-    );
+    let hostname = identity::hostname();
+    let attributes = attributes::host_attributes(&cfg.policy(), &hostname, &cfg.attributes)
+        .into_iter()
+        .collect();
     let host = session::HostInfo {
-        hostname: identity::hostname(),
+        hostname,
         boot_id: boot_id(),
         capacity: capacity(cfg.reserved_memory_mib),
         attributes,

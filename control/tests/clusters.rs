@@ -2,32 +2,15 @@
 
 mod common;
 
-use std::process::Output;
-
 use berth_control::{Server, ServerConfig};
 use common::*;
-
-fn json(out: &Output) -> Result<serde_json::Value> {
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-/// Fails unless the command exited 1 with `needle` on stderr.
-fn refused(out: &Output, needle: &str) {
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains(needle),
-        "stderr lacks {needle:?}: {}",
-        text(&out.stderr)
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_are_created_listed_and_deleted() -> Result {
     let dir = private_dir()?;
     let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
 
-    let web = json(&berth(&server, &["cluster", "create", "web", "--json"]).await?)?;
+    let web = json_of(&berth(&server, &["cluster", "create", "web", "--json"]).await?)?;
     assert_eq!(web["clusterName"], "web");
     assert_eq!(
         web["clusterArn"],
@@ -37,7 +20,7 @@ async fn clusters_are_created_listed_and_deleted() -> Result {
     assert_eq!(web["registeredContainerInstancesCount"], 0);
     assert_eq!(web["runningTasksCount"], 0);
 
-    let all = json(&berth(&server, &["cluster", "ls", "--json"]).await?)?;
+    let all = json_of(&berth(&server, &["cluster", "ls", "--json"]).await?)?;
     let names: Vec<&str> = all
         .as_array()
         .map(|a| a.iter().filter_map(|c| c["clusterName"].as_str()).collect())
@@ -52,24 +35,24 @@ async fn clusters_are_created_listed_and_deleted() -> Result {
         text(&table.stdout)
     );
 
-    refused(
+    assert_refused(
         &berth(&server, &["cluster", "create", "a b"]).await?,
         "only letters, digits, '_' and '-' are allowed",
     );
-    refused(
+    assert_refused(
         &berth(&server, &["cluster", "delete", "default"]).await?,
         "default cannot be deleted",
     );
-    refused(
+    assert_refused(
         &berth(&server, &["cluster", "describe", "nope"]).await?,
         "no cluster nope",
     );
 
-    let gone = json(&berth(&server, &["cluster", "delete", "web", "--json"]).await?)?;
+    let gone = json_of(&berth(&server, &["cluster", "delete", "web", "--json"]).await?)?;
     assert_eq!(gone["status"], "INACTIVE");
-    let described = json(&berth(&server, &["cluster", "describe", "web", "--json"]).await?)?;
+    let described = json_of(&berth(&server, &["cluster", "describe", "web", "--json"]).await?)?;
     assert_eq!(described["status"], "INACTIVE");
-    let again = json(&berth(&server, &["cluster", "create", "web", "--json"]).await?)?;
+    let again = json_of(&berth(&server, &["cluster", "create", "web", "--json"]).await?)?;
     assert_eq!(again["status"], "ACTIVE");
     Ok(())
 }
@@ -84,32 +67,32 @@ async fn a_drained_instance_gets_no_new_task_until_activated() -> Result {
     std::fs::write(&td, TASK_DEFINITION)?;
     let td = td.to_string_lossy().into_owned();
 
-    let drained = json(&berth(&server, &["instance", "drain", &id, "--json"]).await?)?;
+    let drained = json_of(&berth(&server, &["instance", "drain", &id, "--json"]).await?)?;
     assert_eq!(drained["status"], "DRAINING");
     assert_eq!(drained["cluster"], "default");
     let human = berth(&server, &["instance", "drain", &id]).await?;
     assert!(human.status.success(), "stderr: {}", text(&human.stderr));
     assert_eq!(text(&human.stdout), format!("instance {id} is DRAINING\n"));
 
-    refused(
+    assert_refused(
         &berth(&server, &["task", "run", "--task-definition", &td]).await?,
         "no connected ACTIVE instance",
     );
 
-    let active = json(&berth(&server, &["instance", "activate", &id, "--json"]).await?)?;
+    let active = json_of(&berth(&server, &["instance", "activate", &id, "--json"]).await?)?;
     assert_eq!(active["status"], "ACTIVE");
     let run = berth(
         &server,
         &["task", "run", "--task-definition", &td, "--json"],
     )
     .await?;
-    let task = json(&run)?;
+    let task = json_of(&run)?;
     assert_eq!(task["instanceId"], id.as_str());
     // The session went on all along: the new task reaches the agent.
     let assignment = next_assignment(&mut agent.inbound).await?;
     assert_eq!(assignment.tasks.len(), 1);
 
-    refused(
+    assert_refused(
         &berth(&server, &["instance", "drain", "i-nope"]).await?,
         "no instance i-nope",
     );
@@ -120,7 +103,7 @@ async fn a_drained_instance_gets_no_new_task_until_activated() -> Result {
 async fn a_token_of_a_cluster_enrolls_the_host_into_it() -> Result {
     let dir = private_dir()?;
     let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
-    refused(
+    assert_refused(
         &berth(&server, &["token", "create", "--cluster", "edge"]).await?,
         "no cluster edge",
     );
@@ -130,7 +113,8 @@ async fn a_token_of_a_cluster_enrolls_the_host_into_it() -> Result {
             .status
             .success()
     );
-    let token = json(&berth(&server, &["token", "create", "--cluster", "edge", "--json"]).await?)?;
+    let token =
+        json_of(&berth(&server, &["token", "create", "--cluster", "edge", "--json"]).await?)?;
     assert_eq!(token["cluster"], "edge");
     let human = berth(&server, &["token", "create", "--cluster", "edge"]).await?;
     assert!(text(&human.stdout).contains("Cluster:         edge"));
@@ -146,11 +130,11 @@ async fn a_token_of_a_cluster_enrolls_the_host_into_it() -> Result {
         .await?
         .into_inner();
     let id = enrolled.instance_id;
-    let described = json(&berth(&server, &["instance", "describe", &id, "--json"]).await?)?;
+    let described = json_of(&berth(&server, &["instance", "describe", &id, "--json"]).await?)?;
     assert_eq!(described["cluster"], "edge");
-    let edge = json(&berth(&server, &["cluster", "describe", "edge", "--json"]).await?)?;
+    let edge = json_of(&berth(&server, &["cluster", "describe", "edge", "--json"]).await?)?;
     assert_eq!(edge["registeredContainerInstancesCount"], 1);
-    refused(
+    assert_refused(
         &berth(&server, &["cluster", "delete", "edge"]).await?,
         "edge",
     );
@@ -161,9 +145,9 @@ async fn a_token_of_a_cluster_enrolls_the_host_into_it() -> Result {
             .status
             .success()
     );
-    let gone = json(&berth(&server, &["cluster", "delete", "edge", "--json"]).await?)?;
+    let gone = json_of(&berth(&server, &["cluster", "delete", "edge", "--json"]).await?)?;
     assert_eq!(gone["status"], "INACTIVE");
-    refused(
+    assert_refused(
         &berth(&server, &["token", "create", "--cluster", "edge"]).await?,
         "cluster edge was deleted",
     );

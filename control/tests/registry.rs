@@ -190,11 +190,14 @@ async fn files_register_revisions_and_families_run_by_name() -> Result {
             "--task-definition",
             "web",
             "--placement-strategy",
-            "random",
+            "binpack:disk",
         ],
     )
     .await?;
-    assert!(err.contains("not supported by task run yet"), "{err}");
+    assert!(
+        err.contains("placement strategy \"binpack:disk\": binpack takes cpu or memory"),
+        "{err}"
+    );
     let err = refused(
         &server,
         &[

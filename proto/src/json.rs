@@ -16,9 +16,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use crate::v1::{Cluster, ContainerState, Instance, NetworkBinding, Resources, Task, TaskState};
+use crate::v1::{
+    Attribute, Cluster, ContainerState, Instance, NetworkBinding, Resources, Task, TaskState,
+};
 
 /// What ARNs start with where no request names a region or an account
 /// (the CLI's JSON): `arn:aws:ecs:local:000000000000:`.
@@ -112,16 +114,17 @@ pub fn binding_json(b: &NetworkBinding) -> Value {
 /// An instance: `instanceId`, `hostname`, `status`, `cluster`, `agentConnected`,
 /// `lastHeartbeatAt`, `agentVersion`, `registeredResources` and
 /// `remainingResources` (`cpu` units, `memory` MiB), `runningTasksCount`,
-/// `pendingTasksCount`, `attributes` (keys sorted), `registeredAt`.
+/// `pendingTasksCount`, `attributes` (ECS' `[{name, value}]`, by name),
+/// `registeredAt`.
 pub fn instance_json(i: &Instance) -> Value {
-    let attributes: BTreeMap<&str, &str> = i
+    let sorted: BTreeMap<&str, &str> = i
         .attributes
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let attributes: Map<String, Value> = attributes
+    let attributes: Vec<Value> = sorted
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), Value::from(v)))
+        .map(|(name, value)| json!({"name": name, "value": value}))
         .collect();
     json!({
         "instanceId": i.instance_id,
@@ -139,6 +142,17 @@ pub fn instance_json(i: &Instance) -> Value {
         "pendingTasksCount": i.pending_tasks_count,
         "attributes": attributes,
         "registeredAt": time_json(i.registered_at_ms),
+    })
+}
+
+/// An attribute as ECS' `ListAttributes` shows it: `name`, `value`,
+/// `targetType` (`container-instance`), `targetId` (the instance id).
+pub fn attribute_json(a: &Attribute) -> Value {
+    json!({
+        "name": a.name,
+        "value": a.value,
+        "targetType": "container-instance",
+        "targetId": a.instance_id,
     })
 }
 
@@ -375,7 +389,7 @@ mod tests {
                 "remainingResources": {"cpu": 1024, "memory": 3388},
                 "runningTasksCount": 1,
                 "pendingTasksCount": 0,
-                "attributes": {"a": "1", "b": "2"},
+                "attributes": [{"name": "a", "value": "1"}, {"name": "b", "value": "2"}],
                 "registeredAt": null,
             })
         );

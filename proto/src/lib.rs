@@ -13,6 +13,7 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod attributes;
 pub mod json;
 pub mod metrics;
 pub mod status;

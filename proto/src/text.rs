@@ -36,6 +36,18 @@ pub fn escape_control(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `s` quoted and escaped as Rust debug output, cut to its first 64
+/// characters (with the full length in bytes when cut): an untrusted value
+/// as an error message may name it, without flooding a log or a terminal.
+pub fn shown(s: &str) -> String {
+    let cut: String = s.chars().take(64).collect();
+    if cut.len() < s.len() {
+        format!("{cut:?}… ({} bytes)", s.len())
+    } else {
+        format!("{cut:?}")
+    }
+}
+
 /// An error and its causes on one line, `: `-separated: `client error
 /// (Connect): Permission denied`. A cause whose text the line already holds
 /// (many errors repeat their source in their own message) is left out.

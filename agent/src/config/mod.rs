@@ -102,6 +102,10 @@ pub struct Config {
     /// Credentials by registry host (`registry.example:5000`, `docker.io`).
     /// A table: no `BERTH_*` override.
     pub registries: BTreeMap<String, RegistryAuth>,
+    /// Custom instance attributes the agent publishes (`zone = "rack-3"`),
+    /// next to the built-in ones ([`crate::attributes`]). A table: no
+    /// `BERTH_*` override.
+    pub attributes: BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -120,6 +124,7 @@ impl Default for Config {
             policy: Policy::default(),
             docker_config: None,
             registries: BTreeMap::new(),
+            attributes: BTreeMap::new(),
         }
     }
 }
@@ -293,6 +298,7 @@ impl Config {
             }
         }
         registries::check_registries(&self.registries)?;
+        crate::attributes::check_config(&self.attributes)?;
         if let Some(p) = &self.docker_config
             && !p.as_os_str().is_empty()
             && !p.is_absolute()
@@ -351,14 +357,14 @@ fn policy_keys() -> Vec<(String, Kind)> {
         .collect()
 }
 
-/// Every key of the file: [`Config`]'s own (those of [`ENV_KEYS`] and the
-/// `registries` table) and the policy keys.
+/// Every key of the file: [`Config`]'s own (those of [`ENV_KEYS`], the
+/// `registries` and `attributes` tables) and the policy keys.
 fn known_keys(policy_keys: &[(String, Kind)]) -> Vec<&str> {
     ENV_KEYS
         .iter()
         .map(|(key, _)| *key)
         .chain(policy_keys.iter().map(|(key, _)| key.as_str()))
-        .chain(["registries"])
+        .chain(["registries", "attributes"])
         .collect()
 }
 
@@ -596,6 +602,34 @@ mod tests {
     }
 
     #[test]
+    fn the_attributes_table_is_read_and_checked_at_load() {
+        let cfg = parse(
+            "allow_privileged = true\n[attributes]\nzone = \"rack-3\"\n\"team/x\" = \"a:b\"\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(cfg.attributes["zone"], "rack-3");
+        assert_eq!(cfg.attributes["team/x"], "a:b");
+        let a = crate::attributes::host_attributes(&cfg.policy(), "h", &cfg.attributes);
+        assert_eq!(a["zone"], "rack-3");
+        assert_eq!(a["berth.policy.allow_privileged"], "true");
+        let err =
+            parse("[attributes]\n\"ecs.os-type\" = \"windows\"\n", &[]).expect_err("built in");
+        assert!(
+            err.to_string()
+                .contains("attributes: attribute ecs.os-type"),
+            "{err}"
+        );
+        let err = parse("[attributes]\nzone = \"rack 3\"\n", &[]).expect_err("space");
+        assert!(
+            err.to_string().contains("attribute zone: value \"rack 3\""),
+            "{err}"
+        );
+        let err = parse("[attributes]\nzone = 3\n", &[]).expect_err("number");
+        assert!(err.to_string().contains("attributes.zone"), "{err}");
+    }
+
+    #[test]
     fn bad_duration_is_named() {
         let err = parse("stop_timeout = \"soon\"\n", &[]).expect_err("bad");
         assert!(err.to_string().contains("soon"), "{err}");
@@ -637,6 +671,8 @@ mod tests {
         for key in known_keys(&policy_keys()) {
             let documented = if key == "registries" {
                 packaged.lines().any(|l| l.starts_with("#[registries."))
+            } else if key == "attributes" {
+                packaged.lines().any(|l| l == "#[attributes]")
             } else {
                 packaged
                     .lines()

@@ -75,6 +75,13 @@ pub enum Command {
     /// Clusters: named groups of instances and tasks (`default` always exists)
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Services: a desired count of tasks (or one per instance) kept
+    /// running, rolled out to new task definitions
+    Service(ServiceArgs),
+    /// Instance attributes (ECS attributes) for placement constraints and
+    /// strategies: the agent's built-in and configured ones, and custom ones
+    #[command(subcommand)]
+    Attribute(AttributeCommand),
     /// Control plane and one agent in one process, against the local Docker Engine
     Dev(crate::dev::DevArgs),
     /// Client certificates for the admin API when it is not on loopback
@@ -140,6 +147,161 @@ pub enum AdminCertCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// The cluster of the service
+    #[arg(long, env = "BERTH_CLUSTER", default_value = "default", global = true)]
+    pub cluster: String,
+    #[command(subcommand)]
+    pub command: ServiceCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service (flags, or the body of `aws ecs create-service`
+    /// with --cli-input-json; flags given as well win)
+    Create(ServiceCreateArgs),
+    /// Change a service: a new task definition or --force-new-deployment
+    /// starts a rolling deployment; other flags change it in place
+    Update(ServiceUpdateArgs),
+    /// List the services of the cluster (ACTIVE and DRAINING)
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print JSON (a list of DescribeServices elements)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one service with its deployments and recent events
+    Describe {
+        name: String,
+        /// Print JSON (the DescribeServices element)
+        #[arg(long)]
+        json: bool,
+    },
+    /// The service's events, newest first (at most 100)
+    Events {
+        name: String,
+        /// Print JSON (`[{id, createdAt, message}]`)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a service: its tasks are stopped. Without --force a REPLICA
+    /// service must be scaled to 0 first, as in ECS
+    Delete {
+        name: String,
+        /// Delete even while the desired count is above 0
+        #[arg(long)]
+        force: bool,
+        /// Print JSON (the DescribeServices element)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a deployment back to the last completed deployment's task
+    /// definition
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        /// Print JSON (the DescribeServices element)
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--wait` of the service commands.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Wait until the service reaches a steady state; fail with the reason
+    /// when its deployment fails
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub wait_timeout: Duration,
+}
+
+/// The settings `service create` and `service update` share.
+#[derive(Debug, Args)]
+pub struct ServiceFlags {
+    /// A registered task definition (FAMILY, FAMILY:REVISION) or a task
+    /// definition file (registered first, or its equal latest revision used)
+    #[arg(long, value_name = "FAMILY[:REV]|FILE")]
+    pub task_definition: Option<String>,
+    /// REPLICA: how many tasks to keep running (0 to 5000)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub desired_count: Option<i64>,
+    /// The fewest healthy tasks during a deployment, in percent of the
+    /// desired count [default: REPLICA 100, DAEMON 0]
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    pub min_healthy_percent: Option<i64>,
+    /// The most tasks during a deployment, in percent of the desired count
+    /// [default: REPLICA 200, DAEMON 100]
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    pub max_percent: Option<i64>,
+    /// The deployment circuit breaker: off, enable (mark a failing
+    /// deployment FAILED) or rollback (and go back to the last completed one)
+    #[arg(long, value_name = "MODE", value_parser = ["off", "enable", "rollback"])]
+    pub circuit_breaker: Option<String>,
+    /// A placement strategy: spread:instanceId, spread:attribute:NAME,
+    /// binpack:cpu, binpack:memory or random; repeat for several, in order
+    #[arg(long = "placement-strategy", value_name = "TYPE[:FIELD]")]
+    pub placement_strategy: Vec<String>,
+    /// A placement constraint: distinctInstance or memberOf:EXPRESSION
+    /// (e.g. 'memberOf:attribute:zone == rack-3'); repeat for several
+    #[arg(long = "placement-constraint", value_name = "TYPE[:EXPR]")]
+    pub placement_constraint: Vec<String>,
+    /// Unhealthy health-check results are ignored this long after a task
+    /// starts (healthCheckGracePeriodSeconds)
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub health_check_grace_period: Option<i64>,
+    /// A task without a health check counts healthy after RUNNING this
+    /// long [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min_healthy_time: Option<Duration>,
+    /// The tasks of an instance disconnected this long count as lost and
+    /// are replaced elsewhere; 0 never [default: 5m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lost_after: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceCreateArgs {
+    /// The service name (or serviceName in --cli-input-json)
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub flags: ServiceFlags,
+    /// REPLICA (a desired count) or DAEMON (one task per instance)
+    #[arg(long, value_name = "STRATEGY", value_parser = ["REPLICA", "DAEMON"])]
+    pub scheduling_strategy: Option<String>,
+    /// The body of `aws ecs create-service` (a JSON file)
+    #[arg(long, value_name = "FILE")]
+    pub cli_input_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Print JSON (the DescribeServices element)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceUpdateArgs {
+    /// The service name (or service in --cli-input-json)
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub flags: ServiceFlags,
+    /// Start a new deployment even with the same task definition
+    #[arg(long)]
+    pub force_new_deployment: bool,
+    /// The body of `aws ecs update-service` (a JSON file)
+    #[arg(long, value_name = "FILE")]
+    pub cli_input_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Print JSON (the DescribeServices element)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,6 +374,68 @@ pub enum TokenCommand {
 
 fn parse_cidr(s: &str) -> Result<crate::server::enroll::Cidr, String> {
     crate::server::enroll::Cidr::parse(s)
+}
+
+/// `--cluster NAME` (env `BERTH_CLUSTER`, default `default`).
+#[derive(Debug, Args)]
+pub struct ClusterArg {
+    /// The instance's cluster
+    #[arg(
+        long,
+        env = "BERTH_CLUSTER",
+        value_name = "NAME",
+        default_value = "default"
+    )]
+    pub cluster: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AttributeCommand {
+    /// Put custom attributes on an instance (ECS PutAttributes): at most 10
+    /// per call, 64 per instance; a name already there takes the new value.
+    /// Names and values: 1 to 128 letters, digits, '_', '.', '-', '/' or
+    /// ':'; names starting with "ecs." or "berth." are built in and cannot
+    /// be put
+    Put {
+        /// Instance id (i-…)
+        instance: String,
+        /// The attributes, e.g. zone=rack-3
+        #[arg(value_name = "NAME=VALUE", required = true)]
+        attributes: Vec<String>,
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// Print the instance as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete custom attributes of an instance (ECS DeleteAttributes): only
+    /// those put with `berth attribute put`; the agent's change in its
+    /// config
+    Delete {
+        /// Instance id (i-…)
+        instance: String,
+        /// The attribute names
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// Print the instance as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the attributes of the cluster's instances (ECS ListAttributes):
+    /// built-in, from the agents' config, and custom ones over those
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only the attributes of this instance
+        #[arg(long, value_name = "ID")]
+        instance: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

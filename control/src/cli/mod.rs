@@ -10,14 +10,16 @@
 //! | `args` | the clap definitions of every command but `server` |
 //! | `client` | `Admin`, the admin API client, and the error reports |
 //! | `server` | `berth server`: its flags and the embedded control plane |
-//! | `admin_cert`, `token`, `instance`, `task`, `taskdef`, `cluster` | one handler per command |
+//! | `admin_cert`, `token`, `instance`, `task`, `taskdef`, `cluster`, `attribute` | one handler per command |
 
 mod admin_cert;
 mod args;
+mod attribute;
 mod client;
 mod cluster;
 mod instance;
 mod server;
+mod service;
 mod task;
 mod taskdef;
 mod token;
@@ -30,18 +32,20 @@ use tracing::info;
 
 pub use admin_cert::{ADMIN_CA_FILE, ADMIN_CERT_FILE, ADMIN_KEY_FILE, admin_cert_json};
 pub use args::{
-    AdminCertCommand, Cli, ClusterCommand, Command, InstanceCommand, LogFormat, MAN_SECTIONS,
-    TaskCommand, TaskRunArgs, TaskdefCommand, TokenCommand,
+    AdminCertCommand, AttributeCommand, Cli, ClusterCommand, Command, InstanceCommand, LogFormat,
+    MAN_SECTIONS, TaskCommand, TaskRunArgs, TaskdefCommand, TokenCommand,
 };
 pub use client::error_report;
 pub use server::ServerArgs;
 pub use token::{enroll_command, token_json};
 
 use admin_cert::admin_cert;
+use attribute::attribute;
 use client::Admin;
 use cluster::cluster;
 use instance::instance;
 use server::server;
+use service::service;
 use task::task;
 use taskdef::taskdef;
 use token::token_create;
@@ -67,6 +71,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(cmd) => {
             let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
             cluster(&mut admin, cmd).await
+        }
+        Command::Service(args) => {
+            let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
+            service(&mut admin, args).await
+        }
+        Command::Attribute(cmd) => {
+            // Bad input is refused before anything is sent.
+            let cmd = attribute::checked(cmd)?;
+            let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
+            attribute(&mut admin, cmd).await
         }
         Command::Task(cmd) => task(&cli.server, cli.admin_cert.as_deref(), cmd).await,
         Command::Taskdef(cmd) => {

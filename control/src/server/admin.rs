@@ -35,6 +35,10 @@ use berth_proto::v1::{
     RevokeAdminCertificateResponse, RunTaskRequest, RunTaskResponse, StopTaskRequest, Task,
     TaskDefinitionRef, TaskRef, Token, UpdateInstanceStateRequest,
 };
+use berth_proto::v1::{
+    CreateServiceRequest, DeleteServiceRequest, ListServicesRequest, ListServicesResponse,
+    ServiceDescription, ServiceRef, UpdateServiceRequest,
+};
 use rustls_pki_types::CertificateDer;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
@@ -42,10 +46,12 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, warn};
 
+use super::attributes;
 use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of, tidy_serial};
 use super::clusters;
 use super::placement::PlacementError;
 use super::protocol;
+use super::services;
 use super::store::{
     AdminCertRecord, InstanceRecord, STOPPED, SqliteStore, Store, StoreError, TaskRecord, Usage,
 };
@@ -101,11 +107,7 @@ pub(crate) fn instance_message(i: &InstanceRecord, usage: Usage, connected: bool
         reported_hostname: i.reported_hostname.clone(),
         running_tasks_count: usage.running,
         pending_tasks_count: usage.pending,
-        attributes: i
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        attributes: i.all_attributes().into_iter().collect(),
         registered_at_ms: i.registered_at_ms,
     }
 }
@@ -521,6 +523,7 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         info!(instance_id = %id, "instance deregistered");
+        self.core.wake_services();
         // The agent learns to stop its tasks, then loses its session; it
         // cannot open another one.
         self.core.sessions().notify_assignment(&id);
@@ -560,7 +563,7 @@ impl Admin for AdminService {
         Ok(Response::new(instance_message(&after, usage, connected)))
     }
 
-    // ---- clusters, attributes, drain (to be implemented in server/clusters.rs)
+    // ---- clusters, drain (server/clusters.rs), attributes (server/attributes.rs)
 
     async fn create_cluster(&self, r: Request<ClusterRef>) -> Result<Response<Cluster>, Status> {
         let caller = caller_text(&r);
@@ -591,23 +594,29 @@ impl Admin for AdminService {
 
     async fn put_attributes(
         &self,
-        _r: Request<PutAttributesRequest>,
+        r: Request<PutAttributesRequest>,
     ) -> Result<Response<Instance>, Status> {
-        Err(Status::unimplemented("PutAttributes"))
+        let caller = caller_text(&r);
+        let i = attributes::put(&self.core, r.into_inner(), &caller).await?;
+        Ok(Response::new(i))
     }
 
     async fn delete_attributes(
         &self,
-        _r: Request<DeleteAttributesRequest>,
+        r: Request<DeleteAttributesRequest>,
     ) -> Result<Response<Instance>, Status> {
-        Err(Status::unimplemented("DeleteAttributes"))
+        let caller = caller_text(&r);
+        let i = attributes::delete(&self.core, r.into_inner(), &caller).await?;
+        Ok(Response::new(i))
     }
 
     async fn list_attributes(
         &self,
-        _r: Request<ListAttributesRequest>,
+        r: Request<ListAttributesRequest>,
     ) -> Result<Response<ListAttributesResponse>, Status> {
-        Err(Status::unimplemented("ListAttributes"))
+        Ok(Response::new(
+            attributes::list(&self.core, r.into_inner()).await?,
+        ))
     }
 
     async fn update_instance_state(
@@ -724,6 +733,62 @@ impl Admin for AdminService {
         r: Request<TaskDefinitionRef>,
     ) -> Result<Response<RegisteredTaskDefinition>, Status> {
         taskdefs::deregister(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    // ---- services (server/services.rs)
+
+    async fn create_service(
+        &self,
+        r: Request<CreateServiceRequest>,
+    ) -> Result<Response<ServiceDescription>, Status> {
+        services::create(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn update_service(
+        &self,
+        r: Request<UpdateServiceRequest>,
+    ) -> Result<Response<ServiceDescription>, Status> {
+        services::update(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_services(
+        &self,
+        r: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        services::list(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn describe_service(
+        &self,
+        r: Request<ServiceRef>,
+    ) -> Result<Response<ServiceDescription>, Status> {
+        services::describe(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_service(
+        &self,
+        r: Request<DeleteServiceRequest>,
+    ) -> Result<Response<ServiceDescription>, Status> {
+        services::delete(&self.core, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn rollback_service(
+        &self,
+        r: Request<ServiceRef>,
+    ) -> Result<Response<ServiceDescription>, Status> {
+        services::rollback(&self.core, r.into_inner())
             .await
             .map(Response::new)
     }

@@ -126,6 +126,7 @@ pub(crate) async fn update_instance_state(
         .await
         .map_err(cluster_status)?;
     info!(instance_id = %id, status = %status, by = %caller, "instance state set");
+    core.wake_services();
     let connected = core.sessions().is_connected(&id);
     Ok(instance_message(&instance, usage, connected))
 }

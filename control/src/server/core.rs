@@ -58,6 +58,8 @@ pub(crate) struct Core {
     renew_every: Duration,
     /// Counters and histograms for `/metrics`.
     pub(crate) metrics: Arc<metrics::ServerMetrics>,
+    /// Wakes the service controller (`service::controller`).
+    service_wake: tokio::sync::Notify,
 }
 
 impl Core {
@@ -94,7 +96,20 @@ impl Core {
             renewals: limits::InstanceBuckets::new(1.0 / renew_every.as_secs_f64(), RENEW_BURST),
             renew_every,
             metrics,
+            service_wake: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Something services depend on may have changed (a task's state, an
+    /// agent's session, an instance's status, a service): the service
+    /// controller makes a pass soon. Cheap; wake-ups coalesce.
+    pub(crate) fn wake_services(&self) {
+        self.service_wake.notify_one();
+    }
+
+    /// What the service controller waits on.
+    pub(crate) fn service_wake(&self) -> &tokio::sync::Notify {
+        &self.service_wake
     }
 
     /// Runs `f` on the store on the blocking pool. Each store method is one

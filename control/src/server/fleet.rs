@@ -428,6 +428,7 @@ impl Drop for Registration {
             .unregister_session(&self.instance_id, self.session_id)
         {
             info!("agent disconnected");
+            self.core.wake_services();
         }
     }
 }
@@ -576,6 +577,7 @@ impl Session {
                 self.instance_id
             )));
         }
+        self.core.wake_services();
         info!(
             agent_version = %hello.agent_version,
             applied_generation = hello.applied_generation,
@@ -736,6 +738,9 @@ impl Session {
             .await
             .map_err(store_end)?;
         self.core.metrics.event(&outcome);
+        if outcome.applied {
+            self.core.wake_services();
+        }
         let ignored = if outcome.foreign_task {
             Some("event names a task of another instance; ignored")
         } else if outcome.unknown_task {

@@ -39,6 +39,7 @@
 
 pub mod admin;
 pub mod admission;
+pub(crate) mod attributes;
 pub mod ca;
 pub(crate) mod clusters;
 pub(crate) mod core;
@@ -52,6 +53,7 @@ pub mod placement;
 pub mod protocol;
 pub mod scheduler;
 pub(crate) mod service;
+pub(crate) mod services;
 pub(crate) mod sessions;
 pub mod store;
 pub mod taskdefs;
@@ -515,6 +517,10 @@ impl Server {
         if !metrics_addr.ip().is_loopback() {
             info!(metrics = %metrics_addr, "the metrics endpoint is not on loopback: anyone who reaches it can read the fleet's counters (no secrets)");
         }
+        let services_task = tokio::spawn(service::controller::run(
+            Arc::clone(&core),
+            stop_tx.subscribe(),
+        ));
         let metrics_task = tokio::spawn(async move {
             if let Err(e) = metrics_serve.await {
                 tracing::error!(error = %e, "the metrics endpoint stopped");
@@ -552,6 +558,7 @@ impl Server {
             fleet_task: Some(fleet_task),
             admin_task: Some(admin_task),
             metrics_task,
+            services_task,
         })
     }
 }
@@ -570,6 +577,9 @@ pub struct RunningServer {
     admin_task: Option<ServeTask>,
     /// Read-only; aborted at shutdown rather than drained.
     metrics_task: JoinHandle<()>,
+    /// The service controller; aborted at shutdown (it keeps nothing in
+    /// memory that a pass after a restart would not compute again).
+    services_task: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -704,6 +714,7 @@ impl RunningServer {
             .close_all_sessions(&Status::unavailable("the control plane is shutting down"));
         let _ = self.stop_tx.send(true);
         self.metrics_task.abort();
+        self.services_task.abort();
         let mut result = Ok(());
         for (what, task) in [
             ("fleet", self.fleet_task.take()),
@@ -738,6 +749,7 @@ impl Drop for RunningServer {
         // Dropped without shutdown(): stop serving anyway.
         let _ = self.stop_tx.send(true);
         self.metrics_task.abort();
+        self.services_task.abort();
         for task in [self.fleet_task.take(), self.admin_task.take()]
             .into_iter()
             .flatten()

@@ -44,11 +44,11 @@ pub const MAX_CPU_UNITS: i64 = 4096 * 1024;
 /// Largest memory the control plane registers: 64 TiB, in MiB.
 pub const MAX_MEMORY_MIB: i64 = 64 * 1024 * 1024;
 /// Hello attributes: at most this many ...
-pub const MAX_ATTRIBUTES: usize = 64;
+pub const MAX_ATTRIBUTES: usize = berth_proto::attributes::MAX_HELLO;
 /// ... with names of at most this many bytes ...
 pub const MAX_ATTRIBUTE_NAME: usize = 128;
 /// ... and values of at most this many bytes.
-pub const MAX_ATTRIBUTE_VALUE: usize = 1024;
+pub const MAX_ATTRIBUTE_VALUE: usize = berth_proto::attributes::MAX_HELLO_VALUE;
 /// A stopped reason or container reason is stored cut to this many bytes.
 pub const MAX_REASON_BYTES: usize = 1024;
 /// A free-text field longer than this is refused rather than cut: no agent
@@ -142,14 +142,7 @@ impl Refusal {
 /// A value from an agent as messages and logs quote it: at most 64
 /// characters, escaped (`"evil\u{1b}]0;…"`), so that control characters
 /// never reach a log or a terminal.
-pub fn shown(s: &str) -> String {
-    let cut: String = s.chars().take(64).collect();
-    if cut.len() < s.len() {
-        format!("{cut:?}… ({} bytes)", s.len())
-    } else {
-        format!("{cut:?}")
-    }
-}
+pub use berth_proto::text::shown;
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Refusal {
     Refusal::Invalid {

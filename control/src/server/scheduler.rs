@@ -1,9 +1,11 @@
 //! The scheduler: turns a task definition into a placed, stored task and
-//! tells the chosen instance's agent. `RunTask` calls it today; a service
-//! reconciler would call the same [`run_task`].
+//! tells the chosen instance's agent. `RunTask` calls [`run_task`]; the
+//! service controller places with [`candidates`] and the pipeline itself.
 //!
-//! Steps: validate (parse the definition, compute its reservation) →
-//! place ([`placement::place_task`], pure, over a snapshot of the fleet) →
+//! Steps: validate (parse the definition, compute its reservation and
+//! requirements) → place ([`placement::place_task`], pure, over a snapshot
+//! of the fleet, with the group counts of the task's group when a
+//! constraint or strategy needs them) →
 //! insert (the task, with the instance's generation bump) → notify (the
 //! instance's live session, if any).
 //!
@@ -18,7 +20,9 @@ use tracing::{Instrument, debug, info, info_span};
 
 use super::Core;
 use super::placement::{self, Candidate, InstanceStatus, Need, PlacementError, Request};
-use super::store::{InstanceRecord, PENDING, RUNNING, Store, StoreError, TaskRecord, Usage};
+use super::store::{
+    InstanceRecord, PENDING, RUNNING, STOPPED, Store, StoreError, TaskRecord, Usage,
+};
 
 /// The health status of a task nothing has reported on yet.
 const UNKNOWN_HEALTH: &str = "UNKNOWN";
@@ -53,7 +57,8 @@ fn need_of(definition: &berth_taskdef::TaskDefinition) -> Need {
 
 /// The fleet as placement sees it: every instance with what is left of its
 /// capacity (the lower of registered and reported, minus the reservations
-/// of its tasks not STOPPED).
+/// of its tasks not STOPPED) and all its attributes
+/// ([`InstanceRecord::all_attributes`]).
 pub fn candidates(
     instances: &[InstanceRecord],
     usage: &std::collections::HashMap<String, Usage>,
@@ -65,18 +70,9 @@ pub fn candidates(
             let u = usage.get(&i.instance_id).copied().unwrap_or_default();
             // Never more than registered, whatever a Hello said.
             let (cpu, memory_mib) = i.capacity();
-            let mut attributes = i.attributes.clone();
-            // The built-in platform attributes, unless the agent sent them.
-            for (name, value) in [
-                (placement::requirements::OS_ATTRIBUTE, &i.os),
-                (placement::requirements::ARCH_ATTRIBUTE, &i.arch),
-            ] {
-                if !value.is_empty() {
-                    attributes
-                        .entry(name.to_owned())
-                        .or_insert_with(|| value.clone());
-                }
-            }
+            // The agent's, the platform recorded at enrollment, the
+            // operator's custom ones over them.
+            let attributes = i.all_attributes();
             Candidate {
                 instance_id: i.instance_id.clone(),
                 status: InstanceStatus::from_store(&i.status),
@@ -112,12 +108,59 @@ pub fn place_and_insert(
     explicit: Option<&str>,
     connected: &HashSet<String>,
 ) -> Result<TaskRecord, ScheduleError> {
+    place_request_and_insert(s, task, &Request::new(need), explicit, connected)
+}
+
+/// Whether placing `req` needs to know how many tasks of the task's group
+/// each instance runs (`distinctInstance`, `spread`).
+fn uses_group_counts(req: &Request) -> bool {
+    req.constraints
+        .iter()
+        .any(|c| matches!(c, placement::Constraint::DistinctInstance))
+        || req
+            .strategies
+            .iter()
+            .any(|s| matches!(s, placement::Strategy::Spread(_)))
+}
+
+/// Sets each candidate's `group_count`: the tasks of `group` not STOPPED
+/// on it.
+fn count_group(s: &dyn Store, group: &str, fleet: &mut [Candidate]) -> Result<(), StoreError> {
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for t in s.tasks(None)? {
+        if t.group == group && t.last_status != STOPPED {
+            *counts.entry(t.instance_id).or_default() += 1;
+        }
+    }
+    for c in fleet {
+        c.group_count = counts.get(&c.instance_id).copied().unwrap_or(0);
+    }
+    Ok(())
+}
+
+/// [`place_and_insert`] for a whole placement request: the definition's
+/// requirements, constraints and strategies ([`Request`]); the candidates'
+/// group counts are those of `task.group`. The snapshot, the choice and
+/// the insert under the generation check are the same.
+pub fn place_request_and_insert(
+    s: &dyn Store,
+    task: TaskRecord,
+    req: &Request,
+    explicit: Option<&str>,
+    connected: &HashSet<String>,
+) -> Result<TaskRecord, ScheduleError> {
     let mut tries = 0;
     loop {
         tries += 1;
         let snapshot = s.placement_snapshot()?;
-        let fleet = candidates(&snapshot.instances, &snapshot.usage, connected);
-        let instance_id = placement::place_task(&Request::new(need), &fleet, explicit)?;
+        let mut fleet = candidates(&snapshot.instances, &snapshot.usage, connected);
+        if uses_group_counts(req) {
+            // Read after the snapshot: a task of the group inserted since
+            // bumped its instance's generation, so choosing that instance
+            // is a conflict below and placement runs again.
+            count_group(s, &task.group, &mut fleet)?;
+        }
+        let instance_id = placement::place_task(req, &fleet, explicit)?;
         let generation = snapshot
             .instances
             .iter()
@@ -146,14 +189,26 @@ pub struct Origin {
     pub started_by: String,
 }
 
+/// How `task run` places, beyond the definition's requirements: the
+/// constraints and strategies of the command line, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub constraints: Vec<placement::Constraint>,
+    pub strategies: Vec<placement::Strategy>,
+}
+
 /// Schedules one task of `definition_json`, on `instance_id` when given
-/// (it must exist, be ACTIVE and have room) or on the connected ACTIVE
-/// instance with the most free memory.
+/// (it must exist, be ACTIVE, have room and meet the requirements and
+/// constraints) or by the placement pipeline: the definition's
+/// requirements ([`Request::for_definition`]), then `placement`'s
+/// constraints and strategies (`random` seeded by the task id; without a
+/// strategy, the connected ACTIVE instance with the most free memory).
 pub(crate) async fn run_task(
     core: &Core,
     definition_json: String,
     instance_id: Option<String>,
     origin: Origin,
+    placement: Placement,
 ) -> Result<Scheduled, ScheduleError> {
     let parsed = berth_taskdef::parse(&definition_json)
         .map_err(|e| ScheduleError::Definition(e.to_string()))?;
@@ -176,10 +231,16 @@ pub(crate) async fn run_task(
         started_by: origin.started_by,
         ..TaskRecord::default()
     };
+    let request = Request {
+        constraints: placement.constraints,
+        strategies: placement.strategies,
+        seed: seed_of(&task.task_id),
+        ..Request::for_definition(&parsed.definition)
+    };
     let connected = core.sessions().connected_instances();
     let placed = core
         .db("place_task", move |s| {
-            place_and_insert(s, task, need, instance_id.as_deref(), &connected)
+            place_request_and_insert(s, task, &request, instance_id.as_deref(), &connected)
         })
         .instrument(span.clone())
         .await;
@@ -203,6 +264,13 @@ pub(crate) async fn run_task(
         task: placed,
         connected,
     })
+}
+
+/// A `random` seed from a task id (a random UUID's hex): its first 16 hex
+/// digits.
+fn seed_of(task_id: &str) -> u64 {
+    let digits: String = task_id.chars().take(16).collect();
+    u64::from_str_radix(&digits, 16).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -281,5 +349,32 @@ mod tests {
         assert_eq!(c[0].attributes["ecs.cpu-architecture"], "x86_64");
         assert_eq!(c[0].agent_version, "0.13.0");
         assert_eq!(c[1].attributes["ecs.cpu-architecture"], "arm64");
+    }
+
+    #[test]
+    fn candidates_see_custom_attributes_over_the_agents_but_never_over_built_in_ones() {
+        let mut i = instance("i-1", ACTIVE, 1024, 1024);
+        i.attributes = [
+            ("zone".to_owned(), "rack-1".to_owned()),
+            ("team".to_owned(), "web".to_owned()),
+            (
+                "berth.policy.allow_privileged".to_owned(),
+                "false".to_owned(),
+            ),
+        ]
+        .into();
+        i.custom_attributes = [
+            ("zone".to_owned(), "rack-3".to_owned()),
+            // Never stored (the store refuses it); ignored if it were.
+            (
+                "berth.policy.allow_privileged".to_owned(),
+                "true".to_owned(),
+            ),
+        ]
+        .into();
+        let c = candidates(&[i], &Default::default(), &HashSet::new());
+        assert_eq!(c[0].attributes["zone"], "rack-3");
+        assert_eq!(c[0].attributes["team"], "web");
+        assert_eq!(c[0].attributes["berth.policy.allow_privileged"], "false");
     }
 }

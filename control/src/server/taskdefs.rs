@@ -36,6 +36,7 @@ use tonic::Status;
 use tracing::info;
 
 use super::admin::{placement_status, task_message};
+use super::placement::{Constraint, SpecError, Strategy};
 use super::scheduler::{self, Origin, ScheduleError};
 use super::store::{
     INACTIVE, MAX_TASK_DEFINITION_REVISIONS, RegistryError, StatusFilter, StoreError,
@@ -227,6 +228,21 @@ async fn lookup(core: &Core, r: &TaskDefRef) -> Result<TaskDefinitionRecord, Sta
     })
 }
 
+/// The ACTIVE revision `s` names (`FAMILY`, `FAMILY:REVISION` or an ARN)
+/// for something new to use: NOT_FOUND naming it when there is none,
+/// FAILED_PRECONDITION when it was deregistered.
+pub(crate) async fn resolve_active(core: &Core, s: &str) -> Result<TaskDefinitionRecord, Status> {
+    let r = parse_ref(s)?;
+    let rec = lookup(core, &r).await?;
+    if rec.status == INACTIVE {
+        return Err(Status::failed_precondition(format!(
+            "task definition {} is INACTIVE (deregistered): nothing new may use it; use an ACTIVE revision or register it again",
+            rec.name()
+        )));
+    }
+    Ok(rec)
+}
+
 /// `DescribeTaskDefinition`.
 pub(crate) async fn describe(
     core: &Core,
@@ -341,13 +357,45 @@ fn schedule_status(e: ScheduleError) -> Status {
     }
 }
 
+/// ECS' limits on the placement strategies and constraints of one
+/// `RunTask`.
+pub const MAX_STRATEGIES: usize = 5;
+pub const MAX_CONSTRAINTS: usize = 10;
+
+/// The placement of `RunTask`: its strategies and constraints in their
+/// command-line forms (`spread:attribute:zone`, `memberOf:…`), in order.
+fn placement_of(
+    strategies: &[String],
+    constraints: &[String],
+) -> Result<scheduler::Placement, Status> {
+    if strategies.len() > MAX_STRATEGIES {
+        return Err(Status::invalid_argument(format!(
+            "placement strategies: {} given, at most {MAX_STRATEGIES} are allowed",
+            strategies.len()
+        )));
+    }
+    if constraints.len() > MAX_CONSTRAINTS {
+        return Err(Status::invalid_argument(format!(
+            "placement constraints: {} given, at most {MAX_CONSTRAINTS} are allowed",
+            constraints.len()
+        )));
+    }
+    let invalid = |e: SpecError| Status::invalid_argument(e.to_string());
+    Ok(scheduler::Placement {
+        strategies: strategies
+            .iter()
+            .map(|s| s.parse::<Strategy>().map_err(invalid))
+            .collect::<Result<_, _>>()?,
+        constraints: constraints
+            .iter()
+            .map(|c| c.parse::<Constraint>().map_err(invalid))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
 /// `RunTask`.
 pub(crate) async fn run_task(core: &Core, req: RunTaskRequest) -> Result<RunTaskResponse, Status> {
-    if !req.placement_strategies.is_empty() || !req.placement_constraints.is_empty() {
-        return Err(Status::invalid_argument(
-            "placement strategies and constraints are not supported by task run yet",
-        ));
-    }
+    let placement = placement_of(&req.placement_strategies, &req.placement_constraints)?;
     let count = task_count(req.count)?;
     let started_by = req.started_by.trim().to_owned();
     check_started_by(&started_by)?;
@@ -368,17 +416,7 @@ pub(crate) async fn run_task(core: &Core, req: RunTaskRequest) -> Result<RunTask
             let (family, stored, _) = checked(&req.task_definition_json)?;
             register_checked(core, family, stored, true).await?.0
         }
-        (false, true) => {
-            let r = parse_ref(&req.task_definition)?;
-            let rec = lookup(core, &r).await?;
-            if rec.status == INACTIVE {
-                return Err(Status::failed_precondition(format!(
-                    "task definition {} is INACTIVE (deregistered): nothing new may use it; run an ACTIVE revision or register it again",
-                    rec.name()
-                )));
-            }
-            rec
-        }
+        (false, true) => resolve_active(core, &req.task_definition).await?,
     };
     let group = group_of(&req.group, &rec.family)?;
     let origin = Origin {
@@ -396,6 +434,7 @@ pub(crate) async fn run_task(core: &Core, req: RunTaskRequest) -> Result<RunTask
             rec.definition_json.clone(),
             explicit.clone(),
             origin.clone(),
+            placement.clone(),
         )
         .await
         {
@@ -457,6 +496,38 @@ mod tests {
         }
         // A file name with a dot is not a family.
         assert!(TaskDefRef::parse("task.json").is_err());
+    }
+
+    #[test]
+    fn run_task_placement_is_parsed_and_bounded() {
+        let p = placement_of(
+            &["spread:attribute:zone".into(), "binpack:memory".into()],
+            &[
+                "distinctInstance".into(),
+                "memberOf:attribute:zone == rack-3".into(),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(p.strategies.len(), 2);
+        assert_eq!(p.constraints[0], Constraint::DistinctInstance);
+        let e = placement_of(&["spread:disk".into()], &[]).expect_err("bad");
+        assert!(e.message().contains("spread:disk"), "{}", e.message());
+        let e = placement_of(&[], &["memberOf:(".into()]).expect_err("bad");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let six = vec!["random".to_owned(); 6];
+        let e = placement_of(&six, &[]).expect_err("too many");
+        assert!(
+            e.message().contains("6 given, at most 5"),
+            "{}",
+            e.message()
+        );
+        let eleven = vec!["distinctInstance".to_owned(); 11];
+        let e = placement_of(&[], &eleven).expect_err("too many");
+        assert!(
+            e.message().contains("11 given, at most 10"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]

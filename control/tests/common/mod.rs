@@ -218,12 +218,26 @@ pub struct FakeAgent {
 
 impl FakeAgent {
     pub async fn start(server: &RunningServer, cpu: i64, memory_mib: i64) -> Result<FakeAgent> {
+        Self::start_with_attributes(server, cpu, memory_mib, &[]).await
+    }
+
+    /// [`FakeAgent::start`] with these attributes in its Hello.
+    pub async fn start_with_attributes(
+        server: &RunningServer,
+        cpu: i64,
+        memory_mib: i64,
+        attributes: &[(&str, &str)],
+    ) -> Result<FakeAgent> {
         let enrolled = enroll(server).await?;
         let mtls = enrolled.mtls(server).await?;
         let (tx, rx) = mpsc::channel::<AgentMessage>(16);
         tx.send(agent(AgentMsg::Hello(Hello {
             instance_id: enrolled.instance_id.clone(),
             capacity: Some(Resources { cpu, memory_mib }),
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             ..Hello::default()
         })))
         .await?;
@@ -264,4 +278,20 @@ pub async fn berth(server: &RunningServer, args: &[&str]) -> Result<std::process
 /// Output bytes as text (lossy).
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// The JSON a command printed; fails unless it succeeded.
+pub fn json_of(out: &std::process::Output) -> Result<serde_json::Value> {
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Fails unless the command exited 1 with `needle` on stderr.
+pub fn assert_refused(out: &std::process::Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(needle),
+        "stderr lacks {needle:?}: {}",
+        text(&out.stderr)
+    );
 }

@@ -29,11 +29,11 @@ use berth_agent::ports::{Protocol, static_host_ports};
 use berth_taskdef::{NetworkMode, TaskDefinition};
 
 /// The prefix of the policy attributes.
-pub const POLICY_PREFIX: &str = "berth.policy.";
+pub const POLICY_PREFIX: &str = berth_proto::attributes::POLICY_PREFIX;
 /// The built-in attribute of the CPU architecture (`x86_64`, `arm64`).
-pub const ARCH_ATTRIBUTE: &str = "ecs.cpu-architecture";
+pub const ARCH_ATTRIBUTE: &str = berth_proto::attributes::CPU_ARCHITECTURE;
 /// The built-in attribute of the operating system (`linux`).
-pub const OS_ATTRIBUTE: &str = "ecs.os-type";
+pub const OS_ATTRIBUTE: &str = berth_proto::attributes::OS_TYPE;
 
 /// Something an instance must offer.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

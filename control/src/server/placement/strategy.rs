@@ -47,12 +47,7 @@ const STRATEGY_FORMS: &str =
 const CONSTRAINT_FORMS: &str = "distinctInstance or memberOf:EXPRESSION";
 
 /// An attribute name: 1–128 characters of `[A-Za-z0-9_.\-/:]` (SPEC §6).
-pub fn valid_attribute_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/' | ':'))
-}
+pub use berth_proto::attributes::valid_text as valid_attribute_name;
 
 fn spread_field(field: &str, shown: &str) -> Result<SpreadOn, SpecError> {
     if field.eq_ignore_ascii_case("instanceId") || field.eq_ignore_ascii_case("host") {

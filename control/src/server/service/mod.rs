@@ -41,9 +41,8 @@
 //! - Placement failures are the caller's to report: the plan asks for the
 //!   starts and is not computed differently when they cannot be placed.
 
-// The scheduler loop that calls the reconciler is wired in separately.
-#![cfg_attr(not(test), allow(dead_code))]
-
+pub(crate) mod config;
+pub(crate) mod controller;
 pub(crate) mod health;
 pub(crate) mod model;
 pub(crate) mod reconcile;

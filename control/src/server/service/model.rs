@@ -80,6 +80,7 @@ pub struct ServiceSpec {
 
 impl ServiceSpec {
     /// A REPLICA service with the defaults.
+    #[cfg(test)]
     pub fn replica(name: &str, cluster: &str, desired: i64) -> Self {
         ServiceSpec {
             name: name.to_owned(),
@@ -97,6 +98,7 @@ impl ServiceSpec {
     }
 
     /// A DAEMON service with the defaults.
+    #[cfg(test)]
     pub fn daemon(name: &str, cluster: &str) -> Self {
         ServiceSpec {
             strategy: SchedulingStrategy::Daemon,
@@ -542,11 +544,13 @@ pub struct Plan {
 
 impl Plan {
     /// How many tasks the plan asks to start.
+    #[cfg(test)]
     pub fn start_count(&self) -> u32 {
         self.starts.iter().map(|s| s.count).sum()
     }
 
     /// Whether the plan changes nothing.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.starts.is_empty()
             && self.stops.is_empty()

@@ -7,7 +7,7 @@
 //! change would break: exactly one winner, a value that only grows, a
 //! total that never exceeds a capacity.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Barrier;
 
 use berth_proto::v1::{TaskEvent, TaskState};
@@ -1577,9 +1577,185 @@ pub(crate) fn an_activation_joins_its_cluster(open: Opener<'_>) {
     ));
 }
 
+fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Custom attributes: put and deleted whole or not at all, kept apart from
+/// (and over) the agent's, kept across Hellos, bounded, never built in,
+/// never on a deregistered instance; concurrent puts lose nothing.
+pub(crate) fn custom_attributes_are_put_and_deleted_whole(open: Opener<'_>) {
+    let s = open();
+    enrolled(s.as_ref(), "i-1");
+    let hello = |zone: &str| HelloRecord {
+        hostname: "h".into(),
+        cpu: 4096,
+        memory_mib: 1024,
+        at_ms: 20,
+        attributes: attrs(&[("zone", zone), ("ecs.os-type", "linux")]),
+        ..HelloRecord::default()
+    };
+    s.record_hello("i-1", &hello("agent")).expect("hello");
+    let i = s
+        .put_attributes("i-1", &attrs(&[("zone", "rack-3"), ("team", "web")]))
+        .expect("put");
+    assert_eq!(
+        i.custom_attributes,
+        attrs(&[("team", "web"), ("zone", "rack-3")])
+    );
+    assert_eq!(i.attributes["zone"], "agent", "the agent's are kept apart");
+    let all = i.all_attributes();
+    assert_eq!(
+        (all["zone"].as_str(), all["ecs.os-type"].as_str()),
+        ("rack-3", "linux")
+    );
+    // A Hello replaces the agent's attributes, not the custom ones.
+    s.record_hello("i-1", &hello("agent-2"))
+        .expect("hello again");
+    let i = s.instance("i-1").expect("get").expect("i-1");
+    assert_eq!(i.attributes["zone"], "agent-2");
+    assert_eq!(
+        i.custom_attributes,
+        attrs(&[("team", "web"), ("zone", "rack-3")])
+    );
+    // A name put again takes the new value.
+    let i = s
+        .put_attributes("i-1", &attrs(&[("team", "api")]))
+        .expect("put");
+    assert_eq!(i.custom_attributes["team"], "api");
+    // A call with one bad attribute stores nothing of it.
+    let before = s
+        .instance("i-1")
+        .expect("get")
+        .expect("i-1")
+        .custom_attributes;
+    for (bad, what) in [
+        (
+            attrs(&[("ok", "1"), ("ecs.os-type", "windows")]),
+            "built in",
+        ),
+        (
+            attrs(&[("ok", "1"), ("berth.policy.allow_privileged", "true")]),
+            "built in",
+        ),
+        (attrs(&[("ok", "1"), ("rack", "a b")]), "value"),
+        (attrs(&[("ok", "1"), ("a b", "1")]), "name"),
+        (attrs(&[("ok", &"x".repeat(129))]), "long value"),
+    ] {
+        assert!(
+            matches!(
+                s.put_attributes("i-1", &bad),
+                Err(StoreError::InvalidAttribute(_))
+            ),
+            "{what}: {bad:?}"
+        );
+    }
+    let eleven: BTreeMap<String, String> =
+        (0..11).map(|n| (format!("a{n}"), "v".to_owned())).collect();
+    assert!(matches!(
+        s.put_attributes("i-1", &eleven),
+        Err(StoreError::TooManyAttributesInCall(11))
+    ));
+    assert!(matches!(
+        s.put_attributes("i-1", &BTreeMap::new()),
+        Err(StoreError::NoAttributesInCall)
+    ));
+    assert_eq!(
+        s.instance("i-1")
+            .expect("get")
+            .expect("i-1")
+            .custom_attributes,
+        before,
+        "nothing of a refused put is stored"
+    );
+    // At most 64 custom attributes on an instance.
+    for batch in 0..7 {
+        let ten: BTreeMap<String, String> = (0..10)
+            .map(|n| (format!("k{batch}-{n}"), "v".to_owned()))
+            .take(if batch == 6 { 2 } else { 10 })
+            .collect();
+        s.put_attributes("i-1", &ten).expect("room");
+    }
+    assert_eq!(
+        s.instance("i-1")
+            .expect("get")
+            .expect("i-1")
+            .custom_attributes
+            .len(),
+        64
+    );
+    assert!(matches!(
+        s.put_attributes("i-1", &attrs(&[("one-more", "v")])),
+        Err(StoreError::TooManyAttributes { count: 65, .. })
+    ));
+    s.put_attributes("i-1", &attrs(&[("zone", "rack-4")]))
+        .expect("a new value for a name there is needs no room");
+    // A delete naming one attribute that was never put deletes nothing.
+    assert!(matches!(
+        s.delete_attributes("i-1", &["team".into(), "nope".into()]),
+        Err(StoreError::NoAttribute { name, .. }) if name == "nope"
+    ));
+    assert!(matches!(
+        s.delete_attributes("i-1", &["ecs.os-type".into()]),
+        Err(StoreError::InvalidAttribute(_))
+    ));
+    assert_eq!(
+        s.instance("i-1")
+            .expect("get")
+            .expect("i-1")
+            .custom_attributes["team"],
+        "api"
+    );
+    let i = s
+        .delete_attributes("i-1", &["team".into(), "zone".into(), "team".into()])
+        .expect("delete");
+    assert!(!i.custom_attributes.contains_key("team"));
+    assert_eq!(i.custom_attributes.len(), 62);
+    assert_eq!(
+        i.all_attributes()["zone"],
+        "agent-2",
+        "the agent's shows again"
+    );
+    // Concurrent puts of different names on one instance: none is lost.
+    enrolled(s.as_ref(), "i-2");
+    let results = race(open, |s, n| {
+        s.put_attributes("i-2", &attrs(&[(&format!("racer-{n}"), "v")]))
+    });
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let i = s.instance("i-2").expect("get").expect("i-2");
+    assert_eq!(
+        i.custom_attributes.len(),
+        RACERS,
+        "{:?}",
+        i.custom_attributes
+    );
+    // Never on a deregistered or unknown instance.
+    s.deregister_instance("i-2", "UserInitiated", "gone")
+        .expect("deregister");
+    assert!(matches!(
+        s.put_attributes("i-2", &attrs(&[("zone", "a")])),
+        Err(StoreError::InstanceInactive(_))
+    ));
+    assert!(matches!(
+        s.delete_attributes("i-2", &["racer-0".into()]),
+        Err(StoreError::InstanceInactive(_))
+    ));
+    assert!(matches!(
+        s.put_attributes("i-9", &attrs(&[("zone", "a")])),
+        Err(StoreError::NoInstance(_))
+    ));
+}
+
 /// Every check, by name, for a backend that runs them in one test (one
 /// server for the run, a new database per check).
 pub(crate) const CHECKS: &[(&str, Check)] = &[
+    (
+        "custom_attributes_are_put_and_deleted_whole",
+        custom_attributes_are_put_and_deleted_whole,
+    ),
     ("clusters_lifecycle", clusters_lifecycle),
     (
         "an_activation_joins_its_cluster",
@@ -1710,7 +1886,8 @@ macro_rules! store_conformance {
             events_keep_the_newest_hundred_with_bounded_messages,
             plans_from_one_generation_have_one_winner,
             a_task_is_in_its_instance_cluster,
-            concurrent_creates_of_one_service_have_one_winner
+            concurrent_creates_of_one_service_have_one_winner,
+            custom_attributes_are_put_and_deleted_whole
         );
     };
     (@ $fresh:expr; $($name:ident),*) => {

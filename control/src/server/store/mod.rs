@@ -174,6 +174,29 @@ pub enum StoreError {
     /// length or a count out of bounds.
     #[error("{op}: {detail}; nothing was changed")]
     Invalid { op: &'static str, detail: String },
+    #[error(transparent)]
+    InvalidAttribute(#[from] berth_proto::attributes::AttributeError),
+    #[error("{0} attributes in one call, at most {max} are allowed", max = berth_proto::attributes::MAX_PER_CALL)]
+    TooManyAttributesInCall(usize),
+    #[error("no attribute named in the call; name at least one")]
+    NoAttributesInCall,
+    #[error(
+        "instance {instance_id} would have {count} custom attributes, at most {max} are allowed; delete some first",
+        max = berth_proto::attributes::MAX_CUSTOM
+    )]
+    TooManyAttributes { instance_id: String, count: usize },
+    #[error(
+        "instance {instance_id} is not in cluster {cluster} (it is in {actual}); name its cluster (--cluster {actual})"
+    )]
+    WrongCluster {
+        instance_id: String,
+        cluster: String,
+        actual: String,
+    },
+    #[error(
+        "instance {instance_id} has no attribute {name} put with `berth attribute put` (attributes from the agent's config change only there)"
+    )]
+    NoAttribute { instance_id: String, name: String },
 }
 
 /// The cluster every instance, activation and task belongs to unless it
@@ -278,9 +301,37 @@ pub struct InstanceRecord {
     pub pending_cert_serial: Option<String>,
     /// The cluster it joined at enrollment: its activation's.
     pub cluster: String,
+    /// Attributes an operator put (`berth attribute put`, ECS
+    /// `PutAttributes`): never in the built-in namespaces, kept apart from
+    /// what the agent reports in [`Self::attributes`].
+    pub custom_attributes: BTreeMap<String, String>,
 }
 
 impl InstanceRecord {
+    /// Every attribute of the instance, as placement and the API see it:
+    /// the agent's (built-in and from its config), the platform recorded at
+    /// enrollment where the agent sent none, and the custom ones put by an
+    /// operator over them (a custom attribute never has a built-in name, so
+    /// it wins only over an agent's config attribute of the same name).
+    pub fn all_attributes(&self) -> BTreeMap<String, String> {
+        let mut all = self.attributes.clone();
+        for (name, value) in [
+            (berth_proto::attributes::OS_TYPE, &self.os),
+            (berth_proto::attributes::CPU_ARCHITECTURE, &self.arch),
+        ] {
+            if !value.is_empty() {
+                all.entry(name.to_owned()).or_insert_with(|| value.clone());
+            }
+        }
+        all.extend(
+            self.custom_attributes
+                .iter()
+                .filter(|(name, _)| !berth_proto::attributes::is_reserved(name))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        all
+    }
+
     /// What placement may use: the lower of the registered capacity and
     /// what the agent reports (a Hello may lower it, never raise it).
     pub fn capacity(&self) -> (i64, i64) {
@@ -595,4 +646,21 @@ pub trait Store: TaskDefinitionStore + ServiceStore + Send + Sync {
     /// nothing. [`StoreError::InstanceInactive`] for a deregistered one,
     /// [`StoreError::InvalidInstanceStatus`] for any other status.
     fn update_instance_state(&self, id: &str, status: &str) -> Result<InstanceRecord, StoreError>;
+
+    /// Puts custom attributes on a registered instance (ECS
+    /// `PutAttributes`): a name already there takes the new value. In one
+    /// transaction with the rules of [`rules::put_attributes`] (1 to 10
+    /// per call, valid names and values outside the built-in namespaces,
+    /// at most 64 on the instance); nothing is stored when one fails.
+    /// [`StoreError::InstanceInactive`] for a deregistered instance.
+    fn put_attributes(
+        &self,
+        id: &str,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<InstanceRecord, StoreError>;
+
+    /// Deletes custom attributes of a registered instance (ECS
+    /// `DeleteAttributes`), in one transaction: every name must be one put
+    /// before ([`StoreError::NoAttribute`], nothing deleted).
+    fn delete_attributes(&self, id: &str, names: &[String]) -> Result<InstanceRecord, StoreError>;
 }

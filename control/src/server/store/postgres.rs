@@ -253,8 +253,10 @@ fn instance_from_row(r: &Row) -> Result<InstanceRecord, StoreError> {
             cert_serial: r.try_get(18)?,
             pending_cert_serial: r.try_get(19)?,
             cluster: text(r, 20)?,
+            custom_attributes: BTreeMap::new(),
         },
         attributes_json: text(r, 8)?,
+        custom_attributes_json: text(r, 21)?,
     }
     .decode()
 }
@@ -647,7 +649,7 @@ impl Store for PostgresStore {
             tx.execute(
                 &format!(
                     "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES \
-                     ($1, $2, $3, $4, $5, '', $8, $9, '{{}}', 0, 0, 1, 0, $6, $7, 0, 0, '', $10, NULL, $11)"
+                     ($1, $2, $3, $4, $5, '', $8, $9, '{{}}', 0, 0, 1, 0, $6, $7, 0, 0, '', $10, NULL, $11, '{{}}')"
                 ),
                 params,
             )
@@ -1138,6 +1140,43 @@ impl Store for PostgresStore {
                 .ok_or_else(|| StoreError::NoInstance(id.to_owned()))
         })
     }
+
+    fn put_attributes(
+        &self,
+        id: &str,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<InstanceRecord, StoreError> {
+        self.run("put_attributes", async |tx| {
+            // Locks the row: the read, the rules and the write are one step.
+            let before = active_instance(tx, id).await?;
+            let after = rules::put_attributes(&before, attributes)?;
+            set_custom_attributes(tx, id, &after).await
+        })
+    }
+
+    fn delete_attributes(&self, id: &str, names: &[String]) -> Result<InstanceRecord, StoreError> {
+        self.run("delete_attributes", async |tx| {
+            let before = active_instance(tx, id).await?;
+            let after = rules::delete_attributes(&before, names)?;
+            set_custom_attributes(tx, id, &after).await
+        })
+    }
+}
+
+/// Stores an instance's custom attributes; returns the instance.
+async fn set_custom_attributes(
+    tx: &Transaction<'_>,
+    id: &str,
+    attributes: &BTreeMap<String, String>,
+) -> Result<InstanceRecord, StoreError> {
+    tx.execute(
+        "UPDATE instances SET custom_attributes_json = $2 WHERE instance_id = $1",
+        &[&id, &attributes_json(attributes)],
+    )
+    .await?;
+    get_instance(tx, id, false)
+        .await?
+        .ok_or_else(|| StoreError::NoInstance(id.to_owned()))
 }
 
 #[cfg(test)]

@@ -9,12 +9,74 @@
 //! in one query); [`IN_DESIRED_SET_SQL`] is its only SQL spelling, and a
 //! backend test checks that the two agree on every combination.
 
+use std::collections::BTreeMap;
+
+use berth_proto::attributes;
 use berth_proto::v1::TaskState;
 
 use super::{
     CertUse, HelloOutcome, HelloRecord, InstanceRecord, PENDING, RUNNING, STOPPED, StoreError,
     TaskRecord,
 };
+
+/// The custom attributes of an instance after a put of `put` on `current`
+/// (ECS `PutAttributes`): 1 to [`MAX_PER_CALL`] of them, each a valid custom
+/// attribute, and at most [`MAX_CUSTOM`] on the instance afterwards.
+///
+/// [`MAX_PER_CALL`]: berth_proto::attributes::MAX_PER_CALL
+/// [`MAX_CUSTOM`]: berth_proto::attributes::MAX_CUSTOM
+pub fn put_attributes(
+    instance: &InstanceRecord,
+    put: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, StoreError> {
+    attribute_call_size(put.len())?;
+    for (name, value) in put {
+        attributes::check_custom(name, value)?;
+    }
+    let mut after = instance.custom_attributes.clone();
+    after.extend(put.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if after.len() > attributes::MAX_CUSTOM {
+        return Err(StoreError::TooManyAttributes {
+            instance_id: instance.instance_id.clone(),
+            count: after.len(),
+        });
+    }
+    Ok(after)
+}
+
+/// The custom attributes of an instance after deleting `names` (ECS
+/// `DeleteAttributes`): 1 to [`MAX_PER_CALL`] names, each one put before.
+///
+/// [`MAX_PER_CALL`]: berth_proto::attributes::MAX_PER_CALL
+pub fn delete_attributes(
+    instance: &InstanceRecord,
+    names: &[String],
+) -> Result<BTreeMap<String, String>, StoreError> {
+    attribute_call_size(names.len())?;
+    let mut after = instance.custom_attributes.clone();
+    // A name given twice is deleted once.
+    let names: std::collections::BTreeSet<&String> = names.iter().collect();
+    for name in names {
+        attributes::check_custom_name(name)?;
+        if after.remove(name).is_none() {
+            return Err(StoreError::NoAttribute {
+                instance_id: instance.instance_id.clone(),
+                name: name.clone(),
+            });
+        }
+    }
+    Ok(after)
+}
+
+fn attribute_call_size(n: usize) -> Result<(), StoreError> {
+    if n == 0 {
+        return Err(StoreError::NoAttributesInCall);
+    }
+    if n > attributes::MAX_PER_CALL {
+        return Err(StoreError::TooManyAttributesInCall(n));
+    }
+    Ok(())
+}
 
 /// The cluster an activation's host joins: `default` when none is named.
 pub fn activation_cluster(cluster: &str) -> &str {

@@ -2,6 +2,8 @@
 //! JSON columns are decoded, the stored format of container state, and the
 //! conversions of unsigned counters to BIGINT.
 
+use std::collections::BTreeMap;
+
 use berth_proto::v1::{ContainerState, NetworkBinding};
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +12,7 @@ use super::{InstanceRecord, StoreError, TaskRecord};
 pub(super) const INSTANCE_COLUMNS: &str = "instance_id, hostname, status, registered_at_ms, agent_version, \
      boot_id, cpu, memory_mib, attributes_json, last_heartbeat_at_ms, last_event_seq, \
      generation, acked_generation, os, arch, reported_cpu, reported_memory_mib, \
-     reported_hostname, cert_serial, pending_cert_serial, cluster";
+     reported_hostname, cert_serial, pending_cert_serial, cluster, custom_attributes_json";
 
 pub(super) const TASK_COLUMNS: &str = "task_id, instance_id, family, definition_json, desired_status, \
      last_status, health_status, stop_code, stopped_reason, created_at_ms, started_at_ms, \
@@ -43,6 +45,7 @@ pub(super) const CLUSTER_LEFT_PG: &str = "SELECT \
 pub(super) struct RawInstance {
     pub(super) rec: InstanceRecord,
     pub(super) attributes_json: String,
+    pub(super) custom_attributes_json: String,
 }
 
 impl RawInstance {
@@ -54,8 +57,22 @@ impl RawInstance {
                 id: rec.instance_id.clone(),
                 source,
             })?;
+        rec.custom_attributes =
+            serde_json::from_str(&self.custom_attributes_json).map_err(|source| {
+                StoreError::Corrupt {
+                    what: "custom attributes",
+                    id: rec.instance_id.clone(),
+                    source,
+                }
+            })?;
         Ok(rec)
     }
+}
+
+/// Custom attributes as the `custom_attributes_json` column holds them.
+pub(super) fn attributes_json(attributes: &BTreeMap<String, String>) -> String {
+    // Serialising a map of strings cannot fail.
+    serde_json::to_string(attributes).unwrap_or_else(|_| "{}".to_owned())
 }
 
 pub(super) struct RawTask {

@@ -121,8 +121,10 @@ fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<RawInstance> {
             cert_serial: r.get(18)?,
             pending_cert_serial: r.get(19)?,
             cluster: r.get(20)?,
+            custom_attributes: BTreeMap::new(),
         },
         attributes_json: r.get(8)?,
+        custom_attributes_json: r.get(21)?,
     })
 }
 
@@ -574,7 +576,7 @@ impl Store for SqliteStore {
             tx.execute(
                 &format!(
                     "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, '', ?8, ?9, '{{}}', 0, 0, 1, 0, ?6, ?7, 0, 0, '', ?10, NULL, ?11)"
+                     (?1, ?2, ?3, ?4, ?5, '', ?8, ?9, '{{}}', 0, 0, 1, 0, ?6, ?7, 0, 0, '', ?10, NULL, ?11, '{{}}')"
                 ),
                 params![
                     i.instance_id,
@@ -1030,6 +1032,41 @@ impl Store for SqliteStore {
             get_instance(tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))
         })
     }
+
+    fn put_attributes(
+        &self,
+        id: &str,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<InstanceRecord, StoreError> {
+        // The write transaction holds the write lock from its start: the
+        // read, the rules and the write are one step.
+        self.write("put_attributes", |tx| {
+            let before = active_instance(tx, id)?;
+            let after = rules::put_attributes(&before, attributes)?;
+            set_custom_attributes(tx, id, &after)
+        })
+    }
+
+    fn delete_attributes(&self, id: &str, names: &[String]) -> Result<InstanceRecord, StoreError> {
+        self.write("delete_attributes", |tx| {
+            let before = active_instance(tx, id)?;
+            let after = rules::delete_attributes(&before, names)?;
+            set_custom_attributes(tx, id, &after)
+        })
+    }
+}
+
+/// Stores an instance's custom attributes; returns the instance.
+fn set_custom_attributes(
+    tx: &Transaction<'_>,
+    id: &str,
+    attributes: &BTreeMap<String, String>,
+) -> Result<InstanceRecord, StoreError> {
+    tx.execute(
+        "UPDATE instances SET custom_attributes_json = ?2 WHERE instance_id = ?1",
+        params![id, attributes_json(attributes)],
+    )?;
+    get_instance(tx, id)?.ok_or_else(|| StoreError::NoInstance(id.to_owned()))
 }
 
 #[cfg(test)]
