@@ -4,8 +4,8 @@
 //! A cluster is a named group of instances, activations and tasks;
 //! `default` always exists and is never deleted. Deleting one marks it
 //! INACTIVE (ECS keeps deleted clusters visible as INACTIVE too) and is
-//! refused while any instance not INACTIVE or any task not STOPPED is left
-//! in it: the check and the change are one store transaction
+//! refused while any instance not INACTIVE, any task not STOPPED or any
+//! service not deleted (INACTIVE) is left in it: the check and the change are one store transaction
 //! ([`Store::delete_cluster`](super::store::Store::delete_cluster)).
 //! Creating an existing cluster returns it, and makes a deleted one
 //! ACTIVE again.
@@ -154,6 +154,7 @@ mod tests {
             name: "web".into(),
             instances: 2,
             tasks: 3,
+            services: 0,
         };
         let status = cluster_status(left);
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);

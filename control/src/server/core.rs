@@ -267,7 +267,11 @@ fn random_code() -> String {
 /// Maps store errors to gRPC statuses; internal details go to the log.
 pub(crate) fn store_status(e: StoreError) -> Status {
     match e {
-        StoreError::NoInstance(_) | StoreError::NoTask(_) => Status::not_found(e.to_string()),
+        StoreError::NoInstance(_) | StoreError::NoTask(_) | StoreError::NoService { .. } => {
+            Status::not_found(e.to_string())
+        }
+        StoreError::ServiceExists { .. } => Status::already_exists(e.to_string()),
+        StoreError::Invalid { .. } => Status::invalid_argument(e.to_string()),
         StoreError::InstanceInactive(_) => Status::permission_denied(e.to_string()),
         StoreError::ActivationUsed(_) => Status::permission_denied(e.to_string()),
         // Nothing was changed; the same call may succeed when tried again.
@@ -299,6 +303,17 @@ mod tests {
         assert!(busy.message().contains("stop_task"), "{}", busy.message());
         let missing = store_status(StoreError::NoTask("t1".into()));
         assert_eq!(missing.code(), tonic::Code::NotFound);
+        let taken = StoreError::ServiceExists {
+            cluster: "default".into(),
+            name: "web".into(),
+        };
+        assert_eq!(store_status(taken).code(), tonic::Code::AlreadyExists);
+        let bad = store_status(StoreError::Invalid {
+            op: "apply_service_plan",
+            detail: "10001 marks in one change".into(),
+        });
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        assert!(bad.message().contains("10001 marks"), "{}", bad.message());
     }
 
     #[test]

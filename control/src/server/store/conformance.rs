@@ -647,12 +647,30 @@ pub(crate) fn services_round_trip_and_are_unique_per_cluster(open: Opener<'_>) {
         "{e}"
     );
     s.create_cluster("edge", 1).expect("cluster");
+    // The first deployment is stored PRIMARY and IN_PROGRESS, whatever
+    // the caller left in it.
     s.create_service(
         &service_rec("edge", "web"),
-        &deployment("ecs-svc/3", "web:1"),
+        &DeploymentRecord {
+            id: "ecs-svc/3".into(),
+            task_definition: "web:1".into(),
+            ..DeploymentRecord::default()
+        },
         &[],
     )
     .expect("same name in another cluster");
+    let edge = s
+        .service_snapshot("edge", "web")
+        .expect("snapshot")
+        .expect("exists");
+    assert_eq!(
+        (
+            edge.deployments[0].status.as_str(),
+            edge.deployments[0].rollout_state.as_str(),
+            edge.deployments[0].cluster.as_str()
+        ),
+        ("PRIMARY", "IN_PROGRESS", "edge")
+    );
     s.create_service(
         &service_rec(DEFAULT_CLUSTER, "api"),
         &deployment("ecs-svc/4", "api:1"),
@@ -815,6 +833,42 @@ pub(crate) fn a_service_is_created_only_in_an_active_cluster(open: Opener<'_>) {
         &[],
     )
     .expect("in default");
+    // A cluster with a service not deleted (INACTIVE) stays.
+    s.create_cluster("edge", 2).expect("again");
+    s.create_service(
+        &service_rec("edge", "web"),
+        &deployment("ecs-svc/2", "web:1"),
+        &[],
+    )
+    .expect("in edge");
+    let drained = s
+        .update_service(
+            "edge",
+            "web",
+            1,
+            &ServiceUpdate {
+                status: Some(SERVICE_DRAINING.into()),
+                ..ServiceUpdate::default()
+            },
+        )
+        .expect("delete the service");
+    let e = s.delete_cluster("edge").expect_err("a service is left");
+    assert!(
+        matches!(e, StoreError::ClusterNotEmpty { services: 1, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("1 service(s)"), "{e}");
+    s.apply_service_plan(
+        "edge",
+        "web",
+        drained.generation,
+        &ServicePlanRecord {
+            status: Some(INACTIVE.into()),
+            ..ServicePlanRecord::default()
+        },
+    )
+    .expect("inactive");
+    assert_eq!(s.delete_cluster("edge").expect("delete").status, INACTIVE);
 }
 
 pub(crate) fn a_stale_update_conflicts_and_a_new_deployment_becomes_primary(open: Opener<'_>) {
@@ -831,6 +885,8 @@ pub(crate) fn a_stale_update_conflicts_and_a_new_deployment_becomes_primary(open
                 new_deployment: Some(DeploymentRecord {
                     created_at_ms: 300,
                     updated_at_ms: 300,
+                    status: String::new(),
+                    rollout_state: String::new(),
                     ..deployment("ecs-svc/2", "web:2")
                 }),
                 events: vec![svc_event("e1", 300, "updated")],
@@ -882,6 +938,7 @@ pub(crate) fn a_stale_update_conflicts_and_a_new_deployment_becomes_primary(open
         [("ecs-svc/1", ACTIVE), ("ecs-svc/2", "PRIMARY")],
         "the old PRIMARY is ACTIVE, oldest first"
     );
+    assert_eq!(snap.deployments[1].rollout_state, "IN_PROGRESS");
     assert_eq!(snap.deployments[0].updated_at_ms, 300);
 }
 
@@ -1211,6 +1268,48 @@ pub(crate) fn plans_from_one_generation_have_one_winner(open: Opener<'_>) {
     assert_eq!(generation_of(s.as_ref(), "i-1"), generation + 1);
 }
 
+pub(crate) fn concurrent_creates_of_one_service_have_one_winner(open: Opener<'_>) {
+    let s = open();
+    let create = |s: &dyn Store, i: usize| {
+        s.create_service(
+            &service_rec(DEFAULT_CLUSTER, "web"),
+            &deployment(&format!("ecs-svc/{i}"), "web:1"),
+            &[svc_event(&format!("e{i}"), 100, "created")],
+        )
+    };
+    for round in 0..2 {
+        let results = race(open, |s, i| create(s, round * RACERS + i));
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "round {round}: exactly one create wins: {results:?}"
+        );
+        for e in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(e, StoreError::ServiceExists { .. }),
+                "a loser is told the service exists: {e}"
+            );
+        }
+        let snap = s
+            .service_snapshot(DEFAULT_CLUSTER, "web")
+            .expect("snapshot")
+            .expect("exists");
+        assert_eq!(snap.deployments.len(), 1, "the losers stored nothing");
+        assert_eq!(snap.events.len(), 1);
+        // Deleted: the next round races over an INACTIVE service.
+        s.update_service(
+            DEFAULT_CLUSTER,
+            "web",
+            1,
+            &ServiceUpdate {
+                status: Some(INACTIVE.into()),
+                ..ServiceUpdate::default()
+            },
+        )
+        .expect("inactive");
+    }
+}
+
 pub(crate) fn a_task_is_in_its_instance_cluster(open: Opener<'_>) {
     let s = open();
     s.create_cluster("edge", 1).expect("cluster");
@@ -1245,6 +1344,43 @@ pub(crate) fn a_task_is_in_its_instance_cluster(open: Opener<'_>) {
     assert_eq!(edge.pending_tasks, 1);
     let default = s.cluster(DEFAULT_CLUSTER).expect("get").expect("default");
     assert_eq!(default.pending_tasks, 0);
+}
+
+/// Instances and tasks as a version 7 database holds them, for the
+/// backends' migration tests (SQL both accept): `t2` runs on an instance of
+/// `edge` but was stored in `default`, as version 7 did.
+pub(crate) const VERSION_7_ROWS: &str = "\
+    INSERT INTO instances (instance_id, hostname, status, registered_at_ms, agent_version, \
+      boot_id, cpu, memory_mib, attributes_json, last_heartbeat_at_ms, last_event_seq, \
+      generation, acked_generation, os, arch, cluster) \
+    VALUES ('i-1', 'vm', 'ACTIVE', 1, '0.1', 'b', 1024, 1024, '{}', 0, 0, 1, 0, 'linux', \
+      'x86_64', 'default'), ('i-2', 'vm2', 'ACTIVE', 1, '0.1', 'b', 1024, 1024, '{}', 0, 0, 1, \
+      0, 'linux', 'x86_64', 'edge'); \
+    INSERT INTO clusters (name, status, created_at_ms) VALUES ('edge', 'ACTIVE', 1); \
+    INSERT INTO tasks (task_id, instance_id, family, definition_json, desired_status, \
+      last_status, health_status, stop_code, stopped_reason, created_at_ms, started_at_ms, \
+      stopped_at_ms, containers_json, reserved_cpu, reserved_memory_mib, last_event_seq, \
+      last_seen_at_ms, task_group) \
+    VALUES ('t1', 'i-1', 'web', '{}', 'RUNNING', 'RUNNING', 'UNKNOWN', '', '', 1, 2, 0, '[]', \
+      1, 1, 0, 0, 'family:web'), ('t2', 'i-2', 'web', '{}', 'RUNNING', 'RUNNING', 'UNKNOWN', \
+      '', '', 1, 2, 0, '[]', 1, 1, 0, 0, 'family:web');";
+
+/// A database that held [`VERSION_7_ROWS`], migrated: the tasks kept, in
+/// their instances' clusters, with no marks, and services can be stored.
+pub(crate) fn a_migrated_version_7_database(s: &dyn Store) {
+    let t = s.task("t1").expect("get").expect("kept");
+    assert_eq!(
+        (t.cluster.as_str(), t.group.as_str()),
+        (DEFAULT_CLUSTER, "family:web")
+    );
+    assert!(!t.ever_healthy && !t.failure_counted && !t.lost);
+    let t2 = s.task("t2").expect("get").expect("kept");
+    assert_eq!(t2.cluster, "edge", "moved to its instance's cluster");
+    let edge = s.cluster("edge").expect("get").expect("edge");
+    assert_eq!(edge.running_tasks, 1);
+    assert!(s.services(None).expect("services").is_empty());
+    let created = web_service(s);
+    assert_eq!(s.services(None).expect("services"), vec![created]);
 }
 
 /// One check of the suite.
@@ -1714,6 +1850,10 @@ pub(crate) const CHECKS: &[(&str, Check)] = &[
         "a_task_is_in_its_instance_cluster",
         a_task_is_in_its_instance_cluster,
     ),
+    (
+        "concurrent_creates_of_one_service_have_one_winner",
+        concurrent_creates_of_one_service_have_one_winner,
+    ),
 ];
 
 /// One `#[test]` per check above, each on a fresh database: `$fresh()`
@@ -1746,6 +1886,7 @@ macro_rules! store_conformance {
             events_keep_the_newest_hundred_with_bounded_messages,
             plans_from_one_generation_have_one_winner,
             a_task_is_in_its_instance_cluster,
+            concurrent_creates_of_one_service_have_one_winner,
             custom_attributes_are_put_and_deleted_whole
         );
     };

@@ -8,8 +8,10 @@
 //! Layout: this module is the contract (records, [`StoreError`], the
 //! trait); `rules` holds the domain rules as pure functions (the desired
 //! set, how a report merges, the generation rule); `schema` the schema and
-//! migrations as SQL text; `sqlite` the backend; `conformance` (tests) the
-//! checks every backend passes, concurrency included.
+//! migrations as SQL text; `sqlite` and `postgres` the backends;
+//! `taskdefs` and `services` the registry's and the services' halves of
+//! the contract, each on both backends; `conformance` (tests) the checks
+//! every backend passes, concurrency included.
 //!
 //! Invariants:
 //! - every change that touches more than one row runs in one transaction
@@ -138,12 +140,14 @@ pub enum StoreError {
     #[error("the cluster default cannot be deleted")]
     DefaultCluster,
     #[error(
-        "cluster {name} is not empty: {instances} instance(s) not INACTIVE and {tasks} task(s) not STOPPED are left"
+        "cluster {name} is not empty: {instances} instance(s) not INACTIVE, {tasks} task(s) not STOPPED and {services} service(s) not deleted are left"
     )]
     ClusterNotEmpty {
         name: String,
         instances: i64,
         tasks: i64,
+        /// Services not INACTIVE (DRAINING ones included).
+        services: i64,
     },
     #[error("{0}: the database stayed locked by another writer; nothing was changed, try again")]
     Busy(&'static str),
@@ -630,8 +634,9 @@ pub trait Store: TaskDefinitionStore + ServiceStore + Send + Sync {
     fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError>;
     fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError>;
     /// Marks the cluster INACTIVE, in one transaction with the check that
-    /// no instance but INACTIVE ones and no task but STOPPED ones is left
-    /// in it ([`StoreError::ClusterNotEmpty`]). `default` is never deleted
+    /// no instance but INACTIVE ones, no task but STOPPED ones and no
+    /// service but INACTIVE ones is left in it
+    /// ([`StoreError::ClusterNotEmpty`]). `default` is never deleted
     /// ([`StoreError::DefaultCluster`]); [`StoreError::NoCluster`] for an
     /// unknown name.
     fn delete_cluster(&self, name: &str) -> Result<ClusterRecord, StoreError>;

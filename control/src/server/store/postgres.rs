@@ -1100,12 +1100,13 @@ impl Store for PostgresStore {
                 return Err(StoreError::NoCluster(name.to_owned()));
             }
             let left = tx.query_one(CLUSTER_LEFT_PG, &[&name]).await?;
-            let (instances, tasks) = (int(&left, 0)?, int(&left, 1)?);
-            if instances > 0 || tasks > 0 {
+            let (instances, tasks, services) = (int(&left, 0)?, int(&left, 1)?, int(&left, 2)?);
+            if instances > 0 || tasks > 0 || services > 0 {
                 return Err(StoreError::ClusterNotEmpty {
                     name: name.to_owned(),
                     instances,
                     tasks,
+                    services,
                 });
             }
             tx.execute(
@@ -1244,50 +1245,15 @@ mod tests {
             v7.push_str(m);
             v7.push_str(";\n");
         }
-        v7.push_str(
-            "INSERT INTO schema_version (version) VALUES (7);
-             INSERT INTO instances (instance_id, hostname, status, registered_at_ms,
-               agent_version, boot_id, cpu, memory_mib, attributes_json, last_heartbeat_at_ms,
-               last_event_seq, generation, acked_generation, os, arch)
-             VALUES ('i-1', 'vm', 'ACTIVE', 1, '0.1', 'b', 1024, 1024, '{}', 0, 0, 1, 0,
-               'linux', 'x86_64');
-             INSERT INTO tasks (task_id, instance_id, family, definition_json, desired_status,
-               last_status, health_status, stop_code, stopped_reason, created_at_ms,
-               started_at_ms, stopped_at_ms, containers_json, reserved_cpu, reserved_memory_mib,
-               last_event_seq, last_seen_at_ms, task_group)
-             VALUES ('t1', 'i-1', 'web', '{}', 'RUNNING', 'RUNNING', 'UNKNOWN', '', '', 1, 2, 0,
-               '[]', 1, 1, 0, 0, 'family:web');",
-        );
+        v7.push_str("INSERT INTO schema_version (version) VALUES (7);\n");
+        v7.push_str(conformance::VERSION_7_ROWS);
         pg.psql("from_v7", &v7);
         let s = PostgresStore::open(&url).expect("migrate");
         assert_eq!(
             pg.psql("from_v7", "SELECT version FROM schema_version"),
             SCHEMA_VERSION.to_string()
         );
-        let t = s.task("t1").expect("get").expect("kept");
-        assert_eq!(
-            (t.cluster.as_str(), t.group.as_str()),
-            ("default", "family:web")
-        );
-        assert!(!t.ever_healthy && !t.failure_counted && !t.lost);
-        let created = s
-            .create_service(
-                &ServiceRecord {
-                    cluster: DEFAULT_CLUSTER.into(),
-                    name: "web".into(),
-                    ..ServiceRecord::default()
-                },
-                &DeploymentRecord {
-                    id: "ecs-svc/1".into(),
-                    status: "PRIMARY".into(),
-                    rollout_state: "IN_PROGRESS".into(),
-                    ..DeploymentRecord::default()
-                },
-                &[],
-            )
-            .expect("a service in the migrated database");
-        assert_eq!(created.generation, 1);
-        assert_eq!(s.services(None).expect("services"), vec![created]);
+        conformance::a_migrated_version_7_database(&s);
     }
 
     #[test]

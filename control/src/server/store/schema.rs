@@ -108,7 +108,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     )",
     // 8: services (their record, deployments and events) and the marks
     // the service reconciler keeps on tasks. `position` orders a service's
-    // events that share a millisecond.
+    // events that share a millisecond. Tasks stored before took the
+    // column's default cluster: they move to their instance's.
     "CREATE TABLE services (
         cluster TEXT NOT NULL,
         name TEXT NOT NULL,
@@ -148,5 +149,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN ever_healthy INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tasks ADD COLUMN failure_counted INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tasks ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX tasks_by_group ON tasks (cluster, task_group)",
+    CREATE INDEX tasks_by_group ON tasks (cluster, task_group);
+    UPDATE tasks SET cluster = COALESCE(
+        (SELECT i.cluster FROM instances i WHERE i.instance_id = tasks.instance_id), cluster)",
 ];

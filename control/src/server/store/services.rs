@@ -26,7 +26,29 @@
 //!   from false to true;
 //! - events: at most [`MAX_EVENTS`] kept per service (the oldest are
 //!   deleted in the same transaction), each message at most
-//!   [`MAX_EVENT_MESSAGE`] bytes (cut at a character boundary).
+//!   [`MAX_EVENT_MESSAGE`] bytes (cut at a character boundary);
+//! - a plan's stops and marks name tasks of the service (its group in its
+//!   cluster), its new tasks are in that group and cluster: anything else
+//!   is refused and nothing stored;
+//! - every name, text and count is bounded ([`MAX_PLAN_ITEMS`] items per
+//!   change, ids 255 bytes, the configuration
+//!   [`MAX_SERVICE_CONFIG_BYTES`]), checked before the transaction
+//!   ([`StoreError::Invalid`]).
+//!
+//! Also: a create over an INACTIVE service replaces it with its
+//! deployments and events (its STOPPED tasks stay, as tasks do); a change
+//! that changes nothing (an empty plan or update) is checked against the
+//! generation but does not bump it; the first deployment is stored PRIMARY
+//! and IN_PROGRESS, an update's new one PRIMARY.
+//!
+//! Implementation: the transactions are written once, generic over
+//! `ServiceTx` (a backend's open transaction) and run by each backend's
+//! `ServiceBackend::transaction`; `impl<B: ServiceBackend> ServiceStore for
+//! B` is the only implementation. On SQLite a write transaction holds the
+//! write lock from its start (`BEGIN IMMEDIATE`) and the futures complete
+//! on their first poll; on PostgreSQL (READ COMMITTED) the service row is
+//! locked `FOR UPDATE` before its generation is checked, the cluster
+//! `FOR SHARE` at a create, and a snapshot reads at REPEATABLE READ.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -174,9 +196,12 @@ pub struct PlanOutcome {
 pub trait ServiceStore {
     /// Stores a new ACTIVE service with its first (PRIMARY, IN_PROGRESS)
     /// deployment. [`StoreError::ServiceExists`] when an ACTIVE or DRAINING
-    /// service of that name is in the cluster; [`StoreError::NoCluster`] /
+    /// service of that name is in the cluster (also when another create
+    /// wins a race); [`StoreError::NoCluster`] /
     /// [`StoreError::ClusterInactive`] for a missing or deleted cluster.
-    /// Returns the record as stored (generation 1).
+    /// An INACTIVE service of that name is replaced, with its deployments
+    /// and events. Returns the record as stored (generation 1; its
+    /// `task_definition` the first deployment's).
     fn create_service(
         &self,
         service: &ServiceRecord,
@@ -197,7 +222,8 @@ pub trait ServiceStore {
     ) -> Result<Option<ServiceSnapshot>, StoreError>;
     /// Applies an operator's change if the service is still at
     /// `generation`: [`StoreError::NoService`] when missing or INACTIVE,
-    /// [`StoreError::Conflict`] when the generation moved.
+    /// [`StoreError::Conflict`] when the generation moved. Returns the
+    /// record as stored.
     fn update_service(
         &self,
         cluster: &str,
@@ -208,7 +234,11 @@ pub trait ServiceStore {
     /// Applies a plan whole if the service is still at `generation` and
     /// every instance of a new task still at the generation given with it
     /// (and ACTIVE); otherwise [`StoreError::Conflict`] and nothing is
-    /// stored.
+    /// stored. Several new tasks on one instance carry the same
+    /// generation (each bumps it in turn). A stop or mark of a task that is
+    /// not the service's is a conflict too; [`StoreError::NoService`] when
+    /// the service is missing or INACTIVE. An empty plan stores nothing and
+    /// keeps the generation.
     fn apply_service_plan(
         &self,
         cluster: &str,
@@ -415,8 +445,32 @@ fn check_create(
     check_names(op, &s.cluster, &s.name)?;
     check_config(op, &s.config_json)?;
     check_desired_count(op, s.desired_count)?;
-    check_deployment(op, first, &s.cluster, &s.name)?;
+    check_deployment(op, &first_deployment(first), &s.cluster, &s.name)?;
     check_events(op, events)
+}
+
+/// A service's first deployment as stored: PRIMARY, IN_PROGRESS.
+fn first_deployment(d: &DeploymentRecord) -> DeploymentRecord {
+    DeploymentRecord {
+        status: DEPLOYMENT_PRIMARY.to_owned(),
+        rollout_state: ROLLOUT_IN_PROGRESS.to_owned(),
+        ..d.clone()
+    }
+}
+
+/// An update's new deployment as stored: PRIMARY; IN_PROGRESS unless it
+/// names its rollout state.
+fn new_primary(d: &DeploymentRecord) -> DeploymentRecord {
+    let rollout_state = if d.rollout_state.is_empty() {
+        ROLLOUT_IN_PROGRESS.to_owned()
+    } else {
+        d.rollout_state.clone()
+    };
+    DeploymentRecord {
+        status: DEPLOYMENT_PRIMARY.to_owned(),
+        rollout_state,
+        ..d.clone()
+    }
 }
 
 fn check_update(cluster: &str, name: &str, u: &ServiceUpdate) -> Result<(), StoreError> {
@@ -429,7 +483,7 @@ fn check_update(cluster: &str, name: &str, u: &ServiceUpdate) -> Result<(), Stor
         check_desired_count(op, n)?;
     }
     if let Some(d) = &u.new_deployment {
-        check_deployment(op, d, cluster, name)?;
+        check_deployment(op, &new_primary(d), cluster, name)?;
     }
     if let Some(st) = &u.status {
         check_status(op, st)?;
@@ -921,12 +975,7 @@ async fn create<T: ServiceTx>(
         Err(e) if T::is_unique_violation(&e) => return Err(exists()),
         other => other?,
     };
-    let first = DeploymentRecord {
-        status: DEPLOYMENT_PRIMARY.to_owned(),
-        rollout_state: ROLLOUT_IN_PROGRESS.to_owned(),
-        ..first.clone()
-    };
-    put_deployment(tx, op, &first, cluster, name).await?;
+    put_deployment(tx, op, &first_deployment(first), cluster, name).await?;
     add_events(tx, cluster, name, events).await?;
     Ok(rec)
 }
@@ -1040,10 +1089,7 @@ async fn update<T: ServiceTx>(
             ],
         )
         .await?;
-        let d = DeploymentRecord {
-            status: DEPLOYMENT_PRIMARY.to_owned(),
-            ..d.clone()
-        };
+        let d = new_primary(d);
         put_deployment(tx, op, &d, cluster, name).await?;
         rec.task_definition.clone_from(&d.task_definition);
     }
@@ -1174,7 +1220,7 @@ async fn apply<T: ServiceTx>(
 
 // ---- SQLite
 
-struct SqliteTx<'a, 'c>(&'a rusqlite::Transaction<'c>);
+pub(super) struct SqliteTx<'t>(&'t rusqlite::Transaction<'t>);
 
 impl rusqlite::ToSql for Val<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -1190,7 +1236,7 @@ fn sqlite_sql(sql: &str) -> String {
     sql.replace('$', "?")
 }
 
-impl ServiceTx for SqliteTx<'_, '_> {
+impl ServiceTx for SqliteTx<'_> {
     const FOR_UPDATE: &'static str = "";
     const FOR_SHARE: &'static str = "";
 
@@ -1269,80 +1315,27 @@ fn at_once<T>(
     })
 }
 
-impl ServiceStore for SqliteStore {
-    fn create_service(
+impl ServiceBackend for SqliteStore {
+    type Tx<'t> = SqliteTx<'t>;
+
+    fn transaction<R>(
         &self,
-        service: &ServiceRecord,
-        first: &DeploymentRecord,
-        events: &[ServiceEventRecord],
-    ) -> Result<ServiceRecord, StoreError> {
-        check_create(service, first, events)?;
-        self.write("create_service", |tx| {
-            at_once(
-                "create_service",
-                create(&SqliteTx(tx), service, first, events),
-            )
-        })
-    }
-
-    fn service(&self, cluster: &str, name: &str) -> Result<Option<ServiceRecord>, StoreError> {
-        self.read("service", |tx| {
-            at_once("service", get_service(&SqliteTx(tx), cluster, name, false))
-        })
-    }
-
-    fn services(&self, cluster: Option<&str>) -> Result<Vec<ServiceRecord>, StoreError> {
-        self.read("services", |tx| {
-            at_once("services", list(&SqliteTx(tx), cluster))
-        })
-    }
-
-    fn service_snapshot(
-        &self,
-        cluster: &str,
-        name: &str,
-    ) -> Result<Option<ServiceSnapshot>, StoreError> {
-        self.read("service_snapshot", |tx| {
-            at_once("service_snapshot", snapshot(&SqliteTx(tx), cluster, name))
-        })
-    }
-
-    fn update_service(
-        &self,
-        cluster: &str,
-        name: &str,
-        generation: u64,
-        update_: &ServiceUpdate,
-    ) -> Result<ServiceRecord, StoreError> {
-        check_update(cluster, name, update_)?;
-        self.write("update_service", |tx| {
-            at_once(
-                "update_service",
-                update(&SqliteTx(tx), cluster, name, generation, update_),
-            )
-        })
-    }
-
-    fn apply_service_plan(
-        &self,
-        cluster: &str,
-        name: &str,
-        generation: u64,
-        plan: &ServicePlanRecord,
-    ) -> Result<PlanOutcome, StoreError> {
-        check_plan(cluster, name, plan)?;
-        self.write("apply_service_plan", |tx| {
-            at_once(
-                "apply_service_plan",
-                apply(&SqliteTx(tx), cluster, name, generation, plan),
-            )
-        })
+        op: &'static str,
+        write: bool,
+        mut f: impl AsyncFnMut(&SqliteTx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let run = |tx: &rusqlite::Transaction<'_>| at_once(op, f(&SqliteTx(tx)));
+        if write {
+            self.write(op, run)
+        } else {
+            self.read(op, run)
+        }
     }
 }
 
 // ---- PostgreSQL
 
-struct PgTx<'a, 'c>(&'a tokio_postgres::Transaction<'c>);
+pub(super) struct PgTx<'t>(&'t tokio_postgres::Transaction<'t>);
 
 fn pg_params<'a>(params: &'a [Val<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
     params
@@ -1374,7 +1367,7 @@ fn pg_cells(row: &tokio_postgres::Row) -> Result<Cells, StoreError> {
     Ok(Cells(cells))
 }
 
-impl ServiceTx for PgTx<'_, '_> {
+impl ServiceTx for PgTx<'_> {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const FOR_SHARE: &'static str = " FOR SHARE";
 
@@ -1426,7 +1419,34 @@ impl ServiceTx for PgTx<'_, '_> {
     }
 }
 
-impl ServiceStore for PostgresStore {
+impl ServiceBackend for PostgresStore {
+    type Tx<'t> = PgTx<'t>;
+
+    fn transaction<R>(
+        &self,
+        op: &'static str,
+        _write: bool,
+        mut f: impl AsyncFnMut(&PgTx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.run(op, async |tx| f(&PgTx(tx)).await)
+    }
+}
+
+/// A backend the service transactions run on.
+pub(super) trait ServiceBackend {
+    type Tx<'t>: ServiceTx;
+    /// Runs `f` as one transaction; a write transaction when `write`.
+    fn transaction<R>(
+        &self,
+        op: &'static str,
+        write: bool,
+        f: impl AsyncFnMut(&Self::Tx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError>;
+}
+
+/// Every method once, on whichever backend: the bounds first, then one
+/// transaction.
+impl<B: ServiceBackend> ServiceStore for B {
     fn create_service(
         &self,
         service: &ServiceRecord,
@@ -1434,19 +1454,19 @@ impl ServiceStore for PostgresStore {
         events: &[ServiceEventRecord],
     ) -> Result<ServiceRecord, StoreError> {
         check_create(service, first, events)?;
-        self.run("create_service", async |tx| {
-            create(&PgTx(tx), service, first, events).await
+        self.transaction("create_service", true, async |tx| {
+            create(tx, service, first, events).await
         })
     }
 
     fn service(&self, cluster: &str, name: &str) -> Result<Option<ServiceRecord>, StoreError> {
-        self.run("service", async |tx| {
-            get_service(&PgTx(tx), cluster, name, false).await
+        self.transaction("service", false, async |tx| {
+            get_service(tx, cluster, name, false).await
         })
     }
 
     fn services(&self, cluster: Option<&str>) -> Result<Vec<ServiceRecord>, StoreError> {
-        self.run("services", async |tx| list(&PgTx(tx), cluster).await)
+        self.transaction("services", false, async |tx| list(tx, cluster).await)
     }
 
     fn service_snapshot(
@@ -1454,8 +1474,8 @@ impl ServiceStore for PostgresStore {
         cluster: &str,
         name: &str,
     ) -> Result<Option<ServiceSnapshot>, StoreError> {
-        self.run("service_snapshot", async |tx| {
-            snapshot(&PgTx(tx), cluster, name).await
+        self.transaction("service_snapshot", false, async |tx| {
+            snapshot(tx, cluster, name).await
         })
     }
 
@@ -1464,11 +1484,11 @@ impl ServiceStore for PostgresStore {
         cluster: &str,
         name: &str,
         generation: u64,
-        update_: &ServiceUpdate,
+        change: &ServiceUpdate,
     ) -> Result<ServiceRecord, StoreError> {
-        check_update(cluster, name, update_)?;
-        self.run("update_service", async |tx| {
-            update(&PgTx(tx), cluster, name, generation, update_).await
+        check_update(cluster, name, change)?;
+        self.transaction("update_service", true, async |tx| {
+            update(tx, cluster, name, generation, change).await
         })
     }
 
@@ -1480,8 +1500,8 @@ impl ServiceStore for PostgresStore {
         plan: &ServicePlanRecord,
     ) -> Result<PlanOutcome, StoreError> {
         check_plan(cluster, name, plan)?;
-        self.run("apply_service_plan", async |tx| {
-            apply(&PgTx(tx), cluster, name, generation, plan).await
+        self.transaction("apply_service_plan", true, async |tx| {
+            apply(tx, cluster, name, generation, plan).await
         })
     }
 }

@@ -30,13 +30,16 @@ pub(super) const CLUSTER_SELECT: &str = "SELECT c.name, c.status, c.created_at_m
      FROM clusters c";
 
 /// What is left in a cluster that keeps it from being deleted: instances
-/// not INACTIVE, tasks not STOPPED. One parameter, the cluster's name.
+/// not INACTIVE, tasks not STOPPED, services not INACTIVE. One parameter,
+/// the cluster's name.
 pub(super) const CLUSTER_LEFT_SQLITE: &str = "SELECT \
      (SELECT COUNT(*) FROM instances WHERE cluster = ?1 AND status <> 'INACTIVE'), \
-     (SELECT COUNT(*) FROM tasks WHERE cluster = ?1 AND last_status <> 'STOPPED')";
+     (SELECT COUNT(*) FROM tasks WHERE cluster = ?1 AND last_status <> 'STOPPED'), \
+     (SELECT COUNT(*) FROM services WHERE cluster = ?1 AND status <> 'INACTIVE')";
 pub(super) const CLUSTER_LEFT_PG: &str = "SELECT \
      (SELECT COUNT(*) FROM instances WHERE cluster = $1 AND status <> 'INACTIVE'), \
-     (SELECT COUNT(*) FROM tasks WHERE cluster = $1 AND last_status <> 'STOPPED')";
+     (SELECT COUNT(*) FROM tasks WHERE cluster = $1 AND last_status <> 'STOPPED'), \
+     (SELECT COUNT(*) FROM services WHERE cluster = $1 AND status <> 'INACTIVE')";
 
 /// A row read before its JSON columns are decoded.
 pub(super) struct RawInstance {

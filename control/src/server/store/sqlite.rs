@@ -996,15 +996,16 @@ impl Store for SqliteStore {
             if get_cluster(tx, name)?.is_none() {
                 return Err(StoreError::NoCluster(name.to_owned()));
             }
-            let (instances, tasks): (i64, i64) =
+            let (instances, tasks, services): (i64, i64, i64) =
                 tx.query_row(CLUSTER_LEFT_SQLITE, params![name], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?;
-            if instances > 0 || tasks > 0 {
+            if instances > 0 || tasks > 0 || services > 0 {
                 return Err(StoreError::ClusterNotEmpty {
                     name: name.to_owned(),
                     instances,
                     tasks,
+                    services,
                 });
             }
             tx.execute(
@@ -1697,44 +1698,8 @@ mod tests {
 
     #[test]
     fn a_version_7_database_gains_services_and_task_marks() {
-        let (_dir, path, s) = migrated_from(
-            7,
-            "INSERT INTO instances (instance_id, hostname, status, registered_at_ms, \
-               agent_version, boot_id, cpu, memory_mib, attributes_json, last_heartbeat_at_ms, \
-               last_event_seq, generation, acked_generation, os, arch, cluster) \
-             VALUES ('i-1', 'vm', 'ACTIVE', 1, '0.1', 'b', 1024, 1024, '{}', 0, 0, 1, 0, \
-               'linux', 'x86_64', 'default'); \
-             INSERT INTO tasks (task_id, instance_id, family, definition_json, desired_status, \
-               last_status, health_status, stop_code, stopped_reason, created_at_ms, \
-               started_at_ms, stopped_at_ms, containers_json, reserved_cpu, reserved_memory_mib, \
-               last_event_seq, last_seen_at_ms, task_group) \
-             VALUES ('t1', 'i-1', 'web', '{}', 'RUNNING', 'RUNNING', 'UNKNOWN', '', '', 1, 2, 0, \
-               '[]', 1, 1, 0, 0, 'family:web');",
-        );
-        let t = s.task("t1").expect("get").expect("kept");
-        assert_eq!(
-            (t.cluster.as_str(), t.group.as_str()),
-            ("default", "family:web")
-        );
-        assert!(!t.ever_healthy && !t.failure_counted && !t.lost);
-        assert!(s.services(None).expect("services").is_empty());
-        let created = s
-            .create_service(
-                &ServiceRecord {
-                    cluster: DEFAULT_CLUSTER.into(),
-                    name: "web".into(),
-                    ..ServiceRecord::default()
-                },
-                &DeploymentRecord {
-                    id: "ecs-svc/1".into(),
-                    status: "PRIMARY".into(),
-                    rollout_state: "IN_PROGRESS".into(),
-                    ..DeploymentRecord::default()
-                },
-                &[],
-            )
-            .expect("a service in the migrated database");
-        assert_eq!(created.generation, 1);
+        let (_dir, path, s) = migrated_from(7, crate::server::store::conformance::VERSION_7_ROWS);
+        crate::server::store::conformance::a_migrated_version_7_database(&s);
         let version: i64 = s
             .conn()
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
