@@ -703,3 +703,57 @@ async fn a_deployment_resumes_after_a_control_plane_restart_with_nothing_doubled
     assert_eq!(tasks.as_array().map(Vec::len), Some(4), "{tasks}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_counts_its_services_and_is_not_deleted_under_one() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let file = write(&dir, "web.json", TASK_DEFINITION)?;
+    json(&server, &["cluster", "create", "edge", "--json"]).await?;
+    let d = json(
+        &server,
+        &[
+            "service",
+            "create",
+            "web",
+            "--cluster",
+            "edge",
+            "--task-definition",
+            &file,
+            "--desired-count",
+            "0",
+            "--json",
+        ],
+    )
+    .await?;
+    assert_eq!(d["clusterName"], "edge");
+    let c = json(&server, &["cluster", "describe", "edge", "--json"]).await?;
+    assert_eq!(c["activeServicesCount"], 1, "{c}");
+    // Not in the default cluster.
+    refused(
+        &server,
+        &["service", "describe", "web"],
+        "no service web in cluster default",
+    )
+    .await?;
+    refused(&server, &["cluster", "delete", "edge"], "service").await?;
+    json(
+        &server,
+        &["service", "delete", "web", "--cluster", "edge", "--json"],
+    )
+    .await?;
+    eventually("service web INACTIVE", async || {
+        let d = json(
+            &server,
+            &["service", "describe", "web", "--cluster", "edge", "--json"],
+        )
+        .await?;
+        Ok((d["status"] == "INACTIVE").then_some(()))
+    })
+    .await?;
+    let c = json(&server, &["cluster", "describe", "edge", "--json"]).await?;
+    assert_eq!(c["activeServicesCount"], 0, "{c}");
+    let gone = json(&server, &["cluster", "delete", "edge", "--json"]).await?;
+    assert_eq!(gone["status"], "INACTIVE");
+    Ok(())
+}

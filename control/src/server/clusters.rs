@@ -29,7 +29,7 @@ use tracing::info;
 
 use super::admin::instance_message;
 use super::core::{Core, store_status};
-use super::store::{ClusterRecord, StoreError};
+use super::store::{ACTIVE, ClusterRecord, StoreError};
 
 /// The API's view of a cluster. Counts are clamped into the message's
 /// unsigned fields.
@@ -77,24 +77,49 @@ pub(crate) async fn create(core: &Core, r: ClusterRef, caller: &str) -> Result<C
     Ok(cluster_message(&c))
 }
 
+/// `activeServicesCount`: the services of each cluster that are ACTIVE.
+async fn with_services(core: &Core, clusters: &[ClusterRecord]) -> Result<Vec<Cluster>, Status> {
+    let services = core
+        .db("services", |s| s.services(None))
+        .await
+        .map_err(cluster_status)?;
+    Ok(clusters
+        .iter()
+        .map(|c| {
+            let n = services
+                .iter()
+                .filter(|s| s.cluster == c.name && s.status == ACTIVE)
+                .count();
+            Cluster {
+                active_services_count: u32::try_from(n).unwrap_or(u32::MAX),
+                ..cluster_message(c)
+            }
+        })
+        .collect())
+}
+
 pub(crate) async fn list(core: &Core) -> Result<ListClustersResponse, Status> {
     let clusters = core
         .db("list_clusters", |s| s.clusters())
         .await
         .map_err(cluster_status)?;
     Ok(ListClustersResponse {
-        clusters: clusters.iter().map(cluster_message).collect(),
+        clusters: with_services(core, &clusters).await?,
     })
 }
 
 pub(crate) async fn describe(core: &Core, r: ClusterRef) -> Result<Cluster, Status> {
     let name = name_of(&r);
     let lookup = name.clone();
-    core.db("describe_cluster", move |s| s.cluster(&lookup))
+    let c = core
+        .db("describe_cluster", move |s| s.cluster(&lookup))
         .await
         .map_err(cluster_status)?
-        .map(|c| cluster_message(&c))
-        .ok_or_else(|| cluster_status(StoreError::NoCluster(name)))
+        .ok_or_else(|| cluster_status(StoreError::NoCluster(name)))?;
+    with_services(core, std::slice::from_ref(&c))
+        .await?
+        .pop()
+        .ok_or_else(|| Status::internal("cluster lost between two reads"))
 }
 
 pub(crate) async fn delete(core: &Core, r: ClusterRef, caller: &str) -> Result<Cluster, Status> {
