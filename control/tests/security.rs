@@ -64,7 +64,7 @@ async fn connect(
 async fn instance_count(server: &berth_control::RunningServer) -> Result<usize> {
     let mut admin = admin_client(server.admin_addr()).await?;
     Ok(admin
-        .list_instances(ListInstancesRequest {})
+        .list_instances(ListInstancesRequest::default())
         .await?
         .into_inner()
         .instances
@@ -447,7 +447,7 @@ async fn admin_api_off_loopback_takes_admin_certificates_only() -> Result {
         admin_client(std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))).await
     {
         plain
-            .list_instances(ListInstancesRequest {})
+            .list_instances(ListInstancesRequest::default())
             .await
             .expect_err("plaintext admin call");
     }
@@ -508,7 +508,7 @@ async fn admin_api_off_loopback_takes_admin_certificates_only() -> Result {
     let (alice, _) = offline_admin(dir.path(), "alice")?;
     let mut admin = tls_admin(addr, &ca_pem, Some(alice)).await?;
     let listed = admin
-        .list_instances(ListInstancesRequest {})
+        .list_instances(ListInstancesRequest::default())
         .await?
         .into_inner();
     assert_eq!(listed.instances.len(), 1);
@@ -546,8 +546,8 @@ async fn a_revoked_admin_certificate_is_refused_on_its_next_call() -> Result {
     let bob_identity = || Identity::from_pem(&issued.certificate_pem, bob_key.serialize_pem());
     let mut bob = tls_admin(addr, &ca_pem, Some(bob_identity())).await?;
     // Both work.
-    alice.list_instances(ListInstancesRequest {}).await?;
-    bob.list_instances(ListInstancesRequest {}).await?;
+    alice.list_instances(ListInstancesRequest::default()).await?;
+    bob.list_instances(ListInstancesRequest::default()).await?;
     let listed = bob
         .list_admin_certificates(ListAdminCertificatesRequest {})
         .await?
@@ -583,7 +583,7 @@ async fn a_revoked_admin_certificate_is_refused_on_its_next_call() -> Result {
 
     // Bob's next call, on the connection he already has, is refused.
     let refused = bob
-        .list_instances(ListInstancesRequest {})
+        .list_instances(ListInstancesRequest::default())
         .await
         .expect_err("revoked certificate");
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
@@ -691,12 +691,12 @@ async fn a_revoked_admin_certificate_is_refused_on_its_next_call() -> Result {
     let addr = server.admin_addr();
     let mut bob = tls_admin(addr, &ca_pem, Some(bob_identity())).await?;
     let refused = bob
-        .list_instances(ListInstancesRequest {})
+        .list_instances(ListInstancesRequest::default())
         .await
         .expect_err("revoked certificate after a restart");
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     let mut alice = tls_admin(addr, &ca_pem, Some(offline_admin(dir.path(), "alice")?.0)).await?;
-    alice.list_instances(ListInstancesRequest {}).await?;
+    alice.list_instances(ListInstancesRequest::default()).await?;
     server.shutdown().await?;
     Ok(())
 }

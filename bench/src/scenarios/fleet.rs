@@ -133,7 +133,7 @@ pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
         let (connected_cp, oldest_hb_s) = rt.block_on(async {
             let list = admin
                 .clone()
-                .list_instances(ListInstancesRequest {})
+                .list_instances(ListInstancesRequest::default())
                 .await?
                 .into_inner();
             let now = berth_proto::now_ms();
