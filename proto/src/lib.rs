@@ -9,6 +9,16 @@
 
 pub mod v1 {
     tonic::include_proto!("berth.v1");
+
+    /// Names the secret and the value's length, never the value.
+    impl std::fmt::Debug for PutSecretRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("PutSecretRequest")
+                .field("name", &self.name)
+                .field("value_len", &self.value.len())
+                .finish()
+        }
+    }
 }
 
 pub use v1::*;

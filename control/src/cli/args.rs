@@ -78,6 +78,10 @@ pub enum Command {
     /// Services: a desired count of tasks (or one per instance) kept
     /// running, rolled out to new task definitions
     Service(ServiceArgs),
+    /// Secrets for task definitions' `secrets` and `repositoryCredentials`:
+    /// encrypted at rest, never shown again
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Instance attributes (ECS attributes) for placement constraints and
     /// strategies: the agent's built-in and configured ones, and custom ones
     #[command(subcommand)]
@@ -337,6 +341,53 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store a new secret (version 1); its value is read as bytes, exactly
+    /// (a trailing newline is part of it: write the file with `printf %s`)
+    Create {
+        /// 1–512 letters, digits, '_', '.', '-' and '/' (SSM and Secrets
+        /// Manager names)
+        name: String,
+        #[command(flatten)]
+        source: SecretSource,
+        /// Print JSON (name, version, dates)
+        #[arg(long)]
+        json: bool,
+    },
+    /// List secrets: names, versions and dates, never values
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a secret's value (its version goes up by one); tasks that
+    /// start from now on get the new value
+    Rotate {
+        name: String,
+        #[command(flatten)]
+        source: SecretSource,
+        /// Print JSON (name, version, dates)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a secret; tasks that reference it can no longer start
+    Delete { name: String },
+}
+
+/// Where a secret's value comes from: never the command line.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct SecretSource {
+    /// Read the value from this file (at most 64 KiB)
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+    /// Read the value from standard input (at most 64 KiB)
+    #[arg(long)]
+    pub from_stdin: bool,
 }
 
 #[derive(Debug, Subcommand)]

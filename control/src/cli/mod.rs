@@ -10,7 +10,7 @@
 //! | `args` | the clap definitions of every command but `server` |
 //! | `client` | `Admin`, the admin API client, and the error reports |
 //! | `server` | `berth server`: its flags and the embedded control plane |
-//! | `admin_cert`, `token`, `instance`, `task`, `taskdef`, `cluster`, `attribute` | one handler per command |
+//! | `admin_cert`, `token`, `instance`, `task`, `taskdef`, `cluster`, `attribute`, `secret` | one handler per command |
 
 mod admin_cert;
 mod args;
@@ -18,6 +18,7 @@ mod attribute;
 mod client;
 mod cluster;
 mod instance;
+mod secret;
 mod server;
 mod service;
 mod task;
@@ -44,6 +45,7 @@ use attribute::attribute;
 use client::Admin;
 use cluster::cluster;
 use instance::instance;
+use secret::secret;
 use server::server;
 use service::service;
 use task::task;
@@ -75,6 +77,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(args) => {
             let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
             service(&mut admin, args).await
+        }
+        Command::Secret(cmd) => {
+            let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
+            secret(&mut admin, cmd).await
         }
         Command::Attribute(cmd) => {
             // Bad input is refused before anything is sent.

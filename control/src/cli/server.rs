@@ -69,6 +69,11 @@ pub struct ServerArgs {
     /// is closed (an agent's session is a call; 1s to 24h)
     #[arg(long, env = "BERTH_SERVER_IDLE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// The key of secrets at rest (32 bytes, or 64 hex digits; mode 0600 or
+    /// stricter); default `<data-dir>/secrets.key`, created at the first
+    /// `berth secret create`
+    #[arg(long, env = "BERTH_SERVER_SECRETS_KEY_FILE", value_name = "FILE")]
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 pub(super) async fn server(args: ServerArgs) -> anyhow::Result<()> {
@@ -94,6 +99,7 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<()> {
             idle_timeout: args.idle_timeout,
         },
         store: args.store,
+        secrets_key_file: args.secrets_key_file,
         ..ServerConfig::new(DEFAULT_DATA_DIR)
     };
     let signal = shutdown_signal()?;

@@ -51,6 +51,7 @@ use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of, tidy_serial};
 use super::clusters;
 use super::placement::PlacementError;
 use super::protocol;
+use super::secrets;
 use super::services;
 use super::store::{
     AdminCertRecord, InstanceRecord, STOPPED, SqliteStore, Store, StoreError, TaskRecord, Usage,
@@ -798,6 +799,45 @@ impl Admin for AdminService {
         services::rollback(&self.core, r.into_inner())
             .await
             .map(Response::new)
+    }
+
+    // ---- secrets (server/secrets.rs)
+
+    async fn create_secret(
+        &self,
+        r: Request<berth_proto::v1::PutSecretRequest>,
+    ) -> Result<Response<berth_proto::v1::SecretInfo>, Status> {
+        let caller = caller_text(&r);
+        secrets::put(&self.core, r.into_inner(), false, &caller)
+            .await
+            .map(Response::new)
+    }
+
+    async fn rotate_secret(
+        &self,
+        r: Request<berth_proto::v1::PutSecretRequest>,
+    ) -> Result<Response<berth_proto::v1::SecretInfo>, Status> {
+        let caller = caller_text(&r);
+        secrets::put(&self.core, r.into_inner(), true, &caller)
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_secret(
+        &self,
+        r: Request<berth_proto::v1::SecretRef>,
+    ) -> Result<Response<berth_proto::v1::DeleteSecretResponse>, Status> {
+        let caller = caller_text(&r);
+        secrets::delete(&self.core, r.into_inner(), &caller)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_secrets(
+        &self,
+        _r: Request<berth_proto::v1::ListSecretsRequest>,
+    ) -> Result<Response<berth_proto::v1::ListSecretsResponse>, Status> {
+        secrets::list(&self.core).await.map(Response::new)
     }
 }
 

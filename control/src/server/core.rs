@@ -60,6 +60,8 @@ pub(crate) struct Core {
     pub(crate) metrics: Arc<metrics::ServerMetrics>,
     /// Wakes the service controller (`service::controller`).
     service_wake: tokio::sync::Notify,
+    /// The key of secrets at rest (`server::secrets`).
+    pub(crate) secrets: super::secrets::SecretKeys,
 }
 
 impl Core {
@@ -97,6 +99,10 @@ impl Core {
             renew_every,
             metrics,
             service_wake: tokio::sync::Notify::new(),
+            secrets: super::secrets::SecretKeys::new(
+                &cfg.data_dir,
+                cfg.secrets_key_file.as_deref(),
+            ),
         }
     }
 
@@ -267,10 +273,13 @@ fn random_code() -> String {
 /// Maps store errors to gRPC statuses; internal details go to the log.
 pub(crate) fn store_status(e: StoreError) -> Status {
     match e {
-        StoreError::NoInstance(_) | StoreError::NoTask(_) | StoreError::NoService { .. } => {
-            Status::not_found(e.to_string())
+        StoreError::NoInstance(_)
+        | StoreError::NoTask(_)
+        | StoreError::NoService { .. }
+        | StoreError::NoSecret(_) => Status::not_found(e.to_string()),
+        StoreError::ServiceExists { .. } | StoreError::SecretExists(_) => {
+            Status::already_exists(e.to_string())
         }
-        StoreError::ServiceExists { .. } => Status::already_exists(e.to_string()),
         StoreError::Invalid { .. } => Status::invalid_argument(e.to_string()),
         StoreError::InstanceInactive(_) => Status::permission_denied(e.to_string()),
         StoreError::ActivationUsed(_) => Status::permission_denied(e.to_string()),

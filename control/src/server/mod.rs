@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod placement;
 pub mod protocol;
 pub mod scheduler;
+pub(crate) mod secrets;
 pub(crate) mod service;
 pub(crate) mod services;
 pub(crate) mod sessions;
@@ -191,6 +192,9 @@ pub struct ServerConfig {
     /// key and `server.json` stay in the data dir either way (one server at
     /// a time on PostgreSQL, for now).
     pub store: Option<StoreLocation>,
+    /// The key of secrets at rest (`--secrets-key-file`); `None`:
+    /// `<data_dir>/secrets.key`, created at the first secret.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// `--store`: `sqlite://PATH` or `postgres://…` (also `postgresql://…`).
@@ -266,6 +270,7 @@ impl ServerConfig {
             stream_burst: DEFAULT_STREAM_BURST,
             connections: listener::ConnectionLimits::default(),
             store: None,
+            secrets_key_file: None,
         }
     }
 
@@ -299,6 +304,8 @@ pub enum ServerError {
     Ca(#[from] ca::CaError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    SecretsKey(#[from] secrets::SecretKeyError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -455,6 +462,7 @@ impl Server {
             .timeout(TLS_HANDSHAKE_TIMEOUT);
 
         let core = Arc::new(Core::new(store, ca, advertise, &cfg));
+        core.secrets.check_at_start()?;
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let fleet_conns = listener::Connections::new(

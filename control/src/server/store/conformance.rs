@@ -1751,6 +1751,82 @@ pub(crate) fn custom_attributes_are_put_and_deleted_whole(open: Opener<'_>) {
 
 /// Every check, by name, for a backend that runs them in one test (one
 /// server for the run, a new database per check).
+pub(crate) fn secrets_round_trip_rotate_and_delete(open: Opener<'_>) {
+    let s = open();
+    assert!(s.secrets().expect("list").is_empty());
+    let c = s.create_secret("db/password", b"ct-1", 10).expect("create");
+    assert_eq!((c.version, c.created_at_ms, c.updated_at_ms), (1, 10, 10));
+    assert_eq!(c.ciphertext, b"ct-1");
+    let e = s
+        .create_secret("db/password", b"other", 11)
+        .expect_err("taken");
+    assert!(matches!(e, StoreError::SecretExists(_)), "{e}");
+    assert_eq!(
+        s.secret("db/password")
+            .expect("get")
+            .expect("kept")
+            .ciphertext,
+        b"ct-1",
+        "a refused create changes nothing"
+    );
+    let r = s.rotate_secret("db/password", b"ct-2", 20).expect("rotate");
+    assert_eq!((r.version, r.created_at_ms, r.updated_at_ms), (2, 10, 20));
+    assert_eq!(r.ciphertext, b"ct-2");
+    s.create_secret("api", &[0, 255, 7], 30).expect("second");
+    let names: Vec<_> = s
+        .secrets()
+        .expect("list")
+        .into_iter()
+        .map(|r| (r.name, r.version))
+        .collect();
+    assert_eq!(
+        names,
+        [("api".to_owned(), 1), ("db/password".to_owned(), 2)]
+    );
+    assert_eq!(
+        s.secret("api").expect("get").expect("kept").ciphertext,
+        [0, 255, 7],
+        "bytes round-trip"
+    );
+    let e = s.rotate_secret("nope", b"x", 1).expect_err("unknown");
+    assert!(matches!(e, StoreError::NoSecret(_)), "{e}");
+    s.delete_secret("db/password").expect("delete");
+    assert!(s.secret("db/password").expect("get").is_none());
+    let e = s.delete_secret("db/password").expect_err("gone");
+    assert!(matches!(e, StoreError::NoSecret(_)), "{e}");
+    let again = s.create_secret("db/password", b"ct-3", 40).expect("again");
+    assert_eq!(again.version, 1, "a new secret starts at version 1");
+    for bad in ["", "a b", "a:b"] {
+        let e = s.create_secret(bad, b"x", 1).expect_err("bad name");
+        assert!(matches!(e, StoreError::Invalid { .. }), "{bad:?}: {e}");
+    }
+}
+
+pub(crate) fn concurrent_secret_writes_lose_nothing(open: Opener<'_>) {
+    let results = race(open, |s, i| s.create_secret("one", &[i as u8], 1));
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(matches!(e, StoreError::SecretExists(_)), "{e}");
+    }
+    let rotated = race(open, |s, i| s.rotate_secret("one", &[i as u8, 1], 2));
+    let mut versions: Vec<i64> = rotated
+        .into_iter()
+        .map(|r| r.expect("rotate").version)
+        .collect();
+    versions.sort_unstable();
+    let expected: Vec<i64> = (2..2 + RACERS as i64).collect();
+    assert_eq!(versions, expected, "every rotation counts once");
+    let s = open();
+    assert_eq!(
+        s.secret("one").expect("get").expect("kept").version,
+        1 + RACERS as i64
+    );
+}
+
 pub(crate) const CHECKS: &[(&str, Check)] = &[
     (
         "custom_attributes_are_put_and_deleted_whole",
@@ -1854,6 +1930,14 @@ pub(crate) const CHECKS: &[(&str, Check)] = &[
         "concurrent_creates_of_one_service_have_one_winner",
         concurrent_creates_of_one_service_have_one_winner,
     ),
+    (
+        "secrets_round_trip_rotate_and_delete",
+        secrets_round_trip_rotate_and_delete,
+    ),
+    (
+        "concurrent_secret_writes_lose_nothing",
+        concurrent_secret_writes_lose_nothing,
+    ),
 ];
 
 /// One `#[test]` per check above, each on a fresh database: `$fresh()`
@@ -1887,7 +1971,9 @@ macro_rules! store_conformance {
             plans_from_one_generation_have_one_winner,
             a_task_is_in_its_instance_cluster,
             concurrent_creates_of_one_service_have_one_winner,
-            custom_attributes_are_put_and_deleted_whole
+            custom_attributes_are_put_and_deleted_whole,
+            secrets_round_trip_rotate_and_delete,
+            concurrent_secret_writes_lose_nothing
         );
     };
     (@ $fresh:expr; $($name:ident),*) => {

@@ -49,7 +49,8 @@
 //! columns `task_group`, `started_by`, `task_definition`; 7 adds
 //! `task_definitions` (the registry's immutable revisions); 8 adds
 //! `services`, `deployments` and `service_events` (see `services`) and the
-//! task marks `ever_healthy`, `failure_counted`, `lost`. Older
+//! task marks `ever_healthy`, `failure_counted`, `lost`; 9 adds `secrets`
+//! (ciphertext only, see `secrets`). Older
 //! databases are migrated when opened, in the same transaction that records
 //! the new version.
 //!
@@ -61,6 +62,7 @@ pub(crate) mod conformance;
 mod postgres;
 mod rules;
 mod schema;
+mod secrets;
 mod services;
 mod sql;
 mod sqlite;
@@ -69,6 +71,9 @@ mod taskdefs;
 pub use postgres::PostgresStore;
 pub use rules::in_desired_set;
 pub use schema::SCHEMA_VERSION;
+pub use secrets::{
+    MAX_SECRET_NAME_LEN, MAX_SECRET_VALUE_BYTES, SecretRecord, SecretStore, secret_name_problem,
+};
 pub use services::{
     DeploymentRecord, MAX_EVENT_MESSAGE, MAX_EVENTS, MAX_SERVICE_CONFIG_BYTES, PlanOutcome,
     SERVICE_DRAINING, ServiceEventRecord, ServicePlanRecord, ServiceRecord, ServiceSnapshot,
@@ -170,6 +175,10 @@ pub enum StoreError {
     ServiceExists { cluster: String, name: String },
     #[error("no service {name} in cluster {cluster}")]
     NoService { cluster: String, name: String },
+    #[error("a secret {0} already exists; change it with `berth secret rotate {0}`")]
+    SecretExists(String),
+    #[error("no secret {0}")]
+    NoSecret(String),
     /// Input the store refuses before anything is written: a name, a
     /// length or a count out of bounds.
     #[error("{op}: {detail}; nothing was changed")]
@@ -526,7 +535,7 @@ pub struct EventOutcome {
 /// [`StoreError::Database`], both naming the operation, and never a
 /// half-applied change. A constraint violation is a
 /// [`StoreError::Conflict`] (or one of the specific `…Exists` errors).
-pub trait Store: TaskDefinitionStore + ServiceStore + Send + Sync {
+pub trait Store: TaskDefinitionStore + ServiceStore + SecretStore + Send + Sync {
     /// Stores a new activation.
     fn create_activation(&self, activation: &ActivationRecord) -> Result<(), StoreError>;
     fn activation(&self, id: &str) -> Result<Option<ActivationRecord>, StoreError>;

@@ -3,7 +3,7 @@
 //! both SQLite and PostgreSQL accept unless a migration says otherwise.
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -152,4 +152,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_by_group ON tasks (cluster, task_group);
     UPDATE tasks SET cluster = COALESCE(
         (SELECT i.cluster FROM instances i WHERE i.instance_id = tasks.instance_id), cluster)",
+    // 9: secrets (`berth secret`): ciphertext only, as hex.
+    "CREATE TABLE secrets (
+        name TEXT NOT NULL PRIMARY KEY,
+        version BIGINT NOT NULL,
+        ciphertext TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        updated_at_ms BIGINT NOT NULL
+    )",
 ];

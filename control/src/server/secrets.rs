@@ -1,0 +1,458 @@
+//! Secrets (`berth secret create|ls|rotate|delete`, SPEC §8): the key, the
+//! encryption at rest and the admin API's handlers.
+//!
+//! Values are encrypted with ChaCha20-Poly1305 (`ring::aead`) under one
+//! 32-byte key: a random 96-bit nonce per value and the secret's name as
+//! associated data, so a ciphertext copied to another name does not
+//! decrypt. Stored as `1 || nonce || ciphertext || tag`; the store holds
+//! nothing else of a value.
+//!
+//! The key is `<data-dir>/secrets.key` (64 hex digits), created with mode
+//! 0600 the first time a secret is stored, or the file given with `berth
+//! server --secrets-key-file` (32 raw bytes or 64 hex digits). A key file
+//! readable by group or others is refused, naming the file and the
+//! `chmod`, at start and at every load. Losing the key loses every value:
+//! back it up with the database, apart from it.
+//!
+//! Invariants:
+//! - a value is at most [`MAX_SECRET_VALUE_BYTES`] (Secrets Manager's
+//!   limit) and never empty; names follow
+//!   [`secret_name_problem`](super::store::secret_name_problem);
+//! - no value, ciphertext or key is logged, returned by an RPC or put in an
+//!   error; logs and errors name the secret only.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use berth_proto::v1::{
+    DeleteSecretResponse, ListSecretsResponse, PutSecretRequest, SecretInfo, SecretRef,
+};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use tonic::Status;
+use tracing::info;
+
+use super::core::{Core, store_status};
+use super::store::{MAX_SECRET_VALUE_BYTES, SecretRecord, secret_name_problem};
+
+/// The key's file in the data dir.
+pub const SECRETS_KEY_FILE: &str = "secrets.key";
+const KEY_LEN: usize = 32;
+/// The first byte of every stored ciphertext: the format.
+const FORMAT_V1: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretKeyError {
+    #[error("cannot read the secrets key {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot create the secrets key {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error(
+        "{} is readable by group or others (mode {mode:04o}): it holds the key of every secret; run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error(
+        "{} is not a secrets key: it must hold 32 bytes, or 64 hex digits (`openssl rand -hex 32`)",
+        .0.display()
+    )]
+    Malformed(PathBuf),
+    #[error("the secrets key file {} does not exist", .0.display())]
+    Missing(PathBuf),
+}
+
+/// Why a value cannot be stored or read; never holds the value.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error(transparent)]
+    Key(#[from] SecretKeyError),
+    #[error(
+        "secret {0} cannot be decrypted with this server's secrets key (a different key, or a damaged value); restore the key it was created with, or rotate the secret"
+    )]
+    Decrypt(String),
+    #[error("secret {0}: cannot encrypt the value")]
+    Encrypt(String),
+}
+
+/// Where the key lives, loaded once.
+pub(crate) struct SecretKeys {
+    path: PathBuf,
+    /// `--secrets-key-file`: never created by berth.
+    supplied: bool,
+    key: Mutex<Option<LessSafeKey>>,
+}
+
+impl SecretKeys {
+    /// The key of a server: `supplied`, else `<data_dir>/secrets.key`.
+    pub(crate) fn new(data_dir: &Path, supplied: Option<&Path>) -> SecretKeys {
+        SecretKeys {
+            path: supplied.map_or_else(|| data_dir.join(SECRETS_KEY_FILE), Path::to_path_buf),
+            supplied: supplied.is_some(),
+            key: Mutex::new(None),
+        }
+    }
+
+    /// At start: a supplied key must load; a key in the data dir is
+    /// checked when it exists (it is created at first need).
+    pub(crate) fn check_at_start(&self) -> Result<(), SecretKeyError> {
+        if self.supplied || self.path.exists() {
+            self.with_key(false, |_| ())?;
+        }
+        Ok(())
+    }
+
+    fn with_key<R>(
+        &self,
+        create: bool,
+        f: impl FnOnce(&LessSafeKey) -> R,
+    ) -> Result<R, SecretKeyError> {
+        let mut slot = self.key.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = slot.as_ref() {
+            return Ok(f(key));
+        }
+        let bytes = match read_key(&self.path)? {
+            Some(bytes) => bytes,
+            None if self.supplied || !create => {
+                return Err(SecretKeyError::Missing(self.path.clone()));
+            }
+            None => create_key(&self.path)?,
+        };
+        let unbound = UnboundKey::new(&CHACHA20_POLY1305, &bytes)
+            .map_err(|_| SecretKeyError::Malformed(self.path.clone()))?;
+        Ok(f(slot.insert(LessSafeKey::new(unbound))))
+    }
+
+    /// Encrypts `value` for the secret `name` (creating the key when
+    /// needed).
+    pub(crate) fn seal(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::fill(&mut nonce);
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + value.len() + 16);
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&nonce);
+        let mut body = value.to_vec();
+        self.with_key(true, |key| {
+            key.seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(name.as_bytes()),
+                &mut body,
+            )
+        })?
+        .map_err(|_| CryptoError::Encrypt(name.to_owned()))?;
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Decrypts the stored value of `record`.
+    #[allow(dead_code)] // task submission uses it (next change)
+    pub(crate) fn open(&self, record: &SecretRecord) -> Result<Vec<u8>, CryptoError> {
+        let name = &record.name;
+        let bad = || CryptoError::Decrypt(name.clone());
+        let rest = match record.ciphertext.split_first() {
+            Some((&FORMAT_V1, rest)) if rest.len() >= NONCE_LEN => rest,
+            _ => return Err(bad()),
+        };
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| bad())?;
+        let mut body = sealed.to_vec();
+        let plain_len = self
+            .with_key(false, |key| {
+                key.open_in_place(nonce, Aad::from(name.as_bytes()), &mut body)
+                    .map(|p| p.len())
+            })?
+            .map_err(|_| bad())?;
+        body.truncate(plain_len);
+        Ok(body)
+    }
+}
+
+/// The key in `path`, `None` when there is no file; refused when group or
+/// others may read it.
+fn read_key(path: &Path) -> Result<Option<[u8; KEY_LEN]>, SecretKeyError> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(SecretKeyError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(SecretKeyError::Permissions {
+            path: path.to_owned(),
+            mode: mode & 0o7777,
+        });
+    }
+    if meta.len() > 1024 {
+        return Err(SecretKeyError::Malformed(path.to_owned()));
+    }
+    let bytes = fs::read(path).map_err(|source| SecretKeyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_key(&bytes)
+        .map(Some)
+        .ok_or_else(|| SecretKeyError::Malformed(path.to_owned()))
+}
+
+/// 32 raw bytes, or 64 hex digits with optional surrounding white space.
+fn parse_key(bytes: &[u8]) -> Option<[u8; KEY_LEN]> {
+    if let Ok(raw) = <[u8; KEY_LEN]>::try_from(bytes) {
+        return Some(raw);
+    }
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    let decoded = hex::decode(text).ok()?;
+    <[u8; KEY_LEN]>::try_from(decoded.as_slice()).ok()
+}
+
+/// Creates a new random key at `path` (mode 0600 from the start): written
+/// to a temporary file, then linked into place, so that a crash leaves no
+/// half key and a second creator reads the first one's key.
+fn create_key(path: &Path) -> Result<[u8; KEY_LEN], SecretKeyError> {
+    let err = |source| SecretKeyError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut key = [0u8; KEY_LEN];
+    rand::fill(&mut key);
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(format!("{}\n", hex::encode(key)).as_bytes())?;
+        f.sync_all()?;
+        fs::hard_link(&tmp, path)
+    })();
+    let _ = fs::remove_file(&tmp);
+    match written {
+        Ok(()) => {
+            if let Some(dir) = path.parent()
+                && let Ok(d) = fs::File::open(dir)
+            {
+                let _ = d.sync_all();
+            }
+            info!(path = %path.display(), "secrets key created");
+            Ok(key)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            read_key(path)?.ok_or_else(|| SecretKeyError::Malformed(path.to_owned()))
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+// ---- the admin API
+
+fn info_message(r: &SecretRecord) -> SecretInfo {
+    SecretInfo {
+        name: r.name.clone(),
+        version: u64::try_from(r.version).unwrap_or(0),
+        created_at_ms: r.created_at_ms,
+        updated_at_ms: r.updated_at_ms,
+    }
+}
+
+fn crypto_status(e: CryptoError) -> Status {
+    tracing::error!(error = %e, "secrets");
+    Status::failed_precondition(e.to_string())
+}
+
+/// Checks a request's name and value.
+fn checked(r: &PutSecretRequest) -> Result<String, Status> {
+    let name = r.name.trim().to_owned();
+    if let Some(p) = secret_name_problem(&name) {
+        return Err(Status::invalid_argument(p));
+    }
+    if r.value.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "secret {name}: the value is empty"
+        )));
+    }
+    if r.value.len() > MAX_SECRET_VALUE_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "secret {name}: the value is {} bytes, at most {MAX_SECRET_VALUE_BYTES} (64 KiB) are accepted",
+            r.value.len()
+        )));
+    }
+    Ok(name)
+}
+
+/// `CreateSecret` (`rotate` false) or `RotateSecret`.
+pub(crate) async fn put(
+    core: &Core,
+    r: PutSecretRequest,
+    rotate: bool,
+    caller: &str,
+) -> Result<SecretInfo, Status> {
+    let name = checked(&r)?;
+    let sealed = core.secrets.seal(&name, &r.value).map_err(crypto_status)?;
+    let now = berth_proto::now_ms();
+    let (op, what) = if rotate {
+        ("rotate_secret", "secret rotated")
+    } else {
+        ("create_secret", "secret created")
+    };
+    let rec = core
+        .db(op, move |s| {
+            if rotate {
+                s.rotate_secret(&name, &sealed, now)
+            } else {
+                s.create_secret(&name, &sealed, now)
+            }
+        })
+        .await
+        .map_err(store_status)?;
+    info!(secret = %rec.name, version = rec.version, by = %caller, "{what}");
+    Ok(info_message(&rec))
+}
+
+pub(crate) async fn delete(
+    core: &Core,
+    r: SecretRef,
+    caller: &str,
+) -> Result<DeleteSecretResponse, Status> {
+    let name = r.name.trim().to_owned();
+    if let Some(p) = secret_name_problem(&name) {
+        return Err(Status::invalid_argument(p));
+    }
+    let n = name.clone();
+    core.db("delete_secret", move |s| s.delete_secret(&n))
+        .await
+        .map_err(store_status)?;
+    info!(secret = %name, by = %caller, "secret deleted");
+    Ok(DeleteSecretResponse { name })
+}
+
+pub(crate) async fn list(core: &Core) -> Result<ListSecretsResponse, Status> {
+    let all = core
+        .db("list_secrets", |s| s.secrets())
+        .await
+        .map_err(store_status)?;
+    Ok(ListSecretsResponse {
+        secrets: all.iter().map(info_message).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, ciphertext: Vec<u8>) -> SecretRecord {
+        SecretRecord {
+            name: name.into(),
+            version: 1,
+            ciphertext,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_value_round_trips_and_is_bound_to_its_name() {
+        let dir = tempfile::tempdir().expect("dir");
+        let keys = SecretKeys::new(dir.path(), None);
+        let sealed = keys.seal("db", b"hunter2").expect("seal");
+        assert!(
+            !sealed.windows(7).any(|w| w == b"hunter2"),
+            "the value is not stored in clear"
+        );
+        assert_eq!(
+            keys.open(&record("db", sealed.clone())).expect("open"),
+            b"hunter2"
+        );
+        let moved = keys
+            .open(&record("other", sealed.clone()))
+            .expect_err("other name");
+        assert!(moved.to_string().contains("other"), "{moved}");
+        let mut damaged = sealed.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        assert!(keys.open(&record("db", damaged)).is_err());
+        assert_ne!(
+            keys.seal("db", b"hunter2").expect("seal"),
+            sealed,
+            "a fresh nonce per value"
+        );
+        let mode = fs::metadata(dir.path().join(SECRETS_KEY_FILE))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Another server on the same data dir reads the same key.
+        let again = SecretKeys::new(dir.path(), None);
+        assert_eq!(again.open(&record("db", sealed)).expect("open"), b"hunter2");
+    }
+
+    #[test]
+    fn a_key_readable_by_others_is_refused_naming_the_fix() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("k");
+        fs::write(&path, hex::encode([7u8; 32])).expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let keys = SecretKeys::new(dir.path(), Some(&path));
+        let e = keys.check_at_start().expect_err("open to others");
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        keys.check_at_start().expect("0600 is fine");
+        assert!(
+            !dir.path().join(SECRETS_KEY_FILE).exists(),
+            "a supplied key: none created in the data dir"
+        );
+    }
+
+    #[test]
+    fn a_supplied_key_must_exist_and_be_well_formed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("k");
+        let keys = SecretKeys::new(dir.path(), Some(&path));
+        let e = keys.seal("db", b"v").expect_err("missing");
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        fs::write(&path, "short").expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let e = SecretKeys::new(dir.path(), Some(&path))
+            .check_at_start()
+            .expect_err("malformed");
+        assert!(e.to_string().contains("64 hex digits"), "{e}");
+        assert_eq!(parse_key(&[9u8; 32]), Some([9u8; 32]));
+        assert_eq!(
+            parse_key(format!("{}\n", hex::encode([3u8; 32])).as_bytes()),
+            Some([3u8; 32])
+        );
+    }
+
+    #[test]
+    fn requests_are_checked_before_anything_is_encrypted() {
+        let ok = PutSecretRequest {
+            name: " db ".into(),
+            value: b"v".to_vec(),
+        };
+        assert_eq!(checked(&ok).expect("ok"), "db");
+        for (name, value, what) in [
+            ("a b", b"v".to_vec(), "not allowed"),
+            ("db", Vec::new(), "empty"),
+            (
+                "db",
+                vec![b'x'; MAX_SECRET_VALUE_BYTES + 1],
+                "at most 65536",
+            ),
+        ] {
+            let e = checked(&PutSecretRequest {
+                name: name.into(),
+                value,
+            })
+            .expect_err(what);
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(what), "{}", e.message());
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! `berth secret …` and secrets in tasks, against the real server
+//! (in-process, on loopback) and the real `berth` binary.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use berth_control::{Server, ServerConfig};
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+/// Runs `berth --server ADMIN args` with `stdin` on its standard input.
+async fn berth_stdin(
+    server: &berth_control::RunningServer,
+    args: &[&str],
+    stdin: &[u8],
+) -> Result<std::process::Output> {
+    let mut child = tokio::process::Command::new(BERTH)
+        .env_remove("BERTH_ADDR")
+        .arg("--server")
+        .arg(server.admin_addr().to_string())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut input = child.stdin.take().ok_or("no stdin")?;
+    input.write_all(stdin).await?;
+    drop(input);
+    Ok(tokio::time::timeout(DEADLINE, child.wait_with_output()).await??)
+}
+
+/// Every file of the data dir, as one byte string.
+fn data_dir_bytes(dir: &std::path::Path) -> Result<Vec<u8>> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            all.extend(std::fs::read(&path)?);
+        }
+    }
+    Ok(all)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_created_listed_rotated_and_deleted_without_showing_values() -> Result {
+    let dir = private_dir()?;
+    let data = dir.path().join("data");
+    let server = Server::start(ServerConfig::loopback(&data)).await?;
+    let value = "s3cr3t-value-from-file-7f1c";
+    let file = dir.path().join("value");
+    std::fs::write(&file, value)?;
+
+    let created = json_of(
+        &berth(
+            &server,
+            &[
+                "secret",
+                "create",
+                "prod/db.password",
+                "--from-file",
+                &file.to_string_lossy(),
+                "--json",
+            ],
+        )
+        .await?,
+    )?;
+    assert_eq!(created["name"], "prod/db.password");
+    assert_eq!(created["version"], 1);
+    let key = data.join("secrets.key");
+    assert_eq!(
+        std::fs::metadata(&key)?.permissions().mode() & 0o777,
+        0o600,
+        "the key is created 0600 at the first secret"
+    );
+
+    let stdin_value = b"from-stdin-\x00-bytes-93ad";
+    let out = berth_stdin(
+        &server,
+        &["secret", "create", "api", "--from-stdin"],
+        stdin_value,
+    )
+    .await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("secret api created (version 1)"));
+
+    assert_refused(
+        &berth(
+            &server,
+            &[
+                "secret",
+                "create",
+                "api",
+                "--from-file",
+                &file.to_string_lossy(),
+            ],
+        )
+        .await?,
+        "already exists",
+    );
+    assert_refused(
+        &berth(
+            &server,
+            &[
+                "secret",
+                "create",
+                "a:b",
+                "--from-file",
+                &file.to_string_lossy(),
+            ],
+        )
+        .await?,
+        "':' is not allowed",
+    );
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; 64 * 1024 + 1])?;
+    assert_refused(
+        &berth(
+            &server,
+            &[
+                "secret",
+                "create",
+                "big",
+                "--from-file",
+                &big.to_string_lossy(),
+            ],
+        )
+        .await?,
+        "larger than 65536 bytes",
+    );
+    let usage = berth(&server, &["secret", "create", "x"]).await?;
+    assert_eq!(usage.status.code(), Some(2), "a source is required");
+
+    let rotated = json_of(
+        &berth_stdin(
+            &server,
+            &["secret", "rotate", "api", "--from-stdin", "--json"],
+            b"rotated-value-5be0",
+        )
+        .await?,
+    )?;
+    assert_eq!(rotated["version"], 2);
+    assert_refused(
+        &berth_stdin(&server, &["secret", "rotate", "nope", "--from-stdin"], b"x").await?,
+        "no secret nope",
+    );
+
+    let ls = berth(&server, &["secret", "ls", "--json"]).await?;
+    let listed = json_of(&ls)?;
+    let rows: Vec<(String, u64)> = listed
+        .as_array()
+        .ok_or("an array")?
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_owned(),
+                s["version"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [("api".to_owned(), 2), ("prod/db.password".to_owned(), 1)]
+    );
+    let table = berth(&server, &["secret", "ls"]).await?;
+    for out in [&ls, &table] {
+        let shown = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+        for v in [value.as_bytes(), stdin_value, b"rotated-value-5be0"] {
+            assert!(!contains(&shown, v), "a value in `secret ls`");
+        }
+    }
+
+    // Only ciphertext is stored: no value in any file of the data dir.
+    let stored = data_dir_bytes(&data)?;
+    for v in [value.as_bytes(), stdin_value, b"rotated-value-5be0"] {
+        assert!(!contains(&stored, v), "a value in clear in the data dir");
+    }
+
+    let out = berth(&server, &["secret", "delete", "api"]).await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_refused(
+        &berth(&server, &["secret", "delete", "api"]).await?,
+        "no secret api",
+    );
+    let listed = json_of(&berth(&server, &["secret", "ls", "--json"]).await?)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secrets_key_readable_by_others_stops_the_server() -> Result {
+    let dir = private_dir()?;
+    let key = dir.path().join("secrets.key");
+    std::fs::write(&key, format!("{}\n", "ab".repeat(32)))?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640))?;
+    let cfg = ServerConfig {
+        secrets_key_file: Some(key.clone()),
+        ..ServerConfig::loopback(dir.path().join("data"))
+    };
+    let e = Server::start(cfg.clone())
+        .await
+        .err()
+        .ok_or("the server started")?;
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    let server = Server::start(cfg).await?;
+    let out = berth_stdin(&server, &["secret", "create", "db", "--from-stdin"], b"v").await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !dir.path().join("data").join("secrets.key").exists(),
+        "with --secrets-key-file no key is created in the data dir"
+    );
+    Ok(())
+}
