@@ -217,3 +217,133 @@ async fn a_secrets_key_readable_by_others_stops_the_server() -> Result {
     );
     Ok(())
 }
+
+/// A definition whose `app` container takes `DB_PASSWORD` from `value_from`
+/// and pulls with `credentials` (when given).
+fn definition(value_from: &str, credentials: Option<&str>) -> String {
+    let creds = credentials
+        .map(|c| format!(r#","repositoryCredentials":{{"credentialsParameter":"{c}"}}"#))
+        .unwrap_or_default();
+    format!(
+        r#"{{"family":"app","containerDefinitions":[{{"name":"app","image":"busybox:1","memory":64,
+            "secrets":[{{"name":"DB_PASSWORD","valueFrom":"{value_from}"}}]{creds}}}]}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_naming_a_missing_or_unresolvable_secret_is_refused_and_stores_nothing()
+-> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let _agent = FakeAgent::start(&server, 4096, 4096).await?;
+    let write = |name: &str, text: &str| -> Result<String> {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text)?;
+        Ok(p.to_string_lossy().into_owned())
+    };
+    let ssm = "arn:aws:ssm:us-east-1:123456789012:parameter/prod/db-password";
+    let missing = write("missing.json", &definition(ssm, None))?;
+    assert_refused(
+        &berth(&server, &["task", "run", "--task-definition", &missing]).await?,
+        "containerDefinitions[0].secrets[0].valueFrom: no secret prod/db-password (berth secret create prod/db-password …)",
+    );
+    let listed = json_of(&berth(&server, &["taskdef", "ls", "--json"]).await?)?;
+    assert_eq!(
+        listed["taskDefinitionArns"],
+        serde_json::json!([]),
+        "a refused run registers no revision"
+    );
+    let out = berth_stdin(
+        &server,
+        &["secret", "create", "/prod/db-password", "--from-stdin"],
+        b"not json",
+    )
+    .await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // A JSON key needs a JSON object with that key; credentials need
+    // {"username", "password"}.
+    let keyed = write(
+        "keyed.json",
+        &definition(
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-password-AbC123:password::",
+            Some("registry"),
+        ),
+    )?;
+    let out = berth(&server, &["task", "run", "--task-definition", &keyed]).await?;
+    assert_refused(
+        &out,
+        "containerDefinitions[0].secrets[0].valueFrom: secret prod/db-password is not a JSON object, so it has no key \"password\"",
+    );
+    assert_refused(
+        &out,
+        "containerDefinitions[0].repositoryCredentials.credentialsParameter: no secret registry",
+    );
+    let out = berth_stdin(
+        &server,
+        &["secret", "create", "registry", "--from-stdin"],
+        br#"{"username":"u"}"#,
+    )
+    .await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = berth_stdin(
+        &server,
+        &["secret", "rotate", "prod/db-password", "--from-stdin"],
+        br#"{"password":"pw-1"}"#,
+    )
+    .await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_refused(
+        &berth(&server, &["task", "run", "--task-definition", &keyed]).await?,
+        "secret registry is not registry credentials",
+    );
+    let out = berth_stdin(
+        &server,
+        &["secret", "rotate", "registry", "--from-stdin"],
+        br#"{"username":"u","password":"p"}"#,
+    )
+    .await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ran = json_of(
+        &berth(
+            &server,
+            &["task", "run", "--task-definition", &keyed, "--json"],
+        )
+        .await?,
+    )?;
+    let task_id = ran["taskId"].as_str().or(ran[0]["taskId"].as_str());
+    assert!(task_id.is_some_and(|t| !t.is_empty()), "{ran}");
+
+    // Services are checked the same way, on create and update.
+    let register = |file: &str| {
+        let file = file.to_owned();
+        let server = &server;
+        async move { json_of(&berth(server, &["taskdef", "register", &file, "--json"]).await?) }
+    };
+    let other = write(
+        "other.json",
+        &definition("other-secret", None).replace("\"app\"", "\"svc\""),
+    )?;
+    register(&other).await?;
+    assert_refused(
+        &berth(
+            &server,
+            &[
+                "service",
+                "create",
+                "svc",
+                "--task-definition",
+                "svc",
+                "--desired-count",
+                "1",
+            ],
+        )
+        .await?,
+        "containerDefinitions[0].secrets[0].valueFrom: no secret other-secret",
+    );
+    assert_refused(
+        &berth(&server, &["service", "describe", "svc"]).await?,
+        "no service svc",
+    );
+    Ok(())
+}

@@ -17,7 +17,7 @@
 //!
 //! - [`types`] mirrors `RegisterTaskDefinition` field for field, camelCase,
 //!   with `deny_unknown_fields` everywhere, so a typo is an error. Fields that
-//!   berth refuses (`secrets`, `proxyConfiguration`, ...) are still parsed, as
+//!   berth refuses (`environmentFiles`, `proxyConfiguration`, ...) are still parsed, as
 //!   raw JSON, so that validation can name them and say why.
 //! - [`parse`] checks size and syntax, refuses duplicate keys, accepts both
 //!   input shapes, removes `null` members (ECS reads them as absent),
@@ -57,12 +57,14 @@
 //! - Only the Linux subset of ECS: `networkMode` bridge, host or none;
 //!   `pidMode`/`ipcMode` `task` are refused (they need a shared namespace
 //!   container that berth does not run yet).
-//! - Anything that needs AWS services (IAM roles, Secrets Manager, SSM, S3,
-//!   EFS, FSx, EBS, App Mesh, FireLens, Elastic Inference) is refused, except
-//!   the role ARNs, which are accepted with a warning. See `COMPATIBILITY.md`
+//! - Anything that needs AWS services (IAM roles, S3, EFS, FSx, EBS, App
+//!   Mesh, FireLens, Elastic Inference) is refused, except the role ARNs,
+//!   which are accepted with a warning; `secrets` and
+//!   `repositoryCredentials` name berth secrets, also through SSM and
+//!   Secrets Manager ARNs ([`secrets`]). See `COMPATIBILITY.md`
 //!   beside this crate for every field.
 //! - `null` is absent for every field, as in ECS; values that ECS would
-//!   register empty (`"secrets": []`) are treated as absent rather than
+//!   register empty (`"secrets": []`, `"repositoryCredentials": {}`) are treated as absent rather than
 //!   refused.
 //! - Warnings, besides ignored fields: the `awslogs` log driver (the host's
 //!   Docker daemon needs AWS credentials of its own), once per definition,
@@ -83,6 +85,7 @@ mod error;
 mod model;
 pub(crate) mod parse;
 mod path;
+pub mod secrets;
 pub mod types;
 mod units;
 pub(crate) mod validate;
@@ -93,6 +96,10 @@ mod tests;
 pub use error::{Problem, TaskDefError};
 pub use model::{NetworkMode, Reservation};
 pub use parse::parse;
+pub use secrets::{
+    SecretReference, SecretUsage, SecretUse, normalize_secret_name, secret_name_problem,
+    secret_reference, secret_usages,
+};
 pub use types::*;
 pub use units::{MIB_PER_GB, UNITS_PER_VCPU};
 pub use validate::{

@@ -313,8 +313,8 @@ fn validation_collects_all_problems() {
     assert!(has(&p, "containerDefinitions[0].memory", "at least 6 MiB"));
     assert!(has(
         &p,
-        "containerDefinitions[0].secrets",
-        "Secrets Manager"
+        "containerDefinitions[0].secrets[0].valueFrom",
+        "is not an ARN"
     ));
     assert!(has(&p, "containerDefinitions[1].name", "duplicate"));
     assert!(has(&p, "containerDefinitions[1].image", "whitespace"));

@@ -154,21 +154,45 @@ pub struct ContainerDefinition {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub docker_security_options: Vec<String>,
 
-    // Refused off AWS: parsed only so that validation can name them.
+    /// Environment variables whose values come from berth's secret store
+    /// (`valueFrom`: a berth secret name or an SSM / Secrets Manager ARN,
+    /// see [`crate::secret_reference`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<Secret>,
+    /// Pull credentials from a berth secret holding
+    /// `{"username": …, "password": …}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secrets: Option<Value>,
+    pub repository_credentials: Option<RepositoryCredentials>,
+
+    // Refused off AWS: parsed only so that validation can name them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment_files: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firelens_configuration: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repository_credentials: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_requirements: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_specs: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_consistency: Option<Value>,
+}
+
+/// ECS `Secret`: an environment variable set from a secret.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Secret {
+    /// The environment variable's name.
+    pub name: String,
+    pub value_from: String,
+}
+
+/// ECS `RepositoryCredentials`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RepositoryCredentials {
+    /// Absent (`{}`) is no credentials, as an empty object in ECS' exports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_parameter: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

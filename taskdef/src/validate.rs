@@ -349,13 +349,17 @@ fn check_aws_services(def: &TaskDefinition, r: &mut Report) {
         let Some(host) = registry_of(&c.image).filter(|h| is_ecr_registry(h)) else {
             continue;
         };
-        if is_present(&c.repository_credentials) || registries.contains(&host) {
+        let has_credentials = c
+            .repository_credentials
+            .as_ref()
+            .is_some_and(|rc| rc.credentials_parameter.is_some());
+        if has_credentials || registries.contains(&host) {
             continue;
         }
         registries.push(host);
         r.warn(
             key(&index("containerDefinitions", i), "image"),
-            format!("{host_q} is an Amazon ECR registry, and berth cannot fetch ECR tokens: supply the registry's credentials with `repositoryCredentials` (planned; refused today) or in the Docker config of every host (`docker login` there, or the agent's `docker_config` and `[registries]`); ECR passwords expire after 12 hours", host_q = q(host)),
+            format!("{host_q} is an Amazon ECR registry, and berth cannot fetch ECR tokens: supply the registry's credentials with `repositoryCredentials` (a berth secret holding {{\"username\", \"password\"}}) or in the Docker config of every host (`docker login` there, or the agent's `docker_config` and `[registries]`); ECR passwords expire after 12 hours", host_q = q(host)),
         );
     }
 }
@@ -842,12 +846,9 @@ fn check_container(
         ),
     }
 
+    check_repository_credentials(&at("repositoryCredentials"), c, r);
+
     // refused off AWS
-    r.refuse(
-        at("secrets"),
-        &c.secrets,
-        "secrets come from AWS Secrets Manager or SSM Parameter Store; pass values in `environment` instead",
-    );
     r.refuse(
         at("environmentFiles"),
         &c.environment_files,
@@ -857,11 +858,6 @@ fn check_container(
         at("firelensConfiguration"),
         &c.firelens_configuration,
         "FireLens is an AWS log router integration; use logConfiguration with fluentd instead",
-    );
-    r.refuse(
-        at("repositoryCredentials"),
-        &c.repository_credentials,
-        "berth takes registry credentials from the agent's config, not from AWS Secrets Manager",
     );
     r.refuse(
         at("resourceRequirements"),
@@ -876,30 +872,69 @@ fn check_container(
 }
 
 fn check_environment(base: &str, c: &ContainerDefinition, r: &mut Report) {
-    let mut names: HashMap<&str, usize> = HashMap::new();
+    // Environment variables and secrets share one name space: the path of
+    // the first entry of each name.
+    let mut names: HashMap<&str, String> = HashMap::new();
     for (k, e) in c.environment.iter().enumerate() {
-        let np = key(&index(base, k), "name");
-        if e.name.is_empty() {
-            r.err(np, "must not be empty");
-        } else if e.name.contains('=') || e.name.contains('\0') {
-            r.err(
-                np,
-                format!("must not contain `=` or NUL, got {}", q(&e.name)),
-            );
-        } else if let Some(j) = names.get(e.name.as_str()) {
-            r.err(
-                np,
-                format!(
-                    "duplicate environment variable {} (also environment[{j}])",
-                    q(&e.name)
-                ),
-            );
-        } else {
-            names.insert(&e.name, k);
-        }
+        let ep = index(base, k);
+        check_env_name(&mut names, &ep, &e.name, r);
         if e.value.contains('\0') {
-            r.err(key(&index(base, k), "value"), "must not contain NUL");
+            r.err(key(&ep, "value"), "must not contain NUL");
         }
+    }
+    let secrets_base = format!(
+        "{}secrets",
+        base.strip_suffix("environment").unwrap_or(base)
+    );
+    for (k, s) in c.secrets.iter().enumerate() {
+        let ep = index(&secrets_base, k);
+        check_env_name(&mut names, &ep, &s.name, r);
+        if let Err(e) = crate::secrets::secret_reference(&s.value_from) {
+            r.err(key(&ep, "valueFrom"), e);
+        }
+    }
+}
+
+/// An environment variable's name (of `environment[]` or `secrets[]` at
+/// `ep`): not empty, no `=` or NUL, not taken by an earlier entry.
+fn check_env_name<'a>(
+    names: &mut HashMap<&'a str, String>,
+    ep: &str,
+    name: &'a str,
+    r: &mut Report,
+) {
+    let np = key(ep, "name");
+    if name.is_empty() {
+        r.err(np, "must not be empty");
+    } else if name.contains('=') || name.contains('\0') {
+        r.err(np, format!("must not contain `=` or NUL, got {}", q(name)));
+    } else if let Some(other) = names.get(name) {
+        r.err(
+            np,
+            format!("duplicate environment variable {} (also {other})", q(name)),
+        );
+    } else {
+        let short = ep.rsplit_once('.').map_or(ep, |(_, s)| s);
+        names.insert(name, short.to_owned());
+    }
+}
+
+fn check_repository_credentials(base: &str, c: &ContainerDefinition, r: &mut Report) {
+    let Some(p) = c
+        .repository_credentials
+        .as_ref()
+        .and_then(|rc| rc.credentials_parameter.as_deref())
+    else {
+        return;
+    };
+    let pp = key(base, "credentialsParameter");
+    match crate::secrets::secret_reference(p) {
+        Err(e) => r.err(pp, e),
+        Ok(s) if s.json_key.is_some() => r.err(
+            pp,
+            "the whole secret is the credentials, {\"username\": …, \"password\": …}: leave JSON-KEY empty",
+        ),
+        Ok(_) => {}
     }
 }
 

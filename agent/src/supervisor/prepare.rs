@@ -115,6 +115,21 @@ impl Supervisor {
         let pending: Vec<usize> = (0..self.containers.len())
             .filter(|&i| self.containers[i].state.runtime_id.is_empty())
             .collect();
+        if let Some(&i) = pending.iter().find(|&&i| {
+            let def = &self.containers[i].def;
+            !def.secrets.is_empty()
+                || def
+                    .repository_credentials
+                    .as_ref()
+                    .is_some_and(|r| r.credentials_parameter.is_some())
+        }) {
+            self.fail_to_start(
+                i,
+                "this agent does not receive secrets yet: secrets and repositoryCredentials cannot be delivered".into(),
+            )
+            .await;
+            return;
+        }
         let log_drivers: Vec<(usize, String)> = pending
             .iter()
             .filter_map(|&i| {

@@ -34,6 +34,10 @@ use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundK
 use tonic::Status;
 use tracing::info;
 
+use std::collections::HashMap;
+
+use berth_taskdef::{SecretUsage, SecretUse};
+
 use super::core::{Core, store_status};
 use super::store::{MAX_SECRET_VALUE_BYTES, SecretRecord, secret_name_problem};
 
@@ -147,7 +151,6 @@ impl SecretKeys {
     }
 
     /// Decrypts the stored value of `record`.
-    #[allow(dead_code)] // task submission uses it (next change)
     pub(crate) fn open(&self, record: &SecretRecord) -> Result<Vec<u8>, CryptoError> {
         let name = &record.name;
         let bad = || CryptoError::Decrypt(name.clone());
@@ -251,6 +254,144 @@ fn create_key(path: &Path) -> Result<[u8; KEY_LEN], SecretKeyError> {
     }
 }
 
+// ---- resolving a task's references
+
+/// The stored secrets `usages` may name (every candidate that exists), in
+/// one store read.
+pub(crate) async fn load(
+    core: &Core,
+    usages: &[SecretUsage],
+) -> Result<HashMap<String, SecretRecord>, Status> {
+    let mut names: Vec<String> = usages
+        .iter()
+        .flat_map(|u| u.reference.candidates().map(str::to_owned))
+        .collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    core.db("secrets_of_task", move |s| {
+        let mut found = HashMap::new();
+        for n in names {
+            if let Some(r) = s.secret(&n)? {
+                found.insert(n, r);
+            }
+        }
+        Ok(found)
+    })
+    .await
+    .map_err(store_status)
+}
+
+/// What a secret resolves to for one usage: an environment variable's
+/// value, or registry credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    Value(Vec<u8>),
+    Credentials { username: String, password: String },
+}
+
+/// Names the kind and the length only, never a value.
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resolved::Value(v) => write!(f, "Value({} bytes)", v.len()),
+            Resolved::Credentials { username, .. } => {
+                write!(f, "Credentials({} byte user name)", username.len())
+            }
+        }
+    }
+}
+
+/// Resolves one usage against the loaded records; the error names the
+/// secret and what is wrong (never the value).
+pub(crate) fn resolve(
+    keys: &SecretKeys,
+    records: &HashMap<String, SecretRecord>,
+    usage: &SecretUsage,
+) -> Result<Resolved, String> {
+    let reference = &usage.reference;
+    let Some(record) = reference.candidates().find_map(|n| records.get(n)) else {
+        let tried: Vec<&str> = reference.candidates().collect();
+        let last = tried.last().copied().unwrap_or_default();
+        return Err(format!(
+            "no secret {} (berth secret create {last} …)",
+            tried.join(" or ")
+        ));
+    };
+    let value = keys.open(record).map_err(|e| e.to_string())?;
+    let value = match &reference.json_key {
+        None => value,
+        Some(k) => json_member(&record.name, &value, k)?.into_bytes(),
+    };
+    match usage.used_as {
+        SecretUse::Env(_) => Ok(Resolved::Value(value)),
+        SecretUse::RegistryCredentials => credentials(&record.name, &value),
+    }
+}
+
+/// The string value of `key` in the JSON object `value`.
+fn json_member(name: &str, value: &[u8], key: &str) -> Result<String, String> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(value)
+        .map_err(|_| format!("secret {name} is not a JSON object, so it has no key {key:?}"))?;
+    match object.get(key) {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(format!("the key {key:?} of secret {name} is not a string")),
+        None => Err(format!("secret {name} has no key {key:?}")),
+    }
+}
+
+/// `{"username": "…", "password": "…"}`.
+fn credentials(name: &str, value: &[u8]) -> Result<Resolved, String> {
+    let bad = || {
+        format!(
+            "secret {name} is not registry credentials: it must be the JSON object {{\"username\": \"…\", \"password\": \"…\"}}"
+        )
+    };
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(value).map_err(|_| bad())?;
+    match (object.get("username"), object.get("password")) {
+        (Some(serde_json::Value::String(u)), Some(serde_json::Value::String(p)))
+            if !u.is_empty() =>
+        {
+            Ok(Resolved::Credentials {
+                username: u.clone(),
+                password: p.clone(),
+            })
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// At submission (task run, service create and update): refuses a
+/// definition that names a secret that does not exist, or that does not
+/// resolve (a missing JSON key, credentials that are not
+/// `{"username","password"}`), naming each JSON path and secret.
+pub(crate) async fn refuse_unresolvable(core: &Core, definition_json: &str) -> Result<(), Status> {
+    let def = berth_taskdef::parse(definition_json)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+        .definition;
+    let usages = berth_taskdef::secret_usages(&def);
+    if usages.is_empty() {
+        return Ok(());
+    }
+    let records = load(core, &usages).await?;
+    let problems: Vec<String> = usages
+        .iter()
+        .filter_map(|u| {
+            resolve(&core.secrets, &records, u)
+                .err()
+                .map(|e| format!("{}: {e}", u.path))
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Status::failed_precondition(problems.join("; ")))
+    }
+}
+
 // ---- the admin API
 
 fn info_message(r: &SecretRecord) -> SecretInfo {
@@ -269,7 +410,7 @@ fn crypto_status(e: CryptoError) -> Status {
 
 /// Checks a request's name and value.
 fn checked(r: &PutSecretRequest) -> Result<String, Status> {
-    let name = r.name.trim().to_owned();
+    let name = berth_taskdef::normalize_secret_name(&r.name).to_owned();
     if let Some(p) = secret_name_problem(&name) {
         return Err(Status::invalid_argument(p));
     }
@@ -321,7 +462,7 @@ pub(crate) async fn delete(
     r: SecretRef,
     caller: &str,
 ) -> Result<DeleteSecretResponse, Status> {
-    let name = r.name.trim().to_owned();
+    let name = berth_taskdef::normalize_secret_name(&r.name).to_owned();
     if let Some(p) = secret_name_problem(&name) {
         return Err(Status::invalid_argument(p));
     }
@@ -391,6 +532,83 @@ mod tests {
         // Another server on the same data dir reads the same key.
         let again = SecretKeys::new(dir.path(), None);
         assert_eq!(again.open(&record("db", sealed)).expect("open"), b"hunter2");
+    }
+
+    fn usage(value_from: &str, used_as: SecretUse) -> SecretUsage {
+        SecretUsage {
+            path: "p".into(),
+            container: "c".into(),
+            used_as,
+            reference: berth_taskdef::secret_reference(value_from).expect("reference"),
+        }
+    }
+
+    #[test]
+    fn references_resolve_to_values_json_keys_and_credentials() {
+        let dir = tempfile::tempdir().expect("dir");
+        let keys = SecretKeys::new(dir.path(), None);
+        let mut records = HashMap::new();
+        for (name, value) in [
+            ("plain", &b"v1"[..]),
+            ("db", br#"{"password":"pw","port":5432}"#),
+            ("creds", br#"{"username":"u","password":"p"}"#),
+        ] {
+            records.insert(
+                name.to_owned(),
+                record(name, keys.seal(name, value).expect("seal")),
+            );
+        }
+        let env = || SecretUse::Env("X".into());
+        let sm = "arn:aws:secretsmanager:r:1:secret:";
+        assert_eq!(
+            resolve(&keys, &records, &usage("plain", env())),
+            Ok(Resolved::Value(b"v1".to_vec()))
+        );
+        assert_eq!(
+            resolve(
+                &keys,
+                &records,
+                &usage(&format!("{sm}db-AbC123:password::"), env())
+            ),
+            Ok(Resolved::Value(b"pw".to_vec())),
+            "the suffix is dropped when the name as written does not exist"
+        );
+        for (value_from, needle) in [
+            (
+                format!("{sm}db:port::"),
+                "the key \"port\" of secret db is not a string",
+            ),
+            (format!("{sm}db:user::"), "secret db has no key \"user\""),
+            (
+                format!("{sm}plain:k::"),
+                "secret plain is not a JSON object",
+            ),
+            (
+                "nope".to_owned(),
+                "no secret nope (berth secret create nope …)",
+            ),
+            (
+                format!("{sm}x-AbC123"),
+                "no secret x-AbC123 or x (berth secret create x …)",
+            ),
+        ] {
+            let e = resolve(&keys, &records, &usage(&value_from, env())).expect_err(&value_from);
+            assert!(e.contains(needle), "{value_from}: {e}");
+        }
+        assert!(matches!(
+            resolve(&keys, &records, &usage("creds", SecretUse::RegistryCredentials)),
+            Ok(Resolved::Credentials { username, password }) if username == "u" && password == "p"
+        ));
+        let e = resolve(
+            &keys,
+            &records,
+            &usage("db", SecretUse::RegistryCredentials),
+        )
+        .expect_err("no username");
+        assert!(
+            e.contains("is not registry credentials") && !e.contains("pw"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -134,6 +134,7 @@ async fn refuse_unplaceable(
     cluster: &str,
     td: &TaskDefinitionRecord,
 ) -> Result<(), Status> {
+    super::secrets::refuse_unresolvable(core, &td.definition_json).await?;
     match scheduler::never_placeable(core, cluster, &td.definition_json).await {
         Ok(None) => Ok(()),
         Ok(Some(why)) => Err(Status::failed_precondition(format!(

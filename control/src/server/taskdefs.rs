@@ -416,9 +416,15 @@ pub(crate) async fn run_task(core: &Core, req: RunTaskRequest) -> Result<RunTask
         }
         (true, false) => {
             let (family, stored, _) = checked(&req.task_definition_json)?;
+            // Before the revision is registered: a refusal stores nothing.
+            super::secrets::refuse_unresolvable(core, &stored).await?;
             register_checked(core, family, stored, true).await?.0
         }
-        (false, true) => resolve_active(core, &req.task_definition).await?,
+        (false, true) => {
+            let rec = resolve_active(core, &req.task_definition).await?;
+            super::secrets::refuse_unresolvable(core, &rec.definition_json).await?;
+            rec
+        }
     };
     let group = group_of(&req.group, &rec.family)?;
     let origin = Origin {

@@ -23,9 +23,8 @@ use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use rusqlite::{OptionalExtension, params};
 
-/// Longest secret name (SSM parameter names: 1011 with the path; Secrets
-/// Manager: 512). berth takes Secrets Manager's.
-pub const MAX_SECRET_NAME_LEN: usize = 512;
+pub use berth_taskdef::secrets::{MAX_SECRET_NAME_LEN, secret_name_problem};
+
 /// Largest secret value (Secrets Manager's limit, 64 KiB).
 pub const MAX_SECRET_VALUE_BYTES: usize = 64 * 1024;
 /// Largest stored ciphertext: a value, its nonce and its tag, with room.
@@ -52,24 +51,6 @@ impl std::fmt::Debug for SecretRecord {
             .field("updated_at_ms", &self.updated_at_ms)
             .finish()
     }
-}
-
-/// Why a secret name is refused, or `None` when it is valid.
-pub fn secret_name_problem(name: &str) -> Option<String> {
-    if name.is_empty() || name.len() > MAX_SECRET_NAME_LEN {
-        return Some(format!(
-            "secret name {name:?}: a name is 1 to {MAX_SECRET_NAME_LEN} characters"
-        ));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/')))
-    {
-        return Some(format!(
-            "secret name {name:?}: {c:?} is not allowed; use letters, digits and _ . - /"
-        ));
-    }
-    None
 }
 
 fn check_name(op: &'static str, name: &str) -> Result<(), StoreError> {
