@@ -33,7 +33,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         // Secret values: `Debug` is written by hand (lib.rs) and names no
         // value.
-        .skip_debug([".berth.v1.PutSecretRequest"])
+        .skip_debug([
+            ".berth.v1.PutSecretRequest",
+            ".berth.v1.TaskSecret",
+            ".berth.v1.RegistryCredentials",
+        ])
+        // The agent persists desired tasks (state.json): never their
+        // secrets.
+        .field_attribute(".berth.v1.DesiredTask.secrets", "#[serde(skip)]")
+        .field_attribute(
+            ".berth.v1.DesiredTask.registry_credentials",
+            "#[serde(skip)]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

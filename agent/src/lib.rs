@@ -36,6 +36,7 @@ pub mod paths;
 pub mod policy;
 pub mod ports;
 pub mod runtime;
+pub mod secrets;
 pub mod session;
 pub mod state;
 pub mod status;

@@ -244,6 +244,14 @@ impl Manager {
         created_at_ms: i64,
         prior: Option<TaskState>,
     ) {
+        // What the last assignment delivered; after a restart, before the
+        // control plane was heard from, nothing (kept in memory only).
+        let secrets = self
+            .state
+            .desired
+            .get(task_id)
+            .map(crate::secrets::TaskSecrets::from_desired)
+            .unwrap_or_default();
         let handle = supervisor::spawn(
             self.rt.clone(),
             self.settings.clone(),
@@ -252,6 +260,7 @@ impl Manager {
                 definition: def,
                 created_at_ms,
                 prior,
+                secrets,
             },
             self.events.subscribe(),
             self.reports_tx.clone(),

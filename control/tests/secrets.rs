@@ -347,3 +347,116 @@ async fn a_submission_naming_a_missing_or_unresolvable_secret_is_refused_and_sto
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_s_secrets_go_only_to_its_instance_while_it_is_desired_running() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let mut runs = FakeAgent::start(&server, 4096, 4096).await?;
+    let mut other = FakeAgent::start(&server, 4096, 4096).await?;
+    let password = b"pw-only-for-its-instance-41d2";
+    let creds = br#"{"username":"puller","password":"reg-pw-88e0"}"#;
+    for (name, value) in [("prod/db", &password[..]), ("registry", &creds[..])] {
+        let out = berth_stdin(&server, &["secret", "create", name, "--from-stdin"], value).await?;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let file = dir.path().join("app.json");
+    std::fs::write(
+        &file,
+        definition(
+            "arn:aws:ssm:us-east-1:123456789012:parameter/prod/db",
+            Some("arn:aws:secretsmanager:us-east-1:123456789012:secret:registry-AbC123"),
+        ),
+    )?;
+    let ran = json_of(
+        &berth(
+            &server,
+            &[
+                "task",
+                "run",
+                "--task-definition",
+                &file.to_string_lossy(),
+                "--instance",
+                &runs.instance_id,
+                "--json",
+            ],
+        )
+        .await?,
+    )?;
+    let task_id = ran["taskId"]
+        .as_str()
+        .or(ran[0]["taskId"].as_str())
+        .ok_or("a task id")?
+        .to_owned();
+
+    let a = next_assignment(&mut runs.inbound).await?;
+    let t = a
+        .tasks
+        .iter()
+        .find(|t| t.task_id == task_id)
+        .ok_or("the task")?;
+    assert_eq!(t.secrets.len(), 1);
+    assert_eq!(
+        (t.secrets[0].container.as_str(), t.secrets[0].name.as_str()),
+        ("app", "DB_PASSWORD")
+    );
+    assert_eq!(t.secrets[0].value, password);
+    assert_eq!(t.registry_credentials.len(), 1);
+    assert_eq!(t.registry_credentials[0].username, "puller");
+    assert_eq!(t.registry_credentials[0].password, "reg-pw-88e0");
+    assert!(
+        !format!("{a:?}").contains("pw-only-for-its-instance"),
+        "the assignment's Debug shows no value"
+    );
+
+    // The other instance's next assignment (it gets a task of its own)
+    // has neither the task nor any value.
+    let plain = dir.path().join("plain.json");
+    std::fs::write(&plain, TASK_DEFINITION)?;
+    let out = berth(
+        &server,
+        &[
+            "task",
+            "run",
+            "--task-definition",
+            &plain.to_string_lossy(),
+            "--instance",
+            &other.instance_id,
+        ],
+    )
+    .await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let theirs = next_assignment(&mut other.inbound).await?;
+    assert_eq!(theirs.tasks.len(), 1);
+    assert!(theirs.tasks.iter().all(|t| t.task_id != task_id
+        && t.secrets.is_empty()
+        && t.registry_credentials.is_empty()));
+
+    // Nothing shows a value: describe, ls, the stored definition.
+    for args in [
+        vec!["task", "describe", task_id.as_str(), "--json"],
+        vec!["task", "ls", "--json"],
+        vec!["secret", "ls", "--json"],
+        vec!["taskdef", "describe", "app", "--json"],
+    ] {
+        let out = berth(&server, &args).await?;
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        let shown = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+        for v in [&password[..], b"reg-pw-88e0"] {
+            assert!(!contains(&shown, v), "{args:?} shows a secret value");
+        }
+    }
+
+    // Once the task is desired STOPPED its values are not sent any more.
+    let out = berth(&server, &["task", "stop", &task_id]).await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stopping = next_assignment(&mut runs.inbound).await?;
+    let t = stopping
+        .tasks
+        .iter()
+        .find(|t| t.task_id == task_id)
+        .ok_or("the stopping task")?;
+    assert_eq!(t.desired_status, "STOPPED");
+    assert!(t.secrets.is_empty() && t.registry_credentials.is_empty());
+    Ok(())
+}

@@ -394,6 +394,7 @@ fn desired(id: &str, json: &str, status: &str) -> DesiredTask {
         } else {
             String::new()
         },
+        ..DesiredTask::default()
     }
 }
 

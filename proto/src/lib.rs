@@ -19,6 +19,26 @@ pub mod v1 {
                 .finish()
         }
     }
+
+    /// Names the container and the variable, never the value.
+    impl std::fmt::Debug for TaskSecret {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("TaskSecret")
+                .field("container", &self.container)
+                .field("name", &self.name)
+                .field("value_len", &self.value.len())
+                .finish()
+        }
+    }
+
+    /// Names the container only.
+    impl std::fmt::Debug for RegistryCredentials {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RegistryCredentials")
+                .field("container", &self.container)
+                .finish_non_exhaustive()
+        }
+    }
 }
 
 pub use v1::*;

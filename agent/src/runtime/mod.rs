@@ -112,6 +112,9 @@ pub struct ContainerSpec {
     pub pid_mode: Option<String>,
     /// The task's `ipcMode` (`host`, `none`), applied to every container.
     pub ipc_mode: Option<String>,
+    /// The definition's `secrets`, resolved: added to its environment at
+    /// create; `Debug` shows the names only.
+    pub secret_env: crate::secrets::SecretEnv,
 }
 
 /// One resolved mount point of a container.

@@ -371,6 +371,7 @@ fn task(id: &str) -> DesiredTask {
         created_at_ms: berth_proto::now_ms(),
         stop_code: String::new(),
         stopped_reason: String::new(),
+        ..DesiredTask::default()
     }
 }
 

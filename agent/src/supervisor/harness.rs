@@ -48,6 +48,23 @@ impl Harness {
         Self::start_with_clock(rt, settings, definition, prior, Arc::new(SystemClock))
     }
 
+    /// [`Harness::start`] of a new task whose assignment delivered `secrets`.
+    pub(crate) fn start_with_secrets(
+        rt: &FakeRuntime,
+        settings: Settings,
+        definition: TaskDefinition,
+        secrets: crate::secrets::TaskSecrets,
+    ) -> Self {
+        Self::spawn(
+            rt,
+            settings,
+            definition,
+            None,
+            Arc::new(SystemClock),
+            secrets,
+        )
+    }
+
     /// [`Harness::start`] on `clock` (give the fake runtime the same one).
     pub(crate) fn start_with_clock(
         rt: &FakeRuntime,
@@ -55,6 +72,18 @@ impl Harness {
         definition: TaskDefinition,
         prior: Option<TaskState>,
         clock: Arc<dyn Clock>,
+    ) -> Self {
+        let secrets = crate::secrets::TaskSecrets::default();
+        Self::spawn(rt, settings, definition, prior, clock, secrets)
+    }
+
+    fn spawn(
+        rt: &FakeRuntime,
+        settings: Settings,
+        definition: TaskDefinition,
+        prior: Option<TaskState>,
+        clock: Arc<dyn Clock>,
+        secrets: crate::secrets::TaskSecrets,
     ) -> Self {
         let (tx, reports) = mpsc::channel(256);
         let (events_tx, events) = broadcast::channel(256);
@@ -73,6 +102,7 @@ impl Harness {
                 definition,
                 created_at_ms: 1,
                 prior,
+                secrets,
             },
             events,
             tx,

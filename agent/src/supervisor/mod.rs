@@ -126,6 +126,8 @@ pub struct Assigned {
     pub created_at_ms: i64,
     /// The task's last persisted state, when the agent knew it before.
     pub prior: Option<TaskState>,
+    /// What its assignment delivered (in memory only).
+    pub secrets: crate::secrets::TaskSecrets,
 }
 
 /// Starts the supervisor of a task, on the host's clock.
@@ -200,6 +202,8 @@ struct Supervisor {
     stop_seen: Option<(StopCode, String)>,
     /// Every handle is gone: the manager no longer wants this supervisor.
     abandoned: bool,
+    /// The values of the task's secrets (`crate::secrets`).
+    secrets: crate::secrets::TaskSecrets,
 }
 
 impl Supervisor {
@@ -216,6 +220,7 @@ impl Supervisor {
             definition,
             created_at_ms,
             prior,
+            secrets,
         } = task;
         let prior_containers: std::collections::BTreeMap<String, ContainerState> = prior
             .as_ref()
@@ -269,6 +274,7 @@ impl Supervisor {
             commands,
             stop_seen: None,
             abandoned: false,
+            secrets,
         }
     }
 

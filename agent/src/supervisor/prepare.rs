@@ -41,6 +41,7 @@ impl Supervisor {
             volumes_from: crate::volumes::volumes_from(&self.definition, def, &self.state.task_id),
             pid_mode: self.definition.pid_mode.clone(),
             ipc_mode: self.definition.ipc_mode.clone(),
+            secret_env: self.secrets.env_of(def),
         }
     }
 
@@ -115,19 +116,13 @@ impl Supervisor {
         let pending: Vec<usize> = (0..self.containers.len())
             .filter(|&i| self.containers[i].state.runtime_id.is_empty())
             .collect();
-        if let Some(&i) = pending.iter().find(|&&i| {
-            let def = &self.containers[i].def;
-            !def.secrets.is_empty()
-                || def
-                    .repository_credentials
-                    .as_ref()
-                    .is_some_and(|r| r.credentials_parameter.is_some())
-        }) {
-            self.fail_to_start(
-                i,
-                "this agent does not receive secrets yet: secrets and repositoryCredentials cannot be delivered".into(),
-            )
-            .await;
+        // Secrets the assignment did not deliver (an agent that restarted
+        // offline no longer has them): refused before anything is pulled.
+        if let Some((i, why)) = pending
+            .iter()
+            .find_map(|&i| Some((i, self.secrets.problem(&self.containers[i].def)?)))
+        {
+            self.fail_to_start(i, why).await;
             return;
         }
         let log_drivers: Vec<(usize, String)> = pending
@@ -339,6 +334,68 @@ mod tests {
                 || c.starts_with("volume")),
             "{calls:?}"
         );
+    }
+
+    fn with_secret(name: &str) -> ContainerDefinition {
+        ContainerDefinition {
+            secrets: vec![berth_taskdef::Secret {
+                name: "DB_PASSWORD".into(),
+                value_from: "arn:aws:ssm:r:1:parameter/db".into(),
+            }],
+            ..container(name)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_secret_that_was_not_delivered_fails_the_task_naming_it() {
+        let rt = FakeRuntime::new();
+        let mut r = run(&rt, settings(false), task(vec![with_secret("app")]));
+        let st = r.until_status(Status::Stopped).await;
+        assert_eq!(st.stop_code, StopCode::TaskFailedToStart);
+        for part in [
+            "app:",
+            "secret DB_PASSWORD",
+            "parameter/db",
+            "in memory only",
+        ] {
+            assert!(
+                st.stopped_reason.contains(part),
+                "{part}: {}",
+                st.stopped_reason
+            );
+        }
+        nothing_pulled_or_created(&rt);
+    }
+
+    #[tokio::test]
+    async fn delivered_secrets_are_in_the_container_s_create_spec() {
+        let rt = FakeRuntime::new();
+        let secrets = crate::secrets::TaskSecrets::from_desired(&berth_proto::v1::DesiredTask {
+            secrets: vec![berth_proto::v1::TaskSecret {
+                container: "app".into(),
+                name: "DB_PASSWORD".into(),
+                value: b"pw-3b9".to_vec(),
+            }],
+            ..Default::default()
+        });
+        let mut r = Harness::start_with_secrets(
+            &rt,
+            settings(false),
+            task(vec![with_secret("app")]),
+            secrets,
+        );
+        let st = r.until_status(Status::Running).await;
+        let id = &st.containers[0].runtime_id;
+        let spec = rt.spec(id).expect("created");
+        assert_eq!(
+            spec.secret_env.0,
+            [("DB_PASSWORD".to_owned(), "pw-3b9".to_owned())]
+        );
+        assert!(
+            !spec.labels.values().any(|v| v.contains("pw-3b9")),
+            "not in labels"
+        );
+        assert!(!format!("{spec:?}").contains("pw-3b9"), "not in Debug");
     }
 
     #[tokio::test]

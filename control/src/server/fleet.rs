@@ -795,7 +795,7 @@ impl Session {
     /// last one sent.
     async fn send_assignment(&mut self, always: bool) -> Result<(), End> {
         let id = self.instance_id.clone();
-        let assignment = self
+        let mut assignment = self
             .core
             .db("assignment", move |s| s.assignment(&id))
             .await
@@ -803,6 +803,11 @@ impl Session {
         if !always && assignment.generation <= self.last_sent_generation {
             return Ok(());
         }
+        // Only this instance's own tasks are in it: their secrets go to
+        // this session alone.
+        super::secrets::attach(&self.core, &mut assignment)
+            .await
+            .map_err(End::Store)?;
         self.last_sent_generation = assignment.generation;
         info!(
             generation = assignment.generation,

@@ -28,18 +28,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use berth_proto::v1::{
-    DeleteSecretResponse, ListSecretsResponse, PutSecretRequest, SecretInfo, SecretRef,
+    Assignment, DeleteSecretResponse, ListSecretsResponse, PutSecretRequest, RegistryCredentials,
+    SecretInfo, SecretRef, TaskSecret,
 };
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use tonic::Status;
-use tracing::info;
+use tracing::{info, warn};
 
 use std::collections::HashMap;
 
 use berth_taskdef::{SecretUsage, SecretUse};
 
 use super::core::{Core, store_status};
-use super::store::{MAX_SECRET_VALUE_BYTES, SecretRecord, secret_name_problem};
+use super::store::{
+    MAX_SECRET_VALUE_BYTES, RUNNING, SecretRecord, StoreError, secret_name_problem,
+};
 
 /// The key's file in the data dir.
 pub const SECRETS_KEY_FILE: &str = "secrets.key";
@@ -261,7 +264,7 @@ fn create_key(path: &Path) -> Result<[u8; KEY_LEN], SecretKeyError> {
 pub(crate) async fn load(
     core: &Core,
     usages: &[SecretUsage],
-) -> Result<HashMap<String, SecretRecord>, Status> {
+) -> Result<HashMap<String, SecretRecord>, StoreError> {
     let mut names: Vec<String> = usages
         .iter()
         .flat_map(|u| u.reference.candidates().map(str::to_owned))
@@ -281,7 +284,6 @@ pub(crate) async fn load(
         Ok(found)
     })
     .await
-    .map_err(store_status)
 }
 
 /// What a secret resolves to for one usage: an environment variable's
@@ -364,32 +366,118 @@ fn credentials(name: &str, value: &[u8]) -> Result<Resolved, String> {
     }
 }
 
+/// Most bytes of secret values (and credentials) one task may take: they
+/// travel in every assignment of its instance.
+pub const MAX_TASK_SECRET_BYTES: usize = 256 * 1024;
+
+/// Resolves every usage of one task: the values (in the usages' order), or
+/// every problem as `path: what is wrong`.
+fn resolve_task(
+    keys: &SecretKeys,
+    records: &HashMap<String, SecretRecord>,
+    usages: &[SecretUsage],
+) -> Result<Vec<Resolved>, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut resolved = Vec::new();
+    for u in usages {
+        match resolve(keys, records, u) {
+            Ok(r) => resolved.push(r),
+            Err(e) => problems.push(format!("{}: {e}", u.path)),
+        }
+    }
+    let total: usize = resolved
+        .iter()
+        .map(|r| match r {
+            Resolved::Value(v) => v.len(),
+            Resolved::Credentials { username, password } => username.len() + password.len(),
+        })
+        .sum();
+    if total > MAX_TASK_SECRET_BYTES {
+        problems.push(format!(
+            "the task's secrets hold {total} bytes, at most {MAX_TASK_SECRET_BYTES} (256 KiB) are delivered to a task"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(resolved)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The references of a stored definition (none when it does not parse:
+/// the agent refuses such a task itself).
+fn usages_of(definition_json: &str) -> Vec<SecretUsage> {
+    berth_taskdef::parse(definition_json)
+        .map(|p| berth_taskdef::secret_usages(&p.definition))
+        .unwrap_or_default()
+}
+
 /// At submission (task run, service create and update): refuses a
 /// definition that names a secret that does not exist, or that does not
 /// resolve (a missing JSON key, credentials that are not
-/// `{"username","password"}`), naming each JSON path and secret.
+/// `{"username","password"}`, more than [`MAX_TASK_SECRET_BYTES`]),
+/// naming each JSON path and secret.
 pub(crate) async fn refuse_unresolvable(core: &Core, definition_json: &str) -> Result<(), Status> {
-    let def = berth_taskdef::parse(definition_json)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?
-        .definition;
-    let usages = berth_taskdef::secret_usages(&def);
+    let usages = usages_of(definition_json);
     if usages.is_empty() {
         return Ok(());
     }
-    let records = load(core, &usages).await?;
-    let problems: Vec<String> = usages
+    let records = load(core, &usages).await.map_err(store_status)?;
+    resolve_task(&core.secrets, &records, &usages)
+        .map(|_| ())
+        .map_err(|problems| Status::failed_precondition(problems.join("; ")))
+}
+
+/// Before an assignment goes to its instance: puts the values of each
+/// desired-RUNNING task's secrets and registry credentials into its
+/// [`DesiredTask`](berth_proto::v1::DesiredTask). A task whose secrets do
+/// not resolve any more (a secret deleted or its key lost since the
+/// submission) gets none, with a warning naming the task and the secret;
+/// the agent then fails it at start, naming the secret.
+pub(crate) async fn attach(core: &Core, assignment: &mut Assignment) -> Result<(), StoreError> {
+    let per_task: Vec<(usize, Vec<SecretUsage>)> = assignment
+        .tasks
         .iter()
-        .filter_map(|u| {
-            resolve(&core.secrets, &records, u)
-                .err()
-                .map(|e| format!("{}: {e}", u.path))
-        })
+        .enumerate()
+        .filter(|(_, t)| t.desired_status == RUNNING)
+        .map(|(i, t)| (i, usages_of(&t.task_definition_json)))
+        .filter(|(_, u)| !u.is_empty())
         .collect();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Status::failed_precondition(problems.join("; ")))
+    if per_task.is_empty() {
+        return Ok(());
     }
+    let all: Vec<SecretUsage> = per_task.iter().flat_map(|(_, u)| u.clone()).collect();
+    let records = load(core, &all).await?;
+    for (i, usages) in per_task {
+        let task = &mut assignment.tasks[i];
+        match resolve_task(&core.secrets, &records, &usages) {
+            Ok(resolved) => {
+                for (u, r) in usages.into_iter().zip(resolved) {
+                    match (u.used_as, r) {
+                        (SecretUse::Env(name), Resolved::Value(value)) => {
+                            task.secrets.push(TaskSecret {
+                                container: u.container,
+                                name,
+                                value,
+                            });
+                        }
+                        (_, Resolved::Credentials { username, password }) => {
+                            task.registry_credentials.push(RegistryCredentials {
+                                container: u.container,
+                                username,
+                                password,
+                            });
+                        }
+                        (SecretUse::RegistryCredentials, Resolved::Value(_)) => {}
+                    }
+                }
+            }
+            Err(problems) => {
+                warn!(task_id = %task.task_id, problems = %problems.join("; "), "the task's secrets do not resolve; the instance gets none and will not start it");
+            }
+        }
+    }
+    Ok(())
 }
 
 // ---- the admin API

@@ -147,7 +147,9 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, S
         env: non_empty(
             def.environment
                 .iter()
-                .map(|kv| format!("{}={}", kv.name, kv.value))
+                .map(|kv| (&kv.name, &kv.value))
+                .chain(spec.secret_env.0.iter().map(|(n, v)| (n, v)))
+                .map(|(name, value)| format!("{name}={value}"))
                 .collect(),
         ),
         labels: Some(
@@ -491,10 +493,16 @@ mod tests {
         d.interactive = Some(true);
         d.pseudo_terminal = Some(true);
 
-        let body = create_body(&spec(d))?;
+        let mut s = spec(d);
+        s.secret_env = crate::secrets::SecretEnv(vec![("S".into(), "v=1".into())]);
+        let body = create_body(&s)?;
         let host = body.host_config.clone().unwrap_or_default();
         assert_eq!(body.image.as_deref(), Some("busybox"));
-        assert_eq!(body.env, Some(vec!["A=b=c".to_owned()]));
+        assert_eq!(
+            body.env,
+            Some(vec!["A=b=c".to_owned(), "S=v=1".to_owned()]),
+            "secrets after the plain environment"
+        );
         assert_eq!(body.entrypoint, Some(vec!["/bin/env".to_owned()]));
         assert_eq!(body.stop_timeout, Some(30));
         assert_eq!(body.open_stdin, Some(true));

@@ -495,6 +495,10 @@ impl TaskRecord {
             created_at_ms: self.created_at_ms,
             stop_code: self.stop_code.clone(),
             stopped_reason: self.stopped_reason.clone(),
+            // Resolved by the server when it sends the assignment
+            // (`server::secrets::attach`): the store holds no values.
+            secrets: Vec::new(),
+            registry_credentials: Vec::new(),
         }
     }
 }

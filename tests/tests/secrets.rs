@@ -1,0 +1,157 @@
+//! Secrets end to end (SPEC §8): `berth secret create`, a task definition
+//! whose `secrets` come from an SSM parameter ARN and a Secrets Manager ARN
+//! with a JSON key, the values in the container's environment, and a scan
+//! of everything captured — logs, the local API, the CLI's output, the
+//! agent's state file, the containers' labels — for the values.
+
+use std::path::Path;
+
+use berth_e2e::{
+    Fleet, LONG_RUNNING, RunId, capture::record_secret, container_of, describe_output, docker,
+    docker_json, http_get, said, str_field,
+};
+use serde_json::{Value, json};
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// `berth secret create NAME --from-file` with `value`; the value is
+/// recorded for the suite's secret scan first.
+fn create_secret(fleet: &Fleet, name: &str, value: &str) {
+    record_secret(&format!("berth secret {name}"), value);
+    let file = fleet
+        .files
+        .write(&format!("secret-{}", name.replace('/', "_")), value);
+    let out = fleet.server.cli(&[
+        "secret",
+        "create",
+        name,
+        "--from-file",
+        &file.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "`berth secret create {name}` failed\n{}",
+        describe_output(&out)
+    );
+    std::fs::remove_file(&file).unwrap_or_else(|e| panic!("cannot remove {}: {e}", file.display()));
+}
+
+/// Everything a user or operator can see: logs, the local API, the CLI's
+/// JSON, the agent's state file, the task's containers' labels.
+fn capture(fleet: &Fleet, task_id: &str) -> Vec<(String, String)> {
+    let mut out = vec![("agent log".to_string(), read(fleet.agent.log_path()))];
+    for path in fleet.server.log_paths() {
+        out.push((path.display().to_string(), read(&path)));
+    }
+    let state = fleet.agent.data_dir().join("state.json");
+    out.push((state.display().to_string(), read(&state)));
+    for path in [
+        "/v1/metadata".to_string(),
+        "/v1/tasks".to_string(),
+        format!("/v1/tasks/{task_id}"),
+        "/metrics".to_string(),
+    ] {
+        let (code, body) =
+            http_get(fleet.agent.api_addr(), &path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(code, 200, "GET {path}: {body}");
+        out.push((format!("GET {path}"), body));
+    }
+    for args in [
+        vec!["task", "describe", task_id, "--json"],
+        vec!["task", "ls", "--json"],
+        vec!["secret", "ls", "--json"],
+        vec!["secret", "ls"],
+    ] {
+        let output = fleet.server.cli(&args);
+        assert!(
+            output.status.success(),
+            "{args:?}\n{}",
+            describe_output(&output)
+        );
+        out.push((format!("berth {}", args.join(" ")), said(&output)));
+    }
+    let status = fleet.agent.agent_cli(&["status", "--json"]);
+    assert!(status.status.success(), "{}", describe_output(&status));
+    out.push(("berth-agent status --json".into(), said(&status)));
+    out
+}
+
+#[test]
+fn secrets_from_ssm_and_secrets_manager_arns_reach_the_container_and_nothing_else() {
+    let run = RunId::new();
+    let fleet = Fleet::start_with(run);
+    let db_password = format!("db-pw-{}-{}", RunId::new(), RunId::new());
+    let api_key = format!("api-key-{}-{}", RunId::new(), RunId::new());
+    create_secret(&fleet, "prod/db-password", &db_password);
+    let api = json!({"apiKey": api_key, "region": "eu"}).to_string();
+    create_secret(&fleet, "app/api", &api);
+
+    let family = fleet.family("secrets");
+    let file = fleet.task_def_file(
+        &family,
+        json!([{
+            "name": "app",
+            "essential": true,
+            "command": LONG_RUNNING,
+            "environment": [{"name": "PLAIN", "value": "plain"}],
+            "secrets": [
+                {"name": "DB_PASSWORD",
+                 "valueFrom": "arn:aws:ssm:us-east-1:123456789012:parameter/prod/db-password"},
+                {"name": "API_KEY",
+                 "valueFrom": "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/api-AbC123:apiKey::"}
+            ]
+        }]),
+    );
+    let task = fleet.run_task_wait(&file);
+    let task_id = str_field(&task, "taskId").to_string();
+    let container = str_field(container_of(&task, "app"), "runtimeId").to_string();
+
+    // The container sees the values (the JSON key's value, not the JSON).
+    let out = docker(&["exec", &container, "env"]);
+    assert!(
+        out.status.success(),
+        "docker exec env\n{}",
+        describe_output(&out)
+    );
+    let env = String::from_utf8_lossy(&out.stdout).into_owned();
+    for (name, want) in [
+        ("DB_PASSWORD", db_password.as_str()),
+        ("API_KEY", api_key.as_str()),
+        ("PLAIN", "plain"),
+    ] {
+        let got = env
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='));
+        assert_eq!(got, Some(want), "{name} in the container's environment");
+    }
+
+    // Nowhere else: not in the labels, logs, API, CLI output or state.
+    let inspect: Value = docker_json(&["inspect", &container]);
+    let labels = inspect[0]["Config"]["Labels"].to_string();
+    let mut captured = capture(&fleet, &task_id);
+    captured.push(("docker inspect labels".into(), labels));
+    let secrets = [
+        ("the SSM secret", db_password.as_str()),
+        ("the JSON key's value", api_key.as_str()),
+        ("the Secrets Manager secret", api.as_str()),
+    ];
+    let found: Vec<String> = captured
+        .iter()
+        .flat_map(|(what, text)| {
+            secrets
+                .iter()
+                .filter(|(_, v)| text.contains(v))
+                .map(move |(s, _)| format!("{s} in {what}"))
+        })
+        .collect();
+    assert!(found.is_empty(), "secret values found: {found:?}");
+    assert!(
+        captured
+            .iter()
+            .any(|(what, text)| what == "berth secret ls --json"
+                && text.contains("prod/db-password")),
+        "the scan saw the listing"
+    );
+}
