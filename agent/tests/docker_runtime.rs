@@ -461,7 +461,11 @@ async fn pull_failures_carry_the_engine_message() {
     let fx = Fixture::new().await;
 
     for policy in [PullPolicy::Always, PullPolicy::Default, PullPolicy::Once] {
-        match fx.runtime.ensure_image("127.0.0.1:1/nope", policy).await {
+        match fx
+            .runtime
+            .ensure_image("127.0.0.1:1/nope", policy, None)
+            .await
+        {
             Err(RuntimeError::Pull { image, message }) => {
                 assert_eq!(image, "127.0.0.1:1/nope:latest");
                 assert!(
@@ -481,13 +485,15 @@ async fn pull_failures_carry_the_engine_message() {
         PullPolicy::Default,
     ] {
         fx.runtime
-            .ensure_image(&fx.image, policy)
+            .ensure_image(&fx.image, policy, None)
             .await
             .unwrap_or_else(|e| panic!("{policy:?} with a cached image: {e}"));
     }
     // `always` insists on the registry, which does not have our image.
     assert!(matches!(
-        fx.runtime.ensure_image(&fx.image, PullPolicy::Always).await,
+        fx.runtime
+            .ensure_image(&fx.image, PullPolicy::Always, None)
+            .await,
         Err(RuntimeError::Pull { .. })
     ));
 }

@@ -2,13 +2,15 @@
 //! whose `secrets` come from an SSM parameter ARN and a Secrets Manager ARN
 //! with a JSON key, the values in the container's environment, and a scan
 //! of everything captured — logs, the local API, the CLI's output, the
-//! agent's state file, the containers' labels — for the values.
+//! agent's state file, the containers' labels — for the values; and a
+//! private loopback registry with basic auth pulled through
+//! `repositoryCredentials`.
 
 use std::path::Path;
 
 use berth_e2e::{
-    Fleet, LONG_RUNNING, RunId, capture::record_secret, container_of, describe_output, docker,
-    docker_json, http_get, said, str_field,
+    Fleet, LONG_RUNNING, Registry, RegistryLogin, RunId, capture::record_secret, container_of,
+    describe_output, docker, docker_json, http_get, said, str_field,
 };
 use serde_json::{Value, json};
 
@@ -154,4 +156,79 @@ fn secrets_from_ssm_and_secrets_manager_arns_reach_the_container_and_nothing_els
                 && text.contains("prod/db-password")),
         "the scan saw the listing"
     );
+}
+
+#[test]
+fn repository_credentials_from_a_secret_pull_from_a_private_registry() {
+    let run = RunId::new();
+    let login = RegistryLogin {
+        username: format!("puller-{run}"),
+        password: format!("reg-pw-{}-{}", RunId::new(), RunId::new()),
+    };
+    // Registry::start_with_auth records the password for the suite's scan.
+    let mut registry = Registry::start_with_auth(&run, login.clone());
+    let mut fleet = Fleet::start_with(run);
+    let pushed = registry.push(fleet.image.tag(), "private");
+    // The host's Docker config must not decide this test: one of our own,
+    // without credentials; agent.toml names no registry.
+    let docker_config = fleet.files.write("docker-config.json", r#"{"auths": {}}"#);
+    fleet.agent.configure(&format!(
+        "docker_config = {}",
+        serde_json::to_string(&docker_config.to_string_lossy()).unwrap_or_default()
+    ));
+    fleet.server.wait_connected(fleet.agent.instance_id());
+    let credentials = json!({"username": login.username, "password": login.password}).to_string();
+    create_secret(&fleet, "registry/private", &credentials);
+
+    let run_with = |name: &str, container: Value| {
+        let family = fleet.family(name);
+        let file = fleet.files.write(
+            &format!("{name}.json"),
+            &berth_e2e::task_def(&pushed.reference, &family, json!([container])),
+        );
+        let out = fleet.run_task(&file, &["--json"]);
+        assert!(out.status.success(), "task run\n{}", describe_output(&out));
+        str_field(&berth_e2e::stdout_json("task run", &out), "taskId").to_string()
+    };
+    // Without repositoryCredentials the registry refuses the pull.
+    let denied = run_with(
+        "denied",
+        json!({"name": "app", "essential": true, "command": LONG_RUNNING}),
+    );
+    let (task, reasons) = fleet.server.wait_failed_to_start(&denied);
+    assert!(
+        [
+            "no basic auth credentials",
+            "unauthorized",
+            "authentication required"
+        ]
+        .iter()
+        .any(|w| reasons.contains(w)),
+        "the registry's refusal: {task}"
+    );
+    // With them, through a Secrets Manager ARN, it pulls and runs.
+    let allowed = run_with(
+        "allowed",
+        json!({
+            "name": "app", "essential": true, "command": LONG_RUNNING,
+            "repositoryCredentials": {"credentialsParameter":
+                "arn:aws:secretsmanager:us-east-1:123456789012:secret:registry/private"}
+        }),
+    );
+    let task = fleet.server.wait_task(&allowed, "RUNNING or STOPPED", |t| {
+        matches!(str_field(t, "lastStatus"), "RUNNING" | "STOPPED")
+    });
+    assert_eq!(
+        str_field(&task, "lastStatus"),
+        "RUNNING",
+        "pulled with the secret's credentials: {task}\nagent log tail:\n{}",
+        fleet.agent.log_tail()
+    );
+    let captured = capture(&fleet, &allowed);
+    let found: Vec<&String> = captured
+        .iter()
+        .filter(|(_, text)| text.contains(&login.password) || text.contains(&credentials))
+        .map(|(what, _)| what)
+        .collect();
+    assert!(found.is_empty(), "the registry password in {found:?}");
 }

@@ -206,10 +206,18 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn ensure_image(&self, image: &str, _policy: PullPolicy) -> Result<(), RuntimeError> {
+    async fn ensure_image(
+        &self,
+        image: &str,
+        _policy: PullPolicy,
+        credentials: Option<&crate::secrets::PullCredentials>,
+    ) -> Result<(), RuntimeError> {
         let gate = {
             let mut inner = self.lock();
             inner.calls.push(format!("pull {image}"));
+            if let Some(c) = credentials {
+                inner.calls.push(format!("pull credentials {}", c.username));
+            }
             inner.pull_gate.clone()
         };
         if let Some(mut gate) = gate {

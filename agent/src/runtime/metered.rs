@@ -45,11 +45,16 @@ impl Runtime for MeteredRuntime {
         self.timed(DockerOp::Ping, self.inner.ping()).await.0
     }
 
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RuntimeError> {
+    async fn ensure_image(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+        credentials: Option<&crate::secrets::PullCredentials>,
+    ) -> Result<(), RuntimeError> {
         let (result, took) = self
             .timed(
                 DockerOp::EnsureImage,
-                self.inner.ensure_image(image, policy),
+                self.inner.ensure_image(image, policy, credentials),
             )
             .await;
         self.metrics.image_pull_duration.observe_duration(took);
@@ -121,12 +126,16 @@ mod tests {
         let fake = Arc::new(FakeRuntime::default());
         let rt = MeteredRuntime::new(fake.clone(), Arc::clone(&metrics));
         rt.ping().await.expect("ping");
-        rt.ensure_image("busybox:latest", PullPolicy::Default)
+        rt.ensure_image("busybox:latest", PullPolicy::Default, None)
             .await
             .expect("image");
         assert!(rt.inspect("missing").await.expect("inspect").is_none());
         fake.fail_pull("bad:1");
-        assert!(rt.ensure_image("bad:1", PullPolicy::Always).await.is_err());
+        assert!(
+            rt.ensure_image("bad:1", PullPolicy::Always, None)
+                .await
+                .is_err()
+        );
         assert!(rt.start("missing").await.is_err());
         assert_eq!(metrics.docker_calls(DockerOp::Ping), 1);
         assert_eq!(metrics.docker_calls(DockerOp::EnsureImage), 2);

@@ -235,8 +235,15 @@ pub enum RuntimeEvent {
 pub trait Runtime: Send + Sync + 'static {
     /// Checks that the engine answers.
     async fn ping(&self) -> Result<(), RuntimeError>;
-    /// Makes `image` available locally according to `policy`.
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RuntimeError>;
+    /// Makes `image` available locally according to `policy`; a pull
+    /// sends `credentials` (the task's `repositoryCredentials`) when given,
+    /// else the agent's own for the image's registry.
+    async fn ensure_image(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+        credentials: Option<&crate::secrets::PullCredentials>,
+    ) -> Result<(), RuntimeError>;
     /// Creates (does not start) a container; returns its id.
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
     async fn start(&self, id: &str) -> Result<(), RuntimeError>;

@@ -181,8 +181,14 @@ impl Supervisor {
             }
             let image = self.containers[i].def.image.clone();
             let (rt, policy, img) = (self.rt.clone(), self.settings.pull_policy, image.clone());
+            let credentials = self
+                .secrets
+                .pull_credentials(&self.containers[i].def.name)
+                .cloned();
             let Some(pulled) = self
-                .guarded(true, async move { rt.ensure_image(&img, policy).await })
+                .guarded(true, async move {
+                    rt.ensure_image(&img, policy, credentials.as_ref()).await
+                })
                 .await
             else {
                 info!(image = %image, "pull abandoned: the task is stopping");
@@ -396,6 +402,47 @@ mod tests {
             "not in labels"
         );
         assert!(!format!("{spec:?}").contains("pw-3b9"), "not in Debug");
+    }
+
+    #[tokio::test]
+    async fn delivered_registry_credentials_go_with_that_container_s_pull() {
+        let rt = FakeRuntime::new();
+        let private = ContainerDefinition {
+            repository_credentials: Some(berth_taskdef::RepositoryCredentials {
+                credentials_parameter: Some("registry".into()),
+            }),
+            ..container("private")
+        };
+        let secrets = crate::secrets::TaskSecrets::from_desired(&berth_proto::v1::DesiredTask {
+            registry_credentials: vec![berth_proto::v1::RegistryCredentials {
+                container: "private".into(),
+                username: "puller".into(),
+                password: "pw".into(),
+            }],
+            ..Default::default()
+        });
+        let mut r = Harness::start_with_secrets(
+            &rt,
+            settings(false),
+            task(vec![container("public"), private]),
+            secrets,
+        );
+        r.until_status(Status::Running).await;
+        let calls = rt.calls();
+        let pulls: Vec<&str> = calls
+            .iter()
+            .map(String::as_str)
+            .filter(|c| c.starts_with("pull"))
+            .collect();
+        assert_eq!(
+            pulls,
+            [
+                "pull img/public",
+                "pull img/private",
+                "pull credentials puller"
+            ],
+            "only the container with repositoryCredentials pulls with them"
+        );
     }
 
     #[tokio::test]

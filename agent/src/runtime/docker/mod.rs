@@ -20,7 +20,9 @@
 //!   container exit is reported once. It asks the Engine only for the
 //!   actions it maps ([`EVENT_ACTIONS`]), so the `exec_*` events of health
 //!   probes are never sent.
-//! - Registry credentials are held per registry host and never logged.
+//! - Registry credentials are held per registry host and never logged; a
+//!   task's own (`repositoryCredentials`, passed to `ensure_image`) win
+//!   over them for that pull.
 //!
 //! # Modules
 //! - this module: [`DockerRuntime`], the [`Runtime`] calls and the mapping of
@@ -207,14 +209,23 @@ impl DockerRuntime {
 
     /// Pulls `reference` (already normalised), consuming the whole progress
     /// stream. Registry failures come back as [`RuntimeError::Pull`].
-    async fn pull(&self, reference: &str) -> Result<(), RuntimeError> {
-        let credentials = self
-            .credentials
-            .get(&registry_key(registry_host(reference)))
-            .cloned();
+    /// Pulls with `task_credentials` (the task's `repositoryCredentials`),
+    /// else the agent's credentials for the image's registry.
+    async fn pull(
+        &self,
+        reference: &str,
+        task_credentials: Option<DockerCredentials>,
+    ) -> Result<(), RuntimeError> {
+        let from_task = task_credentials.is_some();
+        let credentials = task_credentials.or_else(|| {
+            self.credentials
+                .get(&registry_key(registry_host(reference)))
+                .cloned()
+        });
         debug!(
             image = reference,
             with_credentials = credentials.is_some(),
+            from_task,
             "pulling image"
         );
         let options = CreateImageOptionsBuilder::new()
@@ -303,19 +314,30 @@ impl Runtime for DockerRuntime {
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), RuntimeError> {
+    async fn ensure_image(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+        credentials: Option<&crate::secrets::PullCredentials>,
+    ) -> Result<(), RuntimeError> {
         let reference = normalize_image_reference(image);
+        let task_credentials = credentials.map(|c| DockerCredentials {
+            username: Some(c.username.clone()),
+            password: Some(c.password.clone()),
+            serveraddress: Some(registry_host(&reference).to_owned()),
+            ..DockerCredentials::default()
+        });
         match policy {
-            PullPolicy::Always => self.pull(&reference).await,
+            PullPolicy::Always => self.pull(&reference, task_credentials.clone()).await,
             PullPolicy::Once | PullPolicy::PreferCached => {
                 if self.image_present(&reference).await? {
                     debug!(image = %reference, "image cached; not pulling");
                     Ok(())
                 } else {
-                    self.pull(&reference).await
+                    self.pull(&reference, task_credentials.clone()).await
                 }
             }
-            PullPolicy::Default => match self.pull(&reference).await {
+            PullPolicy::Default => match self.pull(&reference, task_credentials.clone()).await {
                 Ok(()) => Ok(()),
                 Err(RuntimeError::Pull { image, message }) => {
                     if self.image_present(&reference).await? {
