@@ -31,6 +31,40 @@ async fn berth_stdin(
     Ok(tokio::time::timeout(DEADLINE, child.wait_with_output()).await??)
 }
 
+/// What the in-process server logged, at every level, for every test of
+/// this file (one subscriber for the process).
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends the server's logs (trace level) to [`LOGS`]; once per process.
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(|| LogSink)
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
+fn logged() -> Vec<u8> {
+    LOGS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// Every file of the data dir, as one byte string.
 fn data_dir_bytes(dir: &std::path::Path) -> Result<Vec<u8>> {
     let mut all = Vec::new();
@@ -350,6 +384,7 @@ async fn a_submission_naming_a_missing_or_unresolvable_secret_is_refused_and_sto
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_s_secrets_go_only_to_its_instance_while_it_is_desired_running() -> Result {
+    capture_logs();
     let dir = private_dir()?;
     let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
     let mut runs = FakeAgent::start(&server, 4096, 4096).await?;
@@ -458,5 +493,15 @@ async fn a_task_s_secrets_go_only_to_its_instance_while_it_is_desired_running() 
         .ok_or("the stopping task")?;
     assert_eq!(t.desired_status, "STOPPED");
     assert!(t.secrets.is_empty() && t.registry_credentials.is_empty());
+
+    // The server's log at trace level names the secrets, never a value.
+    let logs = logged();
+    assert!(
+        contains(&logs, b"secret created") && contains(&logs, b"sending assignment"),
+        "the server's log was captured"
+    );
+    for v in [&password[..], b"reg-pw-88e0", creds] {
+        assert!(!contains(&logs, v), "a secret value in the server's log");
+    }
     Ok(())
 }

@@ -87,6 +87,8 @@ fn secrets_from_ssm_and_secrets_manager_arns_reach_the_container_and_nothing_els
     let db_password = format!("db-pw-{}-{}", RunId::new(), RunId::new());
     let api_key = format!("api-key-{}-{}", RunId::new(), RunId::new());
     create_secret(&fleet, "prod/db-password", &db_password);
+    // The JSON key's value is what reaches the container: scanned for too.
+    record_secret("the apiKey of berth secret app/api", &api_key);
     let api = json!({"apiKey": api_key, "region": "eu"}).to_string();
     create_secret(&fleet, "app/api", &api);
 
@@ -231,4 +233,74 @@ fn repository_credentials_from_a_secret_pull_from_a_private_registry() {
         .map(|(what, _)| what)
         .collect();
     assert!(found.is_empty(), "the registry password in {found:?}");
+}
+
+#[test]
+fn an_offline_restart_without_the_secrets_fails_the_task_naming_the_secret() {
+    // The agent aborts once the image is pulled, before any container
+    // exists: the assignment (without its secrets) is all it kept.
+    let mut fleet = Fleet::start_custom(RunId::new(), |server, agent| {
+        agent.start_with_env(&[("BERTH_FAILPOINTS", "after-pull")]);
+        server.wait_connected(agent.instance_id());
+    });
+    let value = format!("offline-pw-{}-{}", RunId::new(), RunId::new());
+    create_secret(&fleet, "offline/db", &value);
+    let family = fleet.family("offline");
+    let file = fleet.task_def_file(
+        &family,
+        json!([{
+            "name": "app", "essential": true, "command": LONG_RUNNING,
+            "secrets": [{"name": "DB_PASSWORD",
+                         "valueFrom": "arn:aws:ssm:us-east-1:123456789012:parameter/offline/db"}]
+        }]),
+    );
+    let out = fleet.run_task(&file, &["--json"]);
+    assert!(out.status.success(), "task run\n{}", describe_output(&out));
+    let task_id = str_field(&berth_e2e::stdout_json("task run", &out), "taskId").to_string();
+    let status = berth_e2e::wait_for(
+        "the agent to abort after the pull",
+        berth_e2e::DEADLINE,
+        || fleet.agent.exited().ok_or("still running"),
+    );
+    assert!(
+        !status.success(),
+        "the failpoint aborts the agent: {status}"
+    );
+
+    // The control plane is out of reach when the agent comes back.
+    fleet.server.kill();
+    fleet.agent.start();
+    let task = berth_e2e::wait_for(
+        "the agent to refuse the task offline",
+        berth_e2e::DEADLINE,
+        || {
+            let t = fleet.agent.api_get(&format!("/v1/tasks/{task_id}"));
+            (str_field(&t, "lastStatus") == "STOPPED")
+                .then_some(t)
+                .ok_or("not stopped yet")
+        },
+    );
+    assert_eq!(str_field(&task, "stopCode"), "TaskFailedToStart", "{task}");
+    let reason = str_field(&task, "stoppedReason");
+    for part in [
+        "secret DB_PASSWORD",
+        "parameter/offline/db",
+        "in memory only",
+    ] {
+        assert!(reason.contains(part), "{part:?} in the reason: {task}");
+    }
+    assert!(
+        berth_e2e::containers_of(fleet.agent.instance_id()).is_empty(),
+        "nothing was created"
+    );
+
+    // Back online, the control plane learns why.
+    fleet.server.restart();
+    let (task, _) = fleet.server.wait_failed_to_start(&task_id);
+    assert!(
+        str_field(&task, "stoppedReason").contains("secret DB_PASSWORD"),
+        "{task}"
+    );
+    let log = read(fleet.agent.log_path());
+    assert!(!log.contains(&value), "the value in the agent's log");
 }
