@@ -38,7 +38,7 @@ pub const MAN_SECTIONS: ManSections = ManSections {
     files: &[
         (
             "/var/lib/berth-server",
-            "Data of the control plane: the fleet CA, the SQLite store, server.json; mode 0700, owned by the system user berth.",
+            "Data of the control plane: the fleet CA, the SQLite store, server.json, secrets.key (the key of secrets at rest, 0600); mode 0700, owned by the system user berth.",
         ),
         (
             "/etc/berth/server.env",
@@ -365,7 +365,7 @@ pub enum SecretCommand {
         json: bool,
     },
     /// Replace a secret's value (its version goes up by one); tasks that
-    /// start from now on get the new value
+    /// start from now on get the new value, running ones keep theirs
     Rotate {
         name: String,
         #[command(flatten)]
