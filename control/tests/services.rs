@@ -757,3 +757,33 @@ async fn a_cluster_counts_its_services_and_is_not_deleted_under_one() -> Result 
     assert_eq!(gone["status"], "INACTIVE");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_service_is_refused_without_gpus_and_placed_where_they_are() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let gpu = TASK_DEFINITION.replace(
+        r#""essential": true"#,
+        r#""essential": true, "resourceRequirements": [{"type": "GPU", "value": "1"}]"#,
+    );
+    let file = write(&dir, "gpu.json", &gpu)?;
+    let _plain =
+        FakeAgent::start_with_attributes(&server, 4096, 8192, &[("berth.gpus", "0")]).await?;
+    let create = [
+        "service",
+        "create",
+        "ml",
+        "--task-definition",
+        file.as_str(),
+        "--desired-count",
+        "1",
+    ];
+    refused(&server, &create, "1 GPU(s) (berth.gpus at least 1)").await?;
+    let mut with_gpu =
+        FakeAgent::start_with_attributes(&server, 4096, 8192, &[("berth.gpus", "1")]).await?;
+    json(&server, &[&create[..], &["--json"]].concat()).await?;
+    let placed = tasks_until(&mut with_gpu, 1).await?;
+    let t = json(&server, &["task", "describe", &placed[0], "--json"]).await?;
+    assert_eq!(t["instanceId"], with_gpu.instance_id.as_str());
+    Ok(())
+}
