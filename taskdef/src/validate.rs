@@ -388,20 +388,18 @@ fn check_task_fields(def: &TaskDefinition, r: &mut Report) -> NetworkMode {
         },
     };
     match def.pid_mode.as_deref() {
-        None | Some("host") => {}
-        Some("task") => r.err(
+        None | Some("host") | Some("task") => {}
+        Some(o) => r.err(
             "pidMode",
-            "not supported by berth: `task` shares one pid namespace among the task's containers, which berth does not do yet; use `host` or leave it out",
+            format!("must be host or task, got {o_q}", o_q = q(o)),
         ),
-        Some(o) => r.err("pidMode", format!("must be host or task, got {o_q}", o_q = q(o))),
     }
     match def.ipc_mode.as_deref() {
-        None | Some("host") | Some("none") => {}
-        Some("task") => r.err(
+        None | Some("host") | Some("none") | Some("task") => {}
+        Some(o) => r.err(
             "ipcMode",
-            "not supported by berth: `task` shares one ipc namespace among the task's containers, which berth does not do yet; use `host`, `none` or leave it out",
+            format!("must be host, task or none, got {o_q}", o_q = q(o)),
         ),
-        Some(o) => r.err("ipcMode", format!("must be host, task or none, got {o_q}", o_q = q(o))),
     }
     if let Some(rp) = &def.runtime_platform {
         check_runtime_platform(rp, r);

@@ -108,9 +108,13 @@ pub struct ContainerSpec {
     /// The definition's `volumesFrom`: (Docker name of the source container,
     /// read-only).
     pub volumes_from: Vec<(String, bool)>,
-    /// The task's `pidMode` (`host`), applied to every container.
+    /// Docker's PID mode: the task's `pidMode` `host`, or for `task`
+    /// `container:<anchor>` on every container but the anchor (the first
+    /// to start), whose namespace they join.
     pub pid_mode: Option<String>,
-    /// The task's `ipcMode` (`host`, `none`), applied to every container.
+    /// Docker's IPC mode: the task's `ipcMode` `host` or `none`, or for
+    /// `task` `shareable` on the anchor and `container:<anchor>` on the
+    /// others.
     pub ipc_mode: Option<String>,
 }
 

@@ -28,6 +28,22 @@ impl Supervisor {
     fn deps(&self, idx: usize) -> Deps {
         let me = &self.containers[idx].def.name;
         let mut result = Deps::Met;
+        // pidMode/ipcMode `task`: the others join the anchor's namespaces,
+        // which exist only once it runs.
+        if let Some(a) = self.namespace_anchor()
+            && a != idx
+        {
+            let anchor = &self.containers[a];
+            if !anchor.started {
+                if anchor.state.last_status == Status::Stopped {
+                    return Deps::Failed(format!(
+                        "{me} shares the namespaces of {} (pidMode/ipcMode task), which stopped without starting",
+                        anchor.def.name
+                    ));
+                }
+                result = Deps::Wait;
+            }
+        }
         for d in &self.containers[idx].def.depends_on {
             let Some(dep) = self
                 .containers
