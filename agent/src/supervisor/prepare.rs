@@ -254,14 +254,10 @@ impl Supervisor {
                 return;
             }
         }
-        // Definition order, but the namespace anchor first: the others'
-        // `container:<anchor>` modes name it at create.
-        let mut create_order: Vec<usize> = (0..self.containers.len()).collect();
-        if let Some(a) = self.namespace_anchor() {
-            create_order.retain(|&i| i != a);
-            create_order.insert(0, a);
-        }
-        for i in create_order {
+        // In start order: what a container links to, takes volumes from or
+        // shares namespaces with (the anchor, first) exists when it is
+        // created.
+        for i in self.order.clone() {
             if self.stop_requested() {
                 return;
             }
