@@ -116,6 +116,10 @@ pub struct ContainerSpec {
     /// `task` `shareable` on the anchor and `container:<anchor>` on the
     /// others.
     pub ipc_mode: Option<String>,
+    /// Docker's `CgroupParent`: the task's cgroup when it has task-level
+    /// `cpu` or `memory` and the host's layout is managed
+    /// ([`crate::cgroups`]).
+    pub cgroup_parent: Option<String>,
 }
 
 /// One resolved mount point of a container.
@@ -267,4 +271,6 @@ pub trait Runtime: Send + Sync + 'static {
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError>;
     /// The log drivers the engine can use for a container's `logDriver`.
     async fn log_drivers(&self) -> Result<Vec<String>, RuntimeError>;
+    /// The engine's cgroup driver and version (`docker info`).
+    async fn engine_cgroups(&self) -> Result<crate::cgroups::EngineCgroups, RuntimeError>;
 }

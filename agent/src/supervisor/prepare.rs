@@ -45,7 +45,19 @@ impl Supervisor {
                 self.definition.ipc_mode.as_deref(),
                 Some("shareable"),
             ),
+            cgroup_parent: self
+                .task_limits()
+                .map(|_| format!("/{}/{}", crate::cgroups::PARENT, self.state.task_id)),
         }
+    }
+
+    /// The task-level `(cpu units, memory MiB)` to enforce, when the host
+    /// enforces them and the task has either.
+    pub(super) fn task_limits(&self) -> Option<(Option<u64>, Option<u64>)> {
+        self.settings.task_cgroups.as_ref()?;
+        let cpu = self.definition.task_cpu_units();
+        let memory = self.definition.task_memory_mib();
+        (cpu.is_some() || memory.is_some()).then_some((cpu, memory))
     }
 
     /// The container whose namespaces the others join under `pidMode` /
@@ -251,6 +263,20 @@ impl Supervisor {
             if let Err(e) = ensured {
                 self.fail_to_start(i, format!("CannotCreateVolumeError: {e}"))
                     .await;
+                return;
+            }
+        }
+        // The task's cgroup and its limits, before any container is in it.
+        if let (Some(layout), Some((cpu, memory))) =
+            (self.settings.task_cgroups.clone(), self.task_limits())
+        {
+            let task_id = self.state.task_id.clone();
+            if let Err(e) = layout.prepare(&task_id, cpu, memory) {
+                self.fail_to_start(
+                    0,
+                    format!("cannot set the task's cpu and memory limits: {e}"),
+                )
+                .await;
                 return;
             }
         }

@@ -139,6 +139,7 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, S
         pid_mode: spec.pid_mode.clone(),
         ipc_mode: spec.ipc_mode.clone(),
         device_requests: gpu_request(def),
+        cgroup_parent: spec.cgroup_parent.clone(),
         ..Default::default()
     };
 
