@@ -11,6 +11,9 @@ use crate::{
     Agent, Cli, DEADLINE, Fleet, LONG_RUNNING, describe_output, list_of, said, str_field, wait_for,
 };
 
+/// `--wait-timeout` of the commands that wait: the harness' deadline.
+const WAIT_TIMEOUT: &str = "2m";
+
 /// A fleet of three agents on one control plane (more with
 /// [`Three::add_agent`]). The extra agents drop (and take their containers
 /// with them) before the fleet.
@@ -147,22 +150,30 @@ impl Three {
         )
     }
 
-    /// `service create … --min-healthy-time 1s --wait --json`, which must
-    /// succeed.
+    /// `service create … --min-healthy-time 1s --wait --wait-timeout 2m
+    /// --json`, which must succeed.
     pub fn create(&self, args: &[&str]) -> Value {
         let mut all = vec!["service", "create"];
         all.extend_from_slice(args);
-        all.extend_from_slice(&["--min-healthy-time", "1s", "--wait", "--json"]);
+        all.extend_from_slice(&[
+            "--min-healthy-time",
+            "1s",
+            "--wait",
+            "--wait-timeout",
+            WAIT_TIMEOUT,
+            "--json",
+        ]);
         let out = self.ok(&all);
         serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", said(&out)))
     }
 
-    /// `service update NAME ARGS… --wait`, which must succeed.
+    /// `service update NAME ARGS… --wait --wait-timeout 2m`, which must
+    /// succeed.
     pub fn update(&self, service: &str, args: &[&str]) {
         let mut all = vec!["service", "update", service];
         all.extend_from_slice(args);
-        all.push("--wait");
+        all.extend_from_slice(&["--wait", "--wait-timeout", WAIT_TIMEOUT]);
         self.ok(&all);
     }
 
