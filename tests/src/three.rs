@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::{Value, json};
 
 use crate::{
-    Agent, Cli, DEADLINE, Fleet, LONG_RUNNING, describe_output, list_of, said, str_field, wait_for,
+    Agent, Cli, DEADLINE, Fleet, LONG_RUNNING, RunId, describe_output, list_of, said, str_field,
+    wait_for,
 };
 
 /// `--wait-timeout` of the commands that wait: the harness' deadline.
@@ -24,7 +25,13 @@ pub struct Three {
 
 impl Three {
     pub fn start() -> Three {
-        let fleet = Fleet::start();
+        Three::start_with(RunId::new())
+    }
+
+    /// [`Three::start`] with the run id of things made before the fleet
+    /// (a [`crate::Registry`] that must outlive the agents).
+    pub fn start_with(run: RunId) -> Three {
+        let fleet = Fleet::start_with(run);
         let mut three = Three {
             more: Vec::new(),
             fleet,

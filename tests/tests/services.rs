@@ -11,7 +11,8 @@ use berth_e2e::three::{
     summary, task_ids,
 };
 use berth_e2e::{
-    DEADLINE, LONG_RUNNING, Three, describe_output, docker_ok, list_of, str_field, wait_for,
+    DEADLINE, LONG_RUNNING, Proxy, Registry, RunId, Three, describe_output, docker, docker_ok,
+    list_of, str_field, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -309,6 +310,97 @@ fn scaling_out_and_in_stops_the_newest_tasks_of_the_fullest_instances() {
         );
     }
     assert_eq!(instances_of(&left).len(), 2, "{:?}", summary(&left));
+}
+
+/// Removes a local image tag on drop (the one the agents pulled).
+struct RemoveTag(String);
+
+impl Drop for RemoveTag {
+    fn drop(&mut self) {
+        let _ = docker(&["rmi", &self.0]);
+    }
+}
+
+#[test]
+fn scaling_in_stops_a_task_not_yet_running_before_the_newest_of_the_fullest_instance() {
+    let run = RunId::new();
+    let mut registry = Registry::start(&run);
+    let proxy = Proxy::start(registry.addr());
+    let three = Three::start_with(run);
+    // The image through a proxy that can hold a pull forever.
+    let pushed = registry.push(three.fleet.image.tag(), "busybox");
+    let image = pushed
+        .reference
+        .replacen(registry.addr(), &proxy.addr().to_string(), 1);
+    let _pulled = RemoveTag(image.clone());
+    let ids = three.instance_ids();
+    three.ok(&["attribute", "put", &ids[0], "zone=a"]);
+    three.ok(&["attribute", "put", &ids[1], "zone=a"]);
+    three.ok(&["attribute", "put", &ids[2], "zone=b"]);
+    let file = three.definition_of(
+        "pending",
+        json!([{"name": "app", "essential": true, "command": LONG_RUNNING, "image": image}]),
+    );
+    three.create(&[
+        "pending",
+        "--task-definition",
+        &file,
+        "--desired-count",
+        "4",
+        "--placement-constraint",
+        "memberOf:attribute:zone == a",
+    ]);
+    let four = three.running("pending");
+    let mut counts: Vec<usize> = per_instance(&four).into_values().collect();
+    counts.sort();
+    assert_eq!(counts, vec![2, 2], "{:?}", summary(&four));
+
+    // The third host joins the zone; its pulls hang: a fifth task there
+    // stays PENDING, on the host with the fewest tasks, and is the newest.
+    three.ok(&["attribute", "put", &ids[2], "zone=a"]);
+    proxy.blackhole();
+    three.ok(&["service", "update", "pending", "--desired-count", "5"]);
+    let fifth = wait_for("a fifth task PENDING on the third host", DEADLINE, || {
+        let tasks = three.tasks("pending");
+        match tasks
+            .iter()
+            .find(|t| str_field(t, "instanceId") == ids[2] && alive(t))
+        {
+            Some(t) if str_field(t, "lastStatus") == "PENDING" => Ok(t.clone()),
+            _ => Err(format!("{:?}", summary(&tasks))),
+        }
+    });
+    let fifth_id = str_field(&fifth, "taskId").to_owned();
+
+    // Back to 4: the task not yet RUNNING goes, not the newest of a host
+    // with two.
+    three.ok(&["service", "update", "pending", "--desired-count", "4"]);
+    let t = three
+        .fleet
+        .server
+        .wait_task(&fifth_id, "desired STOPPED", |t| {
+            str_field(t, "desiredStatus") == "STOPPED"
+        });
+    // (The agent may have given up the pull already.)
+    assert!(t["startedAt"].is_null(), "{t}");
+    let tasks = three.tasks("pending");
+    let others: Vec<&Value> = tasks
+        .iter()
+        .filter(|t| str_field(t, "taskId") != fifth_id)
+        .collect();
+    assert!(
+        others.len() == 4 && others.iter().all(|t| serving(t)),
+        "{:?}",
+        summary(&tasks)
+    );
+    proxy.heal();
+    let t = three.fleet.server.wait_task_status(&fifth_id, "STOPPED");
+    assert!(
+        str_field(&t, "stoppedReason").starts_with("Scaled in"),
+        "{t}"
+    );
+    let left = three.wait_settled("pending", 4);
+    assert_eq!(task_ids(&left), task_ids(&four), "{:?}", summary(&left));
 }
 
 /// After `--wait` returned: the primary deployment on `revision` is
