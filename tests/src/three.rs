@@ -15,6 +15,9 @@ use crate::{
 /// `--wait-timeout` of the commands that wait: the harness' deadline.
 const WAIT_TIMEOUT: &str = "2m";
 
+/// Between two samples of [`Three::watch`].
+const SAMPLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A fleet of three agents on one control plane (more with
 /// [`Three::add_agent`]). The extra agents drop (and take their containers
 /// with them) before the fleet.
@@ -205,7 +208,7 @@ impl Three {
     }
 
     /// Runs `during` while a thread samples the service's tasks (`berth task
-    /// ls --json`) back to back; returns what `during` returned and every
+    /// ls --json`) every 50 ms or so; returns what `during` returned and every
     /// sample (at least one taken after `during` returned).
     pub fn watch<R>(&self, service: &str, during: impl FnOnce() -> R) -> (R, Vec<Vec<Value>>) {
         let cli = Cli::new(self.fleet.server.admin_addr());
@@ -219,6 +222,9 @@ impl Three {
                     if last {
                         return samples;
                     }
+                    // Pacing, not synchronisation: leaves the CPU to the
+                    // fleet on a small machine.
+                    std::thread::sleep(SAMPLE_PAUSE);
                 }
             });
             let r = during();
@@ -286,6 +292,10 @@ pub fn primary(d: &Value) -> Value {
 /// deployment").
 pub fn assert_within_bounds(samples: &[Vec<Value>], min: usize, max: usize) {
     assert!(!samples.is_empty());
+    eprintln!(
+        "{} samples: alive at most {max}, running at least {min}",
+        samples.len()
+    );
     for (i, s) in samples.iter().enumerate() {
         let alive = s.iter().filter(|t| alive(t)).count();
         let serving = s.iter().filter(|t| serving(t)).count();
