@@ -273,6 +273,13 @@ pub fn per_instance(tasks: &[Value]) -> BTreeMap<String, usize> {
     m
 }
 
+/// How many of `tasks` are on each instance that has any, smallest first.
+pub fn spread_of(tasks: &[Value]) -> Vec<usize> {
+    let mut counts: Vec<usize> = per_instance(tasks).into_values().collect();
+    counts.sort_unstable();
+    counts
+}
+
 pub fn task_ids(tasks: &[Value]) -> BTreeSet<String> {
     tasks
         .iter()

@@ -4,7 +4,7 @@
 //! as attributes, and draining.
 
 use berth_e2e::three::{
-    alive, assert_within_bounds, instances_of, per_instance, primary, summary, task_ids,
+    alive, assert_within_bounds, instances_of, per_instance, primary, spread_of, summary, task_ids,
 };
 use berth_e2e::{DEADLINE, LONG_RUNNING, Three, list_of, str_field, task_def, wait_for};
 use serde_json::{Value, json};
@@ -37,9 +37,7 @@ fn binpack_memory_fills_one_instance_before_the_next() {
         "binpack:memory",
     ]);
     let running = three.running("pack");
-    let mut counts: Vec<usize> = per_instance(&running).into_values().collect();
-    counts.sort();
-    assert_eq!(counts, vec![1, 2], "{:?}", summary(&running));
+    assert_eq!(spread_of(&running), vec![1, 2], "{:?}", summary(&running));
     let d = three.describe("pack");
     assert_eq!(
         d["placementStrategy"],
@@ -214,6 +212,7 @@ fn a_task_the_policy_refuses_by_default_goes_only_where_the_agent_allows_it() {
         summary(&tasks)
     );
 }
+
 #[test]
 fn draining_moves_service_tasks_within_the_bounds_and_leaves_a_standalone_task() {
     let three = Three::start();

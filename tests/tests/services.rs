@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use berth_e2e::three::{
     alive, assert_within_bounds, instances_of, per_instance, primary, saw_side_by_side, serving,
-    summary, task_ids,
+    spread_of, summary, task_ids,
 };
 use berth_e2e::{
     DEADLINE, LONG_RUNNING, Proxy, Registry, RunId, Three, describe_output, docker, docker_ok,
@@ -298,9 +298,7 @@ fn scaling_out_and_in_stops_the_newest_tasks_of_the_fullest_instances() {
     three.update("scale", &["--desired-count", "5"]);
     let five = three.wait_settled("scale", 5);
     assert_eq!(five.len(), 5, "{:?}", summary(&five));
-    let mut counts: Vec<usize> = per_instance(&five).into_values().collect();
-    counts.sort();
-    assert_eq!(counts, vec![1, 2, 2], "{:?}", summary(&five));
+    assert_eq!(spread_of(&five), vec![1, 2, 2], "{:?}", summary(&five));
     assert!(task_ids(&five).is_superset(&first));
 
     // In to 2: three stop, the newest of the fullest hosts first.
@@ -366,9 +364,7 @@ fn scaling_in_stops_a_task_not_yet_running_before_the_newest_of_the_fullest_inst
         "memberOf:attribute:zone == a",
     ]);
     let four = three.running("pending");
-    let mut counts: Vec<usize> = per_instance(&four).into_values().collect();
-    counts.sort();
-    assert_eq!(counts, vec![2, 2], "{:?}", summary(&four));
+    assert_eq!(spread_of(&four), vec![2, 2], "{:?}", summary(&four));
 
     // The third host joins the zone; its pulls hang: a fifth task there
     // stays PENDING, on the host with the fewest tasks, and is the newest.
