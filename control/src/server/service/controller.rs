@@ -374,7 +374,10 @@ async fn pass(
     let next_wake = plan.next_wake_ms;
 
     let mut record = ServicePlanRecord::default();
-    let mut events: Vec<String> = plan.events.clone();
+    // The controller's own events (placement, unreadable definitions); the
+    // reconciler's are already not repeated within the window, and the
+    // steady state of a completed deployment is said even within it.
+    let mut events: Vec<String> = Vec::new();
     let generation_of = |id: &str| {
         fleet
             .instances
@@ -470,13 +473,15 @@ async fn pass(
             TaskMark::Lost(id) => (id.clone(), TaskMarkKind::Lost),
         });
     }
-    // Not repeated within the window (the reconciler's own are already).
+    // The controller's own not repeated within the window.
     let mut seen: BTreeSet<String> = BTreeSet::new();
-    for m in events {
-        let recent = snap.events.iter().any(|e| {
-            e.message == m && now.saturating_sub(e.created_at_ms) < EVENT_REPEAT_WINDOW_MS
-        });
-        if !recent && seen.insert(m.clone()) {
+    let own = events.into_iter().filter(|m| {
+        !snap.events.iter().any(|e| {
+            &e.message == m && now.saturating_sub(e.created_at_ms) < EVENT_REPEAT_WINDOW_MS
+        })
+    });
+    for m in plan.events.iter().cloned().chain(own) {
+        if seen.insert(m.clone()) {
             info!(event = %m, "service event");
             record.events.push(ServiceEventRecord {
                 id: uuid::Uuid::new_v4().to_string(),
