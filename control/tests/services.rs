@@ -189,12 +189,11 @@ async fn a_replica_service_spreads_replaces_a_stopped_task_and_scales_in() -> Re
     })
     .await?;
     let (id, instance) = replacement;
-    let (agent, seq) = if instance == a.instance_id {
-        (&mut a, 3)
-    } else {
-        (&mut b, 2)
-    };
+    let on_a = instance == a.instance_id;
+    let (agent, seq) = if on_a { (&mut a, 3) } else { (&mut b, 2) };
     agent.tx.send(event(seq, &id, "RUNNING")).await?;
+    // The next event sequence of each agent.
+    let (mut next_a, mut next_b) = if on_a { (4, 2) } else { (3, 3) };
     wait_service(&server, "web", "running 2 again", |d| {
         d["runningCount"] == 2 && d["pendingCount"] == 0
     })
@@ -221,6 +220,33 @@ async fn a_replica_service_spreads_replaces_a_stopped_task_and_scales_in() -> Re
     assert_eq!(
         stopped["stopCode"], "ServiceSchedulerInitiated",
         "{stopped}"
+    );
+    // --wait returns once the stop is done, not while the primary is
+    // merely COMPLETED.
+    let stopped_id = stopped["taskId"].as_str().unwrap_or_default().to_owned();
+    let report = async {
+        let (agent, seq) = if stopped["instanceId"] == a.instance_id.as_str() {
+            (&mut a, &mut next_a)
+        } else {
+            (&mut b, &mut next_b)
+        };
+        *seq += 1;
+        agent.tx.send(event(*seq - 1, &stopped_id, "STOPPED")).await
+    };
+    let (waited, sent) = tokio::join!(
+        berth(
+            &server,
+            &["service", "update", "web", "--desired-count", "1", "--wait"],
+        ),
+        report
+    );
+    sent?;
+    let waited = waited?;
+    assert!(waited.status.success(), "{}", text(&waited.stderr));
+    let t = json(&server, &["task", "describe", &stopped_id, "--json"]).await?;
+    assert_eq!(
+        t["lastStatus"], "STOPPED",
+        "--wait returned before the stop: {t}"
     );
 
     // Delete: refused above 0 without --force, then the service drains.
