@@ -68,6 +68,13 @@ fi
 echo "==> test: cargo test ${scope[*]:+${scope[*]} }--locked --no-fail-fast $*"
 cargo test "${scope[@]}" --locked --no-fail-fast "$@"
 
+# The service suites again with the control plane's store on PostgreSQL
+# (BERTH_E2E_STORE, tests/src/fixture.rs): the scheduler on both backends.
+if [ ${#scope[@]} -gt 0 ]; then
+    echo "==> test: BERTH_E2E_STORE=postgres cargo test -p berth-e2e --test services --test placement"
+    BERTH_E2E_STORE=postgres cargo test -p berth-e2e --locked --no-fail-fast --test services --test placement
+fi
+
 if [ -n "$capture" ]; then
     echo "==> test: secret scan of the end-to-end suite's logs"
     cargo run -q --locked -p berth-e2e --bin berth-e2e-secret-scan -- "$capture"

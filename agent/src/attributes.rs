@@ -24,10 +24,11 @@
 //! warning, for the same reason.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use berth_proto::attributes::{
-    AGENT_VERSION, CPU_ARCHITECTURE, HOSTNAME, MAX_HELLO, MAX_HELLO_VALUE, OS_TYPE, POLICY_PREFIX,
-    check_custom, ecs_architecture, is_reserved,
+    AGENT_VERSION, CPU_ARCHITECTURE, GPUS, HOSTNAME, MAX_HELLO, MAX_HELLO_VALUE, OS_TYPE,
+    POLICY_PREFIX, check_custom, ecs_architecture, is_reserved,
 };
 use tracing::warn;
 
@@ -50,6 +51,7 @@ pub fn host_attributes(
         AGENT_VERSION.to_owned(),
         env!("CARGO_PKG_VERSION").to_owned(),
     );
+    out.insert(GPUS.to_owned(), gpu_count(Path::new("/dev")).to_string());
     out.extend(policy_attributes(policy));
     for (name, value) in custom {
         // The config check refused built-in names; never let one through.
@@ -62,7 +64,26 @@ pub fn host_attributes(
 
 /// How many built-in attributes the agent sends.
 fn built_in_count() -> usize {
-    4 + policy_attributes(&Policy::default()).len()
+    5 + policy_attributes(&Policy::default()).len()
+}
+
+/// The NVIDIA GPUs of the host: the device files `nvidia0`, `nvidia1`, …
+/// in `dev` (the driver creates one per GPU; `nvidiactl`, `nvidia-uvm` and
+/// the like are not GPUs). 0 when there are none or `dev` cannot be read.
+pub fn gpu_count(dev: &Path) -> u32 {
+    let Ok(entries) = std::fs::read_dir(dev) else {
+        return 0;
+    };
+    let n = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name().to_str().is_some_and(|n| {
+                n.strip_prefix("nvidia")
+                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// `berth.policy.<key>` for every key of `policy`, as its serialized form
@@ -149,6 +170,24 @@ pub fn check_config(custom: &BTreeMap<String, String>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpus_are_the_numbered_nvidia_device_files() {
+        let dev = tempfile::tempdir().expect("tempdir");
+        assert_eq!(gpu_count(dev.path()), 0);
+        for name in [
+            "nvidia0",
+            "nvidia1",
+            "nvidiactl",
+            "nvidia-uvm",
+            "nvidia",
+            "null",
+        ] {
+            std::fs::write(dev.path().join(name), b"").expect("write");
+        }
+        assert_eq!(gpu_count(dev.path()), 2);
+        assert_eq!(gpu_count(&dev.path().join("missing")), 0);
+    }
 
     #[test]
     fn the_built_in_attributes_name_the_platform_the_agent_and_every_policy_key() {
@@ -246,6 +285,6 @@ mod tests {
             .collect();
         let m: BTreeMap<String, String> = too_many.into_iter().collect();
         let e = check_config(&m).expect_err("too many");
-        assert!(e.contains("at most 48"), "{e}");
+        assert!(e.contains("at most 47"), "{e}");
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod attributes;
+pub mod cgroups;
 pub mod cli_docs;
 pub mod clock;
 pub mod commands;
@@ -164,6 +165,25 @@ pub async fn start(cfg: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<Ru
     // Refuses secret files readable by others, naming the file and the fix.
     let identity = identity::load(data_dir)?;
     runtime.ping().await?;
+    let task_cgroups = match runtime.engine_cgroups().await {
+        Ok(engine) => match cgroups::Layout::detect(&engine, Path::new("/sys/fs/cgroup")) {
+            Ok(layout) => match layout.check() {
+                Ok(()) => Some(layout),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot manage task cgroups; task-level cpu and memory are reserved for placement but not enforced on this host");
+                    None
+                }
+            },
+            Err(why) => {
+                tracing::warn!(reason = %why, "task-level cpu and memory are reserved for placement but not enforced on this host");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the engine's cgroup driver; task-level cpu and memory are not enforced");
+            None
+        }
+    };
     let settings = Settings {
         instance_id: identity.instance_id.clone(),
         pull_policy: cfg.pull_policy,
@@ -171,6 +191,7 @@ pub async fn start(cfg: &Config, runtime: Arc<dyn Runtime>) -> anyhow::Result<Ru
         cleanup_delay: cfg.container_cleanup_delay,
         policy: cfg.policy(),
         check_host_ports: true,
+        task_cgroups,
     };
     let manager = manager::Manager::start(
         runtime,

@@ -551,6 +551,7 @@ mod tests {
                 cleanup_delay: Duration::from_secs(3600),
                 policy: crate::policy::Policy::default(),
                 check_host_ports: false,
+                task_cgroups: None,
             }
         }
 

@@ -546,7 +546,9 @@ async fn a_revoked_admin_certificate_is_refused_on_its_next_call() -> Result {
     let bob_identity = || Identity::from_pem(&issued.certificate_pem, bob_key.serialize_pem());
     let mut bob = tls_admin(addr, &ca_pem, Some(bob_identity())).await?;
     // Both work.
-    alice.list_instances(ListInstancesRequest::default()).await?;
+    alice
+        .list_instances(ListInstancesRequest::default())
+        .await?;
     bob.list_instances(ListInstancesRequest::default()).await?;
     let listed = bob
         .list_admin_certificates(ListAdminCertificatesRequest {})
@@ -696,7 +698,9 @@ async fn a_revoked_admin_certificate_is_refused_on_its_next_call() -> Result {
         .expect_err("revoked certificate after a restart");
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     let mut alice = tls_admin(addr, &ca_pem, Some(offline_admin(dir.path(), "alice")?.0)).await?;
-    alice.list_instances(ListInstancesRequest::default()).await?;
+    alice
+        .list_instances(ListInstancesRequest::default())
+        .await?;
     server.shutdown().await?;
     Ok(())
 }

@@ -189,12 +189,11 @@ async fn a_replica_service_spreads_replaces_a_stopped_task_and_scales_in() -> Re
     })
     .await?;
     let (id, instance) = replacement;
-    let (agent, seq) = if instance == a.instance_id {
-        (&mut a, 3)
-    } else {
-        (&mut b, 2)
-    };
+    let on_a = instance == a.instance_id;
+    let (agent, seq) = if on_a { (&mut a, 3) } else { (&mut b, 2) };
     agent.tx.send(event(seq, &id, "RUNNING")).await?;
+    // The next event sequence of each agent.
+    let (mut next_a, mut next_b) = if on_a { (4, 2) } else { (3, 3) };
     wait_service(&server, "web", "running 2 again", |d| {
         d["runningCount"] == 2 && d["pendingCount"] == 0
     })
@@ -221,6 +220,33 @@ async fn a_replica_service_spreads_replaces_a_stopped_task_and_scales_in() -> Re
     assert_eq!(
         stopped["stopCode"], "ServiceSchedulerInitiated",
         "{stopped}"
+    );
+    // --wait returns once the stop is done, not while the primary is
+    // merely COMPLETED.
+    let stopped_id = stopped["taskId"].as_str().unwrap_or_default().to_owned();
+    let report = async {
+        let (agent, seq) = if stopped["instanceId"] == a.instance_id.as_str() {
+            (&mut a, &mut next_a)
+        } else {
+            (&mut b, &mut next_b)
+        };
+        *seq += 1;
+        agent.tx.send(event(*seq - 1, &stopped_id, "STOPPED")).await
+    };
+    let (waited, sent) = tokio::join!(
+        berth(
+            &server,
+            &["service", "update", "web", "--desired-count", "1", "--wait"],
+        ),
+        report
+    );
+    sent?;
+    let waited = waited?;
+    assert!(waited.status.success(), "{}", text(&waited.stderr));
+    let t = json(&server, &["task", "describe", &stopped_id, "--json"]).await?;
+    assert_eq!(
+        t["lastStatus"], "STOPPED",
+        "--wait returned before the stop: {t}"
     );
 
     // Delete: refused above 0 without --force, then the service drains.
@@ -755,5 +781,35 @@ async fn a_cluster_counts_its_services_and_is_not_deleted_under_one() -> Result 
     assert_eq!(c["activeServicesCount"], 0, "{c}");
     let gone = json(&server, &["cluster", "delete", "edge", "--json"]).await?;
     assert_eq!(gone["status"], "INACTIVE");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_service_is_refused_without_gpus_and_placed_where_they_are() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let gpu = TASK_DEFINITION.replace(
+        r#""essential": true"#,
+        r#""essential": true, "resourceRequirements": [{"type": "GPU", "value": "1"}]"#,
+    );
+    let file = write(&dir, "gpu.json", &gpu)?;
+    let _plain =
+        FakeAgent::start_with_attributes(&server, 4096, 8192, &[("berth.gpus", "0")]).await?;
+    let create = [
+        "service",
+        "create",
+        "ml",
+        "--task-definition",
+        file.as_str(),
+        "--desired-count",
+        "1",
+    ];
+    refused(&server, &create, "1 GPU(s) (berth.gpus at least 1)").await?;
+    let mut with_gpu =
+        FakeAgent::start_with_attributes(&server, 4096, 8192, &[("berth.gpus", "1")]).await?;
+    json(&server, &[&create[..], &["--json"]].concat()).await?;
+    let placed = tasks_until(&mut with_gpu, 1).await?;
+    let t = json(&server, &["task", "describe", &placed[0], "--json"]).await?;
+    assert_eq!(t["instanceId"], with_gpu.instance_id.as_str());
     Ok(())
 }

@@ -30,6 +30,8 @@ pub const HOSTNAME: &str = "berth.hostname";
 pub const AGENT_VERSION: &str = "berth.agent-version";
 /// The prefix of the agent policy attributes: `berth.policy.<key>`.
 pub const POLICY_PREFIX: &str = "berth.policy.";
+/// How many GPUs the host has (`/dev/nvidia<N>` device files), a count.
+pub const GPUS: &str = "berth.gpus";
 /// Namespaces of the built-in attributes.
 pub const RESERVED_PREFIXES: &[&str] = &["ecs.", "berth."];
 /// Longest custom attribute name or value, in characters (all ASCII).

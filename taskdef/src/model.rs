@@ -96,6 +96,17 @@ impl TaskDefinition {
 }
 
 impl ContainerDefinition {
+    /// The GPUs the container asks for (`resourceRequirements` of type
+    /// `GPU`; 0 when none or not a count).
+    pub fn gpu_count(&self) -> u32 {
+        self.resource_requirements
+            .iter()
+            .filter(|r| r.kind == "GPU")
+            .filter_map(|r| r.value.trim().parse::<u32>().ok())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// `essential`, which defaults to `true` as in ECS.
     pub fn is_essential(&self) -> bool {
         self.essential.unwrap_or(true)

@@ -153,6 +153,10 @@ pub struct ContainerDefinition {
     pub disable_networking: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub docker_security_options: Vec<String>,
+    /// `GPU` (a count, as a string) is honoured; `InferenceAccelerator`
+    /// is refused (Elastic Inference is AWS').
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_requirements: Vec<ResourceRequirement>,
 
     /// Environment variables whose values come from berth's secret store
     /// (`valueFrom`: a berth secret name or an SSM / Secrets Manager ARN,
@@ -169,8 +173,6 @@ pub struct ContainerDefinition {
     pub environment_files: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firelens_configuration: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_requirements: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_specs: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -286,6 +288,18 @@ pub struct Ulimit {
     pub name: String,
     pub soft_limit: i64,
     pub hard_limit: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceRequirement {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
+    /// NVIDIA MPS sharing: refused (parsed only so that validation can
+    /// name it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing_strategy: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

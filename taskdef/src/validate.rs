@@ -392,20 +392,18 @@ fn check_task_fields(def: &TaskDefinition, r: &mut Report) -> NetworkMode {
         },
     };
     match def.pid_mode.as_deref() {
-        None | Some("host") => {}
-        Some("task") => r.err(
+        None | Some("host") | Some("task") => {}
+        Some(o) => r.err(
             "pidMode",
-            "not supported by berth: `task` shares one pid namespace among the task's containers, which berth does not do yet; use `host` or leave it out",
+            format!("must be host or task, got {o_q}", o_q = q(o)),
         ),
-        Some(o) => r.err("pidMode", format!("must be host or task, got {o_q}", o_q = q(o))),
     }
     match def.ipc_mode.as_deref() {
-        None | Some("host") | Some("none") => {}
-        Some("task") => r.err(
+        None | Some("host") | Some("none") | Some("task") => {}
+        Some(o) => r.err(
             "ipcMode",
-            "not supported by berth: `task` shares one ipc namespace among the task's containers, which berth does not do yet; use `host`, `none` or leave it out",
+            format!("must be host, task or none, got {o_q}", o_q = q(o)),
         ),
-        Some(o) => r.err("ipcMode", format!("must be host, task or none, got {o_q}", o_q = q(o))),
     }
     if let Some(rp) = &def.runtime_platform {
         check_runtime_platform(rp, r);
@@ -859,16 +857,58 @@ fn check_container(
         &c.firelens_configuration,
         "FireLens is an AWS log router integration; use logConfiguration with fluentd instead",
     );
-    r.refuse(
-        at("resourceRequirements"),
-        &c.resource_requirements,
-        "GPUs and inference accelerators are not supported yet",
-    );
+    check_resource_requirements(&at("resourceRequirements"), c, r);
     r.refuse(
         at("credentialSpecs"),
         &c.credential_specs,
         "credential specs (Active Directory gMSA) are not supported",
     );
+}
+
+/// The most GPUs one container may ask for.
+pub const MAX_GPUS: u32 = 64;
+
+/// `resourceRequirements`: at most one `GPU` entry with a count from 1 to
+/// [`MAX_GPUS`]; `InferenceAccelerator` needs AWS.
+fn check_resource_requirements(base: &str, c: &ContainerDefinition, r: &mut Report) {
+    let mut gpus = 0;
+    for (k, req) in c.resource_requirements.iter().enumerate() {
+        let p = index(base, k);
+        r.refuse(
+            format!("{p}.sharingStrategy"),
+            &req.sharing_strategy,
+            "GPU sharing (NVIDIA MPS) is not supported; each GPU task gets whole devices",
+        );
+        match req.kind.as_str() {
+            "GPU" => {
+                gpus += 1;
+                if gpus > 1 {
+                    r.err(format!("{p}.type"), "GPU is given twice: give one count");
+                }
+                match req.value.trim().parse::<u32>() {
+                    Ok(n) if (1..=MAX_GPUS).contains(&n) => {}
+                    _ => r.err(
+                        format!("{p}.value"),
+                        format!(
+                            "{v_q} is not a GPU count: expected a whole number from 1 to {MAX_GPUS}",
+                            v_q = q(&shorten(&req.value, 32))
+                        ),
+                    ),
+                }
+            }
+            "InferenceAccelerator" => r.err(
+                format!("{p}.type"),
+                "not supported by berth: inference accelerators are Amazon Elastic Inference's",
+            ),
+            other => r.err(
+                format!("{p}.type"),
+                format!(
+                    "must be GPU or InferenceAccelerator, got {o_q}",
+                    o_q = q(&shorten(other, 32))
+                ),
+            ),
+        }
+    }
 }
 
 fn check_environment(base: &str, c: &ContainerDefinition, r: &mut Report) {

@@ -58,6 +58,12 @@ impl Fleet {
         postgres: Option<Postgres>,
         start: impl FnOnce(&Server, &mut Agent),
     ) -> Fleet {
+        // BERTH_E2E_STORE=postgres runs every fleet's server on PostgreSQL
+        // (scripts/test.sh does so for the service suites).
+        let postgres = postgres.or_else(|| {
+            (std::env::var("BERTH_E2E_STORE").as_deref() == Ok("postgres"))
+                .then(|| Postgres::start(&run))
+        });
         let files = Scratch::new(&run);
         let image = TestImage::build(&run);
         let options = ServerOptions {

@@ -76,6 +76,7 @@ mod proxy;
 mod registry;
 mod server;
 mod taskdef;
+pub mod three;
 mod tmpfs;
 mod wait;
 
@@ -96,6 +97,7 @@ pub use proxy::Proxy;
 pub use registry::{PushedImage, Registry, RegistryLogin};
 pub use server::{Activation, Cli, Server, ServerOptions, read_server_json};
 pub use taskdef::{EXITS_ZERO, LONG_RUNNING, Scratch, container_of, task_def};
+pub use three::Three;
 pub use tmpfs::Tmpfs;
 pub use wait::{DEADLINE, Observe, wait_for};
 

@@ -495,3 +495,55 @@ fn l1_a_log_address_on_the_host_is_refused() {
         other => panic!("nothing may have connected to the host listener: {other:?}"),
     }
 }
+
+#[test]
+fn a_host_path_task_is_refused_up_front_where_no_host_allows_it_and_placed_where_one_does() {
+    // The fleet's agent allows no host path.
+    let fleet = Fleet::start();
+    let allowed = fleet.run.temp_dir("allowed-hp");
+    let family = fleet.family("hostpath");
+    let mut def: Value = serde_json::from_str(&berth_e2e::task_def(
+        fleet.image.tag(),
+        &family,
+        json!([{"name": "app", "essential": true, "command": berth_e2e::LONG_RUNNING,
+                "mountPoints": [{"sourceVolume": "data", "containerPath": "/data"}]}]),
+    ))
+    .expect("task_def is JSON");
+    def["volumes"] = json!([{"name": "data", "host": {"sourcePath": allowed.path()}}]);
+    let file = fleet
+        .files
+        .write(&format!("{family}.json"), &def.to_string());
+    let file = file.to_string_lossy().into_owned();
+    let out = fleet
+        .server
+        .cli(&["task", "run", "--task-definition", &file, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    let said = berth_e2e::said(&out);
+    assert!(
+        said.contains("berth.policy.allowed_host_paths"),
+        "the refusal should name the policy attribute: {said}"
+    );
+
+    // A host that allows the path joins: the task goes there.
+    let mut second = berth_e2e::Agent::enroll(&fleet.server, &fleet.run);
+    second.configure(&format!(
+        "allowed_host_paths = [{}]\n",
+        json!(allowed.path().to_string_lossy())
+    ));
+    second.start_connected(&fleet.server);
+    let out = fleet.server.cli(&[
+        "task",
+        "run",
+        "--task-definition",
+        &file,
+        "--wait",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let task: Value = serde_json::from_slice(&out.stdout).expect("task JSON");
+    assert_eq!(
+        str_field(&task, "instanceId"),
+        second.instance_id(),
+        "{task}"
+    );
+}

@@ -395,6 +395,10 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
+    async fn engine_cgroups(&self) -> Result<crate::cgroups::EngineCgroups, RuntimeError> {
+        Ok(crate::cgroups::EngineCgroups::default())
+    }
+
     async fn log_drivers(&self) -> Result<Vec<String>, RuntimeError> {
         Ok(self.lock().log_drivers.clone().unwrap_or_else(|| {
             DEFAULT_LOG_DRIVERS

@@ -108,6 +108,10 @@ impl Runtime for MeteredRuntime {
             .0
     }
 
+    async fn engine_cgroups(&self) -> Result<crate::cgroups::EngineCgroups, RuntimeError> {
+        self.inner.engine_cgroups().await
+    }
+
     async fn log_drivers(&self) -> Result<Vec<String>, RuntimeError> {
         self.timed(DockerOp::LogDrivers, self.inner.log_drivers())
             .await

@@ -108,13 +108,21 @@ pub struct ContainerSpec {
     /// The definition's `volumesFrom`: (Docker name of the source container,
     /// read-only).
     pub volumes_from: Vec<(String, bool)>,
-    /// The task's `pidMode` (`host`), applied to every container.
+    /// Docker's PID mode: the task's `pidMode` `host`, or for `task`
+    /// `container:<anchor>` on every container but the anchor (the first
+    /// to start), whose namespace they join.
     pub pid_mode: Option<String>,
-    /// The task's `ipcMode` (`host`, `none`), applied to every container.
+    /// Docker's IPC mode: the task's `ipcMode` `host` or `none`, or for
+    /// `task` `shareable` on the anchor and `container:<anchor>` on the
+    /// others.
     pub ipc_mode: Option<String>,
     /// The definition's `secrets`, resolved: added to its environment at
     /// create; `Debug` shows the names only.
     pub secret_env: crate::secrets::SecretEnv,
+    /// Docker's `CgroupParent`: the task's cgroup when it has task-level
+    /// `cpu` or `memory` and the host's layout is managed
+    /// ([`crate::cgroups`]).
+    pub cgroup_parent: Option<String>,
 }
 
 /// One resolved mount point of a container.
@@ -273,4 +281,6 @@ pub trait Runtime: Send + Sync + 'static {
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError>;
     /// The log drivers the engine can use for a container's `logDriver`.
     async fn log_drivers(&self) -> Result<Vec<String>, RuntimeError>;
+    /// The engine's cgroup driver and version (`docker info`).
+    async fn engine_cgroups(&self) -> Result<crate::cgroups::EngineCgroups, RuntimeError>;
 }

@@ -282,6 +282,7 @@ impl Rig {
             cleanup_delay: Duration::from_secs(3600),
             policy: crate::policy::Policy::default(),
             check_host_ports: false,
+            task_cgroups: None,
         };
         let manager = Manager::start(
             Arc::new(rt.clone()),

@@ -28,6 +28,36 @@ impl Supervisor {
     fn deps(&self, idx: usize) -> Deps {
         let me = &self.containers[idx].def.name;
         let mut result = Deps::Met;
+        // A link's target must run before the container linking to it starts.
+        for l in &self.containers[idx].def.links {
+            let target = link_target(l);
+            if let Some(dep) = self.containers.iter().find(|c| c.def.name == target)
+                && !dep.started
+            {
+                if dep.state.last_status == Status::Stopped {
+                    return Deps::Failed(format!(
+                        "{me} links to {target}, which stopped without starting"
+                    ));
+                }
+                result = Deps::Wait;
+            }
+        }
+        // pidMode/ipcMode `task`: the others join the anchor's namespaces,
+        // which exist only once it runs.
+        if let Some(a) = self.namespace_anchor()
+            && a != idx
+        {
+            let anchor = &self.containers[a];
+            if !anchor.started {
+                if anchor.state.last_status == Status::Stopped {
+                    return Deps::Failed(format!(
+                        "{me} shares the namespaces of {} (pidMode/ipcMode task), which stopped without starting",
+                        anchor.def.name
+                    ));
+                }
+                result = Deps::Wait;
+            }
+        }
         for d in &self.containers[idx].def.depends_on {
             let Some(dep) = self
                 .containers
@@ -226,9 +256,26 @@ impl Supervisor {
     }
 }
 
-/// Container indexes with every container after the ones it depends on
-/// (definition order otherwise). Validation rejects cycles; should one slip
-/// through, the remaining containers keep definition order.
+/// The containers `c` must follow: its `dependsOn`, the targets of its
+/// `links` (Docker links only to a container that exists and runs) and
+/// the sources of its `volumesFrom` (which must exist when it is created).
+fn predecessors(c: &berth_taskdef::ContainerDefinition) -> impl Iterator<Item = &str> {
+    c.depends_on
+        .iter()
+        .map(|d| d.container_name.as_str())
+        .chain(c.links.iter().map(|l| link_target(l)))
+        .chain(c.volumes_from.iter().map(|v| v.source_container.as_str()))
+}
+
+/// The container a link names (`name` or `name:alias`).
+pub fn link_target(link: &str) -> &str {
+    link.split_once(':').map_or(link, |(n, _)| n)
+}
+
+/// Container indexes with every container after the ones it depends on,
+/// links to or takes volumes from (definition order otherwise). Validation
+/// rejects cycles; should one slip through, the remaining containers keep
+/// definition order. Containers are created and started in this order.
 pub fn start_order(def: &TaskDefinition) -> Vec<usize> {
     let names: Vec<&str> = def
         .container_definitions
@@ -243,11 +290,11 @@ pub fn start_order(def: &TaskDefinition) -> Vec<usize> {
             if placed[i] {
                 continue;
             }
-            let ready = c.depends_on.iter().all(|d| {
+            let ready = predecessors(c).all(|d| {
                 names
                     .iter()
-                    .position(|n| *n == d.container_name)
-                    .is_none_or(|j| placed[j])
+                    .position(|n| *n == d)
+                    .is_none_or(|j| j == i || placed[j])
             });
             if ready {
                 placed[i] = true;
@@ -292,6 +339,23 @@ mod tests {
                 c("migrate", &[("db", "START")]),
                 c("db", &[]),
             ],
+            ..Default::default()
+        };
+        assert_eq!(start_order(&def), vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn links_and_volumes_from_order_like_dependencies() {
+        let mut web = c("web", &[]);
+        web.links = vec!["db:database".into()];
+        let mut logs = c("logs", &[]);
+        logs.volumes_from = vec![berth_taskdef::VolumeFrom {
+            source_container: "web".into(),
+            read_only: None,
+        }];
+        let def = TaskDefinition {
+            family: "f".into(),
+            container_definitions: vec![logs, web, c("db", &[])],
             ..Default::default()
         };
         assert_eq!(start_order(&def), vec![2, 1, 0]);

@@ -22,6 +22,7 @@ pub(crate) fn settings(check_host_ports: bool) -> Settings {
         cleanup_delay: Duration::ZERO,
         policy: crate::policy::Policy::default(),
         check_host_ports,
+        task_cgroups: None,
     }
 }
 

@@ -84,6 +84,9 @@ pub struct Settings {
     /// Check that static host ports are free before creating containers.
     /// Always on in the agent; unit tests with fixed ports turn it off.
     pub check_host_ports: bool,
+    /// Where task-level `cpu`/`memory` limits go ([`crate::cgroups`]);
+    /// `None`: not enforced on this host.
+    pub task_cgroups: Option<crate::cgroups::Layout>,
 }
 
 /// What a supervisor tells the manager.

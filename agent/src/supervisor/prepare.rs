@@ -39,9 +39,59 @@ impl Supervisor {
                 &self.settings.instance_id,
             ),
             volumes_from: crate::volumes::volumes_from(&self.definition, def, &self.state.task_id),
-            pid_mode: self.definition.pid_mode.clone(),
-            ipc_mode: self.definition.ipc_mode.clone(),
+            pid_mode: self.shared_namespace(def, self.definition.pid_mode.as_deref(), None),
+            ipc_mode: self.shared_namespace(
+                def,
+                self.definition.ipc_mode.as_deref(),
+                Some("shareable"),
+            ),
+            cgroup_parent: self
+                .task_limits()
+                .map(|_| format!("/{}/{}", crate::cgroups::PARENT, self.state.task_id)),
             secret_env: self.secrets.env_of(def),
+        }
+    }
+
+    /// The task-level `(cpu units, memory MiB)` to enforce, when the host
+    /// enforces them and the task has either.
+    pub(super) fn task_limits(&self) -> Option<(Option<u64>, Option<u64>)> {
+        self.settings.task_cgroups.as_ref()?;
+        let cpu = self.definition.task_cpu_units();
+        let memory = self.definition.task_memory_mib();
+        (cpu.is_some() || memory.is_some()).then_some((cpu, memory))
+    }
+
+    /// The container whose namespaces the others join under `pidMode` /
+    /// `ipcMode` `task`: the first to start (the first of the start
+    /// order), as ECS shares the first container's on Linux.
+    pub(super) fn namespace_anchor(&self) -> Option<usize> {
+        let shares = |m: &Option<String>| m.as_deref() == Some("task");
+        (shares(&self.definition.pid_mode) || shares(&self.definition.ipc_mode))
+            .then(|| self.order.first().copied())
+            .flatten()
+    }
+
+    /// Docker's mode for one container: `task` becomes `anchor_mode` for
+    /// the anchor (`shareable` for IPC, Docker's default for PID) and
+    /// `container:<anchor>` for the others; other modes apply to every
+    /// container as they are.
+    fn shared_namespace(
+        &self,
+        def: &ContainerDefinition,
+        mode: Option<&str>,
+        anchor_mode: Option<&str>,
+    ) -> Option<String> {
+        if mode != Some("task") {
+            return mode.map(str::to_owned);
+        }
+        let anchor = &self.containers[self.namespace_anchor()?].def;
+        if anchor.name == def.name {
+            anchor_mode.map(str::to_owned)
+        } else {
+            Some(format!(
+                "container:{}",
+                container_name(&self.definition.family, &anchor.name, &self.state.task_id)
+            ))
         }
     }
 
@@ -232,7 +282,24 @@ impl Supervisor {
                 return;
             }
         }
-        for i in 0..self.containers.len() {
+        // The task's cgroup and its limits, before any container is in it.
+        if let (Some(layout), Some((cpu, memory))) =
+            (self.settings.task_cgroups.clone(), self.task_limits())
+        {
+            let task_id = self.state.task_id.clone();
+            if let Err(e) = layout.prepare(&task_id, cpu, memory) {
+                self.fail_to_start(
+                    0,
+                    format!("cannot set the task's cpu and memory limits: {e}"),
+                )
+                .await;
+                return;
+            }
+        }
+        // In start order: what a container links to, takes volumes from or
+        // shares namespaces with (the anchor, first) exists when it is
+        // created.
+        for i in self.order.clone() {
             if self.stop_requested() {
                 return;
             }
@@ -443,6 +510,43 @@ mod tests {
             ],
             "only the container with repositoryCredentials pulls with them"
         );
+    }
+
+    #[tokio::test]
+    async fn task_namespaces_are_the_first_started_containers_and_it_goes_first() {
+        // `late` depends on `anchor`, so `anchor` starts first and owns the
+        // namespaces, although it is second in the definition.
+        let mut late = container("late");
+        late.depends_on = vec![berth_taskdef::ContainerDependency {
+            container_name: "anchor".into(),
+            condition: "START".into(),
+        }];
+        let side = container("side");
+        let mut def = task(vec![late, container("anchor"), side]);
+        def.ipc_mode = Some("task".into());
+        def.pid_mode = Some("task".into());
+        let rt = FakeRuntime::new();
+        let mut r = run(&rt, settings(false), def);
+        r.until_status(Status::Running).await;
+        let spec_of = |n: &str| rt.spec(&rt.id_of(n).expect("created")).expect("spec");
+        let anchor = spec_of("anchor");
+        assert_eq!(anchor.ipc_mode.as_deref(), Some("shareable"));
+        assert_eq!(anchor.pid_mode, None);
+        for joiner in ["late", "side"] {
+            let s = spec_of(joiner);
+            let want = "container:berth-web-anchor-0123456789ab";
+            assert_eq!(s.ipc_mode.as_deref(), Some(want), "{joiner}");
+            assert_eq!(s.pid_mode.as_deref(), Some(want), "{joiner}");
+        }
+        let calls = rt.calls();
+        let at = |c: &str| calls.iter().position(|x| x == c).unwrap_or(usize::MAX);
+        assert!(at("create anchor") < at("create late"), "{calls:?}");
+        assert!(at("start anchor") < at("start side"), "{calls:?}");
+        assert!(at("start anchor") < at("start late"), "{calls:?}");
+        r.handle
+            .stop(StopCode::UserInitiated, "Task stopped by user")
+            .await;
+        r.until_status(Status::Stopped).await;
     }
 
     #[tokio::test]

@@ -79,6 +79,11 @@ impl Supervisor {
                 }
             }
         }
+        if let Some(layout) = &self.settings.task_cgroups
+            && self.task_limits().is_some()
+        {
+            layout.remove(&self.state.task_id);
+        }
         let volumes = crate::volumes::docker_volumes(
             &self.definition,
             &self.state.task_id,

@@ -330,7 +330,7 @@ mod tests {
                 .collect(),
             ..Policy::default()
         };
-        let custom: BTreeMap<String, String> = (0..48)
+        let custom: BTreeMap<String, String> = (0..47)
             .map(|n| (format!("custom-{n}"), "v".repeat(128)))
             .collect();
         berth_agent::attributes::check_config(&custom).expect("the most the config allows");

@@ -499,7 +499,21 @@ pub(crate) fn description(
     let others_alive = snap.tasks.iter().any(|t| {
         primary.is_none_or(|p| t.started_by != p.id) && t.last_status != STOPPED && !t.lost
     });
-    let steady = primary.is_some_and(|p| p.rollout_state == "COMPLETED") && !others_alive;
+    // Settled too: a count change keeps the primary COMPLETED, so the
+    // steady state also needs the desired count running (REPLICA) and no
+    // task still on its way out.
+    let stopping = snap
+        .tasks
+        .iter()
+        .any(|t| t.desired_status == STOPPED && t.last_status != STOPPED && !t.lost);
+    let counted = daemon
+        || primary.is_some_and(|p| {
+            counts(snap, Some(&p.id)) == (usize::try_from(svc.desired_count).unwrap_or(0), 0)
+        });
+    let steady = primary.is_some_and(|p| p.rollout_state == "COMPLETED")
+        && !others_alive
+        && !stopping
+        && counted;
     Ok(ServiceDescription {
         name: svc.name.clone(),
         cluster: svc.cluster.clone(),

@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use berth_taskdef::ContainerDefinition;
 use bollard::models::{
-    ContainerCreateBody, DeviceMapping, HealthConfig, HostConfig, HostConfigLogConfig,
-    Mount as DockerMount, MountType, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, DeviceMapping, DeviceRequest, HealthConfig, HostConfig,
+    HostConfigLogConfig, Mount as DockerMount, MountType, ResourcesUlimits, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 
 use super::NANOS_PER_SEC;
@@ -137,6 +138,8 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, S
         ),
         pid_mode: spec.pid_mode.clone(),
         ipc_mode: spec.ipc_mode.clone(),
+        device_requests: gpu_request(def),
+        cgroup_parent: spec.cgroup_parent.clone(),
         ..Default::default()
     };
 
@@ -296,6 +299,20 @@ fn docker_link(spec: &ContainerSpec, link: &str) -> String {
 /// that nothing is sent for nothing asked.
 pub(super) fn string_map(map: &BTreeMap<String, String>) -> Option<HashMap<String, String>> {
     (!map.is_empty()).then(|| map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// `resourceRequirements` `GPU`: that many GPUs of the NVIDIA driver, as
+/// `docker run --gpus N` asks for them.
+fn gpu_request(def: &ContainerDefinition) -> Option<Vec<DeviceRequest>> {
+    let n = def.gpu_count();
+    (n > 0).then(|| {
+        vec![DeviceRequest {
+            driver: Some("nvidia".to_owned()),
+            count: Some(i64::from(n)),
+            capabilities: Some(vec![vec!["gpu".to_owned()]]),
+            ..Default::default()
+        }]
+    })
 }
 
 #[cfg(test)]
@@ -604,5 +621,31 @@ mod tests {
             .and_then(|b| b.host_config)
             .unwrap_or_default();
         assert_eq!(host.memory_swap, Some(64 * MIB));
+    }
+
+    #[test]
+    fn a_gpu_count_becomes_a_device_request_of_the_nvidia_driver() {
+        let host = |d: ContainerDefinition| {
+            create_body(&spec(d))
+                .ok()
+                .and_then(|b| b.host_config)
+                .unwrap_or_default()
+        };
+        assert_eq!(host(def()).device_requests, None);
+        let mut d = def();
+        d.resource_requirements = vec![berth_taskdef::ResourceRequirement {
+            kind: "GPU".to_owned(),
+            value: "2".to_owned(),
+            sharing_strategy: None,
+        }];
+        assert_eq!(
+            host(d).device_requests,
+            Some(vec![DeviceRequest {
+                driver: Some("nvidia".to_owned()),
+                count: Some(2),
+                capabilities: Some(vec![vec!["gpu".to_owned()]]),
+                ..Default::default()
+            }])
+        );
     }
 }

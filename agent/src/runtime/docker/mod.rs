@@ -502,6 +502,24 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn engine_cgroups(&self) -> Result<crate::cgroups::EngineCgroups, RuntimeError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| self.engine_error("describe", "the engine (docker info)", e))?;
+        Ok(crate::cgroups::EngineCgroups {
+            driver: info
+                .cgroup_driver
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            version: info
+                .cgroup_version
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        })
+    }
+
     async fn log_drivers(&self) -> Result<Vec<String>, RuntimeError> {
         let info = self
             .docker

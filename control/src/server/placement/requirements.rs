@@ -51,6 +51,9 @@ pub enum Requirement {
     /// directory above it (at a component boundary: `/srv2` is not under
     /// `/srv`).
     PathUnder { attribute: String, path: String },
+    /// At least this many GPUs (`berth.gpus`; GPUs other tasks use are not
+    /// subtracted).
+    Gpus(u32),
 }
 
 /// `berth.policy.<key>`.
@@ -110,6 +113,10 @@ impl Requirement {
     pub fn met_by(&self, attributes: &BTreeMap<String, String>) -> bool {
         match self {
             Requirement::HostPort(..) => true,
+            Requirement::Gpus(n) => attributes
+                .get(berth_proto::attributes::GPUS)
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .is_some_and(|have| have >= *n),
             Requirement::Equals { attribute, value } => {
                 attributes.get(attribute).is_some_and(|have| {
                     if attribute == ARCH_ATTRIBUTE {
@@ -157,6 +164,11 @@ impl fmt::Display for Requirement {
             Requirement::PathUnder { attribute, path } => {
                 write!(f, "{attribute} including {path} or a directory above it")
             }
+            Requirement::Gpus(n) => write!(
+                f,
+                "{n} GPU(s) ({} at least {n})",
+                berth_proto::attributes::GPUS
+            ),
         }
     }
 }
@@ -210,6 +222,14 @@ pub fn requirements(def: &TaskDefinition) -> Vec<Requirement> {
     }
     if def.network_mode() == NetworkMode::Host {
         out.push(policy_true("allow_host_network"));
+    }
+    let gpus: u32 = def
+        .container_definitions
+        .iter()
+        .map(|c| c.gpu_count())
+        .fold(0, u32::saturating_add);
+    if gpus > 0 {
+        out.push(Requirement::Gpus(gpus));
     }
     if def.pid_mode.as_deref() == Some("host") || def.ipc_mode.as_deref() == Some("host") {
         out.push(policy_true("allow_host_pid_ipc"));
@@ -303,6 +323,20 @@ mod tests {
 
     fn names(rs: &[Requirement]) -> Vec<String> {
         rs.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn gpus_of_every_container_are_required_together() {
+        let d = def(r#"{"family":"g","containerDefinitions":[
+                {"name":"a","image":"busybox","memory":64,"resourceRequirements":[{"type":"GPU","value":"2"}]},
+                {"name":"b","image":"busybox","memory":64,"resourceRequirements":[{"type":"GPU","value":"1"}]}]}"#);
+        let r = requirements(&d);
+        assert_eq!(r, vec![Requirement::Gpus(3)]);
+        assert_eq!(names(&r), ["3 GPU(s) (berth.gpus at least 3)"]);
+        assert!(!r[0].met_by(&attrs(&[])));
+        assert!(!r[0].met_by(&attrs(&[("berth.gpus", "2")])));
+        assert!(!r[0].met_by(&attrs(&[("berth.gpus", "many")])));
+        assert!(r[0].met_by(&attrs(&[("berth.gpus", "4")])));
     }
 
     #[test]

@@ -180,9 +180,10 @@ async fn pass_all(
         .map(|s| format!("{}/{}", s.cluster, group_of(&s.name)))
         .collect();
     let mut next: Option<i64> = None;
+    let mut view = FleetView::default();
     for svc in live {
         let span = info_span!("service", cluster = %svc.cluster, service = %svc.name);
-        let r = pass(core, defs, &svc, &daemons, started_at_ms)
+        let r = pass(core, defs, &mut view, &svc, &daemons, started_at_ms)
             .instrument(span.clone())
             .await;
         match r {
@@ -199,6 +200,42 @@ async fn pass_all(
         }
     }
     Ok(next)
+}
+
+/// What the services of one round read of the fleet: read once, and again
+/// only after a plan changed it (or a plan met a change it did not see), so
+/// a round over many services at rest reads the fleet once.
+#[derive(Default)]
+struct FleetView {
+    snapshot: Option<Arc<PlacementSnapshot>>,
+    tasks: Option<Arc<Vec<TaskRecord>>>,
+}
+
+impl FleetView {
+    async fn snapshot(&mut self, core: &Core) -> Result<Arc<PlacementSnapshot>, StoreError> {
+        if let Some(s) = &self.snapshot {
+            return Ok(Arc::clone(s));
+        }
+        let s = Arc::new(
+            core.db("placement_snapshot", |s| s.placement_snapshot())
+                .await?,
+        );
+        self.snapshot = Some(Arc::clone(&s));
+        Ok(s)
+    }
+
+    async fn tasks(&mut self, core: &Core) -> Result<Arc<Vec<TaskRecord>>, StoreError> {
+        if let Some(t) = &self.tasks {
+            return Ok(Arc::clone(t));
+        }
+        let t = Arc::new(core.db("tasks", |s| s.tasks(None)).await?);
+        self.tasks = Some(Arc::clone(&t));
+        Ok(t)
+    }
+
+    fn invalidate(&mut self) {
+        *self = FleetView::default();
+    }
 }
 
 /// The view a reconciler pass takes of one service.
@@ -290,6 +327,7 @@ fn candidates_of(
 async fn pass(
     core: &Core,
     defs: &mut Definitions,
+    view: &mut FleetView,
     svc: &ServiceRecord,
     daemons: &BTreeSet<String>,
     started_at_ms: i64,
@@ -313,13 +351,11 @@ async fn pass(
             return Ok(None);
         }
     };
-    let fleet = core
-        .db("placement_snapshot", |s| s.placement_snapshot())
-        .await?;
+    let fleet = view.snapshot(core).await?;
     let others = if config.spec.strategy == SchedulingStrategy::Daemon {
-        core.db("tasks", |s| s.tasks(None)).await?
+        view.tasks(core).await?
     } else {
-        Vec::new()
+        Arc::new(Vec::new())
     };
     let connected = core.sessions().connected_instances();
     let now = berth_proto::now_ms();
@@ -374,7 +410,10 @@ async fn pass(
     let next_wake = plan.next_wake_ms;
 
     let mut record = ServicePlanRecord::default();
-    let mut events: Vec<String> = plan.events.clone();
+    // The controller's own events (placement, unreadable definitions); the
+    // reconciler's are already not repeated within the window, and the
+    // steady state of a completed deployment is said even within it.
+    let mut events: Vec<String> = Vec::new();
     let generation_of = |id: &str| {
         fleet
             .instances
@@ -470,13 +509,15 @@ async fn pass(
             TaskMark::Lost(id) => (id.clone(), TaskMarkKind::Lost),
         });
     }
-    // Not repeated within the window (the reconciler's own are already).
+    // The controller's own not repeated within the window.
     let mut seen: BTreeSet<String> = BTreeSet::new();
-    for m in events {
-        let recent = snap.events.iter().any(|e| {
-            e.message == m && now.saturating_sub(e.created_at_ms) < EVENT_REPEAT_WINDOW_MS
-        });
-        if !recent && seen.insert(m.clone()) {
+    let own = events.into_iter().filter(|m| {
+        !snap.events.iter().any(|e| {
+            &e.message == m && now.saturating_sub(e.created_at_ms) < EVENT_REPEAT_WINDOW_MS
+        })
+    });
+    for m in plan.events.iter().cloned().chain(own) {
+        if seen.insert(m.clone()) {
             info!(event = %m, "service event");
             record.events.push(ServiceEventRecord {
                 id: uuid::Uuid::new_v4().to_string(),
@@ -512,6 +553,9 @@ async fn pass(
             if starts > 0 || stops > 0 {
                 info!(starts, stops, "service plan applied");
             }
+            if !outcome.instances_changed.is_empty() {
+                view.invalidate();
+            }
             for id in &outcome.instances_changed {
                 core.sessions().notify_assignment(id);
             }
@@ -520,6 +564,7 @@ async fn pass(
         }
         Err(StoreError::Conflict { detail, .. }) => {
             debug!(%detail, "the service changed during the pass; planning again");
+            view.invalidate();
             Ok(Some(berth_proto::now_ms() + AGAIN.as_millis() as i64))
         }
         Err(e) => Err(e),

@@ -605,7 +605,12 @@ fn finish(w: &mut Work<'_>, p: usize, steady: bool) {
         d.rollout_state_reason = "ECS deployment completed.".to_owned();
         let id = d.id.clone();
         w.event(deployment_completed_message(&name, &id));
-        w.event(steady_state_message(&name));
+        // Said at every completion, even within the hour of the last one:
+        // it marks the end of this deployment.
+        let m = steady_state_message(&name);
+        if !w.plan.events.contains(&m) {
+            w.plan.events.push(m);
+        }
         return;
     }
     // Back to steady after a change since the last steady-state event.

@@ -246,6 +246,45 @@ fn steady_state_completes_the_deployment_once() {
 }
 
 #[test]
+fn every_completed_deployment_says_the_steady_state_even_within_the_hour() {
+    let mut fx = Fx::replica(2, 2);
+    fx.deployments[0].status = DeploymentStatus::Inactive;
+    fx.deployments[0].rollout_state = RolloutState::Completed;
+    fx.deployments
+        .push(deployment("d2", "web:2", DeploymentStatus::Primary, 10));
+    fx.running("a", "d2", "i0");
+    fx.running("b", "d2", "i1");
+    // d1 completed a minute ago.
+    fx.events = [
+        deployment_completed_message("web", "d1"),
+        steady_state_message("web"),
+    ]
+    .into_iter()
+    .map(|message| RecordedEvent {
+        created_at_ms: NOW - 60_000,
+        message,
+    })
+    .collect();
+    let p = fx.plan();
+    assert_eq!(fx.dep(&p, "d2").rollout_state, RolloutState::Completed);
+    assert_eq!(
+        p.events,
+        vec![
+            deployment_completed_message("web", "d2"),
+            steady_state_message("web")
+        ]
+    );
+    // Once: the next pass says nothing.
+    fx.deployments[1] = fx.dep(&p, "d2");
+    fx.events.extend(p.events.iter().map(|m| RecordedEvent {
+        created_at_ms: NOW,
+        message: m.clone(),
+    }));
+    fx.now += 1;
+    assert!(fx.plan().is_empty(), "{:?}", fx.plan());
+}
+
+#[test]
 fn new_tasks_are_healthy_after_min_healthy_time() {
     let mut fx = Fx::replica(1, 1);
     let t = fx.running("a", "d1", "i0");
