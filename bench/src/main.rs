@@ -29,6 +29,8 @@ enum Which {
     Recovery,
     Fleet,
     Replay,
+    Services,
+    ServicesScale,
 }
 
 /// Benchmarks of berth against raw Docker in the same run (see BENCHMARKS.md).
@@ -65,6 +67,21 @@ struct Args {
     /// postgresql, see scripts/setup.sh).
     #[arg(long, value_enum, default_value = "sqlite")]
     store: StoreKind,
+    /// Tasks of the service of `services`.
+    #[arg(long, default_value_t = 1_000)]
+    service_tasks: usize,
+    /// Simulated instances of `services`.
+    #[arg(long, default_value_t = 100)]
+    service_instances: usize,
+    /// Simulated instances of `services-scale`.
+    #[arg(long, default_value_t = 10_000)]
+    scale_instances: usize,
+    /// Services of `services-scale`.
+    #[arg(long, default_value_t = 500)]
+    scale_services: usize,
+    /// Tasks of each service of `services-scale`.
+    #[arg(long, default_value_t = 20)]
+    scale_tasks: usize,
     /// The smoke sizes of CI (2 tasks, 1 restart, 5 s window, 20 sessions,
     /// 200 events); other size flags are ignored.
     #[arg(long)]
@@ -108,6 +125,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             fanout: args.fanout,
             events: args.events.max(1),
             store: args.store,
+            service_tasks: args.service_tasks.max(1),
+            service_instances: args.service_instances.max(1),
+            scale_instances: args.scale_instances.max(1),
+            scale_services: args.scale_services.max(1),
+            scale_tasks: args.scale_tasks.max(1),
         }
     };
     let mut scenarios = Vec::new();
@@ -120,6 +142,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             Which::Recovery => &[Scenario::Recovery],
             Which::Fleet => &[Scenario::Fleet],
             Which::Replay => &[Scenario::Replay],
+            Which::Services => &[Scenario::Services],
+            Which::ServicesScale => &[Scenario::ServicesScale],
         };
         for s in chosen {
             if !scenarios.contains(s) {
