@@ -1,9 +1,11 @@
-//! `berth-bench`: runs the benchmarks of issue 7 and prints a table
+//! `berth-bench`: runs the benchmarks of issue 7 (and of the service
+//! scheduler, issue 13) and prints a table
 //! (scenario, metric, berth, baseline, ratio, target, verdict).
 //!
 //! ```text
 //! cargo run --release -p berth-bench -- all [--n N] [--window 60s] [--json out.json]
 //! cargo run --release -p berth-bench -- task-start restart --n 20
+//! cargo run --release -p berth-bench -- services services-scale --scale-instances 1000 --scale-services 50
 //! ```
 //!
 //! Exit codes: 0 when every scenario ran and passed its correctness
@@ -83,7 +85,8 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     scale_tasks: usize,
     /// The smoke sizes of CI (2 tasks, 1 restart, 5 s window, 20 sessions,
-    /// 200 events); other size flags are ignored.
+    /// 200 events, a service of 20 tasks on 4 instances, 3 services of 4
+    /// tasks on 10); other size flags are ignored.
     #[arg(long)]
     smoke: bool,
     /// Write the results as JSON to this file.

@@ -19,7 +19,7 @@
 //!    of the scheduler's own.
 //! 2. `UpdateService` to a new revision (a rolling deployment: N new
 //!    tasks, N old ones stopped), the same figures until steady again.
-//! 3. The server's CPU at rest over 5 s with the same polling, to read the
+//! 3. The server's CPU at rest over 10 s with the same polling, to read the
 //!    figures above against.
 //!
 //! **services-scale** (8): S services (500) of D tasks (20) each on K
@@ -33,6 +33,7 @@
 //!    event leaving the agent to the replacement's Assignment arriving at
 //!    an agent (p50, p99). Checked: every service steady again with D
 //!    RUNNING.
+//! 3. The server's CPU at rest over 10 s: every service steady, no request.
 //!
 //! The simulated agents share the machine's cores with the server (their
 //! TLS and protocol work competes with it, but is not in its CPU figures).
@@ -74,6 +75,12 @@ const STOP_RATE: f64 = 20.0;
 /// this machine took 5,536 ms, run `1872ed5eae6a`), per task. Only used to
 /// model the scheduler's share of a real deployment's wall time.
 const DOCKER_START_MS: f64 = 5_536.0 / 50.0;
+
+/// How long the server is watched at rest: the measuring window, at most
+/// 10 s.
+fn rest_window(ctx: &Ctx) -> Duration {
+    ctx.opts.window.min(Duration::from_secs(10))
+}
 
 /// A control plane with K connected simulated agents, each of which takes
 /// commands.
@@ -247,27 +254,50 @@ async fn wait_steady(
     }
 }
 
-/// The Assignments of new tasks of `family` that arrived at the agents
-/// (waiting in `obs`): task id → (agent, when). Other observations are
-/// dropped.
-fn assigned_of(
+/// When each of the `count` new tasks of `family` arrived at an agent in an
+/// Assignment and when its RUNNING event was stored (the agent had the
+/// EventAck), from `obs`; fails when they are not all there within 30 s
+/// (the service is steady already: they are in flight at most). Other
+/// observations are dropped.
+async fn assigned_of(
     obs: &mut mpsc::UnboundedReceiver<Obs>,
-    families: &HashSet<String>,
-) -> HashMap<String, (String, usize, Instant)> {
-    let mut out = HashMap::new();
-    while let Ok(o) = obs.try_recv() {
-        if let Obs::Assigned {
-            agent,
-            task_id,
-            family,
-            at,
-        } = o
-            && families.contains(&family)
-        {
-            out.insert(task_id, (family, agent, at));
+    family: &str,
+    count: usize,
+) -> anyhow::Result<(HashMap<String, Instant>, HashMap<String, Instant>)> {
+    let (mut assigned, mut running) = (HashMap::new(), HashMap::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let done = |a: &HashMap<String, Instant>, r: &HashMap<String, Instant>| {
+        a.len() >= count && a.keys().filter(|id| r.contains_key(*id)).count() >= count
+    };
+    while !done(&assigned, &running) {
+        match tokio::time::timeout_at(deadline, obs.recv()).await {
+            Ok(Some(Obs::Assigned {
+                task_id,
+                family: f,
+                at,
+                ..
+            })) if f == family => {
+                assigned.insert(task_id, at);
+            }
+            Ok(Some(Obs::Running { task_id, at })) => {
+                running.insert(task_id, at);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("the simulated agents are gone"),
+            Err(_) => bail!(
+                "{} new tasks of {family} were assigned to the agents and {} RUNNING stored, {count} expected",
+                assigned.len(),
+                running.len()
+            ),
         }
     }
-    out
+    running.retain(|id, _| assigned.contains_key(id));
+    ensure!(
+        assigned.len() == count,
+        "{} new tasks of {family} were assigned to the agents, {count} expected",
+        assigned.len()
+    );
+    Ok((assigned, running))
 }
 
 /// What one phase of `services` measured.
@@ -275,6 +305,7 @@ struct Phase {
     wall_s: f64,
     placed: usize,
     last_assigned_s: f64,
+    last_running_s: f64,
     cpu_s: f64,
     cpu: Value,
 }
@@ -304,22 +335,19 @@ where
     })?;
     let cpu_s = fleet.cpu()? - cpu0;
     let cpu = split.finish(fleet.server.pid())?;
-    let families = HashSet::from([family.to_string()]);
-    let assigned = assigned_of(&mut fleet.obs, &families);
-    ensure!(
-        assigned.len() == count,
-        "{} new tasks of service {name} were assigned to the agents, {count} expected",
-        assigned.len()
-    );
-    let last = assigned
-        .values()
-        .map(|(_, _, at)| *at)
-        .max()
-        .unwrap_or(steady_at);
+    let (assigned, running) = ctx
+        .rt
+        .block_on(assigned_of(&mut fleet.obs, family, count))?;
+    let last = |m: &HashMap<String, Instant>| {
+        m.values()
+            .max()
+            .map_or(0.0, |at| at.duration_since(t0).as_secs_f64())
+    };
     Ok(Phase {
         wall_s: steady_at.duration_since(t0).as_secs_f64(),
         placed: assigned.len(),
-        last_assigned_s: last.duration_since(t0).as_secs_f64(),
+        last_assigned_s: last(&assigned),
+        last_running_s: last(&running),
         cpu_s,
         cpu,
     })
@@ -341,8 +369,8 @@ fn phase_metrics(
     });
     vec![
         Metric::figure(scenario, &format!("{what} -> steady"), "s", p.wall_s).note(format!(
-            "{} tasks on {instances} instances; last Assignment at an agent after {:.2} s",
-            p.placed, p.last_assigned_s
+            "{} tasks on {instances} instances; last Assignment at an agent after {:.2} s, last RUNNING stored after {:.2} s",
+            p.placed, p.last_assigned_s, p.last_running_s
         )),
         Metric::figure(
             scenario,
@@ -424,7 +452,7 @@ pub fn run_one(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
         let cpu0 = fleet.cpu()?;
         let t = Instant::now();
         ctx.rt.block_on(async {
-            while t.elapsed() < Duration::from_secs(5) {
+            while t.elapsed() < rest_window(ctx) {
                 describe(&mut admin, &name).await?;
                 tokio::time::sleep(POLL).await;
             }
@@ -446,8 +474,8 @@ pub fn run_one(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
         "instances": k,
         "enrollSeconds": fleet.enroll_s,
         "restCpuPercent": rest,
-        "create": {"wallSeconds": create.wall_s, "lastAssignedSeconds": create.last_assigned_s, "placed": create.placed, "serverCpuSeconds": create.cpu_s, "cpu": create.cpu},
-        "rollout": {"wallSeconds": rollout.wall_s, "lastAssignedSeconds": rollout.last_assigned_s, "placed": rollout.placed, "serverCpuSeconds": rollout.cpu_s, "cpu": rollout.cpu},
+        "create": {"wallSeconds": create.wall_s, "lastAssignedSeconds": create.last_assigned_s, "lastRunningSeconds": create.last_running_s, "placed": create.placed, "serverCpuSeconds": create.cpu_s, "cpu": create.cpu},
+        "rollout": {"wallSeconds": rollout.wall_s, "lastAssignedSeconds": rollout.last_assigned_s, "lastRunningSeconds": rollout.last_running_s, "placed": rollout.placed, "serverCpuSeconds": rollout.cpu_s, "cpu": rollout.cpu},
     });
     fleet.stop(ctx);
     Ok(metrics)
@@ -611,6 +639,8 @@ pub fn run_scale(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> 
     let stop_cpu = fleet.cpu()? - stop_cpu0;
     rt.block_on(all_steady(&mut admin, &services, d))?;
     let (l50, l99) = p50_p99(&latencies);
+    // 3. At rest: nothing changes, nobody asks.
+    let rest = procfs::measure(fleet.server.pid(), rest_window(ctx))?;
 
     let shape = format!("{s} services × {d} tasks on {k} instances");
     let metrics = vec![
@@ -630,6 +660,8 @@ pub fn run_scale(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> 
             .note(format!("{} stops, one per service, {STOP_RATE} a second: the agent sends STOPPED -> the new task's Assignment arrives at an agent", latencies.len())),
         Metric::figure(SCENARIO, "task stop -> replacement assigned p99", "ms", l99)
             .note(format!("server CPU {:.1} % of a core over the {stop_wall:.1} s of the stop phase", 100.0 * stop_cpu / stop_wall.max(1e-3))),
+        Metric::figure(SCENARIO, "server CPU at rest, every service steady", "% core", rest.cpu_percent)
+            .note(format!("{shape}, over {:.0} s without a request; server RSS {:.0} MiB", rest.window_s, rest.rss_mean_mib)),
     ];
     *details = json!({
         "instances": k,
@@ -644,6 +676,7 @@ pub fn run_scale(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> 
         "stopLatenciesMs": latencies,
         "stopPhaseSeconds": stop_wall,
         "stopPhaseServerCpuSeconds": stop_cpu,
+        "rest": rest,
     });
     fleet.stop(ctx);
     Ok(metrics)
