@@ -254,50 +254,76 @@ async fn wait_steady(
     }
 }
 
-/// When each of the `count` new tasks of `family` arrived at an agent in an
-/// Assignment and when its RUNNING event was stored (the agent had the
-/// EventAck), from `obs`; fails when they are not all there within 30 s
-/// (the service is steady already: they are in flight at most). Other
+/// The new tasks the agents were assigned: task id → (family, agent, when
+/// the Assignment arrived).
+type Assigned = HashMap<String, (String, usize, Instant)>;
+
+/// Takes observations from `obs` until `count` new tasks of `families`
+/// arrived at an agent in an Assignment and the RUNNING event of each was
+/// stored (its agent had the EventAck); returns them and when each RUNNING
+/// was stored. Fails after `deadline`; says how far it is every 10 s. Other
 /// observations are dropped.
-async fn assigned_of(
+async fn collect_running(
     obs: &mut mpsc::UnboundedReceiver<Obs>,
-    family: &str,
+    families: &HashSet<String>,
     count: usize,
-) -> anyhow::Result<(HashMap<String, Instant>, HashMap<String, Instant>)> {
-    let (mut assigned, mut running) = (HashMap::new(), HashMap::new());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let done = |a: &HashMap<String, Instant>, r: &HashMap<String, Instant>| {
-        a.len() >= count && a.keys().filter(|id| r.contains_key(*id)).count() >= count
-    };
-    while !done(&assigned, &running) {
-        match tokio::time::timeout_at(deadline, obs.recv()).await {
+    deadline: Duration,
+) -> anyhow::Result<(Assigned, HashMap<String, Instant>)> {
+    let (mut assigned, mut running) = (Assigned::new(), HashMap::new());
+    // Tasks both assigned and RUNNING stored.
+    let mut both = 0;
+    let start = Instant::now();
+    let mut said = Instant::now();
+    let until = tokio::time::Instant::now() + deadline;
+    while both < count {
+        match tokio::time::timeout_at(until, obs.recv()).await {
             Ok(Some(Obs::Assigned {
+                agent,
                 task_id,
-                family: f,
+                family,
                 at,
-                ..
-            })) if f == family => {
-                assigned.insert(task_id, at);
+            })) if families.contains(&family) => {
+                if running.contains_key(&task_id) {
+                    both += 1;
+                }
+                assigned.insert(task_id, (family, agent, at));
             }
             Ok(Some(Obs::Running { task_id, at })) => {
+                if assigned.contains_key(&task_id) {
+                    both += 1;
+                }
                 running.insert(task_id, at);
             }
             Ok(Some(_)) => {}
             Ok(None) => bail!("the simulated agents are gone"),
             Err(_) => bail!(
-                "{} new tasks of {family} were assigned to the agents and {} RUNNING stored, {count} expected",
-                assigned.len(),
-                running.len()
+                "after {deadline:?}, {} of {count} new tasks assigned to the agents, {both} of them RUNNING stored",
+                assigned.len()
             ),
+        }
+        if said.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "    {} of {count} assigned, {both} RUNNING after {:.0} s",
+                assigned.len(),
+                start.elapsed().as_secs_f64()
+            );
+            said = Instant::now();
         }
     }
     running.retain(|id, _| assigned.contains_key(id));
     ensure!(
         assigned.len() == count,
-        "{} new tasks of {family} were assigned to the agents, {count} expected",
+        "{} new tasks were assigned to the agents, {count} expected",
         assigned.len()
     );
     Ok((assigned, running))
+}
+
+/// The latest of `times` in seconds after `t0` (0 without any).
+fn last_after<'a>(t0: Instant, times: impl Iterator<Item = &'a Instant>) -> f64 {
+    times
+        .max()
+        .map_or(0.0, |at| at.duration_since(t0).as_secs_f64())
 }
 
 /// What one phase of `services` measured.
@@ -335,19 +361,19 @@ where
     })?;
     let cpu_s = fleet.cpu()? - cpu0;
     let cpu = split.finish(fleet.server.pid())?;
-    let (assigned, running) = ctx
-        .rt
-        .block_on(assigned_of(&mut fleet.obs, family, count))?;
-    let last = |m: &HashMap<String, Instant>| {
-        m.values()
-            .max()
-            .map_or(0.0, |at| at.duration_since(t0).as_secs_f64())
-    };
+    // The service is steady: these are in flight at most.
+    let families = HashSet::from([family.to_string()]);
+    let (assigned, running) = ctx.rt.block_on(collect_running(
+        &mut fleet.obs,
+        &families,
+        count,
+        Duration::from_secs(30),
+    ))?;
     Ok(Phase {
         wall_s: steady_at.duration_since(t0).as_secs_f64(),
         placed: assigned.len(),
-        last_assigned_s: last(&assigned),
-        last_running_s: last(&running),
+        last_assigned_s: last_after(t0, assigned.values().map(|(_, _, at)| at)),
+        last_running_s: last_after(t0, running.values()),
         cpu_s,
         cpu,
     })
@@ -523,7 +549,7 @@ pub fn run_scale(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> 
     let split = CpuSplit::start(fleet.server.pid())?;
     let cpu0 = fleet.cpu()?;
     let t0 = Instant::now();
-    let (assigned, all_running) = rt.block_on(async {
+    let (assigned, running) = rt.block_on(async {
         futures_util::stream::iter(services.iter())
             .map(|(name, _, td)| {
                 let mut admin = admin.clone();
@@ -542,52 +568,12 @@ pub fn run_scale(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> 
             .collect::<Result<Vec<()>, _>>()?;
         let created_s = t0.elapsed().as_secs_f64();
         eprintln!("  {s} CreateService calls done after {created_s:.1} s");
-        let mut assigned: HashMap<String, (String, usize, Instant)> = HashMap::new();
-        let mut running: HashSet<String> = HashSet::new();
-        let deadline = tokio::time::Instant::now() + STEADY_DEADLINE;
-        let mut said = Instant::now();
-        while running.len() < total || assigned.len() < total {
-            match tokio::time::timeout_at(deadline, fleet.obs.recv()).await {
-                Ok(Some(Obs::Assigned {
-                    agent,
-                    task_id,
-                    family,
-                    at,
-                })) if families.contains(&family) => {
-                    assigned.insert(task_id, (family, agent, at));
-                }
-                Ok(Some(Obs::Running { task_id, .. })) => {
-                    running.insert(task_id);
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => bail!("the simulated agents are gone"),
-                Err(_) => bail!(
-                    "after {STEADY_DEADLINE:?}, {} of {total} tasks assigned, {} RUNNING",
-                    assigned.len(),
-                    running.len()
-                ),
-            }
-            if said.elapsed() > Duration::from_secs(10) {
-                eprintln!(
-                    "    {} of {total} assigned, {} RUNNING after {:.0} s",
-                    assigned.len(),
-                    running.len(),
-                    t0.elapsed().as_secs_f64()
-                );
-                said = Instant::now();
-            }
-        }
-        anyhow::Ok((assigned, Instant::now()))
+        collect_running(&mut fleet.obs, &families, total, STEADY_DEADLINE).await
     })?;
     let cpu_s = fleet.cpu()? - cpu0;
     let place_cpu = split.finish(fleet.server.pid())?;
-    let last = assigned
-        .values()
-        .map(|(_, _, at)| *at)
-        .max()
-        .unwrap_or(all_running);
-    let place_s = last.duration_since(t0).as_secs_f64();
-    let running_s = all_running.duration_since(t0).as_secs_f64();
+    let place_s = last_after(t0, assigned.values().map(|(_, _, at)| at));
+    let running_s = last_after(t0, running.values());
     eprintln!("  all {total} tasks assigned after {place_s:.1} s; waiting for steady");
     let steady_s = rt
         .block_on(all_steady(&mut admin, &services, d))?
