@@ -9,14 +9,14 @@
 //! (raw Docker through bollard, Docker's own restart policy, …).
 //!
 //! # Design
-//! - Six scenarios ([`Scenario`]), each a function that sets up what it
+//! - Eight scenarios ([`Scenario`]), each a function that sets up what it
 //!   needs with the e2e harness (`berth-e2e`: the real `berth` and
 //!   `berth-agent` binaries as processes, the locally built busybox image,
 //!   run ids, cleanup on drop), measures, checks its own correctness (all
 //!   tasks really running, all events really applied) and returns
 //!   [`report::Metric`]s. A failed check is an error: the scenario is
 //!   reported FAILED and the run exits non-zero.
-//! - Fleet-scale and replay scenarios use simulated agents ([`sim`]): many
+//! - Fleet-scale, replay and service scenarios use simulated agents ([`sim`]): many
 //!   sessions in this process with real identities, real mutual TLS and the
 //!   real protocol, built on the agent's own TLS and CSR code.
 //! - Everything created carries the run id: containers through the agent's
@@ -47,7 +47,7 @@ use serde_json::Value;
 
 use crate::report::ScenarioReport;
 
-/// The scenarios of issue 7.
+/// The scenarios of issue 7 (1–6) and of the service scheduler (7, 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
@@ -66,16 +66,25 @@ pub enum Scenario {
     Fleet,
     /// 6: an agent comes back with thousands of queued events.
     Replay,
+    /// 7 (issue 13): one service of N tasks on I simulated instances:
+    /// create to steady state, a rolling deployment to steady state, the
+    /// server's CPU per placement decision.
+    Services,
+    /// 8 (issue 13): S services on K simulated instances: placement
+    /// decisions per second, task stop to its replacement's assignment.
+    ServicesScale,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::TaskStart,
         Scenario::Restart,
         Scenario::Footprint,
         Scenario::Recovery,
         Scenario::Fleet,
         Scenario::Replay,
+        Scenario::Services,
+        Scenario::ServicesScale,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -86,6 +95,8 @@ impl Scenario {
             Scenario::Recovery => "recovery",
             Scenario::Fleet => "fleet",
             Scenario::Replay => "replay",
+            Scenario::Services => "services",
+            Scenario::ServicesScale => "services-scale",
         }
     }
 }
@@ -111,6 +122,16 @@ pub struct Options {
     pub events: usize,
     /// The control plane's store in fleet.
     pub store: StoreKind,
+    /// Tasks of the service of `services`.
+    pub service_tasks: usize,
+    /// Simulated instances of `services`.
+    pub service_instances: usize,
+    /// Simulated instances of `services-scale`.
+    pub scale_instances: usize,
+    /// Services of `services-scale`.
+    pub scale_services: usize,
+    /// Tasks of each service of `services-scale`.
+    pub scale_tasks: usize,
 }
 
 /// Which store the fleet scenario's server runs on.
@@ -145,6 +166,11 @@ impl Default for Options {
             fanout: None,
             events: 10_000,
             store: StoreKind::Sqlite,
+            service_tasks: 1_000,
+            service_instances: 100,
+            scale_instances: 10_000,
+            scale_services: 500,
+            scale_tasks: 20,
         }
     }
 }
@@ -162,6 +188,11 @@ impl Options {
             fanout: None,
             events: 200,
             store: StoreKind::Sqlite,
+            service_tasks: 20,
+            service_instances: 4,
+            scale_instances: 10,
+            scale_services: 3,
+            scale_tasks: 4,
         }
     }
 

@@ -1,9 +1,11 @@
-//! `berth-bench`: runs the benchmarks of issue 7 and prints a table
+//! `berth-bench`: runs the benchmarks of issue 7 (and of the service
+//! scheduler, issue 13) and prints a table
 //! (scenario, metric, berth, baseline, ratio, target, verdict).
 //!
 //! ```text
 //! cargo run --release -p berth-bench -- all [--n N] [--window 60s] [--json out.json]
 //! cargo run --release -p berth-bench -- task-start restart --n 20
+//! cargo run --release -p berth-bench -- services services-scale --scale-instances 1000 --scale-services 50
 //! ```
 //!
 //! Exit codes: 0 when every scenario ran and passed its correctness
@@ -29,6 +31,8 @@ enum Which {
     Recovery,
     Fleet,
     Replay,
+    Services,
+    ServicesScale,
 }
 
 /// Benchmarks of berth against raw Docker in the same run (see BENCHMARKS.md).
@@ -65,8 +69,24 @@ struct Args {
     /// postgresql, see scripts/setup.sh).
     #[arg(long, value_enum, default_value = "sqlite")]
     store: StoreKind,
+    /// Tasks of the service of `services`.
+    #[arg(long, default_value_t = 1_000)]
+    service_tasks: usize,
+    /// Simulated instances of `services`.
+    #[arg(long, default_value_t = 100)]
+    service_instances: usize,
+    /// Simulated instances of `services-scale`.
+    #[arg(long, default_value_t = 10_000)]
+    scale_instances: usize,
+    /// Services of `services-scale`.
+    #[arg(long, default_value_t = 500)]
+    scale_services: usize,
+    /// Tasks of each service of `services-scale`.
+    #[arg(long, default_value_t = 20)]
+    scale_tasks: usize,
     /// The smoke sizes of CI (2 tasks, 1 restart, 5 s window, 20 sessions,
-    /// 200 events); other size flags are ignored.
+    /// 200 events, a service of 20 tasks on 4 instances, 3 services of 4
+    /// tasks on 10); other size flags are ignored.
     #[arg(long)]
     smoke: bool,
     /// Write the results as JSON to this file.
@@ -108,6 +128,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             fanout: args.fanout,
             events: args.events.max(1),
             store: args.store,
+            service_tasks: args.service_tasks.max(1),
+            service_instances: args.service_instances.max(1),
+            scale_instances: args.scale_instances.max(1),
+            scale_services: args.scale_services.max(1),
+            scale_tasks: args.scale_tasks.max(1),
         }
     };
     let mut scenarios = Vec::new();
@@ -120,6 +145,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             Which::Recovery => &[Scenario::Recovery],
             Which::Fleet => &[Scenario::Fleet],
             Which::Replay => &[Scenario::Replay],
+            Which::Services => &[Scenario::Services],
+            Which::ServicesScale => &[Scenario::ServicesScale],
         };
         for s in chosen {
             if !scenarios.contains(s) {

@@ -8,8 +8,11 @@
 //! doubling to 30 s, reset after a minute connected).
 //!
 //! What a simulated agent does not do: run containers. A task it is
-//! assigned goes RUNNING at once (one TaskEvent), so the figures are the
-//! control plane's, not Docker's.
+//! assigned goes RUNNING at once (one TaskEvent), a task desired STOPPED is
+//! reported STOPPED at once, and a task told to exit ([`SimCommand`]) is
+//! reported STOPPED as an essential container that exited: the figures are
+//! the control plane's, not Docker's (a Docker that starts and stops in no
+//! time).
 //!
 //! The TLS client, the key and the CSR are the agent's own code
 //! (`berth_agent::tls`, `berth_agent::identity`).
@@ -126,7 +129,20 @@ pub enum Obs {
         welcome_ms: f64,
     },
     /// A task first appeared in an Assignment.
-    Assigned { task_id: String, at: Instant },
+    Assigned {
+        agent: usize,
+        task_id: String,
+        /// The family of its task definition.
+        family: String,
+        at: Instant,
+    },
+    /// The agent reported a task STOPPED after a [`SimCommand::Exit`] (its
+    /// essential container exited); `at` is when the event was sent.
+    Exited {
+        task_id: String,
+        family: String,
+        at: Instant,
+    },
     /// The control plane acknowledged the event that reported the task
     /// RUNNING (it is stored).
     Running { task_id: String, at: Instant },
@@ -185,6 +201,16 @@ impl Drop for Connected<'_> {
     }
 }
 
+/// What the benchmark can tell one simulated agent to do while it runs
+/// (see [`SimAgent::commands`]).
+#[derive(Debug)]
+pub enum SimCommand {
+    /// The task's essential container exits with code 1: the agent reports
+    /// it STOPPED (`EssentialContainerExited`), as the real agent does when
+    /// a container dies.
+    Exit { task_id: String },
+}
+
 #[derive(Debug)]
 enum SessionEnd {
     Stop,
@@ -212,6 +238,8 @@ pub struct SimAgent {
     /// From the last Welcome.
     heartbeat_ms: u32,
     welcome_applied: u64,
+    /// Commands of the benchmark, taken by [`SimAgent::run`].
+    commands: Option<mpsc::UnboundedReceiver<SimCommand>>,
 }
 
 impl SimAgent {
@@ -238,7 +266,16 @@ impl SimAgent {
             ramped: false,
             heartbeat_ms: 10_000,
             welcome_applied: 0,
+            commands: None,
         }
+    }
+
+    /// A channel of [`SimCommand`]s to this agent, served by its sessions
+    /// (a command that comes while it has no session waits for the next).
+    pub fn commands(&mut self) -> mpsc::UnboundedSender<SimCommand> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.commands = Some(rx);
+        tx
     }
 
     /// Report every EventAck ([`Obs::Acked`]).
@@ -304,14 +341,19 @@ impl SimAgent {
     /// state (outbox, tasks, sequence) for a later run.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> SimAgent {
         let mut backoff = BACKOFF_START;
+        let mut commands = self.commands.take();
         loop {
             if *stop.borrow() {
+                self.commands = commands;
                 return self;
             }
             let started = Instant::now();
-            let end = self.session(&mut stop).await;
+            let end = self.session(&mut stop, &mut commands).await;
             match end {
-                SessionEnd::Stop => return self,
+                SessionEnd::Stop => {
+                    self.commands = commands;
+                    return self;
+                }
                 SessionEnd::Error(code, error) => {
                     self.shared.ended.fetch_add(1, Ordering::SeqCst);
                     self.shared.tell(Obs::Ended {
@@ -329,12 +371,19 @@ impl SimAgent {
             backoff = (backoff * 2).min(BACKOFF_CAP);
             tokio::select! {
                 _ = tokio::time::sleep(jitter) => {}
-                _ = stop.changed() => return self,
+                _ = stop.changed() => {
+                    self.commands = commands;
+                    return self;
+                }
             }
         }
     }
 
-    async fn session(&mut self, stop: &mut watch::Receiver<bool>) -> SessionEnd {
+    async fn session(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+        commands: &mut Option<mpsc::UnboundedReceiver<SimCommand>>,
+    ) -> SessionEnd {
         // The first connection of a ramp waits for a slot; it is released
         // once the session has its Welcome or failed.
         let shared = Arc::clone(&self.shared);
@@ -388,7 +437,44 @@ impl SimAgent {
                     Ok(None) => return SessionEnd::Error(None, "the control plane closed the session".into()),
                     Err(s) => return SessionEnd::Error(Some(s.code()), s.message().to_string()),
                 },
+                Some(cmd) = next_command(commands) => {
+                    self.command(cmd);
+                    match self.flush(&tx, sent).await {
+                        Ok(s) => sent = s,
+                        Err(end) => return self.why_closed(&mut inbound, end).await,
+                    }
+                }
                 _ = stop.changed() => return SessionEnd::Stop,
+            }
+        }
+    }
+
+    /// Carries out a command of the benchmark (its events go out with the
+    /// next flush).
+    fn command(&mut self, cmd: SimCommand) {
+        match cmd {
+            SimCommand::Exit { task_id } => {
+                let Some(t) = self.tasks.get_mut(&task_id) else {
+                    return;
+                };
+                if t.last_status == "STOPPED" {
+                    return;
+                }
+                t.last_status = "STOPPED".into();
+                t.stop_code = "EssentialContainerExited".into();
+                t.stopped_reason = "Essential container in task exited".into();
+                t.stopped_at_ms = berth_proto::now_ms();
+                for c in &mut t.containers {
+                    c.last_status = "STOPPED".into();
+                    c.exit_code = Some(1);
+                }
+                let (t, family) = (t.clone(), t.family.clone());
+                self.push_event(t);
+                self.shared.tell(Obs::Exited {
+                    task_id,
+                    family,
+                    at: Instant::now(),
+                });
             }
         }
     }
@@ -512,10 +598,6 @@ impl SimAgent {
             let known = self.tasks.get(&d.task_id).map(|t| t.last_status.clone());
             match (d.desired_status.as_str(), known.as_deref()) {
                 ("RUNNING", None) => {
-                    self.shared.tell(Obs::Assigned {
-                        task_id: d.task_id.clone(),
-                        at: now,
-                    });
                     let family = serde_json::from_str::<serde_json::Value>(&d.task_definition_json)
                         .ok()
                         .and_then(|v| {
@@ -525,6 +607,12 @@ impl SimAgent {
                                 .map(str::to_string)
                         })
                         .unwrap_or_default();
+                    self.shared.tell(Obs::Assigned {
+                        agent: self.index,
+                        task_id: d.task_id.clone(),
+                        family: family.clone(),
+                        at: now,
+                    });
                     let state = TaskState {
                         task_id: d.task_id.clone(),
                         family,
@@ -593,6 +681,18 @@ impl SimAgent {
             });
         }
     }
+}
+
+/// The next command, or never when there is no channel (or it is closed).
+async fn next_command(
+    commands: &mut Option<mpsc::UnboundedReceiver<SimCommand>>,
+) -> Option<SimCommand> {
+    if let Some(rx) = commands
+        && let Some(cmd) = rx.recv().await
+    {
+        return Some(cmd);
+    }
+    std::future::pending().await
 }
 
 async fn send(tx: &mpsc::Sender<AgentMessage>, msg: Up) -> Result<(), SessionEnd> {

@@ -1,5 +1,6 @@
 //! The smoke run of every benchmark scenario with tiny sizes (2 tasks, 1
-//! restart, a 5 s window, 20 simulated sessions, 200 events), so that the
+//! restart, a 5 s window, 20 simulated sessions, 200 events, a service of
+//! 20 tasks on 4 simulated instances, 3 services of 4 tasks on 10), so that the
 //! benchmarks cannot rot. It checks correctness only — each scenario's own
 //! checks (tasks really running, events really applied, no container
 //! restarted by an agent restart, every session held) — and never a
@@ -68,4 +69,14 @@ fn fleet() {
 #[test]
 fn replay() {
     smoke(Scenario::Replay);
+}
+
+#[test]
+fn services() {
+    smoke(Scenario::Services);
+}
+
+#[test]
+fn services_scale() {
+    smoke(Scenario::ServicesScale);
 }

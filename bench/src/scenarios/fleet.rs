@@ -53,11 +53,11 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Enrollments at once: the server counts an enrollment as a failure of
 /// its source address until it succeeds and refuses a sixth at once
 /// (issue 5), and every simulated agent comes from 127.0.0.1.
-const ENROLL_PARALLEL: usize = 4;
+pub(crate) const ENROLL_PARALLEL: usize = 4;
 /// Fan-out tasks per level when `--fanout` is not given (at most K).
 const FANOUT: usize = 500;
 /// How long the sessions of one level may take to connect.
-const RAMP_DEADLINE: Duration = Duration::from_secs(900);
+pub(crate) const RAMP_DEADLINE: Duration = Duration::from_secs(900);
 
 pub fn run(ctx: &Ctx, details: &mut Value) -> anyhow::Result<Vec<Metric>> {
     let mut levels = ctx.opts.sessions.clone();
@@ -348,7 +348,7 @@ fn fanout(
         let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
         while running.len() < m || assigned.len() < m {
             match tokio::time::timeout_at(deadline, obs.recv()).await {
-                Ok(Some(Obs::Assigned { task_id, at })) if submitted.contains_key(&task_id) => {
+                Ok(Some(Obs::Assigned { task_id, at, .. })) if submitted.contains_key(&task_id) => {
                     assigned.insert(task_id, at);
                 }
                 Ok(Some(Obs::Running { task_id, at })) if submitted.contains_key(&task_id) => {
@@ -389,7 +389,7 @@ fn fanout(
 
 /// CPU used by the server and by this process (the simulated agents) over
 /// a phase, in percent of one core: which side a ramp or storm waits for.
-struct CpuSplit {
+pub(crate) struct CpuSplit {
     at: Instant,
     server: f64,
     agents: f64,
@@ -397,7 +397,7 @@ struct CpuSplit {
 }
 
 impl CpuSplit {
-    fn start(server: u32) -> anyhow::Result<CpuSplit> {
+    pub(crate) fn start(server: u32) -> anyhow::Result<CpuSplit> {
         Ok(CpuSplit {
             at: Instant::now(),
             server: procfs::cpu_seconds(server)?,
@@ -406,7 +406,7 @@ impl CpuSplit {
         })
     }
 
-    fn finish(self, server: u32) -> anyhow::Result<Value> {
+    pub(crate) fn finish(self, server: u32) -> anyhow::Result<Value> {
         let secs = self.at.elapsed().as_secs_f64().max(1e-3);
         // Share of the phase some task of the machine stalled on CPU or
         // I/O (PSI): a slow phase with idle processes waited for the disk.
@@ -427,7 +427,7 @@ impl CpuSplit {
 }
 
 /// Tells every simulated agent to stop when dropped (also on failure).
-struct StopOnDrop(watch::Sender<bool>);
+pub(crate) struct StopOnDrop(pub(crate) watch::Sender<bool>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
@@ -435,7 +435,7 @@ impl Drop for StopOnDrop {
     }
 }
 
-fn drain(obs: &mut mpsc::UnboundedReceiver<Obs>) {
+pub(crate) fn drain(obs: &mut mpsc::UnboundedReceiver<Obs>) {
     while obs.try_recv().is_ok() {}
 }
 
@@ -460,7 +460,7 @@ fn connect_times(obs: &mut mpsc::UnboundedReceiver<Obs>) -> ([f64; 2], [f64; 2])
 }
 
 /// Waits until `k` sessions are connected, printing progress.
-fn wait_connected(
+pub(crate) fn wait_connected(
     shared: &Shared,
     k: usize,
     deadline: Duration,

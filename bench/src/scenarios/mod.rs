@@ -1,4 +1,4 @@
-//! The six scenarios of issue 7. Each returns its figures or the error of
+//! The scenarios of issue 7 and of the service scheduler (issue 13). Each returns its figures or the error of
 //! the correctness check that failed; details (raw samples, per-round and
 //! per-level numbers) go to the JSON.
 
@@ -7,6 +7,7 @@ mod footprint;
 mod recovery;
 mod replay;
 mod restart;
+mod services;
 mod task_start;
 
 use serde_json::Value;
@@ -22,6 +23,8 @@ pub fn run(ctx: &Ctx, scenario: Scenario, details: &mut Value) -> anyhow::Result
         Scenario::Recovery => recovery::run(ctx, details),
         Scenario::Fleet => fleet::run(ctx, details),
         Scenario::Replay => replay::run(ctx, details),
+        Scenario::Services => services::run_one(ctx, details),
+        Scenario::ServicesScale => services::run_scale(ctx, details),
     }
 }
 
