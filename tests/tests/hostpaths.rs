@@ -53,9 +53,9 @@ impl Host {
         self.fleet.agent.data_dir().to_string_lossy().into_owned()
     }
 
-    /// Runs a task of `family` with `containers` and `volumes`; its id.
-    fn run(&self, family: &str, containers: Value, volumes: Value) -> String {
-        run_task(&self.fleet, family, containers, volumes)
+    /// Submits a task of `family` with `containers` and `volumes`.
+    fn run(&self, family: &str, containers: Value, volumes: Value) -> Submitted {
+        submit_task(&self.fleet, family, containers, volumes)
     }
 
     /// Waits for the task to stop with `code`; asserts its reason holds
@@ -73,9 +73,23 @@ impl Host {
         reason
     }
 
-    /// Waits for a refusal before anything ran: no container of `family`.
-    fn refused(&self, task_id: &str, family: &str, needles: &[&str]) -> String {
-        let reason = self.stopped(task_id, "TaskFailedToStart", needles);
+    /// A refusal before anything ran: no container of `family`. The
+    /// control plane refuses up front what the agent's published policy
+    /// does not allow (naming the policy attribute); what only the agent
+    /// can judge on the host, it refuses with TaskFailedToStart and a
+    /// reason holding every one of `needles`.
+    fn refused(&self, submitted: &Submitted, family: &str, needles: &[&str]) -> String {
+        let reason = match &submitted.refusal {
+            Some(said) => {
+                assert!(
+                    said.contains("no container instance met all of its requirements")
+                        && said.contains("berth.policy."),
+                    "an up-front refusal names the policy attribute: {said}"
+                );
+                said.clone()
+            }
+            None => self.stopped(submitted, "TaskFailedToStart", needles),
+        };
         let created: Vec<String> = containers_of(self.fleet.agent.instance_id())
             .iter()
             .map(|c| str_field(c, "Name").to_string())
@@ -101,6 +115,48 @@ impl Host {
                 str_field(&c, "Name")
             );
         }
+    }
+}
+
+/// A submitted task: its id, or the control plane's refusal of it.
+struct Submitted {
+    id: Option<String>,
+    refusal: Option<String>,
+}
+
+/// The task id; a refused submission fails the test here, saying why.
+impl std::ops::Deref for Submitted {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match (&self.id, &self.refusal) {
+            (Some(id), _) => id,
+            (None, refusal) => panic!("the task was refused up front: {refusal:?}"),
+        }
+    }
+}
+
+/// Submits a task of `family` with `containers` and `volumes` to the
+/// fleet's agent.
+fn submit_task(fleet: &Fleet, family: &str, containers: Value, volumes: Value) -> Submitted {
+    let mut def: Value =
+        serde_json::from_str(&berth_e2e::task_def(fleet.image.tag(), family, containers))
+            .expect("task_def is JSON");
+    def["volumes"] = volumes;
+    let file = fleet
+        .files
+        .write(&format!("{family}.json"), &def.to_string());
+    let out = fleet.run_task(&file, &["--json"]);
+    if out.status.code() == Some(1) {
+        return Submitted {
+            id: None,
+            refusal: Some(berth_e2e::said(&out)),
+        };
+    }
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let task: Value = serde_json::from_slice(&out.stdout).expect("task JSON");
+    Submitted {
+        id: Some(str_field(&task, "taskId").to_string()),
+        refusal: None,
     }
 }
 
@@ -161,10 +217,13 @@ fn c1_a_driver_option_bind_of_the_data_dir_is_refused_by_default() {
         !reason.contains(&host.data_dir()),
         "option values stay out of the reason: {reason}"
     );
-    assert!(!volume_exists(&format!(
-        "berth-{family}-v-{}",
-        short_id(&task_id)
-    )));
+    // Refused up front, there is no task and so no volume of it.
+    if let Some(id) = &task_id.id {
+        assert!(!volume_exists(&format!(
+            "berth-{family}-v-{}",
+            short_id(id)
+        )));
+    }
     host.assert_key_unread();
 }
 
@@ -228,7 +287,7 @@ fn c1_allowed_driver_options_still_hold_to_the_host_path_and_device_rules() {
 
 /// The report's two-container swap: `a` plants `x/flip -> <data dir>`, then
 /// `b` binds `x/flip`.
-fn run_swap(host: &Host, family: &str) -> String {
+fn run_swap(host: &Host, family: &str) -> Submitted {
     let planter = format!("rm -rf /x/flip; ln -s {} /x/flip", host.data_dir());
     host.run(
         family,
@@ -442,7 +501,7 @@ fn m3_a_foreign_volume_is_refused_until_the_policy_names_it() {
 }
 
 /// A task of `family` that logs through syslog to `address`.
-fn run_syslog(host: &Host, family: &str, address: &str) -> String {
+fn run_syslog(host: &Host, family: &str, address: &str) -> Submitted {
     host.run(
         family,
         json!([{"name": "c", "essential": true,
