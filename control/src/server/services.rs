@@ -356,14 +356,19 @@ async fn describe_named(
     name: &str,
 ) -> Result<ServiceDescription, Status> {
     let snap = snapshot(core, cluster, name).await?;
-    let c = cluster.to_owned();
-    let active_instances = core
-        .db("instances", move |s| s.instances())
-        .await
-        .map_err(store_status)?
-        .iter()
-        .filter(|i| i.cluster == c && i.status == ACTIVE)
-        .count();
+    // Only a DAEMON service's desired count is its instances'.
+    let daemon = stored_config(&snap.service)?.spec.strategy == SchedulingStrategy::Daemon;
+    let active_instances = if daemon {
+        let c = cluster.to_owned();
+        core.db("instances", move |s| s.instances())
+            .await
+            .map_err(store_status)?
+            .iter()
+            .filter(|i| i.cluster == c && i.status == ACTIVE)
+            .count()
+    } else {
+        0
+    };
     description(&snap, active_instances)
 }
 

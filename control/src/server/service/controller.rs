@@ -209,9 +209,18 @@ async fn pass_all(
 struct FleetView {
     snapshot: Option<Arc<PlacementSnapshot>>,
     tasks: Option<Arc<Vec<TaskRecord>>>,
+    connected: Option<Arc<HashSet<String>>>,
 }
 
 impl FleetView {
+    /// The instances with a live session, once per round.
+    fn connected(&mut self, core: &Core) -> Arc<HashSet<String>> {
+        Arc::clone(
+            self.connected
+                .get_or_insert_with(|| Arc::new(core.sessions().connected_instances())),
+        )
+    }
+
     async fn snapshot(&mut self, core: &Core) -> Result<Arc<PlacementSnapshot>, StoreError> {
         if let Some(s) = &self.snapshot {
             return Ok(Arc::clone(s));
@@ -357,7 +366,7 @@ async fn pass(
     } else {
         Arc::new(Vec::new())
     };
-    let connected = core.sessions().connected_instances();
+    let connected = view.connected(core);
     let now = berth_proto::now_ms();
 
     // Definitions of every deployment.
@@ -380,13 +389,20 @@ async fn pass(
         .filter(|i| i.cluster == snap.service.cluster)
         .cloned()
         .collect();
-    let cands = candidates_of(
-        &cluster_instances,
-        &fleet,
-        &connected,
-        &snap.tasks,
-        &host_ports_of,
-    );
+    // Placement's view of the instances: for DAEMON eligibility now, for
+    // REPLICA only once the plan asks for starts (a service at rest needs
+    // none).
+    let daemon = config.spec.strategy == SchedulingStrategy::Daemon;
+    let build = || {
+        candidates_of(
+            &cluster_instances,
+            &fleet,
+            &connected,
+            &snap.tasks,
+            &host_ports_of,
+        )
+    };
+    let cands = if daemon { build() } else { Vec::new() };
     let inputs = inputs(
         &snap,
         config,
@@ -422,7 +438,11 @@ async fn pass(
             .map_or(0, |i| i.generation)
     };
     // Starts.
-    let mut placed_cands = cands.clone();
+    let mut placed_cands = if daemon || plan.starts.is_empty() {
+        cands
+    } else {
+        build()
+    };
     for start in &plan.starts {
         let Some(def) = by_deployment.get(&start.deployment_id) else {
             events.push(format!(
