@@ -72,7 +72,7 @@ fn host_binds_are_read_write_or_read_only_as_the_mount_point_says() {
 }
 
 #[test]
-fn a_host_path_outside_the_allow_list_is_refused_naming_the_rule() {
+fn a_host_path_outside_the_allow_list_is_refused_up_front_naming_the_rule() {
     let fleet = Fleet::start();
     let family = fleet.family("etc");
     let file = with_volumes(
@@ -82,15 +82,20 @@ fn a_host_path_outside_the_allow_list_is_refused_naming_the_rule() {
                 "mountPoints": [{"sourceVolume": "etc", "containerPath": "/host-etc"}]}]),
         json!([{"name": "etc", "host": {"sourcePath": "/etc"}}]),
     );
+    // The agent publishes its policy, so the control plane refuses the
+    // task at submission (the agent's own refusal is tested in
+    // agent/src/policy.rs).
     let out = fleet.run_task(&file, &["--json"]);
-    assert!(out.status.success(), "{}", berth_e2e::describe_output(&out));
-    let task: Value = serde_json::from_slice(&out.stdout).expect("task JSON");
-    let task_id = str_field(&task, "taskId").to_string();
-    let (task, _) = fleet.server.wait_failed_to_start(&task_id);
-    let reason = str_field(&task, "stoppedReason");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        berth_e2e::describe_output(&out)
+    );
+    let said = berth_e2e::said(&out);
     assert!(
-        reason.contains("allowed_host_paths") && reason.contains("/etc"),
-        "the reason must name the rule and the path: {reason}"
+        said.contains("berth.policy.allowed_host_paths") && said.contains("/etc"),
+        "the refusal must name the rule and the path: {said}"
     );
     assert!(containers_of(fleet.agent.instance_id()).is_empty());
 }

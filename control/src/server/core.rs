@@ -60,9 +60,22 @@ pub(crate) struct Core {
     pub(crate) metrics: Arc<metrics::ServerMetrics>,
     /// Wakes the service controller (`service::controller`).
     service_wake: tokio::sync::Notify,
+    /// What the controller's next round looks at: every service, or only
+    /// these `(cluster, name)`.
+    service_hints: std::sync::Mutex<ServiceHints>,
     /// The key of secrets at rest (`server::secrets`).
     pub(crate) secrets: super::secrets::SecretKeys,
 }
+
+/// The services a wake-up names (see [`Core::wake_service`]).
+#[derive(Debug, Default)]
+pub(crate) struct ServiceHints {
+    pub(crate) all: bool,
+    pub(crate) services: std::collections::BTreeSet<(String, String)>,
+}
+
+/// More named services than this make the next round a full one.
+const MAX_SERVICE_HINTS: usize = 10_000;
 
 impl Core {
     pub(crate) fn new(
@@ -99,6 +112,10 @@ impl Core {
             renew_every,
             metrics,
             service_wake: tokio::sync::Notify::new(),
+            service_hints: std::sync::Mutex::new(ServiceHints {
+                all: true,
+                ..ServiceHints::default()
+            }),
             secrets: super::secrets::SecretKeys::new(
                 &cfg.data_dir,
                 cfg.secrets_key_file.as_deref(),
@@ -110,7 +127,33 @@ impl Core {
     /// agent's session, an instance's status, a service): the service
     /// controller makes a pass soon. Cheap; wake-ups coalesce.
     pub(crate) fn wake_services(&self) {
+        self.hints().all = true;
         self.service_wake.notify_one();
+    }
+
+    /// Only one service's state may have changed (an event of one of its
+    /// tasks): the controller's next round may look at that service alone.
+    pub(crate) fn wake_service(&self, cluster: &str, name: &str) {
+        {
+            let mut h = self.hints();
+            if h.services.len() >= MAX_SERVICE_HINTS {
+                h.all = true;
+            } else {
+                h.services.insert((cluster.to_owned(), name.to_owned()));
+            }
+        }
+        self.service_wake.notify_one();
+    }
+
+    /// Takes what the wake-ups since the last call named.
+    pub(crate) fn take_service_hints(&self) -> ServiceHints {
+        std::mem::take(&mut *self.hints())
+    }
+
+    fn hints(&self) -> std::sync::MutexGuard<'_, ServiceHints> {
+        self.service_hints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// What the service controller waits on.

@@ -738,7 +738,12 @@ impl Session {
             .await
             .map_err(store_end)?;
         self.core.metrics.event(&outcome);
-        if outcome.applied {
+        if outcome.applied
+            && let Some(service) = outcome.group.strip_prefix("service:")
+        {
+            // Only that service's state moved: it is looked at first.
+            self.core.wake_service(&outcome.cluster, service);
+        } else if outcome.applied {
             self.core.wake_services();
         }
         let ignored = if outcome.foreign_task {

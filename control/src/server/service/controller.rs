@@ -132,22 +132,69 @@ impl Definitions {
     }
 }
 
+/// A service, as the loop keys it: `(cluster, name)`.
+type ServiceKey = (String, String);
+
 /// Runs the loop until `stop` turns true.
+///
+/// A round looks at every service when a wake-up says anything but one
+/// service's task may have changed (an agent connecting or leaving, a drain,
+/// an operator's change), or when the last full round is [`TICK`] old;
+/// otherwise only at the services a task event named and those whose plan
+/// asked to be looked at again by now. So a task's stop costs one service's
+/// pass, not a round over all of them.
 pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let started_at_ms = berth_proto::now_ms();
     let mut defs = Definitions::default();
+    // When each service asked to be looked at again.
+    let mut due: BTreeMap<ServiceKey, i64> = BTreeMap::new();
+    let mut last_full: Option<tokio::time::Instant> = None;
     loop {
-        let wait = match pass_all(&core, &mut defs, started_at_ms).await {
-            Ok(Some(at)) => {
-                let ms = at.saturating_sub(berth_proto::now_ms()).max(0);
-                Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(TICK)
+        let hints = core.take_service_hints();
+        let now = berth_proto::now_ms();
+        let full = hints.all || last_full.is_none_or(|t| t.elapsed() >= TICK);
+        let selected = (!full).then(|| {
+            let mut s = hints.services;
+            s.extend(
+                due.iter()
+                    .filter(|(_, at)| **at <= now)
+                    .map(|(k, _)| k.clone()),
+            );
+            s
+        });
+        if full {
+            last_full = Some(tokio::time::Instant::now());
+        }
+        if selected.as_ref().is_none_or(|s| !s.is_empty()) {
+            match pass_round(&core, &mut defs, started_at_ms, selected.as_ref()).await {
+                Ok(results) => {
+                    if full {
+                        // Deleted services are not in a full round's results.
+                        due.clear();
+                    }
+                    for (key, at) in results {
+                        match at {
+                            Some(at) => {
+                                due.insert(key, at);
+                            }
+                            None => {
+                                due.remove(&key);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "the service controller could not read the services");
+                }
             }
-            Ok(None) => TICK,
-            Err(e) => {
-                warn!(error = %e, "the service controller could not read the services");
-                TICK
-            }
-        };
+        }
+        let now = berth_proto::now_ms();
+        let until_full = last_full.map_or(Duration::ZERO, |t| TICK.saturating_sub(t.elapsed()));
+        let wait = due
+            .values()
+            .min()
+            .map(|at| Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0)))
+            .map_or(until_full, |d| d.min(until_full));
         tokio::select! {
             _ = core.service_wake().notified() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -159,47 +206,46 @@ pub(crate) async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// One pass over every service not INACTIVE; the earliest time another
-/// pass is due.
-async fn pass_all(
+/// One pass over every service not INACTIVE (or only the `selected`
+/// ones); when each asks to be looked at again (`None`: only when
+/// something changes).
+async fn pass_round(
     core: &Core,
     defs: &mut Definitions,
     started_at_ms: i64,
-) -> Result<Option<i64>, StoreError> {
+    selected: Option<&BTreeSet<ServiceKey>>,
+) -> Result<Vec<(ServiceKey, Option<i64>)>, StoreError> {
     let services = core.db("services", |s| s.services(None)).await?;
     let live: Vec<ServiceRecord> = services
         .into_iter()
         .filter(|s| s.status != INACTIVE)
         .collect();
-    if live.is_empty() {
-        return Ok(None);
-    }
     let daemons: BTreeSet<String> = live
         .iter()
         .filter(|s| s.config_json.contains("\"DAEMON\""))
         .map(|s| format!("{}/{}", s.cluster, group_of(&s.name)))
         .collect();
-    let mut next: Option<i64> = None;
+    let mut results = Vec::new();
     let mut view = FleetView::default();
     for svc in live {
+        let key = (svc.cluster.clone(), svc.name.clone());
+        if selected.is_some_and(|s| !s.contains(&key)) {
+            continue;
+        }
         let span = info_span!("service", cluster = %svc.cluster, service = %svc.name);
         let r = pass(core, defs, &mut view, &svc, &daemons, started_at_ms)
             .instrument(span.clone())
             .await;
-        match r {
-            Ok(at) => {
-                if let Some(at) = at {
-                    next = Some(next.map_or(at, |n| n.min(at)));
-                }
-            }
+        let at = match r {
+            Ok(at) => at,
             Err(e) => {
                 span.in_scope(|| warn!(error = %e, "service pass failed; tried again"));
-                let soon = berth_proto::now_ms() + TICK.as_millis() as i64;
-                next = Some(next.map_or(soon, |n| n.min(soon)));
+                Some(berth_proto::now_ms() + TICK.as_millis() as i64)
             }
-        }
+        };
+        results.push((key, at));
     }
-    Ok(next)
+    Ok(results)
 }
 
 /// What the services of one round read of the fleet: read once, and again

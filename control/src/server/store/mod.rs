@@ -511,7 +511,7 @@ pub struct PlacementSnapshot {
 }
 
 /// What applying an agent's event did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventOutcome {
     /// False for a replay (sequence at or below the last applied one).
     pub applied: bool,
@@ -522,6 +522,11 @@ pub struct EventOutcome {
     /// The event named a task this server never assigned; only the
     /// sequence moved.
     pub unknown_task: bool,
+    /// The cluster and task group of the task it changed (`service:NAME`
+    /// for a service's task), so that the service controller looks at that
+    /// service first; empty when it changed none.
+    pub cluster: String,
+    pub group: String,
 }
 
 /// The control plane's durable state.

@@ -797,6 +797,8 @@ impl Store for SqliteStore {
                     Some(t) if t.instance_id != instance_id => outcome.foreign_task = true,
                     Some(mut t) => {
                         outcome.assignment_changed = merge_state(&mut t, &st);
+                        outcome.cluster = t.cluster.clone();
+                        outcome.group = t.group.clone();
                         t.last_event_seq = event.sequence;
                         t.last_seen_at_ms = now_ms;
                         write_task(tx, &t)?;
