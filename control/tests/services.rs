@@ -88,6 +88,40 @@ async fn tasks_until(agent: &mut FakeAgent, n: usize) -> Result<Vec<String>> {
     }
 }
 
+/// `service create web --task-definition FILE --desired-count N
+/// --min-healthy-time 0s --json`.
+async fn create_web(server: &RunningServer, file: &str, desired: &str) -> Result<Value> {
+    json(
+        server,
+        &[
+            "service",
+            "create",
+            "web",
+            "--task-definition",
+            file,
+            "--desired-count",
+            desired,
+            "--min-healthy-time",
+            "0s",
+            "--json",
+        ],
+    )
+    .await
+}
+
+/// Two revisions of the test definition in `dir`: web:1 and web:2 once
+/// registered.
+fn two_revisions(dir: &tempfile::TempDir) -> Result<(String, String)> {
+    Ok((
+        write(dir, "v1.json", TASK_DEFINITION)?,
+        write(
+            dir,
+            "v2.json",
+            &TASK_DEFINITION.replace("nginx:1", "nginx:2"),
+        )?,
+    ))
+}
+
 fn steady(d: &Value) -> bool {
     d["deployments"]
         .as_array()
@@ -109,22 +143,7 @@ async fn a_replica_service_spreads_replaces_a_stopped_task_and_scales_in() -> Re
     let mut b = FakeAgent::start(&server, 4096, 8192).await?;
     let file = write(&dir, "web.json", TASK_DEFINITION)?;
 
-    let created = json(
-        &server,
-        &[
-            "service",
-            "create",
-            "web",
-            "--task-definition",
-            &file,
-            "--desired-count",
-            "2",
-            "--min-healthy-time",
-            "0s",
-            "--json",
-        ],
-    )
-    .await?;
+    let created = create_web(&server, &file, "2").await?;
     assert_eq!(created["serviceName"], "web");
     assert_eq!(created["clusterName"], "default");
     assert_eq!(
@@ -328,28 +347,8 @@ async fn a_new_task_definition_rolls_out_and_a_rollback_goes_back() -> Result {
     let dir = private_dir()?;
     let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
     let mut a = FakeAgent::start(&server, 4096, 8192).await?;
-    let v1 = write(&dir, "v1.json", TASK_DEFINITION)?;
-    let v2 = write(
-        &dir,
-        "v2.json",
-        &TASK_DEFINITION.replace("nginx:1", "nginx:2"),
-    )?;
-    json(
-        &server,
-        &[
-            "service",
-            "create",
-            "web",
-            "--task-definition",
-            &v1,
-            "--desired-count",
-            "1",
-            "--min-healthy-time",
-            "0s",
-            "--json",
-        ],
-    )
-    .await?;
+    let (v1, v2) = two_revisions(&dir)?;
+    create_web(&server, &v1, "1").await?;
     let mut seq = 0;
     let first = tasks_until(&mut a, 1).await?;
     seq += 1;
@@ -664,28 +663,8 @@ async fn a_deployment_resumes_after_a_control_plane_restart_with_nothing_doubled
     let server = Server::start(ServerConfig::loopback(data.clone())).await?;
     let host = enroll(&server).await?;
     let mut a = FakeAgent::connect(&server, &host, 4096, 8192, &[]).await?;
-    let v1 = write(&dir, "v1.json", TASK_DEFINITION)?;
-    let v2 = write(
-        &dir,
-        "v2.json",
-        &TASK_DEFINITION.replace("nginx:1", "nginx:2"),
-    )?;
-    json(
-        &server,
-        &[
-            "service",
-            "create",
-            "web",
-            "--task-definition",
-            &v1,
-            "--desired-count",
-            "2",
-            "--min-healthy-time",
-            "0s",
-            "--json",
-        ],
-    )
-    .await?;
+    let (v1, v2) = two_revisions(&dir)?;
+    create_web(&server, &v1, "2").await?;
     let old = tasks_until(&mut a, 2).await?;
     a.tx.send(event(1, &old[0], "RUNNING")).await?;
     a.tx.send(event(2, &old[1], "RUNNING")).await?;

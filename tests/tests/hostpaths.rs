@@ -163,17 +163,7 @@ fn submit_task(fleet: &Fleet, family: &str, containers: Value, volumes: Value) -
 /// Runs a task of `family` with `containers` and `volumes` on the fleet's
 /// agent; its id.
 fn run_task(fleet: &Fleet, family: &str, containers: Value, volumes: Value) -> String {
-    let mut def: Value =
-        serde_json::from_str(&berth_e2e::task_def(fleet.image.tag(), family, containers))
-            .expect("task_def is JSON");
-    def["volumes"] = volumes;
-    let file = fleet
-        .files
-        .write(&format!("{family}.json"), &def.to_string());
-    let out = fleet.run_task(&file, &["--json"]);
-    assert!(out.status.success(), "{}", describe_output(&out));
-    let task: Value = serde_json::from_slice(&out.stdout).expect("task JSON");
-    str_field(&task, "taskId").to_string()
+    submit_task(fleet, family, containers, volumes).to_string()
 }
 
 fn volume_exists(name: &str) -> bool {
