@@ -43,6 +43,7 @@ pub(crate) mod attributes;
 pub mod ca;
 pub(crate) mod clusters;
 pub(crate) mod core;
+pub mod ecsapi;
 pub mod enroll;
 pub mod fleet;
 pub(crate) mod fsutil;
