@@ -37,6 +37,7 @@
 //! `enroll`, `fleet` and `admin` the gRPC adapters; `store` the contract and
 //! its backends.
 
+pub(crate) mod accesskeys;
 pub mod admin;
 pub mod admission;
 pub(crate) mod attributes;
