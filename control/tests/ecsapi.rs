@@ -1,10 +1,115 @@
-//! The ECS API (SPEC §7) against the real server (in-process, on loopback)
-//! and the real `berth` binary: access keys.
+//! The ECS API (SPEC §7) against the real server (in-process, on loopback),
+//! the real `berth` binary, and the real AWS CLI and boto3 from the test
+//! virtualenv `scripts/setup.sh` makes (target/test-venv, or
+//! `$BERTH_TEST_VENV`): access keys, signatures, the cluster operations.
 
 mod common;
 
-use berth_control::{Server, ServerConfig};
+use std::path::PathBuf;
+
+use berth_control::{RunningServer, Server, ServerConfig};
 use common::*;
+
+/// A program of the test virtualenv; an error saying how to make it when
+/// it is missing (nothing is skipped).
+fn venv_bin(name: &str) -> Result<PathBuf> {
+    let venv = std::env::var_os("BERTH_TEST_VENV").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/test-venv")),
+        PathBuf::from,
+    );
+    let bin = venv.join("bin").join(name);
+    if !bin.is_file() {
+        return Err(format!(
+            "{} is missing: run scripts/setup.sh, which makes the test virtualenv with the AWS CLI and boto3",
+            bin.display()
+        )
+        .into());
+    }
+    Ok(bin)
+}
+
+/// An access key's id and secret.
+struct Key {
+    id: String,
+    secret: String,
+}
+
+async fn create_key(server: &RunningServer) -> Result<Key> {
+    let created = json_of(&berth(server, &["access-key", "create", "--json"]).await?)?;
+    Ok(Key {
+        id: created["AccessKeyId"]
+            .as_str()
+            .ok_or("no AccessKeyId")?
+            .to_owned(),
+        secret: created["SecretAccessKey"]
+            .as_str()
+            .ok_or("no SecretAccessKey")?
+            .to_owned(),
+    })
+}
+
+/// A command of the virtualenv with `key` as the AWS credentials and no
+/// AWS configuration of the user's.
+fn aws_command(program: PathBuf, key: &Key) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(program);
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .env("AWS_ACCESS_KEY_ID", &key.id)
+        .env("AWS_SECRET_ACCESS_KEY", &key.secret)
+        .env("AWS_DEFAULT_REGION", "eu-west-1")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_PAGER", "")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
+async fn output(mut c: tokio::process::Command) -> Result<std::process::Output> {
+    let child = c.spawn()?;
+    Ok(tokio::time::timeout(DEADLINE * 3, child.wait_with_output()).await??)
+}
+
+/// `aws ecs ARGS --endpoint-url http://ECS_API --output json`.
+async fn aws(server: &RunningServer, key: &Key, args: &[&str]) -> Result<std::process::Output> {
+    let mut c = aws_command(venv_bin("aws")?, key);
+    c.arg("ecs")
+        .args(args)
+        .arg("--endpoint-url")
+        .arg(format!("http://{}", server.ecs_api_addr()))
+        .args(["--output", "json"]);
+    output(c).await
+}
+
+/// What a successful `aws` printed, as JSON.
+fn aws_json(out: &std::process::Output) -> Result<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "aws failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Fails unless `aws` failed with the exception `kind` (the CLI prints
+/// `An error occurred (KIND) when calling the OP operation: …`).
+fn assert_aws_error(out: &std::process::Output, kind: &str) -> String {
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "aws succeeded: {}",
+        text(&out.stdout)
+    );
+    assert!(
+        err.contains(&format!("An error occurred ({kind})")),
+        "stderr lacks {kind}: {err}"
+    );
+    err
+}
 
 /// Every file of the data dir, as one byte string.
 fn data_dir_bytes(dir: &std::path::Path) -> Result<Vec<u8>> {
@@ -93,6 +198,243 @@ async fn access_keys_are_created_listed_and_revoked_and_the_secret_is_shown_once
     assert!(
         !stored.windows(secret.len()).any(|w| w == secret.as_bytes()),
         "the secret is stored encrypted only"
+    );
+    server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_cli_lists_creates_and_describes_clusters() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let key = create_key(&server).await?;
+
+    let listed = aws_json(&aws(&server, &key, &["list-clusters"]).await?)?;
+    assert_eq!(
+        listed["clusterArns"],
+        serde_json::json!(["arn:aws:ecs:local:000000000000:cluster/default"])
+    );
+
+    let created =
+        aws_json(&aws(&server, &key, &["create-cluster", "--cluster-name", "web"]).await?)?;
+    assert_eq!(created["cluster"]["clusterName"], "web");
+    assert_eq!(created["cluster"]["status"], "ACTIVE");
+    let again = aws_json(&aws(&server, &key, &["create-cluster", "--cluster-name", "web"]).await?)?;
+    assert_eq!(
+        again["cluster"]["clusterName"], "web",
+        "CreateCluster is idempotent"
+    );
+    for n in 0..3 {
+        aws_json(
+            &aws(
+                &server,
+                &key,
+                &["create-cluster", "--cluster-name", &format!("batch-{n}")],
+            )
+            .await?,
+        )?;
+    }
+
+    // The CLI follows nextToken itself: pages of two give all five.
+    let all = aws_json(&aws(&server, &key, &["list-clusters", "--page-size", "2"]).await?)?;
+    let arns: Vec<&str> = all["clusterArns"]
+        .as_array()
+        .ok_or("no clusterArns")?
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        arns.iter()
+            .map(|a| a.rsplit('/').next().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        ["batch-0", "batch-1", "batch-2", "default", "web"]
+    );
+    let first = aws_json(&aws(&server, &key, &["list-clusters", "--max-items", "2"]).await?)?;
+    assert_eq!(first["clusterArns"].as_array().map(Vec::len), Some(2));
+    assert!(first["NextToken"].is_string(), "{first}");
+
+    let described = aws_json(
+        &aws(
+            &server,
+            &key,
+            &[
+                "describe-clusters",
+                "--clusters",
+                "web",
+                "arn:aws:ecs:eu-west-1:000000000000:cluster/default",
+                "nope",
+            ],
+        )
+        .await?,
+    )?;
+    let names: Vec<&str> = described["clusters"]
+        .as_array()
+        .ok_or("no clusters")?
+        .iter()
+        .filter_map(|c| c["clusterName"].as_str())
+        .collect();
+    assert_eq!(names, ["web", "default"]);
+    assert_eq!(described["failures"][0]["reason"], "MISSING");
+    assert!(
+        described["failures"][0]["arn"]
+            .as_str()
+            .is_some_and(|a| a.ends_with("cluster/nope")),
+        "{described}"
+    );
+
+    let bad = aws(
+        &server,
+        &key,
+        &["create-cluster", "--cluster-name", "no spaces"],
+    )
+    .await?;
+    assert_aws_error(&bad, "InvalidParameterException");
+    let unsupported = aws(&server, &key, &["list-account-settings"]).await?;
+    let err = assert_aws_error(&unsupported, "InvalidParameterException");
+    assert!(
+        err.contains("ListAccountSettings is not supported"),
+        "{err}"
+    );
+    let settings = aws(
+        &server,
+        &key,
+        &[
+            "create-cluster",
+            "--cluster-name",
+            "x",
+            "--settings",
+            "name=containerInsights,value=enabled",
+        ],
+    )
+    .await?;
+    let err = assert_aws_error(&settings, "InvalidParameterException");
+    assert!(err.contains("settings"), "{err}");
+    server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signatures_unknown_and_revoked_keys_are_refused_with_403() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let key = create_key(&server).await?;
+    aws_json(&aws(&server, &key, &["list-clusters"]).await?)?;
+
+    let wrong_secret = Key {
+        id: key.id.clone(),
+        secret: "x".repeat(40),
+    };
+    let err = assert_aws_error(
+        &aws(
+            &server,
+            &wrong_secret,
+            &["create-cluster", "--cluster-name", "forged"],
+        )
+        .await?,
+        "InvalidSignatureException",
+    );
+    assert!(err.contains("signature does not match"), "{err}");
+    assert!(!err.contains(&key.secret), "no secret in an error");
+
+    let unknown = Key {
+        id: "AKIA2222222222222222".to_owned(),
+        secret: key.secret.clone(),
+    };
+    assert_aws_error(
+        &aws(&server, &unknown, &["list-clusters"]).await?,
+        "UnrecognizedClientException",
+    );
+
+    // boto3 with AWS_ENDPOINT_URL_ECS and no endpoint argument.
+    let mut py = aws_command(venv_bin("python")?, &key);
+    py.env(
+        "AWS_ENDPOINT_URL_ECS",
+        format!("http://{}", server.ecs_api_addr()),
+    )
+    .arg("-c")
+    .arg(
+        "import boto3, json\n\
+             ecs = boto3.client('ecs')\n\
+             print(json.dumps(ecs.list_clusters()['clusterArns']))\n\
+             try:\n\
+             \x20   ecs.describe_clusters(clusters=['web'], include=['TAGS'])\n\
+             except ecs.exceptions.InvalidParameterException as e:\n\
+             \x20   print('refused', e.response['Error']['Code'])\n",
+    );
+    let out = output(py).await?;
+    assert!(out.status.success(), "boto3: {}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    assert!(printed.contains("cluster/default"), "{printed}");
+    assert!(
+        printed.contains("refused InvalidParameterException"),
+        "{printed}"
+    );
+
+    let revoked = berth(&server, &["access-key", "revoke", &key.id]).await?;
+    assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+    let err = assert_aws_error(
+        &aws(
+            &server,
+            &key,
+            &["create-cluster", "--cluster-name", "after-revoke"],
+        )
+        .await?,
+        "UnrecognizedClientException",
+    );
+    assert!(err.contains("unknown or revoked"), "{err}");
+    let other = create_key(&server).await?;
+    let listed = aws_json(&aws(&server, &other, &["list-clusters"]).await?)?;
+    assert!(
+        !listed.to_string().contains("forged") && !listed.to_string().contains("after-revoke"),
+        "refused requests change nothing: {listed}"
+    );
+    server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ecs_api_off_loopback_is_refused_until_https_is_there() -> Result {
+    let dir = private_dir()?;
+    let cfg = ServerConfig {
+        ecs_api_listen: "0.0.0.0:0".parse()?,
+        ..ServerConfig::loopback(dir.path().join("data"))
+    };
+    let e = Server::start(cfg).await.expect_err("refused");
+    let text = e.to_string();
+    assert!(text.contains("--ecs-api-listen 0.0.0.0:0"), "{text}");
+    assert!(text.contains("needs HTTPS"), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_or_unsigned_request_gets_the_ecs_error_shape() -> Result {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let send = |body_len: usize| {
+        let addr = server.ecs_api_addr();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            let head = format!(
+                "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.1\r\nX-Amz-Target: AmazonEC2ContainerServiceV20141113.ListClusters\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(head.as_bytes()).await?;
+            // The server may answer and close before the whole body is sent.
+            let _ = s.write_all(&vec![b' '; body_len]).await;
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer).await;
+            Result::<String>::Ok(text(&answer))
+        }
+    };
+    let big = tokio::time::timeout(DEADLINE, send(2 * 1024 * 1024)).await??;
+    assert!(big.starts_with("HTTP/1.1 413"), "{big}");
+    assert!(big.contains(r#""__type":"ClientException""#), "{big}");
+    assert!(big.contains("larger than 1048576 bytes"), "{big}");
+    let unsigned = tokio::time::timeout(DEADLINE, send(2)).await??;
+    assert!(unsigned.starts_with("HTTP/1.1 403"), "{unsigned}");
+    assert!(
+        unsigned.contains(r#""__type":"MissingAuthenticationTokenException""#),
+        "{unsigned}"
     );
     server.shutdown().await?;
     Ok(())

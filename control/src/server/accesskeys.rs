@@ -136,8 +136,6 @@ pub(crate) async fn revoke(
 
 /// The secret of a valid (known, not revoked) key; `None` otherwise. An id
 /// that is not well formed is unknown.
-// Used by the ECS API listener (next step).
-#[allow(dead_code)]
 pub(crate) async fn valid_secret(core: &Core, id: &str) -> Result<Option<String>, StoreError> {
     if access_key_id_problem(id).is_some() {
         return Ok(None);

@@ -1,0 +1,349 @@
+//! The ECS API's operations, each on the domain function the admin API
+//! calls (`server::clusters`, …): the request's members are read and
+//! checked here, the rules stay there. A member ECS has that berth cannot
+//! honour is refused with `InvalidParameterException` naming it.
+//!
+//! Supported: ListClusters, DescribeClusters, CreateCluster. Every other
+//! operation is answered `InvalidParameterException` naming it.
+
+use berth_proto::json::{cluster_arn, cluster_json};
+use berth_proto::v1::ClusterRef;
+use serde_json::{Map, Value, json};
+use tonic::{Code, Status};
+
+use super::EcsError;
+use crate::server::Core;
+use crate::server::clusters;
+
+/// ECS' largest `maxResults` for list operations.
+pub const MAX_RESULTS: usize = 100;
+/// Most clusters one DescribeClusters names (ECS: 100).
+pub const MAX_DESCRIBE: usize = 100;
+/// The cluster ECS uses when a request names none.
+const DEFAULT_CLUSTER: &str = "default";
+
+/// Runs `op` with `input` for the access key `caller`.
+pub(crate) async fn call(
+    core: &Core,
+    op: &str,
+    input: &Value,
+    _region: &str,
+    caller: &str,
+) -> Result<Value, EcsError> {
+    let input = input.as_object().ok_or_else(|| {
+        EcsError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "SerializationException",
+            "the request body must be a JSON object",
+        )
+    })?;
+    let caller = format!("access key {caller}");
+    match op {
+        "ListClusters" => {
+            list_clusters(core, Members::new(op, input, &["maxResults", "nextToken"])?).await
+        }
+        "DescribeClusters" => {
+            describe_clusters(core, Members::new(op, input, &["clusters", "include"])?).await
+        }
+        "CreateCluster" => {
+            create_cluster(
+                core,
+                Members::new(op, input, &["clusterName", "tags"])?,
+                &caller,
+            )
+            .await
+        }
+        other => Err(EcsError::invalid(format!(
+            "the operation {other} is not supported by berth's ECS API (see docs/ecs-api.md for the supported ones)"
+        ))),
+    }
+}
+
+/// A request's members, checked against what the operation reads.
+pub struct Members<'a> {
+    op: &'a str,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Members<'a> {
+    /// Refuses any member not in `known` (null ones are absent).
+    pub fn new(op: &'a str, map: &'a Map<String, Value>, known: &[&str]) -> Result<Self, EcsError> {
+        if let Some((k, _)) = map
+            .iter()
+            .find(|(k, v)| !v.is_null() && !known.contains(&k.as_str()))
+        {
+            return Err(EcsError::invalid(format!(
+                "{op}: the member {:.64} is not supported by berth",
+                berth_proto::text::escape_control(k)
+            )));
+        }
+        Ok(Members { op, map })
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn wrong_type(&self, key: &str, what: &str) -> EcsError {
+        EcsError::invalid(format!("{}: {key} must be {what}", self.op))
+    }
+
+    pub fn string(&self, key: &str) -> Result<Option<&'a str>, EcsError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(self.wrong_type(key, "a string")),
+        }
+    }
+
+    pub fn strings(&self, key: &str, max: usize) -> Result<Vec<&'a str>, EcsError> {
+        let list = match self.get(key) {
+            None => return Ok(Vec::new()),
+            Some(Value::Array(a)) => a,
+            Some(_) => return Err(self.wrong_type(key, "a list of strings")),
+        };
+        if list.len() > max {
+            return Err(EcsError::invalid(format!(
+                "{}: {key} names {} items, at most {max} are accepted",
+                self.op,
+                list.len()
+            )));
+        }
+        list.iter()
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| self.wrong_type(key, "a list of strings"))
+            })
+            .collect()
+    }
+
+    /// `maxResults`: 1 to [`MAX_RESULTS`], [`MAX_RESULTS`] when absent.
+    pub fn max_results(&self) -> Result<usize, EcsError> {
+        match self.get("maxResults") {
+            None => Ok(MAX_RESULTS),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| (1..=MAX_RESULTS).contains(n))
+                .ok_or_else(|| self.wrong_type("maxResults", "an integer from 1 to 100")),
+        }
+    }
+
+    /// Refuses a non-empty list member berth does not honour yet.
+    pub fn refuse_non_empty(&self, key: &str) -> Result<(), EcsError> {
+        match self.get(key) {
+            Some(Value::Array(a)) if !a.is_empty() => Err(EcsError::invalid(format!(
+                "{}: {key} is not supported by berth",
+                self.op
+            ))),
+            Some(Value::Array(_)) | None => Ok(()),
+            Some(_) => Err(self.wrong_type(key, "a list")),
+        }
+    }
+}
+
+/// One page of `items` (sorted) after `token`, and the token of the next.
+/// A token is the hex of the last item of the page before; one that is
+/// not hex is refused.
+pub fn page<'a>(
+    items: &'a [String],
+    token: Option<&str>,
+    max: usize,
+) -> Result<(&'a [String], Option<String>), EcsError> {
+    let start = match token {
+        None | Some("") => 0,
+        Some(t) => {
+            let after = hex::decode(t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| EcsError::invalid("nextToken is not one this server gave"))?;
+            items.partition_point(|i| *i <= after)
+        }
+    };
+    let end = start.saturating_add(max).min(items.len());
+    let slice = items.get(start..end).unwrap_or(&[]);
+    let next = (end < items.len())
+        .then(|| slice.last().map(hex::encode))
+        .flatten();
+    Ok((slice, next))
+}
+
+/// A cluster's name from a name or an ARN (`…:cluster/NAME`).
+pub fn cluster_name(name_or_arn: &str) -> &str {
+    let s = name_or_arn.trim();
+    match s.strip_prefix("arn:") {
+        Some(rest) => rest.rsplit_once(":cluster/").map_or(s, |(_, n)| n),
+        None => s,
+    }
+}
+
+/// The ECS exception for an admin API status; `not_found` names the
+/// exception of the operation's object.
+pub fn from_status(s: &Status, not_found: &'static str) -> EcsError {
+    let m = s.message().to_owned();
+    match s.code() {
+        Code::NotFound => EcsError::new(axum::http::StatusCode::BAD_REQUEST, not_found, m),
+        Code::InvalidArgument | Code::OutOfRange => EcsError::invalid(m),
+        Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::Aborted
+        | Code::ResourceExhausted => EcsError::client(m),
+        Code::PermissionDenied | Code::Unauthenticated => EcsError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "AccessDeniedException",
+            m,
+        ),
+        _ => EcsError::server(m),
+    }
+}
+
+const CLUSTER_NOT_FOUND: &str = "ClusterNotFoundException";
+
+async fn list_clusters(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
+    let max = m.max_results()?;
+    let token = m.string("nextToken")?;
+    let all = clusters::list(core)
+        .await
+        .map_err(|s| from_status(&s, CLUSTER_NOT_FOUND))?;
+    let mut names: Vec<String> = all.clusters.into_iter().map(|c| c.name).collect();
+    names.sort();
+    let (slice, next) = page(&names, token, max)?;
+    let mut out =
+        json!({ "clusterArns": slice.iter().map(|n| cluster_arn(n)).collect::<Vec<_>>() });
+    if let Some(t) = next {
+        out["nextToken"] = Value::String(t);
+    }
+    Ok(out)
+}
+
+async fn describe_clusters(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
+    let mut named = m.strings("clusters", MAX_DESCRIBE)?;
+    m.refuse_non_empty("include")?;
+    if named.is_empty() {
+        named.push(DEFAULT_CLUSTER);
+    }
+    let (mut found, mut failures) = (Vec::new(), Vec::new());
+    for n in named {
+        let name = cluster_name(n);
+        match clusters::describe(
+            core,
+            ClusterRef {
+                name: name.to_owned(),
+            },
+        )
+        .await
+        {
+            Ok(c) => found.push(cluster_json(&c)),
+            Err(s) if s.code() == Code::NotFound || s.code() == Code::InvalidArgument => {
+                failures.push(json!({ "arn": cluster_arn(name), "reason": "MISSING" }));
+            }
+            Err(s) => return Err(from_status(&s, CLUSTER_NOT_FOUND)),
+        }
+    }
+    Ok(json!({ "clusters": found, "failures": failures }))
+}
+
+async fn create_cluster(core: &Core, m: Members<'_>, caller: &str) -> Result<Value, EcsError> {
+    m.refuse_non_empty("tags")?;
+    let name = m.string("clusterName")?.unwrap_or(DEFAULT_CLUSTER);
+    let c = clusters::create(
+        core,
+        ClusterRef {
+            name: name.to_owned(),
+        },
+        caller,
+    )
+    .await
+    .map_err(|s| from_status(&s, CLUSTER_NOT_FOUND))?;
+    Ok(json!({ "cluster": cluster_json(&c) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("c{i:03}")).collect()
+    }
+
+    #[test]
+    fn pages_cover_every_item_once() {
+        let all = names(7);
+        let mut seen = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..10 {
+            let (slice, next) = page(&all, token.as_deref(), 3).expect("page");
+            seen.extend_from_slice(slice);
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(seen, all);
+        let (slice, next) = page(&all, None, 7).expect("one page");
+        assert_eq!((slice.len(), next), (7, None));
+        let e = page(&all, Some("zz"), 3).expect_err("bad token");
+        assert_eq!(e.kind, "InvalidParameterException");
+    }
+
+    #[test]
+    fn members_are_checked_by_name_and_type() {
+        let input = json!({"clusterName": "a", "settings": [{"name": "containerInsights"}]});
+        let map = input.as_object().expect("object");
+        let e = Members::new("CreateCluster", map, &["clusterName"])
+            .err()
+            .expect("refused");
+        assert!(
+            e.message
+                .contains("CreateCluster: the member settings is not supported"),
+            "{}",
+            e.message
+        );
+        let input = json!({"maxResults": 0, "clusters": ["a", 1], "settings": null});
+        let map = input.as_object().expect("object");
+        let m = Members::new("X", map, &["maxResults", "clusters"]).expect("null is absent");
+        assert!(m.max_results().expect_err("0").message.contains("1 to 100"));
+        assert!(
+            m.strings("clusters", 10)
+                .expect_err("1")
+                .message
+                .contains("list of strings")
+        );
+        assert!(
+            m.strings("clusters", 1)
+                .expect_err("2")
+                .message
+                .contains("at most 1")
+        );
+    }
+
+    #[test]
+    fn clusters_are_named_by_name_or_arn() {
+        assert_eq!(cluster_name("web"), "web");
+        assert_eq!(
+            cluster_name("arn:aws:ecs:us-east-1:123456789012:cluster/web"),
+            "web"
+        );
+        assert_eq!(cluster_name(" web "), "web");
+    }
+
+    #[test]
+    fn admin_statuses_map_to_ecs_exceptions() {
+        let cases = [
+            (Status::not_found("x"), "ClusterNotFoundException", 400),
+            (
+                Status::invalid_argument("x"),
+                "InvalidParameterException",
+                400,
+            ),
+            (Status::failed_precondition("x"), "ClientException", 400),
+            (Status::already_exists("x"), "ClientException", 400),
+            (Status::unavailable("x"), "ServerException", 500),
+            (Status::internal("x"), "ServerException", 500),
+        ];
+        for (s, kind, code) in cases {
+            let e = from_status(&s, "ClusterNotFoundException");
+            assert_eq!((e.kind, e.status.as_u16()), (kind, code), "{s:?}");
+        }
+    }
+}
