@@ -439,3 +439,152 @@ async fn an_oversized_or_unsigned_request_gets_the_ecs_error_shape() -> Result {
     server.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_cli_registers_describes_and_lists_task_definitions() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let key = create_key(&server).await?;
+    let file = dir.path().join("web.json");
+    std::fs::write(&file, TASK_DEFINITION)?;
+    let input = format!("file://{}", file.display());
+
+    let first = aws_json(
+        &aws(
+            &server,
+            &key,
+            &["register-task-definition", "--cli-input-json", &input],
+        )
+        .await?,
+    )?;
+    assert_eq!(first["taskDefinition"]["family"], "web");
+    assert_eq!(first["taskDefinition"]["revision"], 1);
+    assert_eq!(first["taskDefinition"]["status"], "ACTIVE");
+    assert_eq!(
+        first["taskDefinition"]["containerDefinitions"][0]["image"],
+        "nginx:1"
+    );
+    for _ in 0..2 {
+        aws_json(
+            &aws(
+                &server,
+                &key,
+                &["register-task-definition", "--cli-input-json", &input],
+            )
+            .await?,
+        )?;
+    }
+
+    let described = aws_json(
+        &aws(
+            &server,
+            &key,
+            &["describe-task-definition", "--task-definition", "web"],
+        )
+        .await?,
+    )?;
+    assert_eq!(
+        described["taskDefinition"]["revision"], 3,
+        "the latest ACTIVE revision"
+    );
+    let by_arn = aws_json(
+        &aws(
+            &server,
+            &key,
+            &[
+                "describe-task-definition",
+                "--task-definition",
+                "arn:aws:ecs:local:000000000000:task-definition/web:2",
+            ],
+        )
+        .await?,
+    )?;
+    assert_eq!(by_arn["taskDefinition"]["revision"], 2);
+
+    let listed = aws_json(
+        &aws(
+            &server,
+            &key,
+            &["list-task-definitions", "--page-size", "2"],
+        )
+        .await?,
+    )?;
+    let arns: Vec<&str> = listed["taskDefinitionArns"]
+        .as_array()
+        .ok_or("no taskDefinitionArns")?
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        arns,
+        [
+            "arn:aws:ecs:local:000000000000:task-definition/web:1",
+            "arn:aws:ecs:local:000000000000:task-definition/web:2",
+            "arn:aws:ecs:local:000000000000:task-definition/web:3",
+        ],
+        "pages of two give all three"
+    );
+    let desc = aws_json(
+        &aws(
+            &server,
+            &key,
+            &[
+                "list-task-definitions",
+                "--sort",
+                "DESC",
+                "--family-prefix",
+                "web",
+                "--max-items",
+                "1",
+            ],
+        )
+        .await?,
+    )?;
+    assert_eq!(
+        desc["taskDefinitionArns"],
+        serde_json::json!(["arn:aws:ecs:local:000000000000:task-definition/web:3"])
+    );
+
+    let missing = aws(
+        &server,
+        &key,
+        &["describe-task-definition", "--task-definition", "nope"],
+    )
+    .await?;
+    let err = assert_aws_error(&missing, "ClientException");
+    assert!(err.contains("nope"), "{err}");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"family": "web", "networkMode": "awsvpc", "containerDefinitions": [{"name": "web", "image": "nginx:1", "memory": 64}]}"#,
+    )?;
+    let refused = aws(
+        &server,
+        &key,
+        &[
+            "register-task-definition",
+            "--cli-input-json",
+            &format!("file://{}", bad.display()),
+        ],
+    )
+    .await?;
+    let err = assert_aws_error(&refused, "InvalidParameterException");
+    assert!(
+        err.contains("awsvpc") || err.contains("networkMode"),
+        "{err}"
+    );
+    let after = aws_json(
+        &aws(
+            &server,
+            &key,
+            &["describe-task-definition", "--task-definition", "web"],
+        )
+        .await?,
+    )?;
+    assert_eq!(
+        after["taskDefinition"]["revision"], 3,
+        "a refused registration adds nothing"
+    );
+    server.shutdown().await?;
+    Ok(())
+}

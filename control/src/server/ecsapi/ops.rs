@@ -3,17 +3,23 @@
 //! checked here, the rules stay there. A member ECS has that berth cannot
 //! honour is refused with `InvalidParameterException` naming it.
 //!
-//! Supported: ListClusters, DescribeClusters, CreateCluster. Every other
-//! operation is answered `InvalidParameterException` naming it.
+//! Supported: ListClusters, DescribeClusters, CreateCluster,
+//! RegisterTaskDefinition, DescribeTaskDefinition, ListTaskDefinitions.
+//! Every other operation is answered `InvalidParameterException` naming
+//! it.
 
+use berth_proto::json::task_definition_arn;
 use berth_proto::json::{cluster_arn, cluster_json};
-use berth_proto::v1::ClusterRef;
+use berth_proto::v1::{
+    ClusterRef, ListTaskDefinitionsRequest, RegisterTaskDefinitionRequest, TaskDefinitionRef,
+};
 use serde_json::{Map, Value, json};
 use tonic::{Code, Status};
 
 use super::EcsError;
 use crate::server::Core;
 use crate::server::clusters;
+use crate::server::taskdefs::{self, task_definition_json};
 
 /// ECS' largest `maxResults` for list operations.
 pub const MAX_RESULTS: usize = 100;
@@ -50,6 +56,25 @@ pub(crate) async fn call(
                 core,
                 Members::new(op, input, &["clusterName", "tags"])?,
                 &caller,
+            )
+            .await
+        }
+        "RegisterTaskDefinition" => register_task_definition(core, input).await,
+        "DescribeTaskDefinition" => {
+            describe_task_definition(
+                core,
+                Members::new(op, input, &["taskDefinition", "include"])?,
+            )
+            .await
+        }
+        "ListTaskDefinitions" => {
+            list_task_definitions(
+                core,
+                Members::new(
+                    op,
+                    input,
+                    &["familyPrefix", "status", "sort", "maxResults", "nextToken"],
+                )?,
             )
             .await
         }
@@ -142,9 +167,9 @@ impl<'a> Members<'a> {
     }
 }
 
-/// One page of `items` (sorted) after `token`, and the token of the next.
-/// A token is the hex of the last item of the page before; one that is
-/// not hex is refused.
+/// One page of `items` from `token` on, and the token of the next. A
+/// token is the hex of the offset the next page starts at; one this
+/// server did not give is refused.
 pub fn page<'a>(
     items: &'a [String],
     token: Option<&str>,
@@ -152,19 +177,16 @@ pub fn page<'a>(
 ) -> Result<(&'a [String], Option<String>), EcsError> {
     let start = match token {
         None | Some("") => 0,
-        Some(t) => {
-            let after = hex::decode(t)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| EcsError::invalid("nextToken is not one this server gave"))?;
-            items.partition_point(|i| *i <= after)
-        }
+        Some(t) => hex::decode(t)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n <= items.len())
+            .ok_or_else(|| EcsError::invalid("nextToken is not one this server gave"))?,
     };
     let end = start.saturating_add(max).min(items.len());
     let slice = items.get(start..end).unwrap_or(&[]);
-    let next = (end < items.len())
-        .then(|| slice.last().map(hex::encode))
-        .flatten();
+    let next = (end < items.len()).then(|| hex::encode(end.to_string()));
     Ok((slice, next))
 }
 
@@ -256,6 +278,95 @@ async fn create_cluster(core: &Core, m: Members<'_>, caller: &str) -> Result<Val
     .await
     .map_err(|s| from_status(&s, CLUSTER_NOT_FOUND))?;
     Ok(json!({ "cluster": cluster_json(&c) }))
+}
+
+const NO_TASK_DEFINITION: &str = "ClientException";
+
+/// The whole request is the task definition: the registry's parser
+/// checks every member (and refuses what berth cannot honour, naming it).
+async fn register_task_definition(
+    core: &Core,
+    input: &Map<String, Value>,
+) -> Result<Value, EcsError> {
+    let mut def = input.clone();
+    if let Some(tags) = def.remove("tags")
+        && tags.as_array().is_some_and(|a| !a.is_empty())
+    {
+        return Err(EcsError::invalid(
+            "RegisterTaskDefinition: tags is not supported by berth",
+        ));
+    }
+    let r = taskdefs::register(
+        core,
+        RegisterTaskDefinitionRequest {
+            task_definition_json: Value::Object(def).to_string(),
+            reuse_latest_if_equal: false,
+        },
+    )
+    .await
+    .map_err(|s| from_status(&s, NO_TASK_DEFINITION))?;
+    Ok(task_definition_json(&r))
+}
+
+async fn describe_task_definition(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
+    m.refuse_non_empty("include")?;
+    let name = m
+        .string("taskDefinition")?
+        .ok_or_else(|| EcsError::invalid("DescribeTaskDefinition: taskDefinition is required"))?;
+    let r = taskdefs::describe(
+        core,
+        TaskDefinitionRef {
+            task_definition: name.to_owned(),
+        },
+    )
+    .await
+    .map_err(|s| from_status(&s, NO_TASK_DEFINITION))?;
+    Ok(task_definition_json(&r))
+}
+
+async fn list_task_definitions(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
+    let max = m.max_results()?;
+    let token = m.string("nextToken")?;
+    let descending = match m.string("sort")? {
+        None | Some("ASC") => false,
+        Some("DESC") => true,
+        Some(_) => {
+            return Err(EcsError::invalid(
+                "ListTaskDefinitions: sort must be ASC or DESC",
+            ));
+        }
+    };
+    let status = match m.string("status")? {
+        None | Some("ACTIVE") => "ACTIVE",
+        Some("INACTIVE") => "INACTIVE",
+        Some(_) => {
+            return Err(EcsError::invalid(
+                "ListTaskDefinitions: status must be ACTIVE or INACTIVE",
+            ));
+        }
+    };
+    let r = taskdefs::list(
+        core,
+        ListTaskDefinitionsRequest {
+            // ECS' familyPrefix matches the whole family name.
+            family: m.string("familyPrefix")?.unwrap_or("").to_owned(),
+            status: status.to_owned(),
+        },
+    )
+    .await
+    .map_err(|s| from_status(&s, NO_TASK_DEFINITION))?;
+    let mut names = r.task_definitions;
+    if descending {
+        names.reverse();
+    }
+    let (slice, next) = page(&names, token, max)?;
+    let mut out = json!({
+        "taskDefinitionArns": slice.iter().map(|n| task_definition_arn(n)).collect::<Vec<_>>(),
+    });
+    if let Some(t) = next {
+        out["nextToken"] = Value::String(t);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
