@@ -588,3 +588,130 @@ async fn the_aws_cli_registers_describes_and_lists_task_definitions() -> Result 
     server.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_cli_creates_describes_lists_updates_and_deletes_a_service() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let _agent = FakeAgent::start(&server, 4096, 8192).await?;
+    let key = create_key(&server).await?;
+    let file = dir.path().join("web.json");
+    std::fs::write(&file, TASK_DEFINITION)?;
+    let input = format!("file://{}", file.display());
+    for _ in 0..2 {
+        aws_json(
+            &aws(
+                &server,
+                &key,
+                &["register-task-definition", "--cli-input-json", &input],
+            )
+            .await?,
+        )?;
+    }
+
+    let created = aws_json(
+        &aws(
+            &server,
+            &key,
+            &[
+                "create-service",
+                "--service-name",
+                "api",
+                "--task-definition",
+                "web:1",
+                "--desired-count",
+                "0",
+            ],
+        )
+        .await?,
+    )?;
+    assert_eq!(created["service"]["serviceName"], "api");
+    assert_eq!(created["service"]["status"], "ACTIVE");
+    assert_eq!(created["service"]["desiredCount"], 0);
+    let dup = aws(
+        &server,
+        &key,
+        &[
+            "create-service",
+            "--service-name",
+            "api",
+            "--task-definition",
+            "web:1",
+            "--desired-count",
+            "0",
+        ],
+    )
+    .await?;
+    assert_aws_error(&dup, "ClientException");
+    let refused = aws(
+        &server,
+        &key,
+        &[
+            "create-service",
+            "--service-name",
+            "lb",
+            "--task-definition",
+            "web:1",
+            "--load-balancers",
+            "targetGroupArn=arn:x,containerName=web,containerPort=80",
+        ],
+    )
+    .await?;
+    let err = assert_aws_error(&refused, "InvalidParameterException");
+    assert!(err.contains("loadBalancers"), "{err}");
+
+    let listed = aws_json(&aws(&server, &key, &["list-services"]).await?)?;
+    assert_eq!(
+        listed["serviceArns"],
+        serde_json::json!(["arn:aws:ecs:local:000000000000:service/default/api"])
+    );
+    let described = aws_json(
+        &aws(
+            &server,
+            &key,
+            &["describe-services", "--services", "api", "gone"],
+        )
+        .await?,
+    )?;
+    assert_eq!(described["services"][0]["serviceName"], "api");
+    assert_eq!(described["failures"][0]["reason"], "MISSING");
+
+    let updated = aws_json(
+        &aws(
+            &server,
+            &key,
+            &[
+                "update-service",
+                "--service",
+                "api",
+                "--task-definition",
+                "web:2",
+            ],
+        )
+        .await?,
+    )?;
+    assert!(
+        updated["service"]["taskDefinition"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("web:2")),
+        "{updated}"
+    );
+    let missing = aws(
+        &server,
+        &key,
+        &[
+            "update-service",
+            "--service",
+            "nope",
+            "--desired-count",
+            "1",
+        ],
+    )
+    .await?;
+    assert_aws_error(&missing, "ServiceNotFoundException");
+
+    let deleted = aws_json(&aws(&server, &key, &["delete-service", "--service", "api"]).await?)?;
+    assert_eq!(deleted["service"]["status"], "DRAINING");
+    server.shutdown().await?;
+    Ok(())
+}

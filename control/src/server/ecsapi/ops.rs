@@ -4,14 +4,18 @@
 //! honour is refused with `InvalidParameterException` naming it.
 //!
 //! Supported: ListClusters, DescribeClusters, CreateCluster,
-//! RegisterTaskDefinition, DescribeTaskDefinition, ListTaskDefinitions.
+//! RegisterTaskDefinition, DescribeTaskDefinition, ListTaskDefinitions,
+//! CreateService, UpdateService, DescribeServices, ListServices,
+//! DeleteService.
 //! Every other operation is answered `InvalidParameterException` naming
 //! it.
 
 use berth_proto::json::task_definition_arn;
 use berth_proto::json::{cluster_arn, cluster_json};
 use berth_proto::v1::{
-    ClusterRef, ListTaskDefinitionsRequest, RegisterTaskDefinitionRequest, TaskDefinitionRef,
+    ClusterRef, CreateServiceRequest, DeleteServiceRequest, ListServicesRequest,
+    ListTaskDefinitionsRequest, RegisterTaskDefinitionRequest, ServiceDescription, ServiceRef,
+    TaskDefinitionRef, UpdateServiceRequest,
 };
 use serde_json::{Map, Value, json};
 use tonic::{Code, Status};
@@ -19,6 +23,7 @@ use tonic::{Code, Status};
 use super::EcsError;
 use crate::server::Core;
 use crate::server::clusters;
+use crate::server::services::{self, service_arn};
 use crate::server::taskdefs::{self, task_definition_json};
 
 /// ECS' largest `maxResults` for list operations.
@@ -78,6 +83,63 @@ pub(crate) async fn call(
             )
             .await
         }
+        // The services' parser reads ECS' own bodies and refuses what
+        // berth cannot honour, naming the member.
+        "CreateService" => {
+            let d = services::create(
+                core,
+                CreateServiceRequest {
+                    input_json: Value::Object(input.clone()).to_string(),
+                    ..CreateServiceRequest::default()
+                },
+            )
+            .await
+            .map_err(|s| from_status(&s, SERVICE_NOT_FOUND))?;
+            service_answer(&d)
+        }
+        "UpdateService" => {
+            let d = services::update(
+                core,
+                UpdateServiceRequest {
+                    input_json: Value::Object(input.clone()).to_string(),
+                    ..UpdateServiceRequest::default()
+                },
+            )
+            .await
+            .map_err(|s| from_status(&s, SERVICE_NOT_FOUND))?;
+            service_answer(&d)
+        }
+        "DeleteService" => {
+            delete_service(
+                core,
+                Members::new(op, input, &["cluster", "service", "force"])?,
+            )
+            .await
+        }
+        "DescribeServices" => {
+            describe_services(
+                core,
+                Members::new(op, input, &["cluster", "services", "include"])?,
+            )
+            .await
+        }
+        "ListServices" => {
+            list_services(
+                core,
+                Members::new(
+                    op,
+                    input,
+                    &[
+                        "cluster",
+                        "maxResults",
+                        "nextToken",
+                        "launchType",
+                        "schedulingStrategy",
+                    ],
+                )?,
+            )
+            .await
+        }
         other => Err(EcsError::invalid(format!(
             "the operation {other} is not supported by berth's ECS API (see docs/ecs-api.md for the supported ones)"
         ))),
@@ -111,6 +173,14 @@ impl<'a> Members<'a> {
 
     fn wrong_type(&self, key: &str, what: &str) -> EcsError {
         EcsError::invalid(format!("{}: {key} must be {what}", self.op))
+    }
+
+    pub fn boolean(&self, key: &str) -> Result<bool, EcsError> {
+        match self.get(key) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(self.wrong_type(key, "true or false")),
+        }
     }
 
     pub fn string(&self, key: &str) -> Result<Option<&'a str>, EcsError> {
@@ -363,6 +433,122 @@ async fn list_task_definitions(core: &Core, m: Members<'_>) -> Result<Value, Ecs
     let mut out = json!({
         "taskDefinitionArns": slice.iter().map(|n| task_definition_arn(n)).collect::<Vec<_>>(),
     });
+    if let Some(t) = next {
+        out["nextToken"] = Value::String(t);
+    }
+    Ok(out)
+}
+
+const SERVICE_NOT_FOUND: &str = "ServiceNotFoundException";
+/// Most services one DescribeServices names (ECS: 10).
+pub const MAX_DESCRIBE_SERVICES: usize = 10;
+
+/// A service's DescribeServices element (`services::description`).
+fn service_element(d: &ServiceDescription) -> Result<Value, EcsError> {
+    serde_json::from_str(&d.service_json).map_err(|e| {
+        EcsError::server(format!(
+            "service {}: its description is not JSON: {e}",
+            d.name
+        ))
+    })
+}
+
+fn service_answer(d: &ServiceDescription) -> Result<Value, EcsError> {
+    Ok(json!({ "service": service_element(d)? }))
+}
+
+/// A service's name from a name or an ARN (`…:service/CLUSTER/NAME`).
+fn service_name(name_or_arn: &str) -> &str {
+    let s = name_or_arn.trim();
+    match s.strip_prefix("arn:") {
+        Some(_) => s.rsplit_once('/').map_or(s, |(_, n)| n),
+        None => s,
+    }
+}
+
+async fn delete_service(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
+    let name = m
+        .string("service")?
+        .ok_or_else(|| EcsError::invalid("DeleteService: service is required"))?;
+    let d = services::delete(
+        core,
+        DeleteServiceRequest {
+            cluster: m.string("cluster")?.unwrap_or("").to_owned(),
+            name: service_name(name).to_owned(),
+            force: m.boolean("force")?,
+        },
+    )
+    .await
+    .map_err(|s| from_status(&s, SERVICE_NOT_FOUND))?;
+    service_answer(&d)
+}
+
+async fn describe_services(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
+    m.refuse_non_empty("include")?;
+    let cluster = m.string("cluster")?.unwrap_or("").to_owned();
+    let named = m.strings("services", MAX_DESCRIBE_SERVICES)?;
+    if named.is_empty() {
+        return Err(EcsError::invalid(
+            "DescribeServices: services names at least one service",
+        ));
+    }
+    let cluster_name_ = match cluster_name(&cluster) {
+        "" => DEFAULT_CLUSTER,
+        c => c,
+    };
+    let (mut found, mut failures) = (Vec::new(), Vec::new());
+    for n in named {
+        let name = service_name(n);
+        let r = services::describe(
+            core,
+            ServiceRef {
+                cluster: cluster.clone(),
+                name: name.to_owned(),
+            },
+        )
+        .await;
+        match r {
+            Ok(d) => found.push(service_element(&d)?),
+            Err(s) if s.code() == Code::NotFound => failures.push(json!({
+                "arn": service_arn(cluster_name_, name),
+                "reason": "MISSING",
+            })),
+            Err(s) => return Err(from_status(&s, SERVICE_NOT_FOUND)),
+        }
+    }
+    Ok(json!({ "services": found, "failures": failures }))
+}
+
+async fn list_services(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
+    let max = match m.get("maxResults") {
+        None => 10,
+        Some(_) => m.max_results()?,
+    };
+    let token = m.string("nextToken")?;
+    let launch_type = m.string("launchType")?;
+    if launch_type.is_some_and(|l| l != "EXTERNAL" && l != "EC2") {
+        return Ok(json!({ "serviceArns": [] }));
+    }
+    let strategy = m.string("schedulingStrategy")?;
+    let list = services::list(
+        core,
+        ListServicesRequest {
+            cluster: m.string("cluster")?.unwrap_or("").to_owned(),
+        },
+    )
+    .await
+    .map_err(|s| from_status(&s, CLUSTER_NOT_FOUND))?;
+    let mut arns = Vec::new();
+    for d in &list.services {
+        let element = service_element(d)?;
+        if strategy.is_some_and(|s| element["schedulingStrategy"].as_str() != Some(s)) {
+            continue;
+        }
+        arns.push(service_arn(&d.cluster, &d.name));
+    }
+    arns.sort();
+    let (slice, next) = page(&arns, token, max)?;
+    let mut out = json!({ "serviceArns": slice });
     if let Some(t) = next {
         out["nextToken"] = Value::String(t);
     }
