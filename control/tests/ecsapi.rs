@@ -84,6 +84,11 @@ async fn aws(server: &RunningServer, key: &Key, args: &[&str]) -> Result<std::pr
     output(c).await
 }
 
+/// `aws ecs ARGS`, which must succeed: what it printed, as JSON.
+async fn ecs(server: &RunningServer, key: &Key, args: &[&str]) -> Result<serde_json::Value> {
+    aws_json(&aws(server, key, args).await?)
+}
+
 /// What a successful `aws` printed, as JSON.
 fn aws_json(out: &std::process::Output) -> Result<serde_json::Value> {
     assert!(
@@ -111,16 +116,33 @@ fn assert_aws_error(out: &std::process::Output, kind: &str) -> String {
     err
 }
 
-/// Every file of the data dir, as one byte string.
-fn data_dir_bytes(dir: &std::path::Path) -> Result<Vec<u8>> {
-    let mut all = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_file() {
-            all.extend(std::fs::read(&path)?);
+/// Registers [`TASK_DEFINITION`] (family `web`) `times` times with
+/// `aws ecs register-task-definition --cli-input-json file://…`; what the
+/// first registration answered.
+async fn register_web(
+    server: &RunningServer,
+    key: &Key,
+    dir: &std::path::Path,
+    times: usize,
+) -> Result<serde_json::Value> {
+    let file = dir.join("web.json");
+    std::fs::write(&file, TASK_DEFINITION)?;
+    let input = format!("file://{}", file.display());
+    let mut first = serde_json::Value::Null;
+    for n in 0..times {
+        let out = aws_json(
+            &aws(
+                server,
+                key,
+                &["register-task-definition", "--cli-input-json", &input],
+            )
+            .await?,
+        )?;
+        if n == 0 {
+            first = out;
         }
     }
-    Ok(all)
+    Ok(first)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,34 +231,31 @@ async fn the_aws_cli_lists_creates_and_describes_clusters() -> Result {
     let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
     let key = create_key(&server).await?;
 
-    let listed = aws_json(&aws(&server, &key, &["list-clusters"]).await?)?;
+    let listed = ecs(&server, &key, &["list-clusters"]).await?;
     assert_eq!(
         listed["clusterArns"],
         serde_json::json!(["arn:aws:ecs:local:000000000000:cluster/default"])
     );
 
-    let created =
-        aws_json(&aws(&server, &key, &["create-cluster", "--cluster-name", "web"]).await?)?;
+    let created = ecs(&server, &key, &["create-cluster", "--cluster-name", "web"]).await?;
     assert_eq!(created["cluster"]["clusterName"], "web");
     assert_eq!(created["cluster"]["status"], "ACTIVE");
-    let again = aws_json(&aws(&server, &key, &["create-cluster", "--cluster-name", "web"]).await?)?;
+    let again = ecs(&server, &key, &["create-cluster", "--cluster-name", "web"]).await?;
     assert_eq!(
         again["cluster"]["clusterName"], "web",
         "CreateCluster is idempotent"
     );
     for n in 0..3 {
-        aws_json(
-            &aws(
-                &server,
-                &key,
-                &["create-cluster", "--cluster-name", &format!("batch-{n}")],
-            )
-            .await?,
-        )?;
+        ecs(
+            &server,
+            &key,
+            &["create-cluster", "--cluster-name", &format!("batch-{n}")],
+        )
+        .await?;
     }
 
     // The CLI follows nextToken itself: pages of two give all five.
-    let all = aws_json(&aws(&server, &key, &["list-clusters", "--page-size", "2"]).await?)?;
+    let all = ecs(&server, &key, &["list-clusters", "--page-size", "2"]).await?;
     let arns: Vec<&str> = all["clusterArns"]
         .as_array()
         .ok_or("no clusterArns")?
@@ -249,24 +268,22 @@ async fn the_aws_cli_lists_creates_and_describes_clusters() -> Result {
             .collect::<Vec<_>>(),
         ["batch-0", "batch-1", "batch-2", "default", "web"]
     );
-    let first = aws_json(&aws(&server, &key, &["list-clusters", "--max-items", "2"]).await?)?;
+    let first = ecs(&server, &key, &["list-clusters", "--max-items", "2"]).await?;
     assert_eq!(first["clusterArns"].as_array().map(Vec::len), Some(2));
     assert!(first["NextToken"].is_string(), "{first}");
 
-    let described = aws_json(
-        &aws(
-            &server,
-            &key,
-            &[
-                "describe-clusters",
-                "--clusters",
-                "web",
-                "arn:aws:ecs:eu-west-1:000000000000:cluster/default",
-                "nope",
-            ],
-        )
-        .await?,
-    )?;
+    let described = ecs(
+        &server,
+        &key,
+        &[
+            "describe-clusters",
+            "--clusters",
+            "web",
+            "arn:aws:ecs:eu-west-1:000000000000:cluster/default",
+            "nope",
+        ],
+    )
+    .await?;
     let names: Vec<&str> = described["clusters"]
         .as_array()
         .ok_or("no clusters")?
@@ -318,7 +335,7 @@ async fn bad_signatures_unknown_and_revoked_keys_are_refused_with_403() -> Resul
     let dir = private_dir()?;
     let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
     let key = create_key(&server).await?;
-    aws_json(&aws(&server, &key, &["list-clusters"]).await?)?;
+    ecs(&server, &key, &["list-clusters"]).await?;
 
     let wrong_secret = Key {
         id: key.id.clone(),
@@ -383,7 +400,7 @@ async fn bad_signatures_unknown_and_revoked_keys_are_refused_with_403() -> Resul
     );
     assert!(err.contains("unknown or revoked"), "{err}");
     let other = create_key(&server).await?;
-    let listed = aws_json(&aws(&server, &other, &["list-clusters"]).await?)?;
+    let listed = ecs(&server, &other, &["list-clusters"]).await?;
     assert!(
         !listed.to_string().contains("forged") && !listed.to_string().contains("after-revoke"),
         "refused requests change nothing: {listed}"
@@ -445,18 +462,7 @@ async fn the_aws_cli_registers_describes_and_lists_task_definitions() -> Result 
     let dir = private_dir()?;
     let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
     let key = create_key(&server).await?;
-    let file = dir.path().join("web.json");
-    std::fs::write(&file, TASK_DEFINITION)?;
-    let input = format!("file://{}", file.display());
-
-    let first = aws_json(
-        &aws(
-            &server,
-            &key,
-            &["register-task-definition", "--cli-input-json", &input],
-        )
-        .await?,
-    )?;
+    let first = register_web(&server, &key, dir.path(), 3).await?;
     assert_eq!(first["taskDefinition"]["family"], "web");
     assert_eq!(first["taskDefinition"]["revision"], 1);
     assert_eq!(first["taskDefinition"]["status"], "ACTIVE");
@@ -464,51 +470,35 @@ async fn the_aws_cli_registers_describes_and_lists_task_definitions() -> Result 
         first["taskDefinition"]["containerDefinitions"][0]["image"],
         "nginx:1"
     );
-    for _ in 0..2 {
-        aws_json(
-            &aws(
-                &server,
-                &key,
-                &["register-task-definition", "--cli-input-json", &input],
-            )
-            .await?,
-        )?;
-    }
 
-    let described = aws_json(
-        &aws(
-            &server,
-            &key,
-            &["describe-task-definition", "--task-definition", "web"],
-        )
-        .await?,
-    )?;
+    let described = ecs(
+        &server,
+        &key,
+        &["describe-task-definition", "--task-definition", "web"],
+    )
+    .await?;
     assert_eq!(
         described["taskDefinition"]["revision"], 3,
         "the latest ACTIVE revision"
     );
-    let by_arn = aws_json(
-        &aws(
-            &server,
-            &key,
-            &[
-                "describe-task-definition",
-                "--task-definition",
-                "arn:aws:ecs:local:000000000000:task-definition/web:2",
-            ],
-        )
-        .await?,
-    )?;
+    let by_arn = ecs(
+        &server,
+        &key,
+        &[
+            "describe-task-definition",
+            "--task-definition",
+            "arn:aws:ecs:local:000000000000:task-definition/web:2",
+        ],
+    )
+    .await?;
     assert_eq!(by_arn["taskDefinition"]["revision"], 2);
 
-    let listed = aws_json(
-        &aws(
-            &server,
-            &key,
-            &["list-task-definitions", "--page-size", "2"],
-        )
-        .await?,
-    )?;
+    let listed = ecs(
+        &server,
+        &key,
+        &["list-task-definitions", "--page-size", "2"],
+    )
+    .await?;
     let arns: Vec<&str> = listed["taskDefinitionArns"]
         .as_array()
         .ok_or("no taskDefinitionArns")?
@@ -524,22 +514,20 @@ async fn the_aws_cli_registers_describes_and_lists_task_definitions() -> Result 
         ],
         "pages of two give all three"
     );
-    let desc = aws_json(
-        &aws(
-            &server,
-            &key,
-            &[
-                "list-task-definitions",
-                "--sort",
-                "DESC",
-                "--family-prefix",
-                "web",
-                "--max-items",
-                "1",
-            ],
-        )
-        .await?,
-    )?;
+    let desc = ecs(
+        &server,
+        &key,
+        &[
+            "list-task-definitions",
+            "--sort",
+            "DESC",
+            "--family-prefix",
+            "web",
+            "--max-items",
+            "1",
+        ],
+    )
+    .await?;
     assert_eq!(
         desc["taskDefinitionArns"],
         serde_json::json!(["arn:aws:ecs:local:000000000000:task-definition/web:3"])
@@ -573,14 +561,12 @@ async fn the_aws_cli_registers_describes_and_lists_task_definitions() -> Result 
         err.contains("awsvpc") || err.contains("networkMode"),
         "{err}"
     );
-    let after = aws_json(
-        &aws(
-            &server,
-            &key,
-            &["describe-task-definition", "--task-definition", "web"],
-        )
-        .await?,
-    )?;
+    let after = ecs(
+        &server,
+        &key,
+        &["describe-task-definition", "--task-definition", "web"],
+    )
+    .await?;
     assert_eq!(
         after["taskDefinition"]["revision"], 3,
         "a refused registration adds nothing"
@@ -595,53 +581,22 @@ async fn the_aws_cli_creates_describes_lists_updates_and_deletes_a_service() -> 
     let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
     let _agent = FakeAgent::start(&server, 4096, 8192).await?;
     let key = create_key(&server).await?;
-    let file = dir.path().join("web.json");
-    std::fs::write(&file, TASK_DEFINITION)?;
-    let input = format!("file://{}", file.display());
-    for _ in 0..2 {
-        aws_json(
-            &aws(
-                &server,
-                &key,
-                &["register-task-definition", "--cli-input-json", &input],
-            )
-            .await?,
-        )?;
-    }
+    register_web(&server, &key, dir.path(), 2).await?;
 
-    let created = aws_json(
-        &aws(
-            &server,
-            &key,
-            &[
-                "create-service",
-                "--service-name",
-                "api",
-                "--task-definition",
-                "web:1",
-                "--desired-count",
-                "0",
-            ],
-        )
-        .await?,
-    )?;
+    let create = [
+        "create-service",
+        "--service-name",
+        "api",
+        "--task-definition",
+        "web:1",
+        "--desired-count",
+        "0",
+    ];
+    let created = ecs(&server, &key, &create).await?;
     assert_eq!(created["service"]["serviceName"], "api");
     assert_eq!(created["service"]["status"], "ACTIVE");
     assert_eq!(created["service"]["desiredCount"], 0);
-    let dup = aws(
-        &server,
-        &key,
-        &[
-            "create-service",
-            "--service-name",
-            "api",
-            "--task-definition",
-            "web:1",
-            "--desired-count",
-            "0",
-        ],
-    )
-    .await?;
+    let dup = aws(&server, &key, &create).await?;
     assert_aws_error(&dup, "ClientException");
     let refused = aws(
         &server,
@@ -660,36 +615,32 @@ async fn the_aws_cli_creates_describes_lists_updates_and_deletes_a_service() -> 
     let err = assert_aws_error(&refused, "InvalidParameterException");
     assert!(err.contains("loadBalancers"), "{err}");
 
-    let listed = aws_json(&aws(&server, &key, &["list-services"]).await?)?;
+    let listed = ecs(&server, &key, &["list-services"]).await?;
     assert_eq!(
         listed["serviceArns"],
         serde_json::json!(["arn:aws:ecs:local:000000000000:service/default/api"])
     );
-    let described = aws_json(
-        &aws(
-            &server,
-            &key,
-            &["describe-services", "--services", "api", "gone"],
-        )
-        .await?,
-    )?;
+    let described = ecs(
+        &server,
+        &key,
+        &["describe-services", "--services", "api", "gone"],
+    )
+    .await?;
     assert_eq!(described["services"][0]["serviceName"], "api");
     assert_eq!(described["failures"][0]["reason"], "MISSING");
 
-    let updated = aws_json(
-        &aws(
-            &server,
-            &key,
-            &[
-                "update-service",
-                "--service",
-                "api",
-                "--task-definition",
-                "web:2",
-            ],
-        )
-        .await?,
-    )?;
+    let updated = ecs(
+        &server,
+        &key,
+        &[
+            "update-service",
+            "--service",
+            "api",
+            "--task-definition",
+            "web:2",
+        ],
+    )
+    .await?;
     assert!(
         updated["service"]["taskDefinition"]
             .as_str()
@@ -710,7 +661,7 @@ async fn the_aws_cli_creates_describes_lists_updates_and_deletes_a_service() -> 
     .await?;
     assert_aws_error(&missing, "ServiceNotFoundException");
 
-    let deleted = aws_json(&aws(&server, &key, &["delete-service", "--service", "api"]).await?)?;
+    let deleted = ecs(&server, &key, &["delete-service", "--service", "api"]).await?;
     assert_eq!(deleted["service"]["status"], "DRAINING");
     server.shutdown().await?;
     Ok(())

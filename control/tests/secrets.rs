@@ -65,18 +65,6 @@ fn logged() -> Vec<u8> {
     LOGS.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// Every file of the data dir, as one byte string.
-fn data_dir_bytes(dir: &std::path::Path) -> Result<Vec<u8>> {
-    let mut all = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_file() {
-            all.extend(std::fs::read(&path)?);
-        }
-    }
-    Ok(all)
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }

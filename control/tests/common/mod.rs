@@ -306,3 +306,15 @@ pub fn assert_refused(out: &std::process::Output, needle: &str) {
         text(&out.stderr)
     );
 }
+
+/// Every file of the data dir, as one byte string.
+pub fn data_dir_bytes(dir: &std::path::Path) -> Result<Vec<u8>> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            all.extend(std::fs::read(&path)?);
+        }
+    }
+    Ok(all)
+}
