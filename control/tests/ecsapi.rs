@@ -147,6 +147,7 @@ async fn register_web(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_keys_are_created_listed_and_revoked_and_the_secret_is_shown_once() -> Result {
+    capture_logs();
     let dir = private_dir()?;
     let data = dir.path().join("data");
     let server = Server::start(ServerConfig::loopback(&data)).await?;
@@ -218,9 +219,15 @@ async fn access_keys_are_created_listed_and_revoked_and_the_secret_is_shown_once
 
     let stored = data_dir_bytes(&data)?;
     assert!(
-        !stored.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        !contains(&stored, secret.as_bytes()),
         "the secret is stored encrypted only"
     );
+    let logs = logged();
+    assert!(
+        contains(&logs, id.as_bytes()),
+        "the server logs the key's id"
+    );
+    assert!(!contains(&logs, secret.as_bytes()), "no secret in a log");
     server.shutdown().await?;
     Ok(())
 }
@@ -332,6 +339,7 @@ async fn the_aws_cli_lists_creates_and_describes_clusters() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_signatures_unknown_and_revoked_keys_are_refused_with_403() -> Result {
+    capture_logs();
     let dir = private_dir()?;
     let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
     let key = create_key(&server).await?;
@@ -399,6 +407,10 @@ async fn bad_signatures_unknown_and_revoked_keys_are_refused_with_403() -> Resul
         "UnrecognizedClientException",
     );
     assert!(err.contains("unknown or revoked"), "{err}");
+    assert!(
+        !contains(&logged(), key.secret.as_bytes()),
+        "no secret in a log, also for refused requests"
+    );
     let other = create_key(&server).await?;
     let listed = ecs(&server, &other, &["list-clusters"]).await?;
     assert!(
