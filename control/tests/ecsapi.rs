@@ -333,6 +333,11 @@ async fn the_aws_cli_lists_creates_and_describes_clusters() -> Result {
     .await?;
     let err = assert_aws_error(&settings, "InvalidParameterException");
     assert!(err.contains("settings"), "{err}");
+
+    let deleted = ecs(&server, &key, &["delete-cluster", "--cluster", "batch-0"]).await?;
+    assert_eq!(deleted["cluster"]["status"], "INACTIVE");
+    let default = aws(&server, &key, &["delete-cluster", "--cluster", "default"]).await?;
+    assert_aws_error(&default, "ClientException");
     server.shutdown().await?;
     Ok(())
 }
@@ -583,6 +588,27 @@ async fn the_aws_cli_registers_describes_and_lists_task_definitions() -> Result 
         after["taskDefinition"]["revision"], 3,
         "a refused registration adds nothing"
     );
+
+    let families = ecs(&server, &key, &["list-task-definition-families"]).await?;
+    assert_eq!(families["families"], serde_json::json!(["web"]));
+    for rev in ["web:1", "web:2", "web:3"] {
+        let gone = ecs(
+            &server,
+            &key,
+            &["deregister-task-definition", "--task-definition", rev],
+        )
+        .await?;
+        assert_eq!(gone["taskDefinition"]["status"], "INACTIVE");
+    }
+    let active = ecs(&server, &key, &["list-task-definition-families"]).await?;
+    assert_eq!(active["families"], serde_json::json!([]));
+    let inactive = ecs(
+        &server,
+        &key,
+        &["list-task-definition-families", "--status", "INACTIVE"],
+    )
+    .await?;
+    assert_eq!(inactive["families"], serde_json::json!(["web"]));
     server.shutdown().await?;
     Ok(())
 }

@@ -3,8 +3,9 @@
 //! checked here, the rules stay there. A member ECS has that berth cannot
 //! honour is refused with `InvalidParameterException` naming it.
 //!
-//! Supported: ListClusters, DescribeClusters, CreateCluster,
+//! Supported: ListClusters, DescribeClusters, CreateCluster, DeleteCluster,
 //! RegisterTaskDefinition, DescribeTaskDefinition, ListTaskDefinitions,
+//! ListTaskDefinitionFamilies, DeregisterTaskDefinition,
 //! CreateService, UpdateService, DescribeServices, ListServices,
 //! DeleteService.
 //! Every other operation is answered `InvalidParameterException` naming
@@ -64,7 +65,49 @@ pub(crate) async fn call(
             )
             .await
         }
+        "DeleteCluster" => {
+            let m = Members::new(op, input, &["cluster"])?;
+            let name = m
+                .string("cluster")?
+                .ok_or_else(|| EcsError::invalid("DeleteCluster: cluster is required"))?;
+            let c = clusters::delete(
+                core,
+                ClusterRef {
+                    name: cluster_name(name).to_owned(),
+                },
+                &caller,
+            )
+            .await
+            .map_err(|s| from_status(&s, CLUSTER_NOT_FOUND))?;
+            Ok(json!({ "cluster": cluster_json(&c) }))
+        }
         "RegisterTaskDefinition" => register_task_definition(core, input).await,
+        "DeregisterTaskDefinition" => {
+            let m = Members::new(op, input, &["taskDefinition"])?;
+            let name = m.string("taskDefinition")?.ok_or_else(|| {
+                EcsError::invalid("DeregisterTaskDefinition: taskDefinition is required")
+            })?;
+            let r = taskdefs::deregister(
+                core,
+                TaskDefinitionRef {
+                    task_definition: name.to_owned(),
+                },
+            )
+            .await
+            .map_err(|s| from_status(&s, NO_TASK_DEFINITION))?;
+            Ok(task_definition_json(&r))
+        }
+        "ListTaskDefinitionFamilies" => {
+            list_task_definition_families(
+                core,
+                Members::new(
+                    op,
+                    input,
+                    &["familyPrefix", "status", "maxResults", "nextToken"],
+                )?,
+            )
+            .await
+        }
         "DescribeTaskDefinition" => {
             describe_task_definition(
                 core,
@@ -549,6 +592,59 @@ async fn list_services(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
     arns.sort();
     let (slice, next) = page(&arns, token, max)?;
     let mut out = json!({ "serviceArns": slice });
+    if let Some(t) = next {
+        out["nextToken"] = Value::String(t);
+    }
+    Ok(out)
+}
+
+/// ACTIVE: families with an ACTIVE revision; INACTIVE: families with
+/// none; ALL: every family (ECS' rules). `familyPrefix` is a prefix here.
+async fn list_task_definition_families(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
+    let max = m.max_results()?;
+    let token = m.string("nextToken")?;
+    let prefix = m.string("familyPrefix")?.unwrap_or("");
+    let status = m.string("status")?.unwrap_or("ACTIVE");
+    if !matches!(status, "ACTIVE" | "INACTIVE" | "ALL") {
+        return Err(EcsError::invalid(
+            "ListTaskDefinitionFamilies: status must be ACTIVE, INACTIVE or ALL",
+        ));
+    }
+    let families_with = |status: &str| {
+        let status = status.to_owned();
+        async move {
+            let r = taskdefs::list(
+                core,
+                ListTaskDefinitionsRequest {
+                    family: String::new(),
+                    status,
+                },
+            )
+            .await
+            .map_err(|s| from_status(&s, NO_TASK_DEFINITION))?;
+            let set: std::collections::BTreeSet<String> = r
+                .task_definitions
+                .iter()
+                .filter_map(|n| n.rsplit_once(':').map(|(f, _)| f.to_owned()))
+                .filter(|f| f.starts_with(prefix))
+                .collect();
+            Ok::<_, EcsError>(set)
+        }
+    };
+    let active = families_with("ACTIVE").await?;
+    let families: Vec<String> = match status {
+        "ACTIVE" => active.into_iter().collect(),
+        all_or_inactive => {
+            let all = families_with("ALL").await?;
+            if all_or_inactive == "ALL" {
+                all.into_iter().collect()
+            } else {
+                all.difference(&active).cloned().collect()
+            }
+        }
+    };
+    let (slice, next) = page(&families, token, max)?;
+    let mut out = json!({ "families": slice });
     if let Some(t) = next {
         out["nextToken"] = Value::String(t);
     }
