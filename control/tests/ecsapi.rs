@@ -704,3 +704,88 @@ async fn the_aws_cli_creates_describes_lists_updates_and_deletes_a_service() -> 
     server.shutdown().await?;
     Ok(())
 }
+
+/// Sends `body` to the ECS API with `target` (none when empty), signed by
+/// botocore's SigV4Auth with `key`; prints the status and the body.
+const SIGNED_RAW: &str = r#"
+import sys, urllib.request, urllib.error
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+import os
+url, target, body = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+headers = {"Content-Type": "application/x-amz-json-1.1"}
+if target:
+    headers["X-Amz-Target"] = target
+req = AWSRequest(method="POST", url=url, data=body, headers=headers)
+SigV4Auth(Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]), "ecs", "eu-west-1").add_auth(req)
+r = urllib.request.Request(url, data=body, headers=dict(req.headers.items()), method="POST")
+try:
+    with urllib.request.urlopen(r) as resp:
+        print(resp.status, resp.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_requests_with_bad_json_or_targets_are_refused_naming_the_problem() -> Result {
+    let dir = private_dir()?;
+    let server = Server::start(ServerConfig::loopback(dir.path().join("data"))).await?;
+    let key = create_key(&server).await?;
+    let url = format!("http://{}/", server.ecs_api_addr());
+    let send = |target: &'static str, body: &'static str| {
+        let (url, key) = (url.clone(), &key);
+        async move {
+            let mut py = aws_command(venv_bin("python")?, key);
+            py.arg("-c")
+                .arg(SIGNED_RAW)
+                .args([url.as_str(), target, body]);
+            let out = output(py).await?;
+            assert!(out.status.success(), "python: {}", text(&out.stderr));
+            Result::<String>::Ok(text(&out.stdout))
+        }
+    };
+    const OP: &str = "AmazonEC2ContainerServiceV20141113.CreateCluster";
+    let ok = send(OP, r#"{"clusterName": "signed"}"#).await?;
+    assert!(ok.starts_with("200 "), "{ok}");
+    for (target, body, status, kind, needle) in [
+        (OP, "{not json", "400", "SerializationException", "not JSON"),
+        (OP, "[1]", "400", "SerializationException", "JSON object"),
+        (
+            "",
+            "{}",
+            "400",
+            "InvalidParameterException",
+            "X-Amz-Target header is missing",
+        ),
+        (
+            "AmazonSSM.GetParameter",
+            "{}",
+            "400",
+            "InvalidParameterException",
+            "not an ECS operation",
+        ),
+        (
+            "AmazonEC2ContainerServiceV20141113.CreateCapacityProvider",
+            "{}",
+            "400",
+            "InvalidParameterException",
+            "CreateCapacityProvider is not supported",
+        ),
+    ] {
+        let answer = send(target, body).await?;
+        assert!(
+            answer.starts_with(&format!("{status} ")),
+            "{target} {body}: {answer}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(answer.split_once(' ').map_or("", |(_, b)| b))?;
+        assert_eq!(json["__type"], kind, "{answer}");
+        assert!(
+            json["message"].as_str().is_some_and(|m| m.contains(needle)),
+            "{answer}"
+        );
+    }
+    server.shutdown().await?;
+    Ok(())
+}
