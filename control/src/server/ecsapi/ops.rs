@@ -303,6 +303,24 @@ pub fn page<'a>(
     Ok((slice, next))
 }
 
+/// A list operation's answer: one [`page`] of `items` as `member`, each
+/// shown by `show`, and `nextToken` when more follow.
+fn listed(
+    member: &str,
+    items: &[String],
+    token: Option<&str>,
+    max: usize,
+    show: impl Fn(&String) -> Value,
+) -> Result<Value, EcsError> {
+    let (slice, next) = page(items, token, max)?;
+    let mut out = Map::new();
+    out.insert(member.to_owned(), slice.iter().map(show).collect());
+    if let Some(t) = next {
+        out.insert("nextToken".to_owned(), Value::String(t));
+    }
+    Ok(Value::Object(out))
+}
+
 /// A cluster's name from a name or an ARN (`…:cluster/NAME`).
 pub fn cluster_name(name_or_arn: &str) -> &str {
     let s = name_or_arn.trim();
@@ -342,13 +360,9 @@ async fn list_clusters(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
         .map_err(|s| from_status(&s, CLUSTER_NOT_FOUND))?;
     let mut names: Vec<String> = all.clusters.into_iter().map(|c| c.name).collect();
     names.sort();
-    let (slice, next) = page(&names, token, max)?;
-    let mut out =
-        json!({ "clusterArns": slice.iter().map(|n| cluster_arn(n)).collect::<Vec<_>>() });
-    if let Some(t) = next {
-        out["nextToken"] = Value::String(t);
-    }
-    Ok(out)
+    listed("clusterArns", &names, token, max, |n| {
+        Value::String(cluster_arn(n))
+    })
 }
 
 async fn describe_clusters(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
@@ -472,14 +486,9 @@ async fn list_task_definitions(core: &Core, m: Members<'_>) -> Result<Value, Ecs
     if descending {
         names.reverse();
     }
-    let (slice, next) = page(&names, token, max)?;
-    let mut out = json!({
-        "taskDefinitionArns": slice.iter().map(|n| task_definition_arn(n)).collect::<Vec<_>>(),
-    });
-    if let Some(t) = next {
-        out["nextToken"] = Value::String(t);
-    }
-    Ok(out)
+    listed("taskDefinitionArns", &names, token, max, |n| {
+        task_definition_arn(n)
+    })
 }
 
 const SERVICE_NOT_FOUND: &str = "ServiceNotFoundException";
@@ -590,12 +599,9 @@ async fn list_services(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
         arns.push(service_arn(&d.cluster, &d.name));
     }
     arns.sort();
-    let (slice, next) = page(&arns, token, max)?;
-    let mut out = json!({ "serviceArns": slice });
-    if let Some(t) = next {
-        out["nextToken"] = Value::String(t);
-    }
-    Ok(out)
+    listed("serviceArns", &arns, token, max, |a| {
+        Value::String(a.clone())
+    })
 }
 
 /// ACTIVE: families with an ACTIVE revision; INACTIVE: families with
@@ -643,12 +649,9 @@ async fn list_task_definition_families(core: &Core, m: Members<'_>) -> Result<Va
             }
         }
     };
-    let (slice, next) = page(&families, token, max)?;
-    let mut out = json!({ "families": slice });
-    if let Some(t) = next {
-        out["nextToken"] = Value::String(t);
-    }
-    Ok(out)
+    listed("families", &families, token, max, |f| {
+        Value::String(f.clone())
+    })
 }
 
 #[cfg(test)]
