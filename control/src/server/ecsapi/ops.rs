@@ -128,29 +128,22 @@ pub(crate) async fn call(
         }
         // The services' parser reads ECS' own bodies and refuses what
         // berth cannot honour, naming the member.
-        "CreateService" => {
-            let d = services::create(
-                core,
-                CreateServiceRequest {
-                    input_json: Value::Object(input.clone()).to_string(),
+        "CreateService" | "UpdateService" => {
+            let input_json = Value::Object(input.clone()).to_string();
+            let d = if op == "CreateService" {
+                let req = CreateServiceRequest {
+                    input_json,
                     ..CreateServiceRequest::default()
-                },
-            )
-            .await
-            .map_err(|s| from_status(&s, SERVICE_NOT_FOUND))?;
-            service_answer(&d)
-        }
-        "UpdateService" => {
-            let d = services::update(
-                core,
-                UpdateServiceRequest {
-                    input_json: Value::Object(input.clone()).to_string(),
+                };
+                services::create(core, req).await
+            } else {
+                let req = UpdateServiceRequest {
+                    input_json,
                     ..UpdateServiceRequest::default()
-                },
-            )
-            .await
-            .map_err(|s| from_status(&s, SERVICE_NOT_FOUND))?;
-            service_answer(&d)
+                };
+                services::update(core, req).await
+            };
+            service_answer(&d.map_err(|s| from_status(&s, SERVICE_NOT_FOUND))?)
         }
         "DeleteService" => {
             delete_service(
