@@ -67,9 +67,7 @@ pub(crate) async fn call(
         }
         "DeleteCluster" => {
             let m = Members::new(op, input, &["cluster"])?;
-            let name = m
-                .string("cluster")?
-                .ok_or_else(|| EcsError::invalid("DeleteCluster: cluster is required"))?;
+            let name = m.required("cluster")?;
             let c = clusters::delete(
                 core,
                 ClusterRef {
@@ -84,17 +82,10 @@ pub(crate) async fn call(
         "RegisterTaskDefinition" => register_task_definition(core, input).await,
         "DeregisterTaskDefinition" => {
             let m = Members::new(op, input, &["taskDefinition"])?;
-            let name = m.string("taskDefinition")?.ok_or_else(|| {
-                EcsError::invalid("DeregisterTaskDefinition: taskDefinition is required")
-            })?;
-            let r = taskdefs::deregister(
-                core,
-                TaskDefinitionRef {
-                    task_definition: name.to_owned(),
-                },
-            )
-            .await
-            .map_err(|s| from_status(&s, NO_TASK_DEFINITION))?;
+            let name = m.required("taskDefinition")?;
+            let r = taskdefs::deregister(core, taskdef_ref(name))
+                .await
+                .map_err(|s| from_status(&s, NO_TASK_DEFINITION))?;
             Ok(task_definition_json(&r))
         }
         "ListTaskDefinitionFamilies" => {
@@ -225,6 +216,12 @@ impl<'a> Members<'a> {
             Some(Value::String(s)) => Ok(Some(s)),
             Some(_) => Err(self.wrong_type(key, "a string")),
         }
+    }
+
+    /// A string member the operation cannot do without.
+    pub fn required(&self, key: &str) -> Result<&'a str, EcsError> {
+        self.string(key)?
+            .ok_or_else(|| EcsError::invalid(format!("{}: {key} is required", self.op)))
     }
 
     pub fn strings(&self, key: &str, max: usize) -> Result<Vec<&'a str>, EcsError> {
@@ -428,19 +425,18 @@ async fn register_task_definition(
     Ok(task_definition_json(&r))
 }
 
+fn taskdef_ref(name: &str) -> TaskDefinitionRef {
+    TaskDefinitionRef {
+        task_definition: name.to_owned(),
+    }
+}
+
 async fn describe_task_definition(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
     m.refuse_non_empty("include")?;
-    let name = m
-        .string("taskDefinition")?
-        .ok_or_else(|| EcsError::invalid("DescribeTaskDefinition: taskDefinition is required"))?;
-    let r = taskdefs::describe(
-        core,
-        TaskDefinitionRef {
-            task_definition: name.to_owned(),
-        },
-    )
-    .await
-    .map_err(|s| from_status(&s, NO_TASK_DEFINITION))?;
+    let name = m.required("taskDefinition")?;
+    let r = taskdefs::describe(core, taskdef_ref(name))
+        .await
+        .map_err(|s| from_status(&s, NO_TASK_DEFINITION))?;
     Ok(task_definition_json(&r))
 }
 
@@ -512,9 +508,7 @@ fn service_name(name_or_arn: &str) -> &str {
 }
 
 async fn delete_service(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
-    let name = m
-        .string("service")?
-        .ok_or_else(|| EcsError::invalid("DeleteService: service is required"))?;
+    let name = m.required("service")?;
     let d = services::delete(
         core,
         DeleteServiceRequest {
