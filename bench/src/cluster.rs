@@ -181,6 +181,8 @@ fn spawn(
         admin,
         "--metrics-listen",
         "127.0.0.1:0",
+        "--ecs-api-listen",
+        "127.0.0.1:0",
         // Every simulated host connects from the same loopback address:
         // lift the per-address cap (256 by default) and the total one
         // above the largest fleet measured.

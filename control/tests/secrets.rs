@@ -31,56 +31,6 @@ async fn berth_stdin(
     Ok(tokio::time::timeout(DEADLINE, child.wait_with_output()).await??)
 }
 
-/// What the in-process server logged, at every level, for every test of
-/// this file (one subscriber for the process).
-static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct LogSink;
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Sends the server's logs (trace level) to [`LOGS`]; once per process.
-fn capture_logs() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(|| LogSink)
-            .with_ansi(false)
-            .try_init();
-    });
-}
-
-fn logged() -> Vec<u8> {
-    LOGS.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-/// Every file of the data dir, as one byte string.
-fn data_dir_bytes(dir: &std::path::Path) -> Result<Vec<u8>> {
-    let mut all = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_file() {
-            all.extend(std::fs::read(&path)?);
-        }
-    }
-    Ok(all)
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_created_listed_rotated_and_deleted_without_showing_values() -> Result {
     let dir = private_dir()?;

@@ -31,7 +31,8 @@
 //!   writes `D/server.json` (`{"fleetAddr": "127.0.0.1:P", "adminAddr":
 //!   "127.0.0.1:P", "metricsAddr": "127.0.0.1:P"}`) once its listeners
 //!   serve; it exits on SIGTERM. Every server a test starts passes
-//!   `--metrics-listen 127.0.0.1:0`: the default port 7422 is one per host.
+//!   `--metrics-listen 127.0.0.1:0` and `--ecs-api-listen 127.0.0.1:0`: the
+//!   default ports 7422 and 7423 are one per host.
 //! - `berth dev --data-dir D [--run FILE]` writes the same `D/server.json`,
 //!   keeps its agent's data in `D/agent`, prints `berth task run` on stdout
 //!   and exits 0 on SIGTERM.

@@ -262,7 +262,7 @@ impl ServerOptions {
 impl Server {
     /// Starts `berth server --data-dir <tmp> --listen 127.0.0.1:0
     /// --admin-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
-    /// --heartbeat-interval 1s` and waits for its `server.json`.
+    /// --ecs-api-listen 127.0.0.1:0 --heartbeat-interval 1s` and waits for its `server.json`.
     pub fn start(run: &RunId) -> Server {
         Server::start_with(run, &ServerOptions::default())
     }
@@ -295,6 +295,8 @@ impl Server {
             "--admin-listen",
             "127.0.0.1:0",
             "--metrics-listen",
+            "127.0.0.1:0",
+            "--ecs-api-listen",
             "127.0.0.1:0",
             "--heartbeat-interval",
             "1s",
@@ -420,6 +422,7 @@ impl Server {
             .args(["--listen", &self.fleet_addr])
             .args(["--admin-listen", self.cli.admin_addr()])
             .args(["--metrics-listen", &self.metrics_addr])
+            .args(["--ecs-api-listen", "127.0.0.1:0"])
             .args(["--heartbeat-interval", "1s"]);
         if let Some(store) = &self.store {
             cmd.args(["--store", store]);

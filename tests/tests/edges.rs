@@ -210,6 +210,8 @@ fn spawn_server(data_dir: &Path, log: &Path) -> Proc {
         "127.0.0.1:0",
         "--metrics-listen",
         "127.0.0.1:0",
+        "--ecs-api-listen",
+        "127.0.0.1:0",
     ]);
     Proc::spawn("berth server", &mut cmd, log)
 }

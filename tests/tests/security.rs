@@ -46,6 +46,7 @@ impl CustomServer {
             cmd.args(["--admin-listen", "127.0.0.1:0"]);
         }
         cmd.args(["--metrics-listen", "127.0.0.1:0"]);
+        cmd.args(["--ecs-api-listen", "127.0.0.1:0"]);
         cmd.args(args).envs(env.iter().copied());
         let mut proc = Proc::spawn("berth server", &mut cmd, &log);
         let ready = data_dir.join("server.json");

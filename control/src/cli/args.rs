@@ -82,6 +82,10 @@ pub enum Command {
     /// encrypted at rest, never shown again
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Access keys for the ECS API (`aws ecs`, boto3, AWS SDKs signing with
+    /// Signature Version 4)
+    #[command(subcommand)]
+    AccessKey(AccessKeyCommand),
     /// Instance attributes (ECS attributes) for placement constraints and
     /// strategies: the agent's built-in and configured ones, and custom ones
     #[command(subcommand)]
@@ -376,6 +380,34 @@ pub enum SecretCommand {
     },
     /// Delete a secret; tasks that reference it can no longer start
     Delete { name: String },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AccessKeyCommand {
+    /// Issue an access key: prints its AccessKeyId and SecretAccessKey; the
+    /// secret is shown this once and never again
+    Create {
+        /// A name to tell keys apart (at most 128 characters)
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Print JSON (AccessKeyId, SecretAccessKey, name, date)
+        #[arg(long)]
+        json: bool,
+    },
+    /// List access keys: ids, names, dates and whether revoked, never
+    /// secrets
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an access key: requests signed with it are refused from now
+    /// on, for good
+    Revoke {
+        /// The AccessKeyId
+        id: String,
+    },
 }
 
 /// Where a secret's value comes from: never the command line.

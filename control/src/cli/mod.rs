@@ -12,6 +12,7 @@
 //! | `server` | `berth server`: its flags and the embedded control plane |
 //! | `admin_cert`, `token`, `instance`, `task`, `taskdef`, `cluster`, `attribute`, `secret` | one handler per command |
 
+mod access_key;
 mod admin_cert;
 mod args;
 mod attribute;
@@ -40,6 +41,7 @@ pub use client::error_report;
 pub use server::ServerArgs;
 pub use token::{enroll_command, token_json};
 
+use access_key::access_key;
 use admin_cert::admin_cert;
 use attribute::attribute;
 use client::Admin;
@@ -81,6 +83,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secret(cmd) => {
             let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
             secret(&mut admin, cmd).await
+        }
+        Command::AccessKey(cmd) => {
+            let mut admin = Admin::connect(&cli.server, cli.admin_cert.as_deref()).await?;
+            access_key(&mut admin, cmd).await
         }
         Command::Attribute(cmd) => {
             // Bad input is refused before anything is sent.

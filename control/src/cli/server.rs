@@ -12,8 +12,8 @@ use super::args::{LogFormat, parse_duration};
 use super::{init_tracing, shutdown_signal};
 use crate::server::listener::ConnectionLimits;
 use crate::server::{
-    DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, Server,
-    ServerConfig,
+    DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_ECS_API_LISTEN, DEFAULT_LISTEN,
+    DEFAULT_METRICS_LISTEN, Server, ServerConfig,
 };
 
 #[derive(Debug, Args)]
@@ -37,6 +37,11 @@ pub struct ServerArgs {
     /// secrets in it); port 0 picks a free port
     #[arg(long, env = "BERTH_SERVER_METRICS_LISTEN", value_name = "ADDR", default_value = DEFAULT_METRICS_LISTEN)]
     pub metrics_listen: SocketAddr,
+    /// ECS API (`aws ecs --endpoint-url`, boto3; requests signed with a
+    /// `berth access-key`): plain HTTP, loopback only for now (HTTPS off
+    /// loopback is not there yet); port 0 picks a free port
+    #[arg(long, env = "BERTH_SERVER_ECS_API_LISTEN", value_name = "ADDR", default_value = DEFAULT_ECS_API_LISTEN)]
+    pub ecs_api_listen: SocketAddr,
     /// HOST:PORT agents use to reach the fleet API [default: the listen IP, or this host's name, and the bound port]
     #[arg(long, env = "BERTH_SERVER_ADVERTISE", value_name = "HOST:PORT")]
     pub advertise: Option<String>,
@@ -83,6 +88,7 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<()> {
         listen: args.listen,
         admin_listen: args.admin_listen,
         metrics_listen: args.metrics_listen,
+        ecs_api_listen: args.ecs_api_listen,
         advertise: args.advertise.filter(|a| !a.trim().is_empty()),
         heartbeat_interval: args.heartbeat_interval,
         cert_lifetime: args.cert_lifetime,
@@ -105,10 +111,11 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let signal = shutdown_signal()?;
     let running = Server::start(cfg).await?;
     info!(
-        "berth server ready fleet={} admin={} metrics={} advertise={}",
+        "berth server ready fleet={} admin={} metrics={} ecs-api={} advertise={}",
         running.fleet_addr(),
         running.admin_addr(),
         running.metrics_addr(),
+        running.ecs_api_addr(),
         running.advertise_addr()
     );
     running.run_until(signal).await?;
@@ -142,6 +149,7 @@ mod tests {
                 assert_eq!(a.cert_lifetime, crate::server::DEFAULT_CERT_LIFETIME);
                 assert_eq!(a.admin_listen.to_string(), "127.0.0.1:7421");
                 assert_eq!(a.metrics_listen.to_string(), "127.0.0.1:7422");
+                assert_eq!(a.ecs_api_listen.to_string(), "127.0.0.1:7423");
                 // The flags' defaults are the library's.
                 let limits = ConnectionLimits::default();
                 assert_eq!(a.max_connections as usize, limits.max_connections);

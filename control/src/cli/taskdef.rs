@@ -8,38 +8,19 @@
 use std::path::Path;
 
 use anyhow::{Context, anyhow};
-use berth_proto::json::{task_definition_arn, time_json};
+use berth_proto::json::task_definition_arn;
 use berth_proto::text::escape_control;
 use berth_proto::v1::{
     ListTaskDefinitionsRequest, RegisterTaskDefinitionRequest, RegisteredTaskDefinition,
     TaskDefinitionRef,
 };
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 use super::args::TaskdefCommand;
 use super::client::Admin;
 use super::print_json;
+pub use crate::server::taskdefs::task_definition_json;
 use crate::view;
-
-/// The `describe-task-definition` shape of a registered revision: the
-/// stored definition with ECS' bookkeeping members.
-pub fn task_definition_json(r: &RegisteredTaskDefinition) -> Value {
-    let mut def: Map<String, Value> = serde_json::from_str(&r.task_definition_json)
-        .ok()
-        .and_then(|v: Value| v.as_object().cloned())
-        .unwrap_or_default();
-    let name = format!("{}:{}", r.family, r.revision);
-    def.insert("taskDefinitionArn".into(), task_definition_arn(&name));
-    def.insert("family".into(), Value::from(r.family.clone()));
-    def.insert("revision".into(), Value::from(r.revision));
-    def.insert("status".into(), Value::from(r.status.clone()));
-    def.insert("compatibilities".into(), json!(["EC2", "EXTERNAL"]));
-    def.insert("registeredAt".into(), time_json(r.registered_at_ms));
-    if r.deregistered_at_ms > 0 {
-        def.insert("deregisteredAt".into(), time_json(r.deregistered_at_ms));
-    }
-    json!({ "taskDefinition": def })
-}
 
 fn print(r: &RegisteredTaskDefinition, json: bool) -> anyhow::Result<()> {
     if json {

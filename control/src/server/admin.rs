@@ -46,6 +46,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, warn};
 
+use super::accesskeys;
 use super::attributes;
 use super::ca::{Ca, CaError, Issued, normalize_serial, subject_of, tidy_serial};
 use super::clusters;
@@ -838,6 +839,35 @@ impl Admin for AdminService {
         _r: Request<berth_proto::v1::ListSecretsRequest>,
     ) -> Result<Response<berth_proto::v1::ListSecretsResponse>, Status> {
         secrets::list(&self.core).await.map(Response::new)
+    }
+
+    // ---- access keys of the ECS API (server/accesskeys.rs)
+
+    async fn create_access_key(
+        &self,
+        r: Request<berth_proto::v1::CreateAccessKeyRequest>,
+    ) -> Result<Response<berth_proto::v1::CreatedAccessKey>, Status> {
+        let caller = caller_text(&r);
+        accesskeys::create(&self.core, r.into_inner(), &caller)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_access_keys(
+        &self,
+        _r: Request<berth_proto::v1::ListAccessKeysRequest>,
+    ) -> Result<Response<berth_proto::v1::ListAccessKeysResponse>, Status> {
+        accesskeys::list(&self.core).await.map(Response::new)
+    }
+
+    async fn revoke_access_key(
+        &self,
+        r: Request<berth_proto::v1::AccessKeyRef>,
+    ) -> Result<Response<berth_proto::v1::AccessKeyInfo>, Status> {
+        let caller = caller_text(&r);
+        accesskeys::revoke(&self.core, r.into_inner(), &caller)
+            .await
+            .map(Response::new)
     }
 }
 

@@ -319,7 +319,8 @@ pub(crate) fn store_status(e: StoreError) -> Status {
         StoreError::NoInstance(_)
         | StoreError::NoTask(_)
         | StoreError::NoService { .. }
-        | StoreError::NoSecret(_) => Status::not_found(e.to_string()),
+        | StoreError::NoSecret(_)
+        | StoreError::NoAccessKey(_) => Status::not_found(e.to_string()),
         StoreError::ServiceExists { .. } | StoreError::SecretExists(_) => {
             Status::already_exists(e.to_string())
         }

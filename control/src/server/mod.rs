@@ -37,12 +37,14 @@
 //! `enroll`, `fleet` and `admin` the gRPC adapters; `store` the contract and
 //! its backends.
 
+pub(crate) mod accesskeys;
 pub mod admin;
 pub mod admission;
 pub(crate) mod attributes;
 pub mod ca;
 pub(crate) mod clusters;
 pub(crate) mod core;
+pub mod ecsapi;
 pub mod enroll;
 pub mod fleet;
 pub(crate) mod fsutil;
@@ -86,6 +88,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:7420";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7421";
 /// Default metrics (Prometheus, plain HTTP, read-only) listen address.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7422";
+/// Default ECS API (JSON 1.1, SigV4, plain HTTP on loopback) listen address.
+pub const DEFAULT_ECS_API_LISTEN: &str = "127.0.0.1:7423";
 /// Default server data dir.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/berth-server";
 /// Default heartbeat interval told to agents.
@@ -162,6 +166,9 @@ pub struct ServerConfig {
     /// `GET /metrics` (Prometheus text, plain HTTP, no secrets in it).
     /// Port 0 picks a free port.
     pub metrics_listen: SocketAddr,
+    /// The ECS API (`aws ecs`, boto3; SigV4 with `berth access-key` keys).
+    /// Loopback only for now: off loopback it would need HTTPS.
+    pub ecs_api_listen: SocketAddr,
     /// `host:port` agents use to reach the fleet API. Default: the listen
     /// IP, or the host name when listening on all addresses, with the bound
     /// port.
@@ -260,6 +267,7 @@ impl ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 7420)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 7421)),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 7422)),
+            ecs_api_listen: SocketAddr::from(([127, 0, 0, 1], 7423)),
             advertise: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             tls_sans: Vec::new(),
@@ -280,6 +288,7 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ecs_api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..ServerConfig::new(data_dir)
         }
     }
@@ -360,6 +369,12 @@ impl Server {
         if let Some(adv) = &cfg.advertise {
             validate_advertise(adv)?;
         }
+        if !cfg.ecs_api_listen.ip().is_loopback() {
+            return Err(ServerError::Config(format!(
+                "--ecs-api-listen {}: the ECS API listens on loopback only for now; off loopback it needs HTTPS, which berth does not serve yet (see docs/ecs-api.md)",
+                cfg.ecs_api_listen
+            )));
+        }
         cfg.connections.validate().map_err(ServerError::Config)?;
         let budget = listener::open_file_budget(
             listener::raise_open_file_limit(),
@@ -426,6 +441,14 @@ impl Server {
                 source,
             })?;
         let metrics_addr = local_addr(&metrics_listener, cfg.metrics_listen, "metrics endpoint")?;
+        let ecs_api_listener = tokio::net::TcpListener::bind(cfg.ecs_api_listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "ECS API",
+                addr: cfg.ecs_api_listen,
+                source,
+            })?;
+        let ecs_api_addr = local_addr(&ecs_api_listener, cfg.ecs_api_listen, "ECS API")?;
 
         let hostname = hostname();
         let advertise = cfg
@@ -534,12 +557,19 @@ impl Server {
                 tracing::error!(error = %e, "the metrics endpoint stopped");
             }
         });
+        let ecs_api_serve = ecsapi::serve(ecs_api_listener, Arc::clone(&core), stop_tx.subscribe());
+        let ecs_api_task = tokio::spawn(async move {
+            if let Err(e) = ecs_api_serve.await {
+                tracing::error!(error = %e, "the ECS API stopped");
+            }
+        });
 
         let state = serde_json::json!({
             "fleetAddr": fleet_addr.to_string(),
             "adminAddr": admin_addr.to_string(),
             "adminTls": admin_tls,
             "metricsAddr": metrics_addr.to_string(),
+            "ecsApiAddr": ecs_api_addr.to_string(),
             "advertise": core.advertise,
             "pid": std::process::id(),
         });
@@ -561,11 +591,13 @@ impl Server {
             fleet_addr,
             admin_addr,
             metrics_addr,
+            ecs_api_addr,
             state_path,
             stop_tx,
             fleet_task: Some(fleet_task),
             admin_task: Some(admin_task),
             metrics_task,
+            ecs_api_task,
             services_task,
         })
     }
@@ -579,12 +611,16 @@ pub struct RunningServer {
     fleet_addr: SocketAddr,
     admin_addr: SocketAddr,
     metrics_addr: SocketAddr,
+    ecs_api_addr: SocketAddr,
     state_path: PathBuf,
     stop_tx: watch::Sender<bool>,
     fleet_task: Option<ServeTask>,
     admin_task: Option<ServeTask>,
     /// Read-only; aborted at shutdown rather than drained.
     metrics_task: JoinHandle<()>,
+    /// The ECS API; aborted at shutdown like the metrics endpoint (its
+    /// requests are each one store transaction per change).
+    ecs_api_task: JoinHandle<()>,
     /// The service controller; aborted at shutdown (it keeps nothing in
     /// memory that a pass after a restart would not compute again).
     services_task: JoinHandle<()>,
@@ -613,6 +649,11 @@ impl RunningServer {
     /// The bound metrics (`GET /metrics`, plain HTTP) address.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// The bound ECS API (plain HTTP, loopback) address.
+    pub fn ecs_api_addr(&self) -> SocketAddr {
+        self.ecs_api_addr
     }
 
     /// `host:port` that agents are told to use.
@@ -722,6 +763,7 @@ impl RunningServer {
             .close_all_sessions(&Status::unavailable("the control plane is shutting down"));
         let _ = self.stop_tx.send(true);
         self.metrics_task.abort();
+        self.ecs_api_task.abort();
         self.services_task.abort();
         let mut result = Ok(());
         for (what, task) in [
@@ -757,6 +799,7 @@ impl Drop for RunningServer {
         // Dropped without shutdown(): stop serving anyway.
         let _ = self.stop_tx.send(true);
         self.metrics_task.abort();
+        self.ecs_api_task.abort();
         self.services_task.abort();
         for task in [self.fleet_task.take(), self.admin_task.take()]
             .into_iter()

@@ -155,9 +155,17 @@ impl SecretKeys {
 
     /// Decrypts the stored value of `record`.
     pub(crate) fn open(&self, record: &SecretRecord) -> Result<Vec<u8>, CryptoError> {
-        let name = &record.name;
-        let bad = || CryptoError::Decrypt(name.clone());
-        let rest = match record.ciphertext.split_first() {
+        self.open_sealed(&record.name, &record.ciphertext)
+    }
+
+    /// Decrypts what [`SecretKeys::seal`] sealed for `name`.
+    pub(crate) fn open_sealed(
+        &self,
+        name: &str,
+        ciphertext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let bad = || CryptoError::Decrypt(name.to_owned());
+        let rest = match ciphertext.split_first() {
             Some((&FORMAT_V1, rest)) if rest.len() >= NONCE_LEN => rest,
             _ => return Err(bad()),
         };
@@ -491,7 +499,7 @@ fn info_message(r: &SecretRecord) -> SecretInfo {
     }
 }
 
-fn crypto_status(e: CryptoError) -> Status {
+pub(crate) fn crypto_status(e: CryptoError) -> Status {
     tracing::error!(error = %e, "secrets");
     Status::failed_precondition(e.to_string())
 }

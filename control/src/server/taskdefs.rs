@@ -27,11 +27,13 @@
 //!   with its reason, and when none is placed the first refusal is the
 //!   answer, with the status `RunTask` always gave.
 
+use berth_proto::json::{task_definition_arn, time_json};
 use berth_proto::v1::{
     ListTaskDefinitionsRequest, ListTaskDefinitionsResponse, RegisterTaskDefinitionRequest,
     RegisteredTaskDefinition, RunTaskRequest, RunTaskResponse, TaskDefinitionRef,
 };
 use berth_taskdef::TaskDefinition;
+use serde_json::{Map, Value, json};
 use tonic::Status;
 use tracing::info;
 
@@ -154,6 +156,26 @@ fn message(rec: &TaskDefinitionRecord, warnings: Vec<String>) -> RegisteredTaskD
         deregistered_at_ms: rec.deregistered_at_ms,
         warnings,
     }
+}
+
+/// The `describe-task-definition` shape of a registered revision: the
+/// stored definition with ECS' bookkeeping members.
+pub fn task_definition_json(r: &RegisteredTaskDefinition) -> Value {
+    let mut def: Map<String, Value> = serde_json::from_str(&r.task_definition_json)
+        .ok()
+        .and_then(|v: Value| v.as_object().cloned())
+        .unwrap_or_default();
+    let name = format!("{}:{}", r.family, r.revision);
+    def.insert("taskDefinitionArn".into(), task_definition_arn(&name));
+    def.insert("family".into(), Value::from(r.family.clone()));
+    def.insert("revision".into(), Value::from(r.revision));
+    def.insert("status".into(), Value::from(r.status.clone()));
+    def.insert("compatibilities".into(), json!(["EC2", "EXTERNAL"]));
+    def.insert("registeredAt".into(), time_json(r.registered_at_ms));
+    if r.deregistered_at_ms > 0 {
+        def.insert("deregisteredAt".into(), time_json(r.deregistered_at_ms));
+    }
+    json!({ "taskDefinition": def })
 }
 
 /// The status of a registry error (others as every store error).

@@ -1802,6 +1802,70 @@ pub(crate) fn secrets_round_trip_rotate_and_delete(open: Opener<'_>) {
     }
 }
 
+pub(crate) fn access_keys_are_created_once_and_revoked_for_good(open: Opener<'_>) {
+    let s = open();
+    assert!(s.access_keys().expect("list").is_empty());
+    let key = |id: &str, at: i64| AccessKeyRecord {
+        id: id.to_owned(),
+        name: format!("key {id}"),
+        ciphertext: vec![1, 0, 255, 7],
+        created_at_ms: at,
+        revoked_at_ms: None,
+    };
+    let a = key("AKIA0000000000000001", 10);
+    s.create_access_key(&a).expect("create");
+    let e = s
+        .create_access_key(&AccessKeyRecord {
+            ciphertext: vec![9],
+            ..a.clone()
+        })
+        .expect_err("taken");
+    assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+    assert_eq!(
+        s.access_key(&a.id).expect("get").expect("kept"),
+        a,
+        "the first create stays, ciphertext and all"
+    );
+    s.create_access_key(&key("AKIA0000000000000002", 20))
+        .expect("second");
+    let r = s.revoke_access_key(&a.id, 30).expect("revoke");
+    assert_eq!(r.revoked_at_ms, Some(30));
+    let again = s.revoke_access_key(&a.id, 40).expect("revoke again");
+    assert_eq!(again.revoked_at_ms, Some(30), "the first revocation stays");
+    let all = s.access_keys().expect("list");
+    assert_eq!(
+        all.iter()
+            .map(|k| (k.id.as_str(), k.revoked_at_ms))
+            .collect::<Vec<_>>(),
+        vec![
+            ("AKIA0000000000000001", Some(30)),
+            ("AKIA0000000000000002", None)
+        ]
+    );
+    let e = s
+        .revoke_access_key("AKIA000000000000000X", 1)
+        .expect_err("unknown");
+    assert!(matches!(e, StoreError::NoAccessKey(_)), "{e}");
+    for bad in [
+        AccessKeyRecord {
+            id: "short".to_owned(),
+            ..key("x", 1)
+        },
+        AccessKeyRecord {
+            name: "a\nb".to_owned(),
+            ..key("AKIA0000000000000003", 1)
+        },
+        AccessKeyRecord {
+            ciphertext: vec![0; 257],
+            ..key("AKIA0000000000000003", 1)
+        },
+    ] {
+        let e = s.create_access_key(&bad).expect_err("refused");
+        assert!(matches!(e, StoreError::Invalid { .. }), "{e}");
+    }
+    assert_eq!(s.access_keys().expect("list").len(), 2, "nothing was added");
+}
+
 pub(crate) fn concurrent_secret_writes_lose_nothing(open: Opener<'_>) {
     let results = race(open, |s, i| s.create_secret("one", &[i as u8], 1));
     assert_eq!(
@@ -1938,6 +2002,10 @@ pub(crate) const CHECKS: &[(&str, Check)] = &[
         "concurrent_secret_writes_lose_nothing",
         concurrent_secret_writes_lose_nothing,
     ),
+    (
+        "access_keys_are_created_once_and_revoked_for_good",
+        access_keys_are_created_once_and_revoked_for_good,
+    ),
 ];
 
 /// One `#[test]` per check above, each on a fresh database: `$fresh()`
@@ -1973,7 +2041,8 @@ macro_rules! store_conformance {
             concurrent_creates_of_one_service_have_one_winner,
             custom_attributes_are_put_and_deleted_whole,
             secrets_round_trip_rotate_and_delete,
-            concurrent_secret_writes_lose_nothing
+            concurrent_secret_writes_lose_nothing,
+            access_keys_are_created_once_and_revoked_for_good
         );
     };
     (@ $fresh:expr; $($name:ident),*) => {

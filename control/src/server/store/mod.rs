@@ -50,13 +50,15 @@
 //! `task_definitions` (the registry's immutable revisions); 8 adds
 //! `services`, `deployments` and `service_events` (see `services`) and the
 //! task marks `ever_healthy`, `failure_counted`, `lost`; 9 adds `secrets`
-//! (ciphertext only, see `secrets`). Older
+//! (ciphertext only, see `secrets`); 10 adds `access_keys` (the ECS API's
+//! keys, the secret encrypted, see `accesskeys`). Older
 //! databases are migrated when opened, in the same transaction that records
 //! the new version.
 //!
 //! The schema uses TEXT, BIGINT and INTEGER only, so that it carries over to
 //! PostgreSQL unchanged.
 
+mod accesskeys;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod postgres;
@@ -68,6 +70,10 @@ mod sql;
 mod sqlite;
 mod taskdefs;
 
+pub use accesskeys::{
+    ACCESS_KEY_ID_LEN, AccessKeyRecord, AccessKeyStore, MAX_ACCESS_KEY_NAME_LEN,
+    access_key_id_problem, access_key_name_problem,
+};
 pub use postgres::PostgresStore;
 pub use rules::in_desired_set;
 pub use schema::SCHEMA_VERSION;
@@ -179,6 +185,8 @@ pub enum StoreError {
     SecretExists(String),
     #[error("no secret {0}")]
     NoSecret(String),
+    #[error("no access key {0}; `berth access-key ls` lists them")]
+    NoAccessKey(String),
     /// Input the store refuses before anything is written: a name, a
     /// length or a count out of bounds.
     #[error("{op}: {detail}; nothing was changed")]
@@ -544,7 +552,9 @@ pub struct EventOutcome {
 /// [`StoreError::Database`], both naming the operation, and never a
 /// half-applied change. A constraint violation is a
 /// [`StoreError::Conflict`] (or one of the specific `…Exists` errors).
-pub trait Store: TaskDefinitionStore + ServiceStore + SecretStore + Send + Sync {
+pub trait Store:
+    TaskDefinitionStore + ServiceStore + SecretStore + AccessKeyStore + Send + Sync
+{
     /// Stores a new activation.
     fn create_activation(&self, activation: &ActivationRecord) -> Result<(), StoreError>;
     fn activation(&self, id: &str) -> Result<Option<ActivationRecord>, StoreError>;

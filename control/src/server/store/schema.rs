@@ -3,7 +3,7 @@
 //! both SQLite and PostgreSQL accept unless a migration says otherwise.
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -159,5 +159,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
         ciphertext TEXT NOT NULL,
         created_at_ms BIGINT NOT NULL,
         updated_at_ms BIGINT NOT NULL
+    )",
+    // 10: access keys of the ECS API (`berth access-key`): the secret
+    // encrypted with the secrets key, as hex.
+    "CREATE TABLE access_keys (
+        id TEXT NOT NULL PRIMARY KEY,
+        name TEXT NOT NULL,
+        ciphertext TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        revoked_at_ms BIGINT
     )",
 ];
