@@ -666,6 +666,44 @@ async fn the_aws_cli_creates_describes_lists_updates_and_deletes_a_service() -> 
     .await?;
     assert_eq!(described["services"][0]["serviceName"], "api");
     assert_eq!(described["failures"][0]["reason"], "MISSING");
+    // Task definitions as ECS writes them: ARNs.
+    assert_eq!(
+        described["services"][0]["taskDefinition"],
+        "arn:aws:ecs:local:000000000000:task-definition/web:1"
+    );
+    assert_eq!(
+        described["services"][0]["deployments"][0]["taskDefinition"],
+        "arn:aws:ecs:local:000000000000:task-definition/web:1"
+    );
+    // A cluster that does not exist is ECS' ClusterNotFoundException.
+    let nowhere = aws(
+        &server,
+        &key,
+        &[
+            "describe-services",
+            "--cluster",
+            "nope",
+            "--services",
+            "api",
+        ],
+    )
+    .await?;
+    assert_aws_error(&nowhere, "ClusterNotFoundException");
+    let nowhere = aws(
+        &server,
+        &key,
+        &[
+            "update-service",
+            "--cluster",
+            "nope",
+            "--service",
+            "api",
+            "--desired-count",
+            "1",
+        ],
+    )
+    .await?;
+    assert_aws_error(&nowhere, "ClusterNotFoundException");
 
     let updated = ecs(
         &server,

@@ -120,6 +120,8 @@ pub(crate) async fn call(
         // The services' parser reads ECS' own bodies and refuses what
         // berth cannot honour, naming the member.
         "CreateService" | "UpdateService" => {
+            let cluster = input.get("cluster").and_then(Value::as_str).unwrap_or("");
+            known_cluster(core, cluster).await?;
             let input_json = Value::Object(input.clone()).to_string();
             let d = if op == "CreateService" {
                 let req = CreateServiceRequest {
@@ -484,14 +486,50 @@ const SERVICE_NOT_FOUND: &str = "ServiceNotFoundException";
 /// Most services one DescribeServices names (ECS: 10).
 pub const MAX_DESCRIBE_SERVICES: usize = 10;
 
-/// A service's DescribeServices element (`services::description`).
+/// A service's DescribeServices element (`services::description`), with
+/// its task definitions as ARNs, as ECS writes them (the CLI's JSON keeps
+/// `family:revision`, SPEC §6).
 fn service_element(d: &ServiceDescription) -> Result<Value, EcsError> {
-    serde_json::from_str(&d.service_json).map_err(|e| {
+    let mut v: Value = serde_json::from_str(&d.service_json).map_err(|e| {
         EcsError::server(format!(
             "service {}: its description is not JSON: {e}",
             d.name
         ))
-    })
+    })?;
+    let arn = |t: &mut Value| {
+        if let Some(name) = t.as_str() {
+            *t = task_definition_arn(name);
+        }
+    };
+    arn(&mut v["taskDefinition"]);
+    if let Some(ds) = v.get_mut("deployments").and_then(Value::as_array_mut) {
+        for d in ds {
+            arn(&mut d["taskDefinition"]);
+        }
+    }
+    Ok(v)
+}
+
+/// ClusterNotFoundException unless `cluster` (a name or an ARN; empty:
+/// `default`) is an ACTIVE cluster.
+async fn known_cluster(core: &Core, cluster: &str) -> Result<(), EcsError> {
+    let name = match cluster_name(cluster) {
+        "" => DEFAULT_CLUSTER.to_owned(),
+        c => c.to_owned(),
+    };
+    let lookup = name.clone();
+    let found = core
+        .db("cluster", move |s| s.cluster(&lookup))
+        .await
+        .map_err(|e| EcsError::server(e.to_string()))?;
+    match found {
+        Some(c) if c.status == "ACTIVE" => Ok(()),
+        _ => Err(EcsError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            CLUSTER_NOT_FOUND,
+            format!("Cluster not found: {name}"),
+        )),
+    }
 }
 
 fn service_answer(d: &ServiceDescription) -> Result<Value, EcsError> {
@@ -509,6 +547,7 @@ fn service_name(name_or_arn: &str) -> &str {
 
 async fn delete_service(core: &Core, m: Members<'_>) -> Result<Value, EcsError> {
     let name = m.required("service")?;
+    known_cluster(core, m.string("cluster")?.unwrap_or("")).await?;
     let d = services::delete(
         core,
         DeleteServiceRequest {
@@ -531,6 +570,7 @@ async fn describe_services(core: &Core, m: Members<'_>) -> Result<Value, EcsErro
             "DescribeServices: services names at least one service",
         ));
     }
+    known_cluster(core, &cluster).await?;
     let cluster_name_ = match cluster_name(&cluster) {
         "" => DEFAULT_CLUSTER,
         c => c,
