@@ -21,7 +21,7 @@ use super::args::{ServiceArgs, ServiceCommand, ServiceFlags, WaitArgs};
 use super::client::Admin;
 use super::print_json;
 use crate::server::placement::strategy::{Constraint, Strategy};
-use crate::server::service::config::MAX_INPUT_BYTES;
+use crate::server::service::config::{MAX_INPUT_BYTES, constraints_json, strategies_json};
 
 /// How often `--wait` asks for the service's state.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -219,36 +219,26 @@ async fn apply_flags(
         }
     }
     if !f.placement_strategy.is_empty() {
-        let mut list = Vec::new();
-        for s in &f.placement_strategy {
-            let st: Strategy =
-                s.parse()
-                    .map_err(|e: crate::server::placement::strategy::SpecError| {
-                        anyhow!("--placement-strategy {s:?}: {}", e.0)
-                    })?;
-            let (kind, field) = st.to_ecs();
-            list.push(match field {
-                Some(field) => json!({"type": kind, "field": field}),
-                None => json!({"type": kind}),
-            });
-        }
-        body.insert("placementStrategy".into(), Value::Array(list));
+        let list = f
+            .placement_strategy
+            .iter()
+            .map(|s| {
+                s.parse::<Strategy>()
+                    .map_err(|e| anyhow!("--placement-strategy {s:?}: {}", e.0))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        body.insert("placementStrategy".into(), strategies_json(&list));
     }
     if !f.placement_constraint.is_empty() {
-        let mut list = Vec::new();
-        for c in &f.placement_constraint {
-            let k: Constraint =
-                c.parse()
-                    .map_err(|e: crate::server::placement::strategy::SpecError| {
-                        anyhow!("--placement-constraint {c:?}: {}", e.0)
-                    })?;
-            let (kind, expression) = k.to_ecs();
-            list.push(match expression {
-                Some(e) => json!({"type": kind, "expression": e}),
-                None => json!({"type": kind}),
-            });
-        }
-        body.insert("placementConstraints".into(), Value::Array(list));
+        let list = f
+            .placement_constraint
+            .iter()
+            .map(|c| {
+                c.parse::<Constraint>()
+                    .map_err(|e| anyhow!("--placement-constraint {c:?}: {}", e.0))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        body.insert("placementConstraints".into(), constraints_json(&list));
     }
     if let Some(g) = f.health_check_grace_period {
         body.insert("healthCheckGracePeriodSeconds".into(), json!(g));
@@ -311,12 +301,7 @@ async fn finish(
         print_json(&value(&d))
     } else {
         let v = value(&d);
-        let primary = v
-            .get("deployments")
-            .and_then(|d| d.as_array())
-            .and_then(|d| d.iter().find(|x| str_of(x, "status") == "PRIMARY"))
-            .map(|p| str_of(p, "id").to_owned())
-            .unwrap_or_default();
+        let primary = primary_id(&d);
         let state = if d.steady { "steady" } else { what };
         println!(
             "service {} {state}: {} desired {}, deployment {primary}",

@@ -476,10 +476,7 @@ pub(crate) fn description(
             })
         })
         .collect();
-    let mut placement_strategy = config.placement_strategy_json();
-    if !daemon && config.strategies.is_empty() {
-        placement_strategy = json!([{"type": "spread", "field": "instanceId"}]);
-    }
+    let placement_strategy = config.placement_strategy_json();
     let v = json!({
         "serviceArn": service_arn(&svc.cluster, &svc.name),
         "serviceName": svc.name,

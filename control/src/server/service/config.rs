@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::super::placement::strategy::{Constraint, Strategy};
+use super::super::placement::strategy::{Constraint, SpreadOn, Strategy};
 use super::model::{
     CircuitBreaker, DEFAULT_LOST_AFTER_MS, DEFAULT_MIN_HEALTHY_TIME_MS, SchedulingStrategy,
     ServiceSpec,
@@ -394,6 +394,14 @@ fn breaker_str(c: CircuitBreaker) -> &'static str {
     }
 }
 
+/// A stored `schedulingStrategy`.
+fn strategy_of(s: &str) -> SchedulingStrategy {
+    match s {
+        "DAEMON" => SchedulingStrategy::Daemon,
+        _ => SchedulingStrategy::Replica,
+    }
+}
+
 /// Parses `--circuit-breaker off|enable|rollback`.
 pub fn parse_breaker(s: &str) -> Result<CircuitBreaker, String> {
     match s {
@@ -502,6 +510,13 @@ impl ServiceConfig {
         serde_json::to_string(&self.to_stored()).unwrap_or_else(|_| "{}".to_owned())
     }
 
+    /// The scheduling strategy of a stored configuration alone; `None`
+    /// when it cannot be read.
+    pub fn stored_strategy(json: &str) -> Option<SchedulingStrategy> {
+        let s: StoredConfig = serde_json::from_str(json).ok()?;
+        Some(strategy_of(&s.scheduling_strategy))
+    }
+
     /// Reads a stored configuration back (with the record's name, cluster
     /// and desired count).
     pub fn from_stored(
@@ -512,10 +527,7 @@ impl ServiceConfig {
     ) -> Result<ServiceConfig, String> {
         let s: StoredConfig = serde_json::from_str(json)
             .map_err(|e| format!("stored configuration of service {name}: {e}"))?;
-        let strategy = match s.scheduling_strategy.as_str() {
-            "DAEMON" => SchedulingStrategy::Daemon,
-            _ => SchedulingStrategy::Replica,
-        };
+        let strategy = strategy_of(&s.scheduling_strategy);
         let strategies = s
             .placement_strategy
             .iter()
@@ -563,35 +575,49 @@ impl ServiceConfig {
     /// `placementStrategy` as ECS shows it (a REPLICA service without one
     /// spreads on instanceId, which is shown).
     pub fn placement_strategy_json(&self) -> Value {
-        let shown: Vec<Value> = self
-            .strategies
-            .iter()
-            .map(|s| {
-                let (kind, field) = s.to_ecs();
-                match field {
-                    Some(f) => json!({"type": kind, "field": f}),
-                    None => json!({"type": kind}),
-                }
-            })
-            .collect();
-        Value::Array(shown)
+        strategies_json(&self.placement_strategies())
+    }
+
+    /// The strategies placement uses: the configured ones, or for a
+    /// REPLICA service without any `spread:instanceId` (SPEC §6).
+    pub fn placement_strategies(&self) -> Vec<Strategy> {
+        if self.strategies.is_empty() && self.spec.strategy == SchedulingStrategy::Replica {
+            vec![Strategy::Spread(SpreadOn::InstanceId)]
+        } else {
+            self.strategies.clone()
+        }
     }
 
     /// `placementConstraints` as ECS shows it.
     pub fn placement_constraints_json(&self) -> Value {
-        Value::Array(
-            self.constraints
-                .iter()
-                .map(|c| {
-                    let (kind, e) = c.to_ecs();
-                    match e {
-                        Some(e) => json!({"type": kind, "expression": e}),
-                        None => json!({"type": kind}),
-                    }
-                })
-                .collect(),
-        )
+        constraints_json(&self.constraints)
     }
+}
+
+/// Strategies as ECS writes them: `[{type, field}]`.
+pub fn strategies_json(strategies: &[Strategy]) -> Value {
+    Value::Array(
+        strategies
+            .iter()
+            .map(|s| match s.to_ecs() {
+                (kind, Some(f)) => json!({"type": kind, "field": f}),
+                (kind, None) => json!({"type": kind}),
+            })
+            .collect(),
+    )
+}
+
+/// Constraints as ECS writes them: `[{type, expression}]`.
+pub fn constraints_json(constraints: &[Constraint]) -> Value {
+    Value::Array(
+        constraints
+            .iter()
+            .map(|c| match c.to_ecs() {
+                (kind, Some(e)) => json!({"type": kind, "expression": e}),
+                (kind, None) => json!({"type": kind}),
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

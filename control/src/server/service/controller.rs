@@ -37,7 +37,6 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::super::Core;
-use super::super::placement::strategy::{SpreadOn, Strategy};
 use super::super::placement::{self, Candidate, Request};
 use super::super::scheduler;
 use super::super::store::{
@@ -222,7 +221,9 @@ async fn pass_round(
         .collect();
     let daemons: BTreeSet<String> = live
         .iter()
-        .filter(|s| s.config_json.contains("\"DAEMON\""))
+        .filter(|s| {
+            ServiceConfig::stored_strategy(&s.config_json) == Some(SchedulingStrategy::Daemon)
+        })
         .map(|s| format!("{}/{}", s.cluster, group_of(&s.name)))
         .collect();
     let mut results = Vec::new();
@@ -502,11 +503,7 @@ async fn pass(
             None => {
                 let mut req = def.request.clone();
                 req.constraints = inputs.config.constraints.clone();
-                req.strategies = if inputs.config.strategies.is_empty() {
-                    vec![Strategy::Spread(SpreadOn::InstanceId)]
-                } else {
-                    inputs.config.strategies.clone()
-                };
+                req.strategies = inputs.config.placement_strategies();
                 req.seed = now as u64;
                 let (ids, failed) =
                     placement::pipeline::place_many(&req, &mut placed_cands, start.count as usize);
@@ -679,6 +676,18 @@ pub(crate) fn inputs(
         })
         .collect();
     let own_group = format!("{}/{}", snap.service.cluster, group_of(&snap.service.name));
+    // Per instance, once: its tasks not STOPPED of neither this nor another
+    // DAEMON service (`all_tasks` is empty for a REPLICA service), and
+    // placement's view of it.
+    let mut other_by_instance: HashMap<&str, usize> = HashMap::new();
+    for t in all_tasks.iter().filter(|t| t.last_status != STOPPED) {
+        let group = format!("{}/{}", t.cluster, t.group);
+        if group != own_group && !daemons.contains(&group) {
+            *other_by_instance.entry(t.instance_id.as_str()).or_default() += 1;
+        }
+    }
+    let cand_by_id: HashMap<&str, &Candidate> =
+        cands.iter().map(|c| (c.instance_id.as_str(), c)).collect();
     let instances = cluster_instances
         .iter()
         .map(|i| {
@@ -690,7 +699,7 @@ pub(crate) fn inputs(
             };
             let mut daemon = BTreeMap::new();
             if config.spec.strategy == SchedulingStrategy::Daemon {
-                let cand = cands.iter().find(|c| c.instance_id == i.instance_id);
+                let cand = cand_by_id.get(i.instance_id.as_str()).copied();
                 for d in &snap.deployments {
                     let fit = match (defs.get(&d.id), cand) {
                         (Some(def), Some(c)) if !deleted => daemon_fit(def, &config, c),
@@ -699,15 +708,10 @@ pub(crate) fn inputs(
                     daemon.insert(d.id.clone(), fit);
                 }
             }
-            let other_tasks = all_tasks
-                .iter()
-                .filter(|t| {
-                    t.instance_id == i.instance_id
-                        && t.last_status != STOPPED
-                        && !daemons.contains(&format!("{}/{}", t.cluster, t.group))
-                        && format!("{}/{}", t.cluster, t.group) != own_group
-                })
-                .count();
+            let other_tasks = other_by_instance
+                .get(i.instance_id.as_str())
+                .copied()
+                .unwrap_or(0);
             InstanceView {
                 id: i.instance_id.clone(),
                 status,
